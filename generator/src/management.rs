@@ -1,0 +1,186 @@
+//! The management-plane objects for one request, in apply order (step 2 of the design):
+//! Namespace, FledgeCluster, Cluster, infrastructure cluster, control-plane machine template,
+//! KubeadmControlPlane (replicas 1), and the agent's scoped access.
+
+use serde_json::{Value, json};
+
+use crate::providers;
+use crate::render::{RenderError, Templates};
+use crate::spec::CheckedCluster;
+
+/// Where the agent's files live on the node.
+pub mod paths {
+    /// Agent configuration.
+    pub const AGENT_CONFIG: &str = "/etc/fledge/agent.yaml";
+    /// The management service-account token.
+    pub const MANAGEMENT_TOKEN: &str = "/etc/fledge/management/token";
+    /// The management API server's CA.
+    pub const MANAGEMENT_CA: &str = "/etc/fledge/management/ca.crt";
+}
+
+/// Object names derived from the cluster name.
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// `Cluster` and `FledgeCluster`.
+    pub cluster: String,
+    /// Infrastructure cluster.
+    pub infra_cluster: String,
+    /// KubeadmControlPlane.
+    pub control_plane: String,
+    /// Control-plane machine template.
+    pub control_plane_template: String,
+    /// ServiceAccount, Role and RoleBinding of the agent.
+    pub agent: String,
+    /// The agent's service-account token Secret.
+    pub agent_token: String,
+}
+
+impl Names {
+    /// Names for `cluster`.
+    pub fn new(cluster: &str) -> Self {
+        Names {
+            cluster: cluster.to_string(),
+            infra_cluster: cluster.to_string(),
+            control_plane: format!("{cluster}-control-plane"),
+            control_plane_template: format!("{cluster}-control-plane"),
+            agent: format!("{cluster}-fledge-agent"),
+            agent_token: format!("{cluster}-fledge-agent-token"),
+        }
+    }
+}
+
+/// The template context shared by the management objects and CP-A's cloud-init.
+pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, RenderError> {
+    let provider = providers::get(c.provider());
+    let api = provider.api(c.capi);
+    let names = Names::new(c.name.as_str());
+    let infra = &c.spec.infrastructure;
+    let block = match c.provider() {
+        crate::spec::ProviderKind::Vsphere => serde_json::to_value(&infra.vsphere),
+        crate::spec::ProviderKind::Aws => serde_json::to_value(&infra.aws),
+        crate::spec::ProviderKind::Azure => serde_json::to_value(&infra.azure),
+        crate::spec::ProviderKind::Gcp => serde_json::to_value(&infra.gcp),
+        crate::spec::ProviderKind::Maas => serde_json::to_value(&infra.maas),
+        crate::spec::ProviderKind::Docker => {
+            serde_json::to_value(infra.docker.clone().unwrap_or_default())
+        }
+    }
+    .unwrap_or(Value::Null);
+    let schema = crate::spec::spec_schema();
+    let block = with_nulls(
+        block,
+        &schema["properties"]["infrastructure"]["properties"][c.provider().as_str()],
+    );
+    let machine = with_nulls(
+        serde_json::to_value(&c.spec.control_plane.machine).unwrap_or(Value::Null),
+        &schema["properties"]["controlPlane"]["properties"]["machine"],
+    );
+    let endpoint = c
+        .spec
+        .control_plane
+        .endpoint
+        .as_ref()
+        .map(|e| json!({"host": e.host, "port": e.port.unwrap_or(6443)}))
+        .unwrap_or(Value::Null);
+    let kubelet_args: Vec<Value> = if provider.external_cloud_provider() {
+        vec![json!({"name": "cloud-provider", "value": "external"})]
+    } else {
+        vec![]
+    };
+    let node_name = match c.provider() {
+        // CAPA's templates name nodes after the EC2 private DNS name.
+        crate::spec::ProviderKind::Aws => json!("{{ ds.meta_data.local_hostname }}"),
+        _ => Value::Null,
+    };
+    let (group, _) = api
+        .api_version
+        .split_once('/')
+        .unwrap_or((api.api_version, ""));
+    let mut ctx = json!({
+        "capi": c.capi.as_str(),
+        "namespace": c.namespace.as_str(),
+        "labels": {
+            "cluster.x-k8s.io/cluster-name": c.name.as_str(),
+            "app.kubernetes.io/managed-by": "fledge",
+        },
+        "names": {
+            "cluster": names.cluster,
+            "infra_cluster": names.infra_cluster,
+            "control_plane": names.control_plane,
+            "control_plane_template": names.control_plane_template,
+            "agent": names.agent,
+            "agent_token": names.agent_token,
+        },
+        "kubernetes_version": c.kubernetes_version.to_string(),
+        "network": {
+            "pods": c.pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "services": c.services.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "dns_domain": c.dns_domain(),
+        },
+        "provider": c.provider().as_str(),
+        "infra": {
+            "api_version": api.api_version,
+            "api_group": group,
+            "cluster_kind": api.cluster_kind,
+            "machine_template_kind": api.machine_template_kind,
+        },
+        "block": block,
+        "machine": machine,
+        "endpoint": endpoint,
+        "kubelet_args": kubelet_args,
+        "node_name": node_name,
+        "access": {
+            "user": c.user.as_str(),
+            "keys": c.ssh_keys.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        },
+        "management_server": c.spec.management.server,
+        "agent": {
+            "path": c.agent_path(),
+            "config_path": paths::AGENT_CONFIG,
+            "token_path": paths::MANAGEMENT_TOKEN,
+            "ca_path": paths::MANAGEMENT_CA,
+            "install_command": format!("{} install --config {}", shell_quote(c.agent_path()), paths::AGENT_CONFIG),
+        },
+    });
+    let config = templates.render_one("agent/config.yaml.j2", &ctx)?;
+    ctx["agent"]["config"] = Value::String(crate::render::yaml::to_string(&config));
+    Ok(ctx)
+}
+
+/// Renders the management-plane objects in apply order.
+pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, RenderError> {
+    let ctx = context(c, templates)?;
+    let mut docs = Vec::new();
+    docs.extend(templates.render_docs("management/namespace.yaml.j2", &ctx)?);
+    docs.push(serde_json::to_value(c.to_object()).unwrap_or(Value::Null));
+    docs.extend(templates.render_docs("management/cluster.yaml.j2", &ctx)?);
+    docs.extend(templates.render_docs(&providers::template_name(c.provider()), &ctx)?);
+    docs.extend(templates.render_docs("management/kubeadmcontrolplane.yaml.j2", &ctx)?);
+    docs.extend(templates.render_docs("management/agent-access.yaml.j2", &ctx)?);
+    Ok(docs)
+}
+
+/// Adds an explicit `null` for every property of `schema` missing from `v`, so that templates
+/// in strict-undefined mode can test optional fields with a plain `if`.
+fn with_nulls(mut v: Value, schema: &Value) -> Value {
+    if let (Some(obj), Some(props)) = (
+        v.as_object_mut(),
+        schema.get("properties").and_then(Value::as_object),
+    ) {
+        for key in props.keys() {
+            obj.entry(key.clone()).or_insert(Value::Null);
+        }
+    }
+    v
+}
+
+/// Quotes `s` for a POSIX shell: a single-quoted word.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}

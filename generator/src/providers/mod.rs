@@ -1,0 +1,234 @@
+//! Infrastructure providers. Each is a small [`InfraProvider`] in its own module with its own
+//! template (`templates/infra/<provider>.yaml.j2`); [`get`] is the one registry `match`.
+
+mod aws;
+mod azure;
+mod docker;
+mod gcp;
+mod maas;
+mod vsphere;
+
+use crate::spec::{
+    CapiVersion, FledgeClusterSpec, Infrastructure, Machine, Problems, ProviderKind, check_text,
+};
+
+/// The API a provider serves for one CAPI contract, and the upstream CRDs that define it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InfraApi {
+    /// `apiVersion` of the provider's objects, for example `infrastructure.cluster.x-k8s.io/v1beta2`.
+    pub api_version: &'static str,
+    /// Kind of the infrastructure cluster, for example `VSphereCluster`.
+    pub cluster_kind: &'static str,
+    /// Kind of the machine template, for example `VSphereMachineTemplate`.
+    pub machine_template_kind: &'static str,
+    /// Folder under `shared/crds/` holding the CRDs this release targets, `<repo>/<tag>`.
+    pub crd_dir: &'static str,
+}
+
+/// Whether a machine field is needed by a provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Must be set.
+    Required,
+    /// May be set.
+    Optional,
+    /// Not used by this provider: setting it is an error, so nothing is silently ignored.
+    Unused,
+}
+
+/// Which machine fields a provider uses, and their lower bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineRules {
+    /// `cpus`.
+    pub cpus: Need,
+    /// `memoryMiB`.
+    pub memory_mib: Need,
+    /// `diskGiB` and its minimum.
+    pub disk_gib: (Need, i64),
+    /// `instanceType` (AWS).
+    pub instance_type: Need,
+    /// `vmSize` (Azure).
+    pub vm_size: Need,
+    /// `machineType` (GCP).
+    pub machine_type: Need,
+}
+
+/// One infrastructure provider.
+pub trait InfraProvider: Sync {
+    /// Which provider this is.
+    fn kind(&self) -> ProviderKind;
+    /// The API it serves under a CAPI contract.
+    fn api(&self, capi: CapiVersion) -> InfraApi;
+    /// Which machine fields it uses.
+    fn machine_rules(&self) -> MachineRules;
+    /// Whether nodes run an external cloud-controller-manager (`cloud-provider: external`).
+    fn external_cloud_provider(&self) -> bool;
+    /// Whether `spec.controlPlane.endpoint` is required (no provider-managed load balancer).
+    fn needs_endpoint(&self) -> bool {
+        false
+    }
+    /// Checks the provider's block (present when this is called, except for Docker).
+    fn validate_block(&self, infra: &Infrastructure, p: &mut Problems);
+}
+
+/// The provider implementation for `kind`.
+pub fn get(kind: ProviderKind) -> &'static dyn InfraProvider {
+    match kind {
+        ProviderKind::Vsphere => &vsphere::Vsphere,
+        ProviderKind::Aws => &aws::Aws,
+        ProviderKind::Azure => &azure::Azure,
+        ProviderKind::Gcp => &gcp::Gcp,
+        ProviderKind::Maas => &maas::Maas,
+        ProviderKind::Docker => &docker::Docker,
+    }
+}
+
+/// The template that renders a provider's infrastructure cluster and machine template.
+pub fn template_name(kind: ProviderKind) -> String {
+    format!("infra/{}.yaml.j2", kind.as_str())
+}
+
+fn block_present(infra: &Infrastructure, kind: ProviderKind) -> bool {
+    match kind {
+        ProviderKind::Vsphere => infra.vsphere.is_some(),
+        ProviderKind::Aws => infra.aws.is_some(),
+        ProviderKind::Azure => infra.azure.is_some(),
+        ProviderKind::Gcp => infra.gcp.is_some(),
+        ProviderKind::Maas => infra.maas.is_some(),
+        ProviderKind::Docker => infra.docker.is_some(),
+    }
+}
+
+/// Validates `spec.infrastructure` and every machine block against the chosen provider.
+pub fn validate(spec: &FledgeClusterSpec, p: &mut Problems) {
+    let infra = &spec.infrastructure;
+    let chosen = infra.provider;
+    let provider = get(chosen);
+    for other in ProviderKind::ALL {
+        if other != chosen && block_present(infra, other) {
+            p.push(
+                format!("spec.infrastructure.{}", other.as_str()),
+                format!("must not be set when provider is {}", chosen.as_str()),
+            );
+        }
+    }
+    if block_present(infra, chosen) || chosen == ProviderKind::Docker {
+        provider.validate_block(infra, p);
+    } else {
+        p.push(
+            format!("spec.infrastructure.{}", chosen.as_str()),
+            format!("is required when provider is {}", chosen.as_str()),
+        );
+    }
+    if provider.needs_endpoint() && spec.control_plane.endpoint.is_none() {
+        p.push(
+            "spec.controlPlane.endpoint",
+            format!(
+                "is required for {}: it has no provider-managed load balancer",
+                chosen.as_str()
+            ),
+        );
+    }
+    let rules = provider.machine_rules();
+    validate_machine(
+        p,
+        "spec.controlPlane.machine",
+        &spec.control_plane.machine,
+        rules,
+        chosen,
+        true,
+    );
+    for (i, w) in spec.workers.iter().enumerate() {
+        validate_machine(
+            p,
+            &format!("spec.workers[{i}].machine"),
+            &w.machine,
+            rules,
+            chosen,
+            false,
+        );
+    }
+}
+
+fn validate_machine(
+    p: &mut Problems,
+    path: &str,
+    m: &Machine,
+    rules: MachineRules,
+    kind: ProviderKind,
+    control_plane: bool,
+) {
+    let provider = kind.as_str();
+    let mut need = |field: &str, present: bool, need: Need| match (need, present) {
+        (Need::Required, false) => p.push(
+            format!("{path}.{field}"),
+            format!("is required for {provider}"),
+        ),
+        (Need::Unused, true) => p.push(
+            format!("{path}.{field}"),
+            format!("is not used by {provider}; remove it"),
+        ),
+        _ => {}
+    };
+    need("cpus", m.cpus.is_some(), rules.cpus);
+    need("memoryMiB", m.memory_mib.is_some(), rules.memory_mib);
+    need("diskGiB", m.disk_gib.is_some(), rules.disk_gib.0);
+    need(
+        "instanceType",
+        m.instance_type.is_some(),
+        rules.instance_type,
+    );
+    need("vmSize", m.vm_size.is_some(), rules.vm_size);
+    need("machineType", m.machine_type.is_some(), rules.machine_type);
+    let min_cpus = if control_plane { 2 } else { 1 };
+    if let Some(c) = m.cpus {
+        if !(min_cpus..=1024).contains(&c) {
+            p.push(
+                format!("{path}.cpus"),
+                format!("must be between {min_cpus} and 1024 (got {c})"),
+            );
+        }
+    }
+    let min_mem = if control_plane { 2048 } else { 1024 };
+    if let Some(mem) = m.memory_mib {
+        if !(min_mem..=16 * 1024 * 1024).contains(&mem) {
+            p.push(
+                format!("{path}.memoryMiB"),
+                format!("must be at least {min_mem} (got {mem})"),
+            );
+        }
+    }
+    if let Some(d) = m.disk_gib {
+        let min = rules.disk_gib.1;
+        if !(min..=65536).contains(&d) {
+            p.push(
+                format!("{path}.diskGiB"),
+                format!("must be between {min} and 65536 (got {d})"),
+            );
+        }
+    }
+    for (field, v) in [
+        ("instanceType", &m.instance_type),
+        ("vmSize", &m.vm_size),
+        ("machineType", &m.machine_type),
+    ] {
+        if let Some(v) = v {
+            let ok = check_text(v, 64).is_ok()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !ok {
+                p.push(
+                    format!("{path}.{field}"),
+                    format!("must be a size name of letters, digits, '.', '_' and '-' (got {v:?})"),
+                );
+            }
+        }
+    }
+}
+
+/// Checks an optional text field of a provider block.
+fn text(p: &mut Problems, path: &str, v: Option<&String>, max: usize) {
+    if let Some(v) = v {
+        p.check(path, check_text(v, max));
+    }
+}

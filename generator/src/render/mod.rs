@@ -1,0 +1,262 @@
+//! Templates: structure comes from minijinja templates in `templates/`, values from the checked
+//! spec. Every value a template prints is emitted as an escaped YAML scalar (see [`yaml`]), so no
+//! user string can change a document's structure. Every rendered document is parsed back.
+
+pub mod yaml;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, UndefinedBehavior};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Templates compiled into the binary: (name, source).
+const EMBEDDED: &[(&str, &str)] = &[
+    (
+        "management/namespace.yaml.j2",
+        include_str!("../../../templates/management/namespace.yaml.j2"),
+    ),
+    (
+        "management/cluster.yaml.j2",
+        include_str!("../../../templates/management/cluster.yaml.j2"),
+    ),
+    (
+        "management/kubeadmcontrolplane.yaml.j2",
+        include_str!("../../../templates/management/kubeadmcontrolplane.yaml.j2"),
+    ),
+    (
+        "management/agent-access.yaml.j2",
+        include_str!("../../../templates/management/agent-access.yaml.j2"),
+    ),
+    (
+        "agent/config.yaml.j2",
+        include_str!("../../../templates/agent/config.yaml.j2"),
+    ),
+    (
+        "infra/vsphere.yaml.j2",
+        include_str!("../../../templates/infra/vsphere.yaml.j2"),
+    ),
+    (
+        "infra/aws.yaml.j2",
+        include_str!("../../../templates/infra/aws.yaml.j2"),
+    ),
+    (
+        "infra/azure.yaml.j2",
+        include_str!("../../../templates/infra/azure.yaml.j2"),
+    ),
+    (
+        "infra/gcp.yaml.j2",
+        include_str!("../../../templates/infra/gcp.yaml.j2"),
+    ),
+    (
+        "infra/maas.yaml.j2",
+        include_str!("../../../templates/infra/maas.yaml.j2"),
+    ),
+    (
+        "infra/docker.yaml.j2",
+        include_str!("../../../templates/infra/docker.yaml.j2"),
+    ),
+];
+
+/// Errors from rendering a template.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// The override directory could not be read.
+    #[error("cannot read templates directory {path}")]
+    ReadOverrides {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The template failed to render.
+    #[error("template {name}: {message}")]
+    Template {
+        /// Template name.
+        name: String,
+        /// minijinja's message, with line.
+        message: String,
+    },
+    /// The rendered text is not valid YAML: a template bug, never a value.
+    #[error("template {name} rendered invalid YAML: {message}\n--- rendered text ---\n{text}")]
+    ParseBack {
+        /// Template name.
+        name: String,
+        /// Parser message.
+        message: String,
+        /// The rendered text.
+        text: String,
+    },
+}
+
+/// The template set: embedded templates, each replaceable from an override directory.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Templates {
+    /// The templates compiled into the binary.
+    pub fn embedded() -> Self {
+        Self::build(BTreeMap::new())
+    }
+
+    /// Embedded templates, with any file present under `dir` (same relative name) used instead.
+    pub fn with_overrides(dir: &Path) -> Result<Self, RenderError> {
+        let mut overrides = BTreeMap::new();
+        for (name, _) in EMBEDDED {
+            let path = dir.join(name);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    overrides.insert(name.to_string(), text);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(RenderError::ReadOverrides { path, source }),
+            }
+        }
+        if !dir.is_dir() {
+            return Err(RenderError::ReadOverrides {
+                path: dir.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            });
+        }
+        Ok(Self::build(overrides))
+    }
+
+    fn build(overrides: BTreeMap<String, String>) -> Self {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .keep_trailing_newline(true)
+            .build()
+        {
+            env.set_syntax(syntax);
+        }
+        env.set_formatter(|out, _state, value| {
+            if value.is_undefined() {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::UndefinedError,
+                    "undefined value printed",
+                ));
+            }
+            let json = serde_json::to_value(value).map_err(|e| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::BadSerialization,
+                    "value cannot be written as YAML",
+                )
+                .with_source(e)
+            })?;
+            out.write_str(&yaml::inline(&json))
+                .map_err(minijinja::Error::from)
+        });
+        env.set_loader(move |name| {
+            if let Some(text) = overrides.get(name) {
+                return Ok(Some(text.clone()));
+            }
+            Ok(EMBEDDED
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, src)| src.to_string()))
+        });
+        Templates { env }
+    }
+
+    /// Renders `name` with `ctx` and parses the result back into its YAML documents
+    /// (empty documents dropped).
+    pub fn render_docs(&self, name: &str, ctx: &Value) -> Result<Vec<Value>, RenderError> {
+        let text = self.render_text(name, ctx)?;
+        let mut docs = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).map_err(|e| RenderError::ParseBack {
+                name: name.to_string(),
+                message: e.to_string(),
+                text: text.clone(),
+            })?;
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+        Ok(docs)
+    }
+
+    /// Renders `name` and expects exactly one document.
+    pub fn render_one(&self, name: &str, ctx: &Value) -> Result<Value, RenderError> {
+        let mut docs = self.render_docs(name, ctx)?;
+        if docs.len() != 1 {
+            return Err(RenderError::Template {
+                name: name.to_string(),
+                message: format!("rendered {} documents; expected one", docs.len()),
+            });
+        }
+        Ok(docs.remove(0))
+    }
+
+    fn render_text(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        let err = |e: minijinja::Error| RenderError::Template {
+            name: name.to_string(),
+            message: format!("{e:#}"),
+        };
+        let tmpl = self.env.get_template(name).map_err(err)?;
+        tmpl.render(minijinja::Value::from(minijinja::value::Serde(ctx)))
+            .map_err(err)
+    }
+
+    /// Names of all templates, for `--templates` documentation and tests.
+    pub fn names() -> impl Iterator<Item = &'static str> {
+        EMBEDDED.iter().map(|(n, _)| *n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_cannot_change_structure() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("management")).unwrap();
+        std::fs::write(
+            dir.path().join("management/namespace.yaml.j2"),
+            "kind: T\nname: {{ v }}\nlist: [{{ v }}]\njoined: {{ v ~ \"-x\" }}\n",
+        )
+        .unwrap();
+        let t = Templates::with_overrides(dir.path()).unwrap();
+        for v in [
+            "a\nkind: Evil",
+            "yes",
+            "{{ x }}",
+            "\"q\": 1",
+            "# c",
+            "0755",
+            "~",
+        ] {
+            let doc = t
+                .render_one("management/namespace.yaml.j2", &json!({"v": v}))
+                .unwrap();
+            assert_eq!(
+                doc,
+                json!({"kind": "T", "name": v, "list": [v], "joined": format!("{v}-x")})
+            );
+        }
+    }
+
+    #[test]
+    fn undefined_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("management")).unwrap();
+        std::fs::write(
+            dir.path().join("management/namespace.yaml.j2"),
+            "name: {{ missing }}\n",
+        )
+        .unwrap();
+        let t = Templates::with_overrides(dir.path()).unwrap();
+        let err = t
+            .render_one("management/namespace.yaml.j2", &json!({}))
+            .unwrap_err();
+        assert!(err.to_string().contains("undefined"), "{err}");
+    }
+}

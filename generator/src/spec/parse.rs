@@ -1,0 +1,257 @@
+//! Reading a request file: size, encoding, YAML syntax, document shape, schema, then semantics.
+//! Every error names the file, and the line/column or the field path, and the rule.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use kube::CustomResourceExt;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    CheckedCluster, FledgeCluster, FledgeClusterSpec, RequestMeta, types::API_VERSION, validate,
+};
+use crate::schema::{Validator, Violation};
+
+/// Requests larger than this are refused before parsing.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// Everything wrong with a request file.
+#[derive(Debug, Clone)]
+pub struct RequestError {
+    /// The file as the user named it.
+    pub file: String,
+    /// One line per problem, without the file prefix.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            // Syntax errors carry `:line:col`; everything else is `: path: rule`.
+            if p.starts_with(':') {
+                write!(f, "{}{p}", self.file)?;
+            } else {
+                write!(f, "{}: {p}", self.file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+impl RequestError {
+    fn one(file: &str, problem: impl Into<String>) -> Self {
+        RequestError {
+            file: file.to_string(),
+            problems: vec![problem.into()],
+        }
+    }
+    fn many(file: &str, violations: Vec<Violation>) -> Self {
+        RequestError {
+            file: file.to_string(),
+            problems: violations.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Reads and validates the request at `path`.
+pub fn load_request(path: &Path) -> Result<CheckedCluster, RequestError> {
+    let label = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| RequestError::one(&label, format!("cannot read: {e}")))?;
+    if meta.is_dir() {
+        return Err(RequestError::one(
+            &label,
+            "is a directory; expected a FledgeCluster YAML file",
+        ));
+    }
+    if meta.len() > MAX_REQUEST_BYTES as u64 {
+        return Err(too_big(&label, meta.len()));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| RequestError::one(&label, format!("cannot read: {e}")))?;
+    parse_request(&label, &bytes)
+}
+
+fn too_big(label: &str, len: u64) -> RequestError {
+    RequestError::one(
+        label,
+        format!("is {len} bytes; a FledgeCluster request may be at most {MAX_REQUEST_BYTES} bytes"),
+    )
+}
+
+/// Parses and validates request bytes; `label` names the source in errors.
+pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, RequestError> {
+    if bytes.len() > MAX_REQUEST_BYTES {
+        return Err(too_big(label, bytes.len() as u64));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, col) = line_col(&bytes[..e.valid_up_to()]);
+        RequestError::one(
+            label,
+            format!(
+                ":{line}:{col}: is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        match Value::deserialize(doc) {
+            Ok(v) => docs.push(v),
+            Err(e) => return Err(RequestError::one(label, yaml_error(&e))),
+        }
+    }
+    docs.retain(|d| !d.is_null());
+    let doc = match docs.len() {
+        0 => {
+            return Err(RequestError::one(
+                label,
+                "is empty; expected one FledgeCluster document",
+            ));
+        }
+        1 => docs.remove(0),
+        n => {
+            return Err(RequestError::one(
+                label,
+                format!("holds {n} YAML documents; expected exactly one FledgeCluster"),
+            ));
+        }
+    };
+
+    let mut problems = Vec::new();
+    let Some(top) = doc.as_object() else {
+        return Err(RequestError::one(
+            label,
+            "must be a YAML mapping with apiVersion, kind, metadata and spec",
+        ));
+    };
+    let push = |problems: &mut Vec<Violation>, path: &str, rule: String| {
+        problems.push(Violation {
+            path: path.to_string(),
+            rule,
+        })
+    };
+    match top.get("apiVersion") {
+        Some(Value::String(v)) if v == API_VERSION => {}
+        Some(other) => push(
+            &mut problems,
+            "apiVersion",
+            format!("must be {API_VERSION} (got {other})"),
+        ),
+        None => push(
+            &mut problems,
+            "apiVersion",
+            format!("is required and must be {API_VERSION}"),
+        ),
+    }
+    match top.get("kind") {
+        Some(Value::String(v)) if v == "FledgeCluster" => {}
+        Some(other) => push(
+            &mut problems,
+            "kind",
+            format!("must be FledgeCluster (got {other})"),
+        ),
+        None => push(
+            &mut problems,
+            "kind",
+            "is required and must be FledgeCluster".to_string(),
+        ),
+    }
+    for key in top.keys() {
+        match key.as_str() {
+            "apiVersion" | "kind" | "metadata" | "spec" => {}
+            "status" => push(
+                &mut problems,
+                "status",
+                "is written by the agent; remove it from the request".to_string(),
+            ),
+            other => push(&mut problems, other, "unknown field".to_string()),
+        }
+    }
+    let mut validator = Validator::new();
+    problems.extend(validator.validate(
+        metadata_schema(),
+        top.get("metadata").unwrap_or(&Value::Null),
+        "metadata",
+    ));
+    match top.get("spec") {
+        Some(spec) => problems.extend(validator.validate(spec_schema(), spec, "spec")),
+        None => push(&mut problems, "spec", "is required".to_string()),
+    }
+    if !problems.is_empty() {
+        return Err(RequestError::many(label, problems));
+    }
+
+    let meta_v = &top["metadata"];
+    let meta = RequestMeta {
+        name: meta_v["name"].as_str().unwrap_or_default().to_string(),
+        namespace: meta_v
+            .get("namespace")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        labels: meta_v
+            .get("labels")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_else(BTreeMap::new),
+    };
+    let spec: FledgeClusterSpec = serde_json::from_value(top["spec"].clone())
+        .map_err(|e| RequestError::one(label, format!("spec: {e}")))?;
+    validate(&meta, &spec).map_err(|p| RequestError::many(label, p.0))
+}
+
+fn yaml_error(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) => {
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+            format!(":{}:{}: {msg}", loc.line(), loc.column())
+        }
+        None => format!("invalid YAML: {msg}"),
+    }
+}
+
+fn line_col(prefix: &[u8]) -> (usize, usize) {
+    let line = prefix.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = prefix.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, col)
+}
+
+/// The schema of `spec`, derived from the Rust types (the same one `fledge crd` prints).
+pub fn spec_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let crd = serde_json::to_value(FledgeCluster::crd()).unwrap_or(Value::Null);
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"].clone()
+    })
+}
+
+fn metadata_schema() -> &'static Value {
+    static SCHEMA: OnceLock<Value> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        serde_json::json!({
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}}
+            }
+        })
+    })
+}
