@@ -102,73 +102,72 @@ impl Validator {
             }
         }
 
-        if let Some(choices) = s.get("enum").and_then(Value::as_array) {
-            if !choices.contains(value) {
-                let list: Vec<String> = choices.iter().map(short).collect();
-                push(format!(
-                    "must be one of {} (got {})",
-                    list.join(", "),
-                    short(value)
-                ));
-            }
+        if let Some(choices) = s.get("enum").and_then(Value::as_array)
+            && !choices.contains(value)
+        {
+            let list: Vec<String> = choices.iter().map(short).collect();
+            push(format!(
+                "must be one of {} (got {})",
+                list.join(", "),
+                short(value)
+            ));
         }
 
         match value {
             Value::String(text) => {
                 let chars = text.chars().count() as u64;
-                if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
-                    if chars < min {
-                        push(format!(
-                            "must be at least {min} characters long (got {chars})"
-                        ));
-                    }
+                if let Some(min) = s.get("minLength").and_then(Value::as_u64)
+                    && chars < min
+                {
+                    push(format!(
+                        "must be at least {min} characters long (got {chars})"
+                    ));
                 }
-                if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
-                    if chars > max {
-                        push(format!(
-                            "must be at most {max} characters long (got {chars})"
-                        ));
-                    }
+                if let Some(max) = s.get("maxLength").and_then(Value::as_u64)
+                    && chars > max
+                {
+                    push(format!(
+                        "must be at most {max} characters long (got {chars})"
+                    ));
                 }
-                if let Some(pattern) = s.get("pattern").and_then(Value::as_str) {
-                    if let Some(re) = self.pattern(pattern) {
-                        if !re.is_match(text) {
-                            push(format!(
-                                "must match the pattern {pattern} (got {})",
-                                short(value)
-                            ));
-                        }
-                    }
+                if let Some(pattern) = s.get("pattern").and_then(Value::as_str)
+                    && let Some(re) = self.pattern(pattern)
+                    && !re.is_match(text)
+                {
+                    push(format!(
+                        "must match the pattern {pattern} (got {})",
+                        short(value)
+                    ));
                 }
             }
             Value::Number(n) => {
                 let x = n.as_f64().unwrap_or(0.0);
                 let excl_min = flag(s, "exclusiveMinimum");
                 let excl_max = flag(s, "exclusiveMaximum");
-                if let Some(min) = s.get("minimum").and_then(Value::as_f64) {
-                    if x < min || (excl_min && x == min) {
-                        let word = if excl_min { "greater than" } else { "at least" };
-                        push(format!("must be {word} {} (got {n})", num(min)));
-                    }
+                if let Some(min) = s.get("minimum").and_then(Value::as_f64)
+                    && (x < min || (excl_min && x == min))
+                {
+                    let word = if excl_min { "greater than" } else { "at least" };
+                    push(format!("must be {word} {} (got {n})", num(min)));
                 }
-                if let Some(max) = s.get("maximum").and_then(Value::as_f64) {
-                    if x > max || (excl_max && x == max) {
-                        let word = if excl_max { "less than" } else { "at most" };
-                        push(format!("must be {word} {} (got {n})", num(max)));
-                    }
+                if let Some(max) = s.get("maximum").and_then(Value::as_f64)
+                    && (x > max || (excl_max && x == max))
+                {
+                    let word = if excl_max { "less than" } else { "at most" };
+                    push(format!("must be {word} {} (got {n})", num(max)));
                 }
             }
             Value::Array(items) => {
                 let len = items.len() as u64;
-                if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
-                    if len < min {
-                        push(format!("must have at least {min} item(s) (got {len})"));
-                    }
+                if let Some(min) = s.get("minItems").and_then(Value::as_u64)
+                    && len < min
+                {
+                    push(format!("must have at least {min} item(s) (got {len})"));
                 }
-                if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-                    if len > max {
-                        push(format!("must have at most {max} item(s) (got {len})"));
-                    }
+                if let Some(max) = s.get("maxItems").and_then(Value::as_u64)
+                    && len > max
+                {
+                    push(format!("must have at most {max} item(s) (got {len})"));
                 }
                 if flag(s, "uniqueItems") {
                     for (i, a) in items.iter().enumerate() {
@@ -180,15 +179,15 @@ impl Validator {
             }
             Value::Object(map) => {
                 let len = map.len() as u64;
-                if let Some(min) = s.get("minProperties").and_then(Value::as_u64) {
-                    if len < min {
-                        push(format!("must have at least {min} field(s) (got {len})"));
-                    }
+                if let Some(min) = s.get("minProperties").and_then(Value::as_u64)
+                    && len < min
+                {
+                    push(format!("must have at least {min} field(s) (got {len})"));
                 }
-                if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
-                    if len > max {
-                        push(format!("must have at most {max} field(s) (got {len})"));
-                    }
+                if let Some(max) = s.get("maxProperties").and_then(Value::as_u64)
+                    && len > max
+                {
+                    push(format!("must have at most {max} field(s) (got {len})"));
                 }
                 if let Some(required) = s.get("required").and_then(Value::as_array) {
                     for field in required.iter().filter_map(Value::as_str) {
@@ -268,13 +267,13 @@ impl Validator {
                 });
             }
         }
-        if let Some(not) = s.get("not") {
-            if self.check(not, value, path) {
-                out.push(Violation {
-                    path: path.to_string(),
-                    rule: "must not match the excluded form (not)".to_string(),
-                });
-            }
+        if let Some(not) = s.get("not")
+            && self.check(not, value, path)
+        {
+            out.push(Violation {
+                path: path.to_string(),
+                rule: "must not match the excluded form (not)".to_string(),
+            });
         }
     }
 

@@ -181,22 +181,22 @@ fn validate_machine(
     need("vmSize", m.vm_size.is_some(), rules.vm_size);
     need("machineType", m.machine_type.is_some(), rules.machine_type);
     let min_cpus = if control_plane { 2 } else { 1 };
-    if let Some(c) = m.cpus {
-        if !(min_cpus..=1024).contains(&c) {
-            p.push(
-                format!("{path}.cpus"),
-                format!("must be between {min_cpus} and 1024 (got {c})"),
-            );
-        }
+    if let Some(c) = m.cpus
+        && !(min_cpus..=1024).contains(&c)
+    {
+        p.push(
+            format!("{path}.cpus"),
+            format!("must be between {min_cpus} and 1024 (got {c})"),
+        );
     }
     let min_mem = if control_plane { 2048 } else { 1024 };
-    if let Some(mem) = m.memory_mib {
-        if !(min_mem..=16 * 1024 * 1024).contains(&mem) {
-            p.push(
-                format!("{path}.memoryMiB"),
-                format!("must be at least {min_mem} (got {mem})"),
-            );
-        }
+    if let Some(mem) = m.memory_mib
+        && !(min_mem..=16 * 1024 * 1024).contains(&mem)
+    {
+        p.push(
+            format!("{path}.memoryMiB"),
+            format!("must be at least {min_mem} (got {mem})"),
+        );
     }
     if let Some(d) = m.disk_gib {
         let min = rules.disk_gib.1;

@@ -159,28 +159,28 @@ fn write_child(out: &mut String, v: &Value, indent: usize) {
 }
 
 fn write_scalar(out: &mut String, v: &Value, indent: usize) {
-    if let Value::String(s) = v {
-        if literal_block_ok(s) {
-            let body = s.trim_end_matches('\n');
-            let trailing = s.len() - body.len();
-            out.push_str(match trailing {
-                0 => "|-",
-                1 => "|",
-                _ => "|+",
-            });
+    if let Value::String(s) = v
+        && literal_block_ok(s)
+    {
+        let body = s.trim_end_matches('\n');
+        let trailing = s.len() - body.len();
+        out.push_str(match trailing {
+            0 => "|-",
+            1 => "|",
+            _ => "|+",
+        });
+        out.push('\n');
+        for line in s[..body.len()].split('\n') {
+            if !line.is_empty() {
+                pad(out, indent);
+                out.push_str(line);
+            }
             out.push('\n');
-            for line in s[..body.len()].split('\n') {
-                if !line.is_empty() {
-                    pad(out, indent);
-                    out.push_str(line);
-                }
-                out.push('\n');
-            }
-            for _ in 1..trailing {
-                out.push('\n');
-            }
-            return;
         }
+        for _ in 1..trailing {
+            out.push('\n');
+        }
+        return;
     }
     out.push_str(&inline(v));
     out.push('\n');

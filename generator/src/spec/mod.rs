@@ -204,13 +204,13 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
     }
     if let Some(ep) = &cp.endpoint {
         p.check("spec.controlPlane.endpoint.host", check_host(&ep.host));
-        if let Some(port) = ep.port {
-            if !(1..=65535).contains(&port) {
-                p.push(
-                    "spec.controlPlane.endpoint.port",
-                    format!("must be between 1 and 65535 (got {port})"),
-                );
-            }
+        if let Some(port) = ep.port
+            && !(1..=65535).contains(&port)
+        {
+            p.push(
+                "spec.controlPlane.endpoint.port",
+                format!("must be between 1 and 65535 (got {port})"),
+            );
         }
     }
 
@@ -460,13 +460,13 @@ fn validate_node(p: &mut Problems, path: &str, node: &NodeAddressing) {
             );
         }
     }
-    if let Some(gw) = &node.gateway {
-        if gw.parse::<std::net::IpAddr>().is_err() {
-            p.push(
-                format!("{path}.gateway"),
-                format!("must be an IP address (got {gw:?})"),
-            );
-        }
+    if let Some(gw) = &node.gateway
+        && gw.parse::<std::net::IpAddr>().is_err()
+    {
+        p.push(
+            format!("{path}.gateway"),
+            format!("must be an IP address (got {gw:?})"),
+        );
     }
     for (i, d) in node.dns.iter().enumerate() {
         if d.parse::<std::net::IpAddr>().is_err() {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite needs, from the machine's configured apt
+# sources. Skips apt entirely when everything is already present.
+set -euo pipefail
+
+# command -> package
+declare -A NEED=(
+  [dpkg-source]=dpkg-dev       # unpacks the kubernetes source package (scripts/test-assets.sh)
+  [openssl]=openssl            # throw-away CAs for the test API servers
+)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "[install-test-deps] all present" >&2
+  exit 0
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+echo "[install-test-deps] installing: ${missing[*]}" >&2
+$SUDO apt-get update -q >&2
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}" >&2

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it. On a fresh Debian machine it installs the packages the
+# tests need, builds (or reuses from ~/.cache) the real Kubernetes test components, checks
+# formatting and lints, and runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+scripts/test-assets.sh
+export FLEDGE_ASSETS_BIN="$(scripts/test-assets.sh --print-dir)"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,324 @@
+//! The generator against real schemas: golden files, upstream CRD validation, the `fails/` set,
+//! determinism, and a credentials scan.
+
+use std::path::{Path, PathBuf};
+
+use fledge_generator::cli::render_files;
+use fledge_generator::spec::{self, MAX_REQUEST_BYTES};
+use fledge_tests::crds::{SchemaSet, crds_dir, dirs_for};
+use fledge_tests::{missing, workspace_root};
+use serde::Deserialize;
+use serde_json::Value;
+
+fn case_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("tests/cases"))
+        .expect("tests/cases")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("input.yaml").is_file())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+fn docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn golden_cases_cover_every_provider_and_capi_version() {
+    assert_eq!(case_dirs().len(), 12, "6 providers x 2 CAPI versions");
+}
+
+#[test]
+fn rendered_files_match_golden_files() {
+    let update = std::env::var_os("FLEDGE_UPDATE_GOLDEN").is_some();
+    let mut mismatches = Vec::new();
+    for dir in case_dirs() {
+        let files = render_files(&dir.join("input.yaml"), None)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
+        for f in files {
+            let golden = dir.join("expected").join(&f.path);
+            if update {
+                std::fs::create_dir_all(golden.parent().unwrap()).unwrap();
+                std::fs::write(&golden, &f.contents).unwrap();
+                continue;
+            }
+            let want = std::fs::read(&golden)
+                .unwrap_or_else(|_| panic!("missing golden file {}", golden.display()));
+            if want != f.contents {
+                mismatches.push(golden.display().to_string());
+            }
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "rendered output differs from golden files (re-run with FLEDGE_UPDATE_GOLDEN=1 after checking the diff): {mismatches:#?}"
+    );
+}
+
+#[test]
+fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
+    if !crds_dir().is_dir() {
+        return missing(
+            &format!("upstream CRDs at {}", crds_dir().display()),
+            "set FLEDGE_CRDS_DIR to the shared/crds folder",
+        );
+    }
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dir in case_dirs() {
+        let checked_req = spec::load_request(&dir.join("input.yaml")).unwrap();
+        let mut set = SchemaSet::load(&dirs_for(checked_req.capi, checked_req.provider())).unwrap();
+        let text = String::from_utf8(
+            render_files(&dir.join("input.yaml"), None).unwrap()[0]
+                .contents
+                .clone(),
+        )
+        .unwrap();
+        let objects = docs(&text);
+        let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+        for want in [
+            "Cluster",
+            "KubeadmControlPlane",
+            "FledgeCluster",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Secret",
+        ] {
+            assert!(
+                kinds.contains(&want),
+                "{}: no {want} in {kinds:?}",
+                dir.display()
+            );
+        }
+        assert!(
+            !kinds.contains(&"MachineDeployment"),
+            "workers are the agent's job"
+        );
+        for obj in &objects {
+            match set.validate(obj) {
+                Some(Ok(())) => checked += 1,
+                Some(Err(errs)) => {
+                    failures.extend(errs.into_iter().map(|e| format!("{}: {e}", dir.display())))
+                }
+                None => {}
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "schema violations:\n{}",
+        failures.join("\n")
+    );
+    // Per case: FledgeCluster, Cluster, infra cluster, machine template, KCP.
+    assert_eq!(checked, 12 * 5);
+}
+
+#[test]
+fn a_schema_violation_is_caught() {
+    if !crds_dir().is_dir() {
+        return missing("upstream CRDs", "set FLEDGE_CRDS_DIR");
+    }
+    let mut set = SchemaSet::load(&["cluster-api/v1.13.5"]).unwrap();
+    let bad = serde_json::json!({
+        "apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
+        "metadata": {"name": "x"},
+        "spec": {"replicas": 1, "version": "v1.33.4", "machineTemplate": {"spec": {"infrastructureRef": {"kind": "K", "name": "n"}}},
+                 "kubeadmConfigSpec": {"users": [{"name": "u", "lockPasswd": true}]}}});
+    let errs = set.validate(&bad).unwrap().unwrap_err();
+    let text = errs.join("\n");
+    assert!(
+        text.contains(
+            "spec.machineTemplate.spec.infrastructureRef: missing required field \"apiGroup\""
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.kubeadmConfigSpec.users[0].lockPasswd: unknown field"),
+        "{text}"
+    );
+}
+
+#[test]
+fn rendering_is_deterministic() {
+    for dir in case_dirs() {
+        let a = render_files(&dir.join("input.yaml"), None).unwrap();
+        let b = render_files(&dir.join("input.yaml"), None).unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.path, y.path);
+            assert!(
+                x.contents == y.contents,
+                "{} differs between renders",
+                x.path.display()
+            );
+        }
+    }
+}
+
+fn fails_dir() -> PathBuf {
+    workspace_root().join("tests/fails")
+}
+
+#[test]
+fn bad_requests_produce_their_exact_errors() {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(fails_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    entries.sort();
+    assert!(entries.len() >= 10, "the fails/ set is too small");
+    let mut wrong = Vec::new();
+    for input in entries {
+        let name = input.file_name().unwrap().to_string_lossy().to_string();
+        let want = std::fs::read_to_string(input.with_extension("err"))
+            .unwrap_or_else(|_| panic!("{name}: missing .err file"));
+        let bytes = std::fs::read(&input).unwrap();
+        match spec::parse_request(&name, &bytes) {
+            Ok(_) => wrong.push(format!("{name}: accepted, expected:\n{want}")),
+            Err(e) if e.to_string().trim_end() != want.trim_end() => wrong.push(format!(
+                "{name}:\n--- want\n{}\n--- got\n{e}",
+                want.trim_end()
+            )),
+            Err(_) => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
+fn example_bytes() -> Vec<u8> {
+    std::fs::read(workspace_root().join("examples/docker.yaml")).unwrap()
+}
+
+#[test]
+fn non_utf8_input_is_reported_with_its_position() {
+    let mut bytes = b"apiVersion: fledge.dev/v1alpha1\nkind: Fledge".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    let err = spec::parse_request("bin.yaml", &bytes)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "bin.yaml:2:13: is not valid UTF-8 (invalid byte at offset 44)"
+    );
+}
+
+#[test]
+fn a_ten_megabyte_file_is_refused_before_parsing() {
+    let mut bytes = example_bytes();
+    bytes.resize(10 * 1024 * 1024, b'#');
+    let err = spec::parse_request("huge.yaml", &bytes)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "huge.yaml: is 10485760 bytes; a FledgeCluster request may be at most {MAX_REQUEST_BYTES} bytes"
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.yaml");
+    std::fs::write(&path, &bytes).unwrap();
+    let err = spec::load_request(&path).unwrap_err();
+    assert!(err.to_string().contains("is 10485760 bytes"));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = String::from_utf8(example_bytes())
+        .unwrap()
+        .replace(
+            "replicas: 1\n    machine: {}",
+            "replicas: 2\n    machine: {}",
+        )
+        .replace("name: docker-demo", "name: Docker_Demo")
+        .replace("192.168.0.0/16", "192.168.0.1/16");
+    let err = spec::parse_request("multi.yaml", text.as_bytes()).unwrap_err();
+    assert_eq!(err.problems.len(), 3, "{err}");
+}
+
+fn no_credentials(label: &str, text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for marker in [
+        "PRIVATE KEY-----",
+        "BEGIN OPENSSH",
+        "aws_secret_access_key",
+        "AKIA",
+    ] {
+        if text.contains(marker) {
+            found.push(format!("{label}: contains {marker:?}"));
+        }
+    }
+    // Password fields as cloud-init, CABPK and Secrets spell them, anywhere in any document.
+    fn walk(v: &Value, path: &str, label: &str, found: &mut Vec<String>) {
+        const KEYS: [&str; 8] = [
+            "passwd",
+            "password",
+            "plain_text_passwd",
+            "hashed_passwd",
+            "passwdFrom",
+            "chpasswd",
+            "clientSecret",
+            "stringData",
+        ];
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    if KEYS.contains(&k.as_str()) {
+                        found.push(format!("{label}: password-like field {path}.{k}"));
+                    }
+                    walk(child, &format!("{path}.{k}"), label, found);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, path, label, found)),
+            _ => {}
+        }
+    }
+    if let Ok(values) = serde_yaml::Deserializer::from_str(text)
+        .map(Value::deserialize)
+        .collect::<Result<Vec<_>, _>>()
+    {
+        for v in &values {
+            walk(v, "", label, &mut found);
+        }
+    }
+    found
+}
+
+#[test]
+fn no_credentials_in_examples_or_rendered_output() {
+    let mut found = Vec::new();
+    let mut scanned = 0;
+    let mut scan_dir = |dir: &Path, found: &mut Vec<String>| {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_file() {
+                found.extend(no_credentials(
+                    &p.display().to_string(),
+                    &std::fs::read_to_string(&p).unwrap(),
+                ));
+                scanned += 1;
+            }
+        }
+    };
+    scan_dir(&workspace_root().join("examples"), &mut found);
+    for dir in case_dirs() {
+        for f in render_files(&dir.join("input.yaml"), None).unwrap() {
+            found.extend(no_credentials(
+                &f.path.display().to_string(),
+                &String::from_utf8_lossy(&f.contents),
+            ));
+            scanned += 1;
+        }
+    }
+    assert!(scanned >= 18);
+    assert!(found.is_empty(), "{found:#?}");
+    // The scanner itself must notice a credential.
+    assert!(!no_credentials("probe", "-----BEGIN OPENSSH PRIVATE KEY-----").is_empty());
+    assert!(!no_credentials("probe", "users:\n  - name: x\n    passwd: abc\n").is_empty());
+}
