@@ -24,3 +24,6 @@ pub fn missing(what: &str, how: &str) {
     }
     eprintln!("SKIPPED (not under CI): {msg}");
 }
+
+pub mod cluster;
+pub mod install;

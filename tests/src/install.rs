@@ -1,0 +1,128 @@
+//! Installing CRDs into a test cluster: the upstream Cluster API CRDs (with the small
+//! compatibility pass Kubernetes 1.20 needs, and clusterctl's labels) and fledge's own.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::PostParams;
+use serde_json::{Value, json};
+
+use crate::crds::{crds_dir, own_crds, read_dir};
+
+/// Rewrites a current CRD so that Kubernetes 1.20 accepts it: drops `default: ""` (1.20
+/// rejects it as null), `x-kubernetes-validations` and `selectableFields` (1.20 cannot handle
+/// them), and labels it as `clusterctl init` would.
+pub fn compat_1_20(mut crd: Value, provider_label: &str) -> Value {
+    fn scrub(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                if m.get("default") == Some(&Value::String(String::new())) {
+                    m.remove("default");
+                }
+                m.remove("x-kubernetes-validations");
+                m.remove("selectableFields");
+                m.values_mut().for_each(scrub);
+            }
+            Value::Array(a) => a.iter_mut().for_each(scrub),
+            _ => {}
+        }
+    }
+    scrub(&mut crd);
+    let served: Vec<String> = crd["spec"]["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["served"].as_bool() == Some(true))
+        .filter_map(|v| v["name"].as_str().map(str::to_string))
+        .collect();
+    let labels = crd["metadata"]
+        .as_object_mut()
+        .map(|m| m.entry("labels").or_insert_with(|| json!({})));
+    if let Some(Value::Object(labels)) = labels {
+        labels.insert("clusterctl.cluster.x-k8s.io".into(), json!(""));
+        labels.insert("cluster.x-k8s.io/provider".into(), json!(provider_label));
+        // The contract labels the released components carry: contract -> served versions.
+        let joined = served.join("_");
+        for contract in ["v1beta1", "v1beta2"] {
+            labels.insert(format!("cluster.x-k8s.io/{contract}"), json!(joined));
+        }
+    }
+    crd
+}
+
+/// clusterctl's provider label for a CRD from `dir` (`<repo>/<tag>`).
+pub fn provider_label(dir: &str, group: &str) -> String {
+    let repo = dir.split('/').next().unwrap_or(dir);
+    match (repo.strip_prefix("cluster-api-provider-"), group) {
+        (Some(p), _) => format!("infrastructure-{p}"),
+        (None, g) if g.starts_with("bootstrap.") => "bootstrap-kubeadm".into(),
+        (None, g) if g.starts_with("controlplane.") => "control-plane-kubeadm".into(),
+        (None, g) if g.starts_with("infrastructure.") => "infrastructure-docker".into(),
+        _ => "cluster-api".into(),
+    }
+}
+
+/// Installs the CRDs of `dirs` (relative to the CRD root) and fledge's own, and waits until
+/// all are Established. Already-present CRDs are left as they are.
+pub async fn install_crds(client: &kube::Client, dirs: &[&str]) -> Result<usize, String> {
+    let mut crds = Vec::new();
+    for d in dirs {
+        for f in read_dir(&crds_dir().join(d))? {
+            let group = f.crd["spec"]["group"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            crds.push(compat_1_20(f.crd, &provider_label(d, &group)));
+        }
+    }
+    crds.extend(own_crds());
+    create_and_wait(client, crds).await
+}
+
+/// Installs only fledge's own CRDs.
+pub async fn install_fledge_crds(client: &kube::Client) -> Result<usize, String> {
+    create_and_wait(client, own_crds()).await
+}
+
+async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<usize, String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut names = Vec::new();
+    for crd in crds {
+        let name = crd["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let typed: CustomResourceDefinition = serde_json::from_value(crd)
+            .map_err(|e| format!("CRD {name} does not deserialize: {e}"))?;
+        match api.create(&PostParams::default(), &typed).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(format!("creating CRD {name}: {e}")),
+        }
+        names.push(name);
+    }
+    let start = Instant::now();
+    for name in &names {
+        loop {
+            let crd = api
+                .get(name)
+                .await
+                .map_err(|e| format!("reading CRD {name}: {e}"))?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!("CRD {name} not Established after 60s"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(names.len())
+}

@@ -1,0 +1,105 @@
+//! The real-API-server harness itself: isolation, clean shutdown, failure reports, CRDs.
+
+use std::path::Path;
+
+use fledge_tests::cluster::{HarnessError, Options, TestCluster, start_or_skip};
+use fledge_tests::install::install_crds;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_clusters_are_isolated_and_stop_without_leftovers() {
+    let Some(a) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let Some(b) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    assert_ne!(a.url, b.url);
+    let ns_a: Api<Namespace> = Api::all(a.client().await);
+    let ns_b: Api<Namespace> = Api::all(b.client().await);
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("only-in-a".into());
+    ns_a.create(&PostParams::default(), &ns).await.unwrap();
+    assert!(ns_a.get_opt("only-in-a").await.unwrap().is_some());
+    assert!(ns_b.get_opt("only-in-a").await.unwrap().is_none());
+
+    let pids = a.pids();
+    assert_eq!(pids.len(), 2, "etcd and kube-apiserver");
+    let dir = a.dir().to_path_buf();
+    drop(a);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still exists"
+        );
+    }
+    assert!(!dir.exists(), "working directory removed");
+    // The other cluster is unaffected.
+    assert!(ns_b.list(&Default::default()).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_reports_the_log_tail() {
+    if start_or_skip(Options::default()).await.is_none() {
+        return;
+    }
+    let opts = Options {
+        extra_apiserver_args: vec!["--no-such-flag=1".into()],
+        ..Options::default()
+    };
+    match TestCluster::start_with(opts).await {
+        Err(HarnessError::Server {
+            component, tail, ..
+        }) => {
+            assert_eq!(component, "kube-apiserver");
+            assert!(tail.contains("unknown flag: --no-such-flag"), "{tail}");
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("start should fail"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capi_crds_install_and_serve_status_subresources() {
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let client = c.client().await;
+    let n = install_crds(&client, &["cluster-api/v1.13.5"])
+        .await
+        .unwrap();
+    assert!(n > 25, "all core CRDs and fledge's: {n}");
+    let gvk = GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", "Cluster");
+    let (ar, _) = kube::discovery::pinned_kind(&client, &gvk).await.unwrap();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &ar);
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": "c1"},
+        "spec": {"controlPlaneRef": {"apiGroup": "controlplane.cluster.x-k8s.io", "kind": "KubeadmControlPlane", "name": "c1"}}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &obj).await.unwrap();
+    let status = serde_json::json!({"status": {"phase": "Provisioned"}});
+    api.patch_status("c1", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    let got = api.get("c1").await.unwrap();
+    assert_eq!(got.data["status"]["phase"], "Provisioned");
+    // Labelled as clusterctl init labels them.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client);
+    let crd = crds.get("clusters.cluster.x-k8s.io").await.unwrap();
+    let labels = crd.metadata.labels.unwrap();
+    assert_eq!(
+        labels
+            .get("clusterctl.cluster.x-k8s.io")
+            .map(String::as_str),
+        Some("")
+    );
+    assert_eq!(
+        labels.get("cluster.x-k8s.io/provider").map(String::as_str),
+        Some("cluster-api")
+    );
+}
