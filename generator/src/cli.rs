@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
+use serde::Deserialize;
 
 use crate::management;
 use crate::output::{self, OutputFile};
@@ -37,6 +38,11 @@ pub enum Command {
     /// The output directory is written atomically: on any error nothing is written. An existing
     /// directory is replaced only when fledge wrote it.
     Render(RenderArgs),
+    /// Render and server-side apply the management objects to a management cluster.
+    ///
+    /// Objects are applied in order with field manager "fledge"; each line of output says
+    /// whether an object was created, configured or unchanged. Applying twice changes nothing.
+    Apply(ApplyArgs),
     /// Check a request and report every problem in it.
     Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions of FledgeCluster and ClusterProfile.
@@ -58,6 +64,39 @@ pub struct RenderArgs {
     pub templates: Option<PathBuf>,
 }
 
+/// Arguments of `fledge apply`.
+#[derive(clap::Args, Debug)]
+pub struct ApplyArgs {
+    /// The FledgeCluster request (YAML).
+    #[arg(value_name = "REQUEST")]
+    pub request: PathBuf,
+    /// Kubeconfig of the management cluster; default: $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// "server": the server validates and admits every object but persists nothing;
+    /// "none": apply for real.
+    #[arg(long, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "server")]
+    pub dry_run: DryRun,
+    /// First install fledge's own CRDs (needs cluster-wide rights on the management cluster).
+    #[arg(long)]
+    pub install_crds: bool,
+    /// Take over fields that another field manager owns.
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Directory of template overrides (see `fledge render --help`).
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
+/// `--dry-run` modes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DryRun {
+    /// Apply for real.
+    None,
+    /// Server-side dry run.
+    Server,
+}
+
 /// Arguments of `fledge validate`.
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
@@ -70,6 +109,7 @@ pub struct ValidateArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(args) => render(&args),
+        Command::Apply(args) => apply(&args),
         Command::Validate(args) => {
             let checked = spec::load_request(&args.request)?;
             eprintln!(
@@ -120,6 +160,45 @@ pub fn render_files(
         "management.yaml",
         yaml::documents(&objects),
     )])
+}
+
+fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
+    let checked = spec::load_request(&args.request)?;
+    let templates = templates(args.templates.as_deref())?;
+    let mut objects = management::objects(&checked, &templates)?;
+    if args.install_crds {
+        let crds = serde_yaml::Deserializer::from_str(&crd_yaml())
+            .map(serde_json::Value::deserialize)
+            .collect::<Result<Vec<_>, _>>()?;
+        objects.splice(0..0, crds);
+    }
+    let opts = crate::apply::ApplyOptions {
+        dry_run: args.dry_run == DryRun::Server,
+        force_conflicts: args.force_conflicts,
+    };
+    let suffix = if opts.dry_run {
+        " (server dry run)"
+    } else {
+        ""
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
+        let results =
+            crate::apply::apply(&target, &objects, &opts, |a| println!("{a}{suffix}")).await?;
+        let changed = results
+            .iter()
+            .filter(|a| a.outcome != crate::apply::Outcome::Unchanged)
+            .count();
+        eprintln!(
+            "{} objects applied to {}, {changed} changed{suffix}",
+            results.len(),
+            target.server
+        );
+        Ok::<_, anyhow::Error>(())
+    })
 }
 
 fn render(args: &RenderArgs) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 //! The flow is parse → validate → render: [`spec::load_request`] gives a
 //! [`spec::CheckedCluster`], the only input [`management::objects`] and friends accept.
 
+pub mod apply;
 pub mod cli;
 pub mod management;
 pub mod output;

@@ -301,9 +301,8 @@ impl TestCluster {
         ];
         self.etcd = Some(self.spawn("etcd", &args)?);
         let addr = format!("127.0.0.1:{client}");
-        self.wait("etcd", Duration::from_secs(30), |c| {
+        self.wait("etcd", Duration::from_secs(30), |()| {
             let addr = addr.clone();
-            let _ = c;
             async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
         })
         .await

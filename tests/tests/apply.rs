@@ -1,0 +1,318 @@
+//! `fledge apply` against real kube-apiservers with the upstream CRDs installed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fledge_generator::apply::{
+    ApplyError, ApplyOptions, Outcome, Target, apply, client_from_kubeconfig,
+};
+use fledge_generator::management;
+use fledge_generator::providers;
+use fledge_generator::render::Templates;
+use fledge_generator::spec::{self, CapiVersion, CheckedCluster, FledgeCluster, ProviderKind};
+use fledge_tests::cluster::{Options, TestCluster, kubeconfig_yaml, start_or_skip};
+use fledge_tests::crds::core_dir;
+use fledge_tests::install::install_crds;
+use fledge_tests::workspace_root;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+fn case(provider: ProviderKind, capi: CapiVersion) -> PathBuf {
+    workspace_root().join(format!(
+        "tests/cases/{}-{}/input.yaml",
+        provider.as_str(),
+        capi.as_str()
+    ))
+}
+
+/// A cluster with every CRD the cases of one CAPI contract need.
+async fn cluster_for(capi: CapiVersion) -> Option<(TestCluster, Target)> {
+    let c = start_or_skip(Options::default()).await?;
+    let mut dirs = vec![core_dir(capi)];
+    for p in ProviderKind::ALL {
+        let d = providers::get(p).api(capi).crd_dir;
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    install_crds(&c.client().await, &dirs).await.unwrap();
+    let target = client_from_kubeconfig(Some(&c.kubeconfig)).await.unwrap();
+    Some((c, target))
+}
+
+async fn create_namespace(target: &Target, name: &str) {
+    let api: Api<Namespace> = Api::all(target.client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.to_string());
+    match api.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn load(path: &Path) -> CheckedCluster {
+    spec::load_request(path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_case_passes_server_side_dry_run_for_both_capi_versions() {
+    for capi in [CapiVersion::V1beta2, CapiVersion::V1beta1] {
+        let Some((_c, target)) = cluster_for(capi).await else {
+            return;
+        };
+        for p in ProviderKind::ALL {
+            let checked = load(&case(p, capi));
+            create_namespace(&target, checked.namespace.as_str()).await;
+            let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+            let opts = ApplyOptions {
+                dry_run: true,
+                ..Default::default()
+            };
+            let objects = without_peer_empty_strings(objects);
+            let results = apply(&target, &objects, &opts, |_| {})
+                .await
+                .unwrap_or_else(|e| panic!("{} {}: {e:#?}", p.as_str(), capi.as_str()));
+            assert_eq!(results.len(), objects.len());
+            assert!(
+                results[1..].iter().all(|a| a.outcome == Outcome::Created),
+                "{results:?}"
+            );
+            // Nothing was persisted: the Cluster would still be created.
+            let again = apply(&target, &objects[..3], &opts, |_| {}).await.unwrap();
+            assert_eq!(again[2].outcome, Outcome::Created, "{again:?}");
+        }
+    }
+}
+
+/// The test apiserver (v1.20.2 built with Go 1.19) decodes `""` inside custom resources as null
+/// and rejects it ("must be of type string: \"null\""); real apiservers accept it. CAPA needs
+/// `sshKeyName: ""` (no EC2 key pair; omitted means the key pair "default"), so fledge keeps it,
+/// and this test removes exactly those fields before the dry run, after checking once that the
+/// peer really has the defect (so the workaround goes away when the peer is fixed).
+fn without_peer_empty_strings(mut objects: Vec<serde_json::Value>) -> Vec<serde_json::Value> {
+    for o in &mut objects {
+        match o["kind"].as_str() {
+            Some("AWSCluster") => {
+                assert_eq!(o["spec"]["sshKeyName"], "");
+                o["spec"].as_object_mut().unwrap().remove("sshKeyName");
+            }
+            Some("AWSMachineTemplate") => {
+                assert_eq!(o["spec"]["template"]["spec"]["sshKeyName"], "");
+                o["spec"]["template"]["spec"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("sshKeyName");
+            }
+            _ => {}
+        }
+    }
+    objects
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_test_apiserver_has_the_empty_string_defect_the_dry_run_test_works_around() {
+    let Some((_c, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let checked = load(&case(ProviderKind::Aws, CapiVersion::V1beta2));
+    create_namespace(&target, checked.namespace.as_str()).await;
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+    let aws: Vec<_> = objects
+        .into_iter()
+        .filter(|o| o["kind"] == "AWSCluster")
+        .collect();
+    let opts = ApplyOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    match apply(&target, &aws, &opts, |_| {}).await {
+        Err(ApplyError::Rejected { message, .. }) => {
+            assert!(
+                message.contains("spec.sshKeyName in body must be of type string: \"null\""),
+                "{message}"
+            )
+        }
+        other => panic!(
+            "the peer accepted an empty string now; drop without_peer_empty_strings: {other:?}"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rendered_schema_error_is_rejected_by_the_server() {
+    let Some((_c, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("management")).unwrap();
+    let original =
+        std::fs::read_to_string(workspace_root().join("templates/management/cluster.yaml.j2"))
+            .unwrap();
+    let broken = original.replace(
+        "serviceDomain: {{ network.dns_domain }}",
+        "serviceDomain: 12345",
+    );
+    assert_ne!(broken, original);
+    std::fs::write(dir.path().join("management/cluster.yaml.j2"), broken).unwrap();
+    let templates = Templates::with_overrides(dir.path()).unwrap();
+    let checked = load(&case(ProviderKind::Docker, CapiVersion::V1beta2));
+    create_namespace(&target, checked.namespace.as_str()).await;
+    let objects = management::objects(&checked, &templates).unwrap();
+    let opts = ApplyOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    match apply(&target, &objects, &opts, |_| {}).await {
+        Err(ApplyError::Rejected { object, message }) => {
+            assert_eq!(object, "cluster.cluster.x-k8s.io/docker-demo");
+            assert!(
+                message.contains("spec.clusterNetwork.serviceDomain"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applying_twice_changes_nothing_and_fledge_crds_serve_status() {
+    let Some((c, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let request = case(ProviderKind::Vsphere, CapiVersion::V1beta2);
+    // Through the binary, as a user runs it.
+    let bin = env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge";
+    let run = || {
+        std::process::Command::new(&bin)
+            .args([
+                "apply",
+                request.to_str().unwrap(),
+                "--kubeconfig",
+                c.kubeconfig.to_str().unwrap(),
+            ])
+            .output()
+            .expect("run fledge (cargo build first)")
+    };
+    let first = run();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let out = String::from_utf8(first.stdout).unwrap();
+    assert!(
+        out.contains("cluster.cluster.x-k8s.io/vsphere-demo created"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "kubeadmcontrolplane.controlplane.cluster.x-k8s.io/vsphere-demo-control-plane created"
+        ),
+        "{out}"
+    );
+
+    let checked = load(&request);
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+    let before = apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let again = apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    for (a, b) in before.iter().zip(&again) {
+        assert_eq!(b.outcome, Outcome::Unchanged, "{}", b.object);
+        assert_eq!(a.resource_version, b.resource_version, "{}", b.object);
+    }
+    let second = run();
+    let out = String::from_utf8(second.stdout).unwrap();
+    assert!(
+        !out.contains("created") && !out.contains("configured"),
+        "{out}"
+    );
+
+    // The FledgeCluster CRD is served with its status subresource.
+    let api: Api<FledgeCluster> =
+        Api::namespaced(target.client.clone(), checked.namespace.as_str());
+    let status = serde_json::json!({"status": {"phase": "Installed", "agentVersion": "test"}});
+    api.patch_status(
+        checked.name.as_str(),
+        &PatchParams::default(),
+        &Patch::Merge(&status),
+    )
+    .await
+    .unwrap();
+    let got = api.get(checked.name.as_str()).await.unwrap();
+    assert_eq!(got.status.unwrap().phase.as_deref(), Some("Installed"));
+    // Status is not part of what fledge applies, so a re-apply keeps it.
+    apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    assert!(
+        api.get(checked.name.as_str())
+            .await
+            .unwrap()
+            .status
+            .is_some()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_and_unauthorised_clusters_give_one_clear_error() {
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let checked = load(&case(ProviderKind::Docker, CapiVersion::V1beta2));
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+
+    let wrong_token = dir.path().join("wrong-token");
+    std::fs::write(
+        &wrong_token,
+        kubeconfig_yaml(&c.url, &c.ca_pem, "not-the-token"),
+    )
+    .unwrap();
+    let target = client_from_kubeconfig(Some(&wrong_token)).await.unwrap();
+    match apply(&target, &objects, &ApplyOptions::default(), |_| {}).await {
+        Err(ApplyError::Unauthorized { code: 401, .. }) => {}
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = dir.path().join("closed");
+    std::fs::write(
+        &closed,
+        kubeconfig_yaml(&format!("https://127.0.0.1:{port}"), &c.ca_pem, &c.token),
+    )
+    .unwrap();
+    let target = client_from_kubeconfig(Some(&closed)).await.unwrap();
+    let start = Instant::now();
+    let err = apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::Unreachable { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "no retry storm: {:?}",
+        start.elapsed()
+    );
+
+    // Without fledge's CRDs the error says what to install.
+    let target = client_from_kubeconfig(Some(&c.kubeconfig)).await.unwrap();
+    let err = apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("fledge apply --install-crds"),
+        "{err}"
+    );
+}
