@@ -8,10 +8,10 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use serde::Deserialize;
 
-use crate::management;
 use crate::output::{self, OutputFile};
 use crate::render::{Templates, yaml};
 use crate::spec::{self, ClusterProfile, FledgeCluster};
+use crate::{cloudinit, management};
 
 /// Render Cluster API objects, cloud-init and seed images for a decentralized cluster.
 ///
@@ -33,7 +33,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Render the management-plane objects into DIR/management.yaml.
+    /// Render DIR/management.yaml and CP-A's cloud-init seed content in DIR/cp-a/.
     ///
     /// The output directory is written atomically: on any error nothing is written. An existing
     /// directory is replaced only when fledge wrote it.
@@ -62,6 +62,19 @@ pub struct RenderArgs {
     /// (for example management/cluster.yaml.j2) replaces it.
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// Largest user-data the target platform accepts, in bytes. Default: 16384 (EC2's raw
+    /// limit) for aws, 65536 elsewhere. Over it, large files are gzip+base64 encoded; if it
+    /// still does not fit, rendering fails.
+    #[arg(long, value_name = "BYTES")]
+    pub max_user_data: Option<usize>,
+    /// File holding the agent's management service-account token, embedded into CP-A's
+    /// user-data (which is then written with mode 0600). Without it the token is expected from
+    /// CABPK (the KubeadmControlPlane's contentFrom) or placed on the node by other means.
+    #[arg(long, value_name = "FILE")]
+    pub management_token: Option<PathBuf>,
+    /// File holding the management API server's CA bundle (PEM), embedded like the token.
+    #[arg(long, value_name = "FILE")]
+    pub management_ca: Option<PathBuf>,
 }
 
 /// Arguments of `fledge apply`.
@@ -148,18 +161,42 @@ fn templates(dir: Option<&Path>) -> anyhow::Result<Templates> {
     })
 }
 
+/// Options of [`render_files`].
+#[derive(Debug, Clone, Default)]
+pub struct RenderOptions {
+    /// Template override directory.
+    pub templates: Option<PathBuf>,
+    /// User-data limit; the provider's default when `None`.
+    pub max_user_data: Option<usize>,
+    /// Management credentials to embed in CP-A's user-data.
+    pub credentials: cloudinit::Credentials,
+}
+
 /// Renders every artifact of a request into memory, in output order.
-pub fn render_files(
-    request: &Path,
-    template_dir: Option<&Path>,
-) -> anyhow::Result<Vec<OutputFile>> {
+pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<OutputFile>> {
     let checked = spec::load_request(request)?;
-    let templates = templates(template_dir)?;
+    let templates = templates(opts.templates.as_deref())?;
     let objects = management::objects(&checked, &templates)?;
-    Ok(vec![OutputFile::public(
-        "management.yaml",
-        yaml::documents(&objects),
-    )])
+    let limit = opts
+        .max_user_data
+        .unwrap_or_else(|| cloudinit::default_limit(checked.provider()));
+    let seed = cloudinit::render(&checked, &templates, &opts.credentials, limit)?;
+    for path in &seed.compressed {
+        tracing::info!(file = %path, "compressed with gzip+base64 to fit the user-data limit");
+    }
+    let mut files = vec![
+        OutputFile::public("management.yaml", yaml::documents(&objects)),
+        OutputFile {
+            path: "cp-a/user-data".into(),
+            contents: seed.user_data.into_bytes(),
+            mode: 0o600,
+        },
+        OutputFile::public("cp-a/meta-data", seed.meta_data),
+    ];
+    if let Some(net) = seed.network_config {
+        files.push(OutputFile::public("cp-a/network-config", net));
+    }
+    Ok(files)
 }
 
 fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
@@ -201,8 +238,44 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     })
 }
 
+fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {what} file {}", path.display()))?;
+    let trimmed = text.trim().to_string();
+    anyhow::ensure!(
+        !trimmed.is_empty(),
+        "{}: {what} file is empty",
+        path.display()
+    );
+    Ok(trimmed)
+}
+
 fn render(args: &RenderArgs) -> anyhow::Result<()> {
-    let files = render_files(&args.request, args.templates.as_deref())?;
+    let mut credentials = cloudinit::Credentials::default();
+    if let Some(p) = &args.management_token {
+        let token = read_secret_file(p, "management token")?;
+        anyhow::ensure!(
+            token.chars().all(|c| c.is_ascii_graphic()),
+            "{}: management token must be a single word of printable characters",
+            p.display()
+        );
+        credentials.token = Some(token);
+    }
+    if let Some(p) = &args.management_ca {
+        let ca = read_secret_file(p, "management CA")?;
+        anyhow::ensure!(
+            ca.starts_with("-----BEGIN CERTIFICATE-----") && !ca.contains("PRIVATE KEY"),
+            "{}: management CA must be PEM certificates (-----BEGIN CERTIFICATE-----)",
+            p.display()
+        );
+        credentials.ca_pem = Some(ca + "\n");
+    }
+    let opts = RenderOptions {
+        templates: args.templates.clone(),
+        max_user_data: args.max_user_data,
+        credentials,
+    };
+    let files = render_files(&args.request, &opts)?;
     output::write_dir(&args.out, &files)?;
     for f in &files {
         eprintln!("wrote {}", args.out.join(&f.path).display());

@@ -37,7 +37,7 @@ fn rendered_files_match_golden_files() {
     let update = std::env::var_os("FLEDGE_UPDATE_GOLDEN").is_some();
     let mut mismatches = Vec::new();
     for dir in case_dirs() {
-        let files = render_files(&dir.join("input.yaml"), None)
+        let files = render_files(&dir.join("input.yaml"), &Default::default())
             .unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
         for f in files {
             let golden = dir.join("expected").join(&f.path);
@@ -73,7 +73,7 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
         let checked_req = spec::load_request(&dir.join("input.yaml")).unwrap();
         let mut set = SchemaSet::load(&dirs_for(checked_req.capi, checked_req.provider())).unwrap();
         let text = String::from_utf8(
-            render_files(&dir.join("input.yaml"), None).unwrap()[0]
+            render_files(&dir.join("input.yaml"), &Default::default()).unwrap()[0]
                 .contents
                 .clone(),
         )
@@ -146,8 +146,8 @@ fn a_schema_violation_is_caught() {
 #[test]
 fn rendering_is_deterministic() {
     for dir in case_dirs() {
-        let a = render_files(&dir.join("input.yaml"), None).unwrap();
-        let b = render_files(&dir.join("input.yaml"), None).unwrap();
+        let a = render_files(&dir.join("input.yaml"), &Default::default()).unwrap();
+        let b = render_files(&dir.join("input.yaml"), &Default::default()).unwrap();
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(&b) {
             assert_eq!(x.path, y.path);
@@ -308,7 +308,7 @@ fn no_credentials_in_examples_or_rendered_output() {
     };
     scan_dir(&workspace_root().join("examples"), &mut found);
     for dir in case_dirs() {
-        for f in render_files(&dir.join("input.yaml"), None).unwrap() {
+        for f in render_files(&dir.join("input.yaml"), &Default::default()).unwrap() {
             found.extend(no_credentials(
                 &f.path.display().to_string(),
                 &String::from_utf8_lossy(&f.contents),

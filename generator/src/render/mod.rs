@@ -34,6 +34,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../templates/agent/config.yaml.j2"),
     ),
     (
+        "cloudinit/user-data.yaml.j2",
+        include_str!("../../../templates/cloudinit/user-data.yaml.j2"),
+    ),
+    (
+        "cloudinit/kubeadm.yaml.j2",
+        include_str!("../../../templates/cloudinit/kubeadm.yaml.j2"),
+    ),
+    (
         "infra/vsphere.yaml.j2",
         include_str!("../../../templates/infra/vsphere.yaml.j2"),
     ),
