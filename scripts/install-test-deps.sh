@@ -7,12 +7,14 @@ set -euo pipefail
 declare -A NEED=(
   [dpkg-source]=dpkg-dev       # unpacks the kubernetes source package (scripts/test-assets.sh)
   [openssl]=openssl            # throw-away CAs for the test API servers
+  [cloud-init]=cloud-init      # `cloud-init schema -c`, and PyYAML (python3-yaml) with it
 )
 
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
+python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "[install-test-deps] all present" >&2
   exit 0
