@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::output::{self, OutputFile};
 use crate::render::{Templates, yaml};
+use crate::seed::{self, SeedFormat};
 use crate::spec::{self, ClusterProfile, FledgeCluster};
 use crate::{cloudinit, management};
 
@@ -47,6 +48,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions of FledgeCluster and ClusterProfile.
     Crd,
+    /// Build a cloud-init seed image from a directory holding user-data and meta-data
+    /// (and optionally network-config, vendor-data): a drop-in for cloud-localds.
+    Seed(SeedArgs),
 }
 
 /// Arguments of `fledge render`.
@@ -75,6 +79,10 @@ pub struct RenderArgs {
     /// File holding the management API server's CA bundle (PEM), embedded like the token.
     #[arg(long, value_name = "FILE")]
     pub management_ca: Option<PathBuf>,
+    /// Also write a seed image: DIR/cp-a/seed.iso (nocloud-iso, config-drive) or
+    /// DIR/cp-a/seed.img (nocloud-vfat).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub seed: Option<SeedFormat>,
 }
 
 /// Arguments of `fledge apply`.
@@ -110,6 +118,20 @@ pub enum DryRun {
     Server,
 }
 
+/// Arguments of `fledge seed`.
+#[derive(clap::Args, Debug)]
+pub struct SeedArgs {
+    /// Directory with user-data and meta-data (network-config and vendor-data are optional).
+    #[arg(value_name = "SRC_DIR")]
+    pub src: PathBuf,
+    /// Image file to write (replaced atomically).
+    #[arg(short, long, value_name = "IMAGE")]
+    pub output: PathBuf,
+    /// Image format.
+    #[arg(short, long, value_enum, default_value = "nocloud-iso")]
+    pub format: SeedFormat,
+}
+
 /// Arguments of `fledge validate`.
 #[derive(clap::Args, Debug)]
 pub struct ValidateArgs {
@@ -135,6 +157,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Seed(args) => seed_cmd(&args),
         Command::Crd => {
             let text = crd_yaml();
             std::io::stdout()
@@ -170,6 +193,8 @@ pub struct RenderOptions {
     pub max_user_data: Option<usize>,
     /// Management credentials to embed in CP-A's user-data.
     pub credentials: cloudinit::Credentials,
+    /// Seed image to build.
+    pub seed: Option<SeedFormat>,
 }
 
 /// Renders every artifact of a request into memory, in output order.
@@ -193,6 +218,20 @@ pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<
         },
         OutputFile::public("cp-a/meta-data", seed.meta_data),
     ];
+    if let Some(format) = opts.seed {
+        let content = seed::SeedContent {
+            user_data: files[1].contents.clone(),
+            meta_data: files[2].contents.clone(),
+            network_config: seed.network_config.as_ref().map(|n| n.clone().into_bytes()),
+            vendor_data: None,
+        };
+        let image = seed::build(format, &content)?;
+        files.push(OutputFile {
+            path: PathBuf::from("cp-a").join(format.file_name()),
+            contents: image,
+            mode: 0o600,
+        });
+    }
     if let Some(net) = seed.network_config {
         files.push(OutputFile::public("cp-a/network-config", net));
     }
@@ -238,6 +277,40 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     })
 }
 
+fn seed_cmd(args: &SeedArgs) -> anyhow::Result<()> {
+    let read = |name: &str| -> anyhow::Result<Option<Vec<u8>>> {
+        let p = args.src.join(name);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {}", p.display()))),
+        }
+    };
+    let need = |name: &str| -> anyhow::Result<Vec<u8>> {
+        read(name)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no {name} file (a seed needs user-data and meta-data)",
+                args.src.display()
+            )
+        })
+    };
+    let content = seed::SeedContent {
+        user_data: need("user-data")?,
+        meta_data: need("meta-data")?,
+        network_config: read("network-config")?,
+        vendor_data: read("vendor-data")?,
+    };
+    let image = seed::build(args.format, &content)?;
+    output::write_file(&args.output, &image, 0o644)?;
+    eprintln!(
+        "wrote {} ({} bytes, {:?})",
+        args.output.display(),
+        image.len(),
+        args.format
+    );
+    Ok(())
+}
+
 fn read_secret_file(path: &Path, what: &str) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {what} file {}", path.display()))?;
@@ -274,6 +347,7 @@ fn render(args: &RenderArgs) -> anyhow::Result<()> {
         templates: args.templates.clone(),
         max_user_data: args.max_user_data,
         credentials,
+        seed: args.seed,
     };
     let files = render_files(&args.request, &opts)?;
     output::write_dir(&args.out, &files)?;

@@ -12,4 +12,5 @@ pub mod output;
 pub mod providers;
 pub mod render;
 pub mod schema;
+pub mod seed;
 pub mod spec;

@@ -5,7 +5,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Name of the marker file in every output directory.
@@ -127,6 +127,25 @@ pub fn write_dir(out: &Path, files: &[OutputFile]) -> Result<(), OutputError> {
         fs::remove_dir_all(&old).map_err(io("remove", &old))?;
     }
     Ok(())
+}
+
+/// Writes one file atomically: temporary file in the same directory, fsync, rename, and an
+/// fsync of the directory.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), OutputError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fledge-tmp-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(&dir)
+        .map_err(io("create a temporary file in", &dir))?;
+    tmp.write_all(contents).map_err(io("write", tmp.path()))?;
+    tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| io("rename into place", path)(e.error))?;
+    sync_dir(&dir)
 }
 
 fn sync_tree(dir: &Path) -> Result<(), OutputError> {
