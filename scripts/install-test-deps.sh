@@ -8,6 +8,12 @@ declare -A NEED=(
   [dpkg-source]=dpkg-dev       # unpacks the kubernetes source package (scripts/test-assets.sh)
   [openssl]=openssl            # throw-away CAs for the test API servers
   [cloud-init]=cloud-init      # `cloud-init schema -c`, and PyYAML (python3-yaml) with it
+  [isoinfo]=genisoimage        # reads seed ISOs back
+  [xorriso]=xorriso            # extracts files from seed ISOs
+  [mtype]=mtools               # reads vfat seeds back (mdir, mtype)
+  [fsck.vfat]=dosfstools       # checks vfat seeds
+  [blkid]=util-linux           # labels and types of seed images
+  [cloud-localds]=cloud-image-utils  # the baseline of benches/seed.sh
 )
 
 missing=()
