@@ -52,9 +52,9 @@ fn lfn_checksum(short: &[u8; 11]) -> u8 {
 /// The LFN entries for `name`, in on-disk order (last part first).
 fn lfn_entries(name: &str, checksum: u8) -> Vec<[u8; 32]> {
     let mut units: Vec<u16> = name.encode_utf16().collect();
-    if units.len() % 13 != 0 {
+    if !units.len().is_multiple_of(13) {
         units.push(0);
-        while units.len() % 13 != 0 {
+        while !units.len().is_multiple_of(13) {
             units.push(0xFFFF);
         }
     }

@@ -264,14 +264,14 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
         next + 2 * sectors(pt_primary_len) + sectors(pt_joliet_len),
     ];
     next = pt[3] + sectors(pt_joliet_len);
-    for di in 0..dirs.len() {
+    for (di, d) in dirs.iter_mut().enumerate() {
         let len = dir_len(di, false);
-        dirs[di].primary = (next as u32, len as u32);
+        d.primary = (next as u32, len as u32);
         next += sectors(len);
     }
-    for di in 0..dirs.len() {
+    for (di, d) in dirs.iter_mut().enumerate() {
         let len = dir_len(di, true);
-        dirs[di].joliet = (next as u32, len as u32);
+        d.joliet = (next as u32, len as u32);
         next += sectors(len);
     }
     let mut file_extent = Vec::new();
