@@ -52,6 +52,25 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
     p.display().to_string()
 }
 
+/// Extracts `path` from an ISO with xorriso (an independent reader) and returns its bytes.
+fn xorriso_extract(img: &str, path: &str, dir: &Path) -> Vec<u8> {
+    let out = dir.join(format!("x{}", path.replace('/', "_")));
+    let (ok, _, err) = run(
+        "xorriso",
+        &[
+            "-osirrox",
+            "on",
+            "-indev",
+            img,
+            "-extract",
+            path,
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "xorriso {path}: {err}");
+    std::fs::read(&out).unwrap()
+}
+
 fn blkid(path: &str) -> String {
     let (ok, out, err) = run("blkid", &["-p", "-o", "export", path]);
     assert!(ok, "blkid {path}: {err}");
@@ -95,22 +114,8 @@ fn nocloud_iso_reads_back_exactly() {
         let (ok, got, err) = run("isoinfo", &["-J", "-x", &format!("/{name}"), "-i", &img]);
         assert!(ok, "{err}");
         assert!(&got == want, "isoinfo {name}: bytes differ");
-        let out = dir.path().join(format!("x-{name}"));
-        let (ok, _, err) = run(
-            "xorriso",
-            &[
-                "-osirrox",
-                "on",
-                "-indev",
-                &img,
-                "-extract",
-                &format!("/{name}"),
-                out.to_str().unwrap(),
-            ],
-        );
-        assert!(ok, "{err}");
         assert!(
-            &std::fs::read(&out).unwrap() == want,
+            &xorriso_extract(&img, &format!("/{name}"), dir.path()) == want,
             "xorriso {name}: bytes differ"
         );
     }
@@ -178,36 +183,12 @@ fn config_drive_reads_back_exactly() {
         ids.contains("TYPE=iso9660") && ids.contains("LABEL=config-2"),
         "{ids}"
     );
-    let out = dir.path().join("ud");
-    let (ok, _, err) = run(
-        "xorriso",
-        &[
-            "-osirrox",
-            "on",
-            "-indev",
-            &img,
-            "-extract",
-            "/openstack/latest/user_data",
-            out.to_str().unwrap(),
-        ],
+    assert_eq!(
+        xorriso_extract(&img, "/openstack/latest/user_data", dir.path()),
+        c.user_data
     );
-    assert!(ok, "{err}");
-    assert_eq!(std::fs::read(&out).unwrap(), c.user_data);
-    let meta = dir.path().join("md");
-    let (ok, _, err) = run(
-        "xorriso",
-        &[
-            "-osirrox",
-            "on",
-            "-indev",
-            &img,
-            "-extract",
-            "/openstack/latest/meta_data.json",
-            meta.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    let meta = xorriso_extract(&img, "/openstack/latest/meta_data.json", dir.path());
+    let v: serde_json::Value = serde_json::from_slice(&meta).unwrap();
     assert_eq!(v["uuid"], "fledge-0123456789abcdef");
     assert_eq!(v["hostname"], "cp-a");
 }
