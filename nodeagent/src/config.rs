@@ -1,0 +1,142 @@
+//! `/etc/fledge/agent.yaml`: which cluster the agent runs, where the management plane is, and
+//! where its token and CA are. It names secret files; it holds no secret itself.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default location of the configuration.
+pub const DEFAULT_PATH: &str = "/etc/fledge/agent.yaml";
+
+/// The agent configuration (`kind: AgentConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `fledge.dev/v1alpha1`.
+    pub api_version: String,
+    /// `AgentConfig`.
+    pub kind: String,
+    /// The cluster this node belongs to.
+    pub cluster: ClusterRef,
+    /// The management plane.
+    pub management: Management,
+    /// State directory; `/var/lib/fledge`.
+    pub state_dir: PathBuf,
+    /// Loopback address for /healthz and /metrics.
+    pub metrics_address: String,
+}
+
+/// The cluster's FledgeCluster on the management plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterRef {
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    pub namespace: String,
+}
+
+/// How to reach the management plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Management {
+    /// API server URL.
+    pub server: String,
+    /// File holding the service-account token.
+    pub token_file: PathBuf,
+    /// File holding the API server's CA bundle.
+    pub ca_file: PathBuf,
+}
+
+/// A configuration problem, naming the file and the rule.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {problem}")]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl AgentConfig {
+    /// Reads and checks a configuration file. `root` prefixes every path (image baking).
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let err = |problem: String| ConfigError {
+            file: path.to_path_buf(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let cfg: AgentConfig = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if cfg.api_version != "fledge.dev/v1alpha1" || cfg.kind != "AgentConfig" {
+            return Err(err(format!(
+                "must be apiVersion fledge.dev/v1alpha1, kind AgentConfig (got {}, {})",
+                cfg.api_version, cfg.kind
+            )));
+        }
+        fledge_generator::spec::check_dns_label(&cfg.cluster.name, 63)
+            .map_err(|r| err(format!("cluster.name: {r}")))?;
+        fledge_generator::spec::check_dns_label(&cfg.cluster.namespace, 63)
+            .map_err(|r| err(format!("cluster.namespace: {r}")))?;
+        fledge_generator::spec::check_https_url(&cfg.management.server)
+            .map_err(|r| err(format!("management.server: {r}")))?;
+        for (field, p) in [
+            ("management.tokenFile", &cfg.management.token_file),
+            ("management.caFile", &cfg.management.ca_file),
+            ("stateDir", &cfg.state_dir),
+        ] {
+            if !p.is_absolute() {
+                return Err(err(format!(
+                    "{field}: must be an absolute path (got {})",
+                    p.display()
+                )));
+            }
+        }
+        let addr: std::net::SocketAddr = cfg.metrics_address.parse().map_err(|_| {
+            err(format!(
+                "metricsAddress: must be IP:PORT (got {:?})",
+                cfg.metrics_address
+            ))
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(err(format!(
+                "metricsAddress: must be a loopback address (got {addr})"
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Checks that the token and CA files exist, are readable and look right.
+    pub fn check_credentials(&self, root: &Path) -> Result<(), ConfigError> {
+        let token = rooted(root, &self.management.token_file);
+        let text = std::fs::read_to_string(&token).map_err(|e| ConfigError {
+            file: token.clone(),
+            problem: format!("cannot read the management token: {e}"),
+        })?;
+        if text.trim().is_empty() || text.trim().contains(char::is_whitespace) {
+            return Err(ConfigError {
+                file: token,
+                problem: "must hold one service-account token".into(),
+            });
+        }
+        let ca = rooted(root, &self.management.ca_file);
+        let text = std::fs::read_to_string(&ca).map_err(|e| ConfigError {
+            file: ca.clone(),
+            problem: format!("cannot read the management CA: {e}"),
+        })?;
+        if !text.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError {
+                file: ca,
+                problem: "must hold PEM certificates".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `path` under `root` (`/` leaves it as is).
+pub fn rooted(root: &Path, path: &Path) -> PathBuf {
+    match path.strip_prefix("/") {
+        Ok(rel) => root.join(rel),
+        Err(_) => root.join(path),
+    }
+}

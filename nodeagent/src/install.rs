@@ -1,0 +1,303 @@
+//! `fledge-agent install` / `uninstall`: the same steps whether cloud-init calls it on first boot
+//! (live system, systemd running) or an image build bakes the agent into a root directory.
+//!
+//! [`plan`] compares the wanted files with what is on disk and returns the actions; [`apply`]
+//! carries them out. An empty plan means "up to date".
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{AgentConfig, ConfigError, rooted};
+
+/// The unit file installed.
+pub const UNIT: &str = include_str!("../../templates/agent/fledge-agent.service");
+/// Unit name.
+pub const UNIT_NAME: &str = "fledge-agent.service";
+/// Installed binary.
+pub const BIN_PATH: &str = "/usr/local/bin/fledge-agent";
+/// Installed unit.
+pub const UNIT_PATH: &str = "/etc/systemd/system/fledge-agent.service";
+/// Enablement link.
+pub const WANTS_LINK: &str = "/etc/systemd/system/multi-user.target.wants/fledge-agent.service";
+
+/// Errors installing.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file operation failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What.
+        op: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The copied binary does not match the running one.
+    #[error("{0}: the installed binary's sha256 does not match the running executable")]
+    Verify(PathBuf),
+    /// systemctl failed.
+    #[error("systemctl {args} failed ({status}): {stderr}")]
+    Systemctl {
+        /// Arguments.
+        args: String,
+        /// Exit status.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+}
+
+fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> InstallError {
+    let path = path.to_path_buf();
+    move |source| InstallError::Io { op, path, source }
+}
+
+/// One install step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Copy the running binary (a new install, or an upgrade).
+    WriteBinary {
+        /// True when a different binary is replaced.
+        upgrade: bool,
+    },
+    /// Write the unit file.
+    WriteUnit,
+    /// Copy the configuration into place (0600).
+    WriteConfig {
+        /// Source file.
+        from: PathBuf,
+    },
+    /// Create the multi-user.target.wants link (image baking).
+    Link,
+    /// `systemctl daemon-reload` + `enable` (live system).
+    Enable,
+    /// Start the service (live system, new install), without waiting for it.
+    Start,
+    /// Restart the service (live system, upgrade), without waiting for it.
+    Restart,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::WriteBinary { upgrade: true } => write!(f, "upgrade {BIN_PATH}"),
+            Action::WriteBinary { upgrade: false } => write!(f, "install {BIN_PATH}"),
+            Action::WriteUnit => write!(f, "write {UNIT_PATH}"),
+            Action::WriteConfig { from } => write!(
+                f,
+                "install {} from {}",
+                crate::config::DEFAULT_PATH,
+                from.display()
+            ),
+            Action::Link => write!(f, "enable {UNIT_NAME} (link in multi-user.target.wants)"),
+            Action::Enable => write!(f, "systemctl daemon-reload and enable {UNIT_NAME}"),
+            Action::Start => write!(f, "start {UNIT_NAME}"),
+            Action::Restart => write!(f, "restart {UNIT_NAME}"),
+        }
+    }
+}
+
+/// What to install and where.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Filesystem root (`/` on a live system).
+    pub root: PathBuf,
+    /// The agent binary to install.
+    pub binary: PathBuf,
+    /// Configuration to install (`None`: it must already be at /etc/fledge/agent.yaml).
+    pub config: Option<PathBuf>,
+    /// Do not start or restart the service.
+    pub no_start: bool,
+    /// Call systemctl (a live root with systemd running).
+    pub live: bool,
+}
+
+impl Target {
+    /// A target for `root`: live when it is `/` and systemd is running.
+    pub fn new(root: &Path, binary: PathBuf, config: Option<PathBuf>, no_start: bool) -> Target {
+        let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+        Target {
+            root: root.to_path_buf(),
+            binary,
+            config,
+            no_start,
+            live,
+        }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        rooted(&self.root, Path::new(p))
+    }
+}
+
+fn sha256_file(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|b| Sha256::digest(&b).into())
+}
+
+/// Computes the install plan.
+pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
+    let mut actions = Vec::new();
+    // The configuration must be valid before anything changes.
+    let config_dest = t.path(crate::config::DEFAULT_PATH);
+    let config_src = t.config.clone().unwrap_or_else(|| config_dest.clone());
+    AgentConfig::load(&config_src)?;
+    if config_src != config_dest
+        && std::fs::read(&config_src).ok() != std::fs::read(&config_dest).ok()
+    {
+        actions.push(Action::WriteConfig { from: config_src });
+    }
+    let want = sha256_file(&t.binary).ok_or_else(|| InstallError::Io {
+        op: "read",
+        path: t.binary.clone(),
+        source: std::io::Error::other("the running executable is not readable"),
+    })?;
+    let bin = t.path(BIN_PATH);
+    let upgrade = match sha256_file(&bin) {
+        Some(have) if have == want => None,
+        Some(_) => Some(true),
+        None => Some(false),
+    };
+    if let Some(upgrade) = upgrade {
+        actions.push(Action::WriteBinary { upgrade });
+    }
+    let unit_changed = std::fs::read_to_string(t.path(UNIT_PATH)).ok().as_deref() != Some(UNIT);
+    if unit_changed {
+        actions.push(Action::WriteUnit);
+    }
+    if t.live {
+        let enabled = Command::new("systemctl")
+            .args(["is-enabled", "--quiet", UNIT_NAME])
+            .status()
+            .is_ok_and(|s| s.success());
+        if unit_changed || !enabled {
+            actions.push(Action::Enable);
+        }
+        if !t.no_start {
+            let active = Command::new("systemctl")
+                .args(["is-active", "--quiet", UNIT_NAME])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !active {
+                actions.push(Action::Start);
+            } else if upgrade == Some(true) || unit_changed {
+                actions.push(Action::Restart);
+            }
+        }
+    } else if std::fs::read_link(t.path(WANTS_LINK)).ok() != Some(PathBuf::from(UNIT_PATH)) {
+        actions.push(Action::Link);
+    }
+    Ok(actions)
+}
+
+/// Writes a file atomically with `mode`: temporary file, fsync, rename, directory fsync.
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".fledge-agent-")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+        .map_err(io("create a temporary file in", dir))?;
+    tmp.write_all(bytes).map_err(io("write", path))?;
+    tmp.as_file().sync_all().map_err(io("sync", path))?;
+    tmp.persist(path)
+        .map_err(|e| io("rename into place", path)(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
+}
+
+fn systemctl(args: &[&str]) -> Result<(), InstallError> {
+    let out = Command::new("systemctl")
+        .args(args)
+        .output()
+        .map_err(io("run", Path::new("systemctl")))?;
+    if !out.status.success() {
+        return Err(InstallError::Systemctl {
+            args: args.join(" "),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Carries out a plan.
+pub fn apply(t: &Target, actions: &[Action]) -> Result<(), InstallError> {
+    for a in actions {
+        match a {
+            Action::WriteConfig { from } => {
+                let bytes = std::fs::read(from).map_err(io("read", from))?;
+                write_atomic(&t.path(crate::config::DEFAULT_PATH), &bytes, 0o600)?;
+            }
+            Action::WriteBinary { .. } => {
+                let bytes = std::fs::read(&t.binary).map_err(io("read", &t.binary))?;
+                let dest = t.path(BIN_PATH);
+                write_atomic(&dest, &bytes, 0o755)?;
+                if sha256_file(&dest) != Some(Sha256::digest(&bytes).into()) {
+                    return Err(InstallError::Verify(dest));
+                }
+            }
+            Action::WriteUnit => write_atomic(&t.path(UNIT_PATH), UNIT.as_bytes(), 0o644)?,
+            Action::Link => {
+                let link = t.path(WANTS_LINK);
+                let dir = link.parent().unwrap_or(Path::new("/"));
+                std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(UNIT_PATH, &link).map_err(io("link", &link))?;
+            }
+            Action::Enable => {
+                systemctl(&["daemon-reload"])?;
+                systemctl(&["enable", UNIT_NAME])?;
+            }
+            // --no-block: cloud-init's own unit is part of the boot transaction, so waiting for
+            // our start job from inside it could deadlock.
+            Action::Start => systemctl(&["start", "--no-block", UNIT_NAME])?,
+            Action::Restart => systemctl(&["restart", "--no-block", UNIT_NAME])?,
+        }
+    }
+    Ok(())
+}
+
+/// Reverses an install: stops and disables the service, removes the link, unit and binary.
+/// The configuration and `/var/lib/fledge` are kept unless `purge`.
+pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<String>, InstallError> {
+    let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    let mut done = Vec::new();
+    if live {
+        let _ = systemctl(&["disable", "--now", "--no-block", UNIT_NAME]);
+        done.push(format!("disabled and stopped {UNIT_NAME}"));
+    }
+    let mut paths = vec![WANTS_LINK, UNIT_PATH, BIN_PATH];
+    if purge {
+        paths.push(crate::config::DEFAULT_PATH);
+    }
+    for p in paths {
+        let path = rooted(root, Path::new(p));
+        match std::fs::remove_file(&path) {
+            Ok(()) => done.push(format!("removed {p}")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &path)(e)),
+        }
+    }
+    if purge {
+        let state = rooted(root, Path::new("/var/lib/fledge"));
+        if state.exists() {
+            std::fs::remove_dir_all(&state).map_err(io("remove", &state))?;
+            done.push("removed /var/lib/fledge".into());
+        }
+    }
+    if live {
+        let _ = systemctl(&["daemon-reload"]);
+    }
+    Ok(done)
+}

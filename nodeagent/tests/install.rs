@@ -1,0 +1,279 @@
+//! `fledge-agent install` into an image root, checked with the real `systemd-analyze`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const AGENT: &str = env!("CARGO_BIN_EXE_fledge-agent");
+
+const CONFIG: &str = "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: demo\n  namespace: team-a\nmanagement:\n  server: https://mgmt.example.invalid:6443\n  tokenFile: /etc/fledge/management/token\n  caFile: /etc/fledge/management/ca.crt\nstateDir: /var/lib/fledge\nmetricsAddress: \"127.0.0.1:9440\"\n";
+
+fn agent(bin: &str, args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(bin).args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let cfg = dir.path().join("agent.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    (dir, root, cfg)
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+#[test]
+fn install_into_a_root_writes_files_modes_and_link_and_is_idempotent() {
+    let (_d, root, cfg) = setup();
+    let r = root.to_str().unwrap();
+    let (ok, out, err) = agent(
+        AGENT,
+        &["install", "--root", r, "--config", cfg.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("install /usr/local/bin/fledge-agent"), "{out}");
+    assert_eq!(
+        std::fs::read(root.join("usr/local/bin/fledge-agent")).unwrap(),
+        std::fs::read(AGENT).unwrap()
+    );
+    assert_eq!(mode(&root.join("usr/local/bin/fledge-agent")), 0o755);
+    assert_eq!(mode(&root.join("etc/fledge/agent.yaml")), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/fledge/agent.yaml")).unwrap(),
+        CONFIG
+    );
+    let link = root.join("etc/systemd/system/multi-user.target.wants/fledge-agent.service");
+    assert_eq!(
+        std::fs::read_link(&link).unwrap(),
+        Path::new("/etc/systemd/system/fledge-agent.service")
+    );
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/fledge-agent.service")).unwrap();
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=fledge",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+    ] {
+        assert!(unit.contains(line), "unit lacks {line}");
+    }
+
+    let before: Vec<_> = walk(&root);
+    let (ok, out, _) = agent(
+        AGENT,
+        &["install", "--root", r, "--config", cfg.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("up to date"), "{out}");
+    assert_eq!(walk(&root), before, "a second install changes nothing");
+}
+
+fn walk(root: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        out.push((p.clone(), m.len(), m.modified().ok()));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_different_binary_is_an_upgrade_and_uninstall_reverses_it() {
+    let (d, root, cfg) = setup();
+    let r = root.to_str().unwrap();
+    assert!(
+        agent(
+            AGENT,
+            &["install", "--root", r, "--config", cfg.to_str().unwrap()]
+        )
+        .0
+    );
+    // A different build: the same program with one extra byte (still a valid executable).
+    let other = d.path().join("fledge-agent-new");
+    let mut bytes = std::fs::read(AGENT).unwrap();
+    bytes.push(0);
+    std::fs::write(&other, &bytes).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, out, err) = agent(other.to_str().unwrap(), &["install", "--root", r]);
+    assert!(ok, "{err}");
+    assert!(out.contains("upgrade /usr/local/bin/fledge-agent"), "{out}");
+    assert_eq!(
+        std::fs::read(root.join("usr/local/bin/fledge-agent")).unwrap(),
+        bytes
+    );
+
+    let (ok, out, _) = agent(AGENT, &["uninstall", "--root", r]);
+    assert!(ok, "{out}");
+    for p in [
+        "usr/local/bin/fledge-agent",
+        "etc/systemd/system/fledge-agent.service",
+        "etc/systemd/system/multi-user.target.wants/fledge-agent.service",
+    ] {
+        assert!(!root.join(p).exists(), "{p} remains");
+    }
+    assert!(
+        root.join("etc/fledge/agent.yaml").exists(),
+        "configuration kept without --purge"
+    );
+    assert!(agent(AGENT, &["uninstall", "--root", r, "--purge"]).0);
+    assert!(!root.join("etc/fledge/agent.yaml").exists());
+}
+
+#[test]
+fn an_invalid_config_is_one_clear_error_and_nothing_is_written() {
+    let (d, root, _) = setup();
+    let bad = d.path().join("bad.yaml");
+    std::fs::write(&bad, CONFIG.replace("https://mgmt", "http://mgmt")).unwrap();
+    let (ok, _, err) = agent(
+        AGENT,
+        &[
+            "install",
+            "--root",
+            root.to_str().unwrap(),
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("bad.yaml: management.server: must be an https:// URL"),
+        "{err}"
+    );
+    std::fs::write(&bad, CONFIG.replace("stateDir", "stateDirectory")).unwrap();
+    let (ok, _, err) = agent(
+        AGENT,
+        &[
+            "install",
+            "--root",
+            root.to_str().unwrap(),
+            "--config",
+            bad.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && err.contains("bad.yaml:") && err.contains("unknown field `stateDirectory`"),
+        "{err}"
+    );
+    let missing = d.path().join("nope.yaml");
+    let (ok, _, err) = agent(
+        AGENT,
+        &[
+            "install",
+            "--root",
+            root.to_str().unwrap(),
+            "--config",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("nope.yaml: cannot read"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&root).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// Runs `systemd-analyze verify` in `root`; returns the messages that name fledge's units.
+fn verify(root: &Path, unit: &str) -> Vec<String> {
+    let o = Command::new("systemd-analyze")
+        .args(["verify", &format!("--root={}", root.display()), unit])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stderr)
+        .lines()
+        .chain(String::from_utf8_lossy(&o.stdout).lines())
+        .filter(|l| l.contains("fledge"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_and_reports_its_exposure() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!in_ci(), "systemd-analyze is missing (install systemd)");
+        eprintln!("SKIPPED: systemd-analyze missing");
+        return;
+    }
+    let (_d, root, cfg) = setup();
+    assert!(
+        agent(
+            AGENT,
+            &[
+                "install",
+                "--root",
+                root.to_str().unwrap(),
+                "--config",
+                cfg.to_str().unwrap()
+            ]
+        )
+        .0
+    );
+    // An image root has systemd's own units; give the test root the host's.
+    std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+    let st = Command::new("cp")
+        .args(["-a", "/usr/lib/systemd/system"])
+        .arg(root.join("usr/lib/systemd/"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let msgs = verify(&root, "fledge-agent.service");
+    assert!(msgs.is_empty(), "systemd-analyze verify: {msgs:#?}");
+    // Negative control: a broken copy of the unit is reported.
+    let unit =
+        std::fs::read_to_string(root.join("etc/systemd/system/fledge-agent.service")).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/fledge-broken.service"),
+        unit.replace("Type=notify", "Type=bogus"),
+    )
+    .unwrap();
+    assert!(
+        !verify(&root, "fledge-broken.service").is_empty(),
+        "verify must notice a broken unit"
+    );
+
+    let o = Command::new("systemd-analyze")
+        .args([
+            "security",
+            "--offline=yes",
+            &format!("--root={}", root.display()),
+            "fledge-agent.service",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("fledge-agent.service: ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {text}"));
+    eprintln!("systemd-analyze security exposure: {score}");
+    assert!(
+        score <= 2.5,
+        "exposure {score} is higher than the hardening intends"
+    );
+}
