@@ -5,8 +5,6 @@
 //! carries them out. An empty plan means "up to date".
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -198,22 +196,8 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
     Ok(actions)
 }
 
-/// Writes a file atomically with `mode`: temporary file, fsync, rename, directory fsync.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".fledge-agent-")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)
-        .map_err(io("create a temporary file in", dir))?;
-    tmp.write_all(bytes).map_err(io("write", path))?;
-    tmp.as_file().sync_all().map_err(io("sync", path))?;
-    tmp.persist(path)
-        .map_err(|e| io("rename into place", path)(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("sync", dir))
+    crate::fsutil::write_atomic(path, bytes, mode).map_err(io("write", path))
 }
 
 fn systemctl(args: &[&str]) -> Result<(), InstallError> {

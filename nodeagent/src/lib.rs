@@ -2,8 +2,11 @@
 //! takes the cluster's Cluster API objects over and keeps the cluster running from a local copy
 //! of its spec. Implemented so far: configuration and self-installation.
 
+pub mod cache;
 pub mod config;
+pub mod fsutil;
 pub mod install;
+pub mod journal;
 
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

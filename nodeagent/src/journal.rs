@@ -1,0 +1,209 @@
+//! The agent's durable journal (`/var/lib/fledge/journal.json`): each phase with its outcome and
+//! time. A restart resumes from the first phase that has not succeeded.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The agent's phases, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    /// The service is installed.
+    Installed,
+    /// The spec was fetched and cached.
+    SpecFetched,
+    /// The Cluster API providers run in the local cluster.
+    ProvidersInstalled,
+    /// The cluster's CAPI objects were moved into the local cluster.
+    Pivoted,
+    /// The remaining control-plane and worker machines were requested.
+    ScaledOut,
+    /// The profile's add-ons are installed.
+    AddonsReady,
+    /// Reconciling from the local spec.
+    Steady,
+}
+
+impl Phase {
+    /// All phases in order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Installed,
+        Phase::SpecFetched,
+        Phase::ProvidersInstalled,
+        Phase::Pivoted,
+        Phase::ScaledOut,
+        Phase::AddonsReady,
+        Phase::Steady,
+    ];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// How a phase ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Started, not finished (a crash leaves this).
+    Started,
+    /// Finished.
+    Succeeded,
+    /// Failed; it is retried.
+    Failed,
+}
+
+/// One journal record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Entry {
+    /// The phase.
+    pub phase: Phase,
+    /// Its latest outcome.
+    pub outcome: Outcome,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Details, for failures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Errors reading or writing the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The file exists but is not a journal.
+    #[error("{path}: journal is corrupt ({problem}); it was left in place, nothing was changed")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        problem: String,
+    },
+    /// Reading or writing failed.
+    #[error("{path}: cannot {op}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The journal, one entry per phase that has started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Journal {
+    /// Format version.
+    pub version: u32,
+    /// Entries in phase order.
+    pub phases: Vec<Entry>,
+}
+
+/// The journal file in a state directory.
+pub fn path(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal.json")
+}
+
+impl Journal {
+    /// Loads the journal; a missing file is an empty journal.
+    pub fn load(state_dir: &Path) -> Result<Journal, JournalError> {
+        let p = path(state_dir);
+        match std::fs::read(&p) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
+                path: p,
+                problem: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal {
+                version: 1,
+                phases: vec![],
+            }),
+            Err(source) => Err(JournalError::Io {
+                path: p,
+                op: "read",
+                source,
+            }),
+        }
+    }
+
+    /// Records `outcome` for `phase` and writes the journal durably.
+    pub fn record(
+        &mut self,
+        state_dir: &Path,
+        phase: Phase,
+        outcome: Outcome,
+        message: Option<String>,
+    ) -> Result<(), JournalError> {
+        let entry = Entry {
+            phase,
+            outcome,
+            time: crate::fsutil::now_rfc3339(),
+            message,
+        };
+        match self.phases.iter_mut().find(|e| e.phase == phase) {
+            Some(e) => *e = entry,
+            None => {
+                self.phases.push(entry);
+                self.phases.sort_by_key(|e| e.phase);
+            }
+        }
+        self.version = 1;
+        let p = path(state_dir);
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
+            path: p,
+            op: "write",
+            source,
+        })
+    }
+
+    /// True when `phase` has succeeded.
+    pub fn done(&self, phase: Phase) -> bool {
+        self.phases
+            .iter()
+            .any(|e| e.phase == phase && e.outcome == Outcome::Succeeded)
+    }
+
+    /// The phase to run next: the first that has not succeeded (`None` when Steady is reached).
+    pub fn next(&self) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| !self.done(*p))
+    }
+
+    /// The latest phase that succeeded.
+    pub fn current(&self) -> Option<Phase> {
+        Phase::ALL.into_iter().rev().find(|p| self.done(*p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_resumes_from_the_first_unfinished_phase() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        assert_eq!(j.next(), Some(Phase::Installed));
+        j.record(dir.path(), Phase::Installed, Outcome::Succeeded, None)
+            .unwrap();
+        j.record(dir.path(), Phase::SpecFetched, Outcome::Started, None)
+            .unwrap();
+        // "Crash": a new process loads what is on disk.
+        let j2 = Journal::load(dir.path()).unwrap();
+        assert_eq!(j2, j);
+        assert_eq!(j2.next(), Some(Phase::SpecFetched));
+        assert_eq!(j2.current(), Some(Phase::Installed));
+    }
+
+    #[test]
+    fn a_corrupt_journal_is_reported_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), b"{not json").unwrap();
+        let err = Journal::load(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("journal is corrupt"), "{err}");
+        assert_eq!(std::fs::read(path(dir.path())).unwrap(), b"{not json");
+    }
+}
