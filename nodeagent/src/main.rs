@@ -34,6 +34,15 @@ enum Cmd {
         #[arg(long)]
         no_start: bool,
     },
+    /// Print the journal and the cached spec's generation and hash, for a person on the node.
+    Status {
+        /// State directory.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/fledge")]
+        state_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop, disable and remove the agent (keeps its configuration and state unless --purge).
     Uninstall {
         /// Filesystem root.
@@ -65,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Status { state_dir, json } => status(&state_dir, json),
         Cmd::Uninstall { root, purge } => {
             for line in install::uninstall(&root, purge)? {
                 println!("{line}");
@@ -72,6 +82,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let journal = fledge_agent::journal::Journal::load(state_dir)?;
+    let cached = fledge_agent::cache::load(state_dir);
+    let spec = match &cached {
+        Ok(Some(c)) => {
+            serde_json::json!({"generation": c.generation, "uid": c.uid, "sha256": c.sha256})
+        }
+        Ok(None) => serde_json::Value::Null,
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    };
+    if json {
+        let out = serde_json::json!({"phase": journal.current(), "next": journal.next(), "journal": journal.phases, "spec": spec});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let show = |p: Option<fledge_agent::journal::Phase>| {
+        p.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "phase: {}   next: {}",
+        show(journal.current()),
+        show(journal.next())
+    );
+    for e in &journal.phases {
+        println!(
+            "  {:<20} {:<10} {}  {}",
+            e.phase.to_string(),
+            format!("{:?}", e.outcome),
+            e.time,
+            e.message.as_deref().unwrap_or("")
+        );
+    }
+    match cached {
+        Ok(Some(c)) => println!(
+            "spec: generation {} uid {} sha256 {}",
+            c.generation, c.uid, c.sha256
+        ),
+        Ok(None) => println!("spec: none cached"),
+        Err(e) => println!("spec: {e}"),
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
