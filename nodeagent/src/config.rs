@@ -24,6 +24,12 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Loopback address for /healthz and /metrics.
     pub metrics_address: String,
+    /// Seconds between full resyncs of the spec (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_seconds: Option<u64>,
+    /// Upper bound of the reconnect backoff in seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_cap_seconds: Option<u64>,
 }
 
 /// The cluster's FledgeCluster on the management plane.

@@ -7,6 +7,8 @@ pub mod config;
 pub mod fsutil;
 pub mod install;
 pub mod journal;
+pub mod notify;
+pub mod run;
 
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -34,6 +34,15 @@ enum Cmd {
         #[arg(long)]
         no_start: bool,
     },
+    /// Run the agent (what the systemd unit starts): keep the spec cached and report status.
+    ///
+    /// The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a second one
+    /// exits at once.
+    Run {
+        /// Configuration file.
+        #[arg(long, value_name = "FILE", default_value = fledge_agent::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
         /// State directory.
@@ -75,6 +84,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Status { state_dir, json } => status(&state_dir, json),
+        Cmd::Run { config } => {
+            let cfg = fledge_agent::config::AgentConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(fledge_agent::run::run(
+                cfg,
+                fledge_agent::run::RunOptions::default(),
+                fledge_agent::run::Shared::default(),
+                shutdown_signal(),
+            ))?;
+            Ok(())
+        }
         Cmd::Uninstall { root, purge } => {
             for line in install::uninstall(&root, purge)? {
                 println!("{line}");
@@ -82,6 +102,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Resolves on the first SIGTERM/SIGINT; a second one exits the process at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
 }
 
 fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {

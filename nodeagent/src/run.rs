@@ -1,0 +1,439 @@
+//! `fledge-agent run`: load state, tell systemd READY, then keep the cached spec in step with the
+//! management plane (a watch plus a periodic resync), report status when reachable, and keep
+//! running from the cache when it is not. `/healthz` and `/metrics` are served on loopback.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fledge_generator::spec::{Condition, FledgeCluster, FledgeClusterStatus};
+use futures::{StreamExt, TryStreamExt};
+use kube::Api;
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::cache::{self, CachedSpec, Decision};
+use crate::config::{AgentConfig, ConfigError};
+use crate::journal::{Journal, JournalError, Outcome, Phase};
+use crate::notify::Notifier;
+
+/// Errors that stop the agent (everything else is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration or credentials files.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The journal cannot be read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The metrics address cannot be bound.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// Address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The management client cannot be built.
+    #[error("cannot build the management client for {server}: {message}")]
+    Client {
+        /// URL.
+        server: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What the agent knows, shared with the metrics endpoint and tests.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    /// Latest succeeded phase.
+    pub phase: Option<Phase>,
+    /// Generation of the cached spec.
+    pub spec_generation: Option<i64>,
+    /// Unix time of the last successful sync with the management plane.
+    pub last_sync: Option<i64>,
+    /// Whether the last request to the management plane succeeded.
+    pub reachable: bool,
+    /// Errors by kind.
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Watchdog notifications sent.
+    pub watchdog_pings: u64,
+    /// A status update waits for the management plane.
+    pub status_pending: bool,
+    /// Status updates delivered.
+    pub status_sent: u64,
+}
+
+/// Shared state.
+#[derive(Debug, Default, Clone)]
+pub struct Shared(Arc<Mutex<Snapshot>>);
+
+impl Shared {
+    /// A copy of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+    fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+    fn error(&self, kind: &'static str) {
+        self.update(|s| *s.errors.entry(kind).or_default() += 1);
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let s = self.snapshot();
+        let mut out = String::new();
+        out.push_str("# HELP fledge_agent_phase The agent's latest completed phase.\n# TYPE fledge_agent_phase gauge\n");
+        for p in Phase::ALL {
+            out.push_str(&format!("fledge_agent_phase{{phase=\"{p}\"}} {}\n", u8::from(s.phase == Some(p))));
+        }
+        out.push_str("# HELP fledge_agent_spec_generation Generation of the cached spec.\n# TYPE fledge_agent_spec_generation gauge\n");
+        out.push_str(&format!("fledge_agent_spec_generation {}\n", s.spec_generation.unwrap_or(0)));
+        out.push_str("# HELP fledge_agent_last_sync_timestamp_seconds Last successful sync with the management plane.\n# TYPE fledge_agent_last_sync_timestamp_seconds gauge\n");
+        out.push_str(&format!("fledge_agent_last_sync_timestamp_seconds {}\n", s.last_sync.unwrap_or(0)));
+        out.push_str("# HELP fledge_agent_management_reachable 1 when the management plane answered the last request.\n# TYPE fledge_agent_management_reachable gauge\n");
+        out.push_str(&format!("fledge_agent_management_reachable {}\n", u8::from(s.reachable)));
+        out.push_str("# HELP fledge_agent_errors_total Errors by kind.\n# TYPE fledge_agent_errors_total counter\n");
+        for (k, v) in &s.errors {
+            out.push_str(&format!("fledge_agent_errors_total{{kind=\"{k}\"}} {v}\n"));
+        }
+        out.push_str("# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.\n# TYPE fledge_agent_watchdog_pings_total counter\n");
+        out.push_str(&format!("fledge_agent_watchdog_pings_total {}\n", s.watchdog_pings));
+        out
+    }
+}
+
+/// How to run (seams for tests: the root for credential files and the watchdog interval).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Prefix for the token and CA paths (`/` on a node).
+    pub root: PathBuf,
+    /// Watchdog interval; from `WATCHDOG_USEC` when `None`.
+    pub watchdog: Option<Duration>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            root: PathBuf::from("/"),
+            watchdog: Notifier::watchdog_interval(),
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A client for the management plane from the agent's token and CA files.
+pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::Client, RunError> {
+    let bad = |message: String| RunError::Client {
+        server: cfg.management.server.clone(),
+        message,
+    };
+    let uri: http::Uri = cfg.management.server.parse().map_err(|e| bad(format!("{e}")))?;
+    let mut config = kube::Config::new(uri);
+    config.root_cert_file = Some(crate::config::rooted(&opts.root, &cfg.management.ca_file));
+    config.auth_info.token_file = Some(crate::config::rooted(&opts.root, &cfg.management.token_file).display().to_string());
+    config.default_namespace = cfg.cluster.namespace.clone();
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(330));
+    kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+}
+
+/// Runs the agent until `shutdown` resolves; in-flight work (a store, a status update) finishes.
+pub async fn run<F: Future<Output = ()>>(cfg: AgentConfig, opts: RunOptions, shared: Shared, shutdown: F) -> Result<(), RunError> {
+    cfg.check_credentials(&opts.root)?;
+    let state_dir = crate::config::rooted(&opts.root, &cfg.state_dir);
+    let mut journal = Journal::load(&state_dir)?;
+    if !journal.done(Phase::Installed) {
+        journal.record(&state_dir, Phase::Installed, Outcome::Succeeded, None)?;
+    }
+    let cached = match cache::load(&state_dir) {
+        Ok(c) => c,
+        Err(e) => {
+            // Keep the file for inspection, take no action from it, and fetch a fresh copy.
+            tracing::error!(error = %e, "cached spec unusable; re-fetching, no action taken from it");
+            shared.error("cache_corrupt");
+            None
+        }
+    };
+    shared.update(|s| {
+        s.phase = journal.current();
+        s.spec_generation = cached.as_ref().map(|c| c.generation);
+    });
+
+    let listener = tokio::net::TcpListener::bind(&cfg.metrics_address).await.map_err(|source| RunError::Listen {
+        address: cfg.metrics_address.clone(),
+        source,
+    })?;
+    let notifier = Arc::new(Notifier::from_env());
+    notifier.send(&format!("READY=1\nSTATUS=phase {}", journal.current().map(|p| p.to_string()).unwrap_or_default()));
+    tracing::info!(cluster = %cfg.cluster.name, namespace = %cfg.cluster.namespace, phase = ?journal.current(), "agent started");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_task = tokio::spawn(serve_metrics(listener, shared.clone(), stop_rx.clone()));
+    let watchdog_task = opts.watchdog.map(|every| {
+        let (shared, notifier, mut stop) = (shared.clone(), notifier.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        notifier.send("WATCHDOG=1");
+                        shared.update(|s| s.watchdog_pings += 1);
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    });
+    let client = management_client(&cfg, &opts)?;
+    let sync = Sync {
+        cfg: cfg.clone(),
+        state_dir,
+        api: Api::namespaced(client, &cfg.cluster.namespace),
+        shared: shared.clone(),
+        notifier: notifier.clone(),
+        journal,
+        cached,
+    };
+    let sync_task = tokio::spawn(sync.run(stop_rx));
+    shutdown.await;
+    tracing::info!("stopping: finishing in-flight work");
+    notifier.send("STOPPING=1");
+    let _ = stop_tx.send(true);
+    let _ = sync_task.await;
+    let _ = metrics_task.await;
+    if let Some(t) = watchdog_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+struct Sync {
+    cfg: AgentConfig,
+    state_dir: PathBuf,
+    api: Api<FledgeCluster>,
+    shared: Shared,
+    notifier: Arc<Notifier>,
+    journal: Journal,
+    cached: Option<CachedSpec>,
+}
+
+impl Sync {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let cap = Duration::from_secs(self.cfg.backoff_cap_seconds.unwrap_or(60).max(1));
+        let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290) as u32;
+        let mut delay = Duration::from_millis(500);
+        while !*stop.borrow() {
+            let ok = match self.api.get_opt(&self.cfg.cluster.name).await {
+                Ok(Some(obj)) => {
+                    self.reachable(true);
+                    self.accept(&obj);
+                    self.push_status().await;
+                    true
+                }
+                Ok(None) => {
+                    self.reachable(true);
+                    tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
+                    self.shared.error("not_found");
+                    false
+                }
+                Err(e) => {
+                    self.unreachable(&e);
+                    false
+                }
+            };
+            if ok {
+                delay = Duration::from_millis(500);
+                let wp = WatchParams::default().fields(&format!("metadata.name={}", self.cfg.cluster.name)).timeout(resync);
+                match self.api.watch(&wp, "0").await {
+                    Ok(stream) => {
+                        let mut stream = stream.boxed();
+                        loop {
+                            tokio::select! {
+                                ev = stream.try_next() => match ev {
+                                    Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                                        self.accept(&obj);
+                                        self.push_status().await;
+                                    }
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break, // resync
+                                    Err(e) => { self.unreachable(&e); break; }
+                                },
+                                _ = stop.changed() => return,
+                            }
+                        }
+                    }
+                    Err(e) => self.unreachable(&e),
+                }
+                continue;
+            }
+            // Back off with jitter, up to the cap.
+            let jitter = Duration::from_millis(u64::from(std::process::id() ^ now() as u32) % 250);
+            self.notifier.send(&format!("STATUS=management unreachable; running from the cached spec; retry in {}s", delay.as_secs()));
+            tokio::select! {
+                _ = tokio::time::sleep(delay + jitter) => {}
+                _ = stop.changed() => return,
+            }
+            delay = (delay * 2).min(cap);
+        }
+    }
+
+    fn reachable(&self, yes: bool) {
+        self.shared.update(|s| {
+            s.reachable = yes;
+            if yes {
+                s.last_sync = Some(now());
+            }
+        });
+    }
+
+    fn unreachable(&self, e: &kube::Error) {
+        let kind = match e {
+            kube::Error::Api(s) if s.code == 401 || s.code == 403 => "unauthorized",
+            kube::Error::Api(_) => "api",
+            _ => "unreachable",
+        };
+        tracing::warn!(error = %e, kind, "management plane request failed; running from the cached spec");
+        self.shared.error(kind);
+        self.shared.update(|s| {
+            s.reachable = false;
+            s.status_pending = true;
+        });
+    }
+
+    fn accept(&mut self, obj: &FledgeCluster) {
+        let generation = obj.metadata.generation.unwrap_or(0);
+        let uid = obj.metadata.uid.clone().unwrap_or_default();
+        let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
+        match cache::decide(self.cached.as_ref(), &offered) {
+            Decision::Unchanged => {}
+            Decision::Stale { cached, offered } => {
+                tracing::error!(cached, offered, "refusing a spec older than the cached one");
+                self.shared.error("stale_generation");
+            }
+            Decision::Accept => match cache::store(&self.state_dir, &offered) {
+                Ok(()) => {
+                    tracing::info!(generation, "accepted spec");
+                    self.cached = Some(offered);
+                    if let Err(e) = self.journal.record(&self.state_dir, Phase::SpecFetched, Outcome::Succeeded, None) {
+                        tracing::error!(error = %e, "cannot record the journal");
+                    }
+                    let phase = self.journal.current();
+                    self.shared.update(|s| {
+                        s.spec_generation = Some(generation);
+                        s.phase = phase;
+                        s.status_pending = true;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the spec");
+                    self.shared.error("cache_write");
+                }
+            },
+        }
+    }
+
+    fn status(&self) -> FledgeClusterStatus {
+        let now_s = crate::fsutil::now_rfc3339();
+        let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
+            type_: t.to_string(),
+            status: if ok { "True" } else { "False" }.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(now_s.clone()),
+        };
+        let mut conditions = vec![match &self.cached {
+            Some(c) => cond("SpecFetched", true, "Cached", format!("generation {} cached (sha256 {})", c.generation, &c.sha256[..12])),
+            None => cond("SpecFetched", false, "NoSpec", "no spec cached yet".into()),
+        }];
+        let failure = self.state_dir.join("bootstrap-failure.json");
+        if let Ok(text) = std::fs::read_to_string(&failure) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            conditions.push(cond(
+                "BootstrapSucceeded",
+                false,
+                "BootstrapFailed",
+                format!(
+                    "phase {} exited {}: {}",
+                    v["phase"].as_str().unwrap_or("?"),
+                    v["exitCode"],
+                    v["logTail"].as_str().unwrap_or("").lines().last().unwrap_or("")
+                ),
+            ));
+        }
+        FledgeClusterStatus {
+            phase: self.journal.current().map(|p| p.to_string()),
+            observed_generation: self.cached.as_ref().map(|c| c.generation),
+            conditions,
+            agent_version: Some(crate::VERSION.to_string()),
+            last_seen: Some(now_s),
+        }
+    }
+
+    /// Sends the latest status; on failure it stays pending and goes out on the next success.
+    async fn push_status(&mut self) {
+        let status = self.status();
+        let _ = crate::fsutil::write_atomic(
+            &self.state_dir.join("status.json"),
+            &serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            0o600,
+        );
+        let patch = serde_json::json!({"status": status});
+        match self.api.patch_status(&self.cfg.cluster.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => self.shared.update(|s| {
+                s.status_pending = false;
+                s.status_sent += 1;
+            }),
+            Err(e) => {
+                self.unreachable(&e);
+                self.shared.error("status_update");
+            }
+        }
+        self.notifier.send(&format!(
+            "STATUS=phase {}; spec generation {}",
+            self.journal.current().map(|p| p.to_string()).unwrap_or_default(),
+            self.cached.as_ref().map(|c| c.generation).unwrap_or(0)
+        ));
+    }
+}
+
+async fn serve_metrics(listener: tokio::net::TcpListener, shared: Shared, mut stop: watch::Receiver<bool>) {
+    loop {
+        let conn = tokio::select! {
+            c = listener.accept() => c,
+            _ = stop.changed() => return,
+        };
+        let Ok((mut sock, _)) = conn else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await.ok().and_then(Result::ok).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let path = req.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = match path {
+                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/metrics" => ("200 OK", shared.metrics()),
+                _ => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
+}
