@@ -86,7 +86,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Status { state_dir, json } => status(&state_dir, json),
         Cmd::Run { config } => {
             let cfg = fledge_agent::config::AgentConfig::load(&config)?;
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(fledge_agent::run::run(
                 cfg,
                 fledge_agent::run::RunOptions::default(),
@@ -107,7 +109,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 /// Resolves on the first SIGTERM/SIGINT; a second one exits the process at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }

@@ -14,7 +14,9 @@ impl Notifier {
     /// From the environment.
     pub fn from_env() -> Notifier {
         Notifier {
-            target: std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty()),
+            target: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
         }
     }
 

@@ -93,20 +93,35 @@ impl Shared {
         let mut out = String::new();
         out.push_str("# HELP fledge_agent_phase The agent's latest completed phase.\n# TYPE fledge_agent_phase gauge\n");
         for p in Phase::ALL {
-            out.push_str(&format!("fledge_agent_phase{{phase=\"{p}\"}} {}\n", u8::from(s.phase == Some(p))));
+            out.push_str(&format!(
+                "fledge_agent_phase{{phase=\"{p}\"}} {}\n",
+                u8::from(s.phase == Some(p))
+            ));
         }
         out.push_str("# HELP fledge_agent_spec_generation Generation of the cached spec.\n# TYPE fledge_agent_spec_generation gauge\n");
-        out.push_str(&format!("fledge_agent_spec_generation {}\n", s.spec_generation.unwrap_or(0)));
+        out.push_str(&format!(
+            "fledge_agent_spec_generation {}\n",
+            s.spec_generation.unwrap_or(0)
+        ));
         out.push_str("# HELP fledge_agent_last_sync_timestamp_seconds Last successful sync with the management plane.\n# TYPE fledge_agent_last_sync_timestamp_seconds gauge\n");
-        out.push_str(&format!("fledge_agent_last_sync_timestamp_seconds {}\n", s.last_sync.unwrap_or(0)));
+        out.push_str(&format!(
+            "fledge_agent_last_sync_timestamp_seconds {}\n",
+            s.last_sync.unwrap_or(0)
+        ));
         out.push_str("# HELP fledge_agent_management_reachable 1 when the management plane answered the last request.\n# TYPE fledge_agent_management_reachable gauge\n");
-        out.push_str(&format!("fledge_agent_management_reachable {}\n", u8::from(s.reachable)));
+        out.push_str(&format!(
+            "fledge_agent_management_reachable {}\n",
+            u8::from(s.reachable)
+        ));
         out.push_str("# HELP fledge_agent_errors_total Errors by kind.\n# TYPE fledge_agent_errors_total counter\n");
         for (k, v) in &s.errors {
             out.push_str(&format!("fledge_agent_errors_total{{kind=\"{k}\"}} {v}\n"));
         }
         out.push_str("# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.\n# TYPE fledge_agent_watchdog_pings_total counter\n");
-        out.push_str(&format!("fledge_agent_watchdog_pings_total {}\n", s.watchdog_pings));
+        out.push_str(&format!(
+            "fledge_agent_watchdog_pings_total {}\n",
+            s.watchdog_pings
+        ));
         out
     }
 }
@@ -142,10 +157,18 @@ pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::C
         server: cfg.management.server.clone(),
         message,
     };
-    let uri: http::Uri = cfg.management.server.parse().map_err(|e| bad(format!("{e}")))?;
+    let uri: http::Uri = cfg
+        .management
+        .server
+        .parse()
+        .map_err(|e| bad(format!("{e}")))?;
     let mut config = kube::Config::new(uri);
     config.root_cert_file = Some(crate::config::rooted(&opts.root, &cfg.management.ca_file));
-    config.auth_info.token_file = Some(crate::config::rooted(&opts.root, &cfg.management.token_file).display().to_string());
+    config.auth_info.token_file = Some(
+        crate::config::rooted(&opts.root, &cfg.management.token_file)
+            .display()
+            .to_string(),
+    );
     config.default_namespace = cfg.cluster.namespace.clone();
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(330));
@@ -153,7 +176,12 @@ pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::C
 }
 
 /// Runs the agent until `shutdown` resolves; in-flight work (a store, a status update) finishes.
-pub async fn run<F: Future<Output = ()>>(cfg: AgentConfig, opts: RunOptions, shared: Shared, shutdown: F) -> Result<(), RunError> {
+pub async fn run<F: Future<Output = ()>>(
+    cfg: AgentConfig,
+    opts: RunOptions,
+    shared: Shared,
+    shutdown: F,
+) -> Result<(), RunError> {
     cfg.check_credentials(&opts.root)?;
     let state_dir = crate::config::rooted(&opts.root, &cfg.state_dir);
     let mut journal = Journal::load(&state_dir)?;
@@ -174,12 +202,17 @@ pub async fn run<F: Future<Output = ()>>(cfg: AgentConfig, opts: RunOptions, sha
         s.spec_generation = cached.as_ref().map(|c| c.generation);
     });
 
-    let listener = tokio::net::TcpListener::bind(&cfg.metrics_address).await.map_err(|source| RunError::Listen {
-        address: cfg.metrics_address.clone(),
-        source,
-    })?;
+    let listener = tokio::net::TcpListener::bind(&cfg.metrics_address)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: cfg.metrics_address.clone(),
+            source,
+        })?;
     let notifier = Arc::new(Notifier::from_env());
-    notifier.send(&format!("READY=1\nSTATUS=phase {}", journal.current().map(|p| p.to_string()).unwrap_or_default()));
+    notifier.send(&format!(
+        "READY=1\nSTATUS=phase {}",
+        journal.current().map(|p| p.to_string()).unwrap_or_default()
+    ));
     tracing::info!(cluster = %cfg.cluster.name, namespace = %cfg.cluster.namespace, phase = ?journal.current(), "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -258,7 +291,9 @@ impl Sync {
             };
             if ok {
                 delay = Duration::from_millis(500);
-                let wp = WatchParams::default().fields(&format!("metadata.name={}", self.cfg.cluster.name)).timeout(resync);
+                let wp = WatchParams::default()
+                    .fields(&format!("metadata.name={}", self.cfg.cluster.name))
+                    .timeout(resync);
                 match self.api.watch(&wp, "0").await {
                     Ok(stream) => {
                         let mut stream = stream.boxed();
@@ -283,7 +318,10 @@ impl Sync {
             }
             // Back off with jitter, up to the cap.
             let jitter = Duration::from_millis(u64::from(std::process::id() ^ now() as u32) % 250);
-            self.notifier.send(&format!("STATUS=management unreachable; running from the cached spec; retry in {}s", delay.as_secs()));
+            self.notifier.send(&format!(
+                "STATUS=management unreachable; running from the cached spec; retry in {}s",
+                delay.as_secs()
+            ));
             tokio::select! {
                 _ = tokio::time::sleep(delay + jitter) => {}
                 _ = stop.changed() => return,
@@ -329,7 +367,12 @@ impl Sync {
                 Ok(()) => {
                     tracing::info!(generation, "accepted spec");
                     self.cached = Some(offered);
-                    if let Err(e) = self.journal.record(&self.state_dir, Phase::SpecFetched, Outcome::Succeeded, None) {
+                    if let Err(e) = self.journal.record(
+                        &self.state_dir,
+                        Phase::SpecFetched,
+                        Outcome::Succeeded,
+                        None,
+                    ) {
                         tracing::error!(error = %e, "cannot record the journal");
                     }
                     let phase = self.journal.current();
@@ -357,7 +400,16 @@ impl Sync {
             last_transition_time: Some(now_s.clone()),
         };
         let mut conditions = vec![match &self.cached {
-            Some(c) => cond("SpecFetched", true, "Cached", format!("generation {} cached (sha256 {})", c.generation, &c.sha256[..12])),
+            Some(c) => cond(
+                "SpecFetched",
+                true,
+                "Cached",
+                format!(
+                    "generation {} cached (sha256 {})",
+                    c.generation,
+                    &c.sha256[..12]
+                ),
+            ),
             None => cond("SpecFetched", false, "NoSpec", "no spec cached yet".into()),
         }];
         let failure = self.state_dir.join("bootstrap-failure.json");
@@ -371,7 +423,12 @@ impl Sync {
                     "phase {} exited {}: {}",
                     v["phase"].as_str().unwrap_or("?"),
                     v["exitCode"],
-                    v["logTail"].as_str().unwrap_or("").lines().last().unwrap_or("")
+                    v["logTail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 ),
             ));
         }
@@ -393,7 +450,15 @@ impl Sync {
             0o600,
         );
         let patch = serde_json::json!({"status": status});
-        match self.api.patch_status(&self.cfg.cluster.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match self
+            .api
+            .patch_status(
+                &self.cfg.cluster.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => self.shared.update(|s| {
                 s.status_pending = false;
                 s.status_sent += 1;
@@ -405,13 +470,20 @@ impl Sync {
         }
         self.notifier.send(&format!(
             "STATUS=phase {}; spec generation {}",
-            self.journal.current().map(|p| p.to_string()).unwrap_or_default(),
+            self.journal
+                .current()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             self.cached.as_ref().map(|c| c.generation).unwrap_or(0)
         ));
     }
 }
 
-async fn serve_metrics(listener: tokio::net::TcpListener, shared: Shared, mut stop: watch::Receiver<bool>) {
+async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -421,7 +493,11 @@ async fn serve_metrics(listener: tokio::net::TcpListener, shared: Shared, mut st
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await.ok().and_then(Result::ok).unwrap_or(0);
+            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0);
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = match path {
