@@ -277,3 +277,103 @@ fn the_unit_passes_systemd_analyze_verify_and_reports_its_exposure() {
         "exposure {score} is higher than the hardening intends"
     );
 }
+
+#[test]
+fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
+    let (d, root, _) = setup();
+    let _ = root;
+    // The management plane is unreachable (a closed port): the agent runs from its cache.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = d.path().join("state");
+    std::fs::write(d.path().join("token"), "t0ken").unwrap();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=t",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(d.path().join("ca.key"))
+        .arg("-out")
+        .arg(d.path().join("ca.crt"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl");
+    let cfg = CONFIG
+        .replace(
+            "https://mgmt.example.invalid:6443",
+            &format!("https://127.0.0.1:{port}"),
+        )
+        .replace(
+            "/etc/fledge/management/token",
+            d.path().join("token").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/fledge/management/ca.crt",
+            d.path().join("ca.crt").to_str().unwrap(),
+        )
+        .replace("/var/lib/fledge", state.to_str().unwrap())
+        .replace("127.0.0.1:9440", &format!("127.0.0.1:{mport}"));
+    let cfg_path = d.path().join("agent.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let mut child = Command::new(AGENT)
+        .args(["run", "--config", cfg_path.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !state.join("journal.json").exists() {
+        assert!(start.elapsed().as_secs() < 10, "the agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "runs without a management plane"
+    );
+    let sent = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed().as_secs() < 10,
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    eprintln!("exited {:?} after SIGTERM", sent.elapsed());
+
+    std::fs::remove_file(d.path().join("token")).unwrap();
+    let (ok, _, err) = agent(AGENT, &["run", "--config", cfg_path.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("cannot read the management token"),
+        "{err}"
+    );
+}
