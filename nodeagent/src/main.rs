@@ -45,6 +45,9 @@ enum Cmd {
     },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
+        /// Configuration file (for the metrics address, to ask the running agent).
+        #[arg(long, value_name = "FILE", default_value = fledge_agent::config::DEFAULT_PATH)]
+        config: PathBuf,
         /// State directory.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/fledge")]
         state_dir: PathBuf,
@@ -83,7 +86,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Status { state_dir, json } => status(&state_dir, json),
+        Cmd::Status {
+            config,
+            state_dir,
+            json,
+        } => status(&config, &state_dir, json),
         Cmd::Run { config } => {
             let cfg = fledge_agent::config::AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -123,7 +130,27 @@ async fn shutdown_signal() {
     });
 }
 
-fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+/// Asks the running agent: `Some(true|false)` from its metrics, `None` when it does not answer.
+fn live_reachability(config: &std::path::Path) -> Option<bool> {
+    use std::io::{Read, Write};
+    let cfg = fledge_agent::config::AgentConfig::load(config).ok()?;
+    let addr: std::net::SocketAddr = cfg.metrics_address.parse().ok()?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("fledge_agent_management_reachable "))?;
+    Some(line.ends_with(" 1"))
+}
+
+fn status(config: &std::path::Path, state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let reachable = live_reachability(config);
     let journal = fledge_agent::journal::Journal::load(state_dir)?;
     let cached = fledge_agent::cache::load(state_dir);
     let spec = match &cached {
@@ -134,7 +161,7 @@ fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
         Err(e) => serde_json::json!({"error": e.to_string()}),
     };
     if json {
-        let out = serde_json::json!({"phase": journal.current(), "next": journal.next(), "journal": journal.phases, "spec": spec});
+        let out = serde_json::json!({"phase": journal.current(), "next": journal.next(), "journal": journal.phases, "spec": spec, "managementReachable": reachable});
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
@@ -155,6 +182,14 @@ fn status(state_dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
             e.message.as_deref().unwrap_or("")
         );
     }
+    println!(
+        "management: {}",
+        match reachable {
+            Some(true) => "reachable",
+            Some(false) => "unreachable (running from the cached spec)",
+            None => "unknown (the agent is not running or not answering on its metrics address)",
+        }
+    );
     match cached {
         Ok(Some(c)) => println!(
             "spec: generation {} uid {} sha256 {}",

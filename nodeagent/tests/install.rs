@@ -335,10 +335,22 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
         .replace("127.0.0.1:9440", &format!("127.0.0.1:{mport}"));
     let cfg_path = d.path().join("agent.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
-    let mut child = Command::new(AGENT)
-        .args(["run", "--config", cfg_path.to_str().unwrap()])
-        .spawn()
-        .unwrap();
+    /// Kills the agent if the test fails half-way.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Guard(
+        Command::new(AGENT)
+            .args(["run", "--config", cfg_path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
     let start = std::time::Instant::now();
     while !state.join("journal.json").exists() {
         assert!(start.elapsed().as_secs() < 10, "the agent did not start");
@@ -348,6 +360,21 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
     assert!(
         child.try_wait().unwrap().is_none(),
         "runs without a management plane"
+    );
+    let (ok, out, err) = agent(
+        AGENT,
+        &[
+            "status",
+            "--config",
+            cfg_path.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("phase: Installed") && out.contains("management: unreachable"),
+        "{out}"
     );
     let sent = std::time::Instant::now();
     assert!(

@@ -62,6 +62,13 @@ async fn setup(c: &TestCluster, root: &Path) -> (AgentConfig, Api<FledgeCluster>
     (cfg, api)
 }
 
+fn c_name(root: &Path) -> String {
+    AgentConfig::load(&root.join("etc/fledge/agent.yaml"))
+        .unwrap()
+        .cluster
+        .name
+}
+
 async fn bump_workers(api: &Api<FledgeCluster>, name: &str, replicas: i64) {
     let patch = serde_json::json!({"spec": {"workers": [{"name": "md-0", "replicas": replicas, "machine": {}}]}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -214,11 +221,17 @@ async fn a_corrupted_cache_is_detected_and_refetched() {
     };
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let (cfg, _api) = setup(&c, &root).await;
+    let (cfg, api) = setup(&c, &root).await;
     std::fs::create_dir_all(root.join("var/lib/fledge")).unwrap();
     std::fs::write(
         root.join("var/lib/fledge/spec.yaml"),
         "generation: 9\nuid: x\nsha256: \"00\"\nspec: {}\n",
+    )
+    .unwrap();
+    // What bootstrap.sh leaves after a failed kubeadm init.
+    std::fs::write(
+        root.join("var/lib/fledge/bootstrap-failure.json"),
+        r#"{"phase": "kubeadm-init", "exitCode": 1, "logTail": "[preflight] error\nerror execution phase preflight: port 6443 is in use", "time": "2026-01-01T00:00:00Z"}"#,
     )
     .unwrap();
     let shared = Shared::default();
@@ -235,6 +248,35 @@ async fn a_corrupted_cache_is_detected_and_refetched() {
     })
     .await;
     assert_eq!(shared.snapshot().errors.get("cache_corrupt"), Some(&1));
+    // The bootstrap failure is reported in the status.
+    let start = Instant::now();
+    let cond = loop {
+        let st = api
+            .get(&c_name(&root))
+            .await
+            .unwrap()
+            .status
+            .unwrap_or_default();
+        if let Some(c) = st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "BootstrapSucceeded")
+        {
+            break c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no bootstrap condition"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(cond.status, "False");
+    assert_eq!(cond.reason.as_deref(), Some("BootstrapFailed"));
+    let msg = cond.message.unwrap_or_default();
+    assert!(
+        msg.contains("kubeadm-init exited 1") && msg.contains("port 6443 is in use"),
+        "{msg}"
+    );
     stop_tx.send(()).unwrap();
     agent.await.unwrap().unwrap();
 }
