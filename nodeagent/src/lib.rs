@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod install;
 pub mod journal;
 pub mod notify;
+pub mod pivot;
 pub mod run;
 
 /// The agent's version.

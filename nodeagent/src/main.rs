@@ -14,6 +14,12 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Install this binary, its systemd unit and configuration, and enable (and start) it.
@@ -42,6 +48,32 @@ enum Cmd {
         /// Configuration file.
         #[arg(long, value_name = "FILE", default_value = fledge_agent::config::DEFAULT_PATH)]
         config: PathBuf,
+    },
+    /// Move a cluster's Cluster API objects from one cluster to another (a safer clusterctl move).
+    ///
+    /// Implemented so far: discovery and the plan; run it with --dry-run to print the plan.
+    Pivot {
+        /// Kubeconfig of the source (management) cluster.
+        #[arg(long, value_name = "KUBECONFIG")]
+        from: PathBuf,
+        /// Kubeconfig of the target (workload) cluster.
+        #[arg(long, value_name = "KUBECONFIG")]
+        to: PathBuf,
+        /// Namespace of the cluster's objects.
+        #[arg(long, value_name = "NS")]
+        namespace: String,
+        /// Name of the Cluster object.
+        #[arg(long, value_name = "NAME")]
+        cluster: String,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Plan output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+        /// Objects created at once within a group.
+        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallelism: u16,
     },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
@@ -84,6 +116,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for a in &actions {
                 println!("{a}");
             }
+            Ok(())
+        }
+        Cmd::Pivot {
+            from,
+            to,
+            namespace,
+            cluster,
+            dry_run,
+            output,
+            parallelism,
+        } => {
+            let _ = (to, parallelism);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let plan = runtime.block_on(async {
+                let source = fledge_generator::apply::client_from_kubeconfig(Some(&from)).await?;
+                fledge_generator::apply::check_reachable(&source).await?;
+                let graph =
+                    fledge_agent::pivot::discover::discover(&source.client, &namespace, &cluster)
+                        .await?;
+                Ok::<_, anyhow::Error>(fledge_agent::pivot::plan::plan(
+                    &graph, &namespace, &cluster,
+                ))
+            })?;
+            match output {
+                OutputFormat::Table => print!("{plan}"),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
+            anyhow::ensure!(
+                dry_run,
+                "applying the plan is not implemented yet: run with --dry-run to see the plan"
+            );
             Ok(())
         }
         Cmd::Status {

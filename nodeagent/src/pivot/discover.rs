@@ -1,0 +1,261 @@
+//! Discovery, scoped to one cluster (namespace + Cluster name): the CAPI core, bootstrap and
+//! control-plane types, every CRD carrying clusterctl's move labels, and the namespace's Secrets
+//! and ConfigMaps; then the ownerReference graph and cluster membership.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use serde_json::Value;
+
+use super::ObjRef;
+
+/// Label CAPI puts on objects of a cluster.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+const MOVE_LABELS: [&str; 3] = [
+    "clusterctl.cluster.x-k8s.io",
+    "clusterctl.cluster.x-k8s.io/move",
+    "clusterctl.cluster.x-k8s.io/move-hierarchy",
+];
+const CORE_GROUPS: [&str; 3] = [
+    "cluster.x-k8s.io",
+    "bootstrap.cluster.x-k8s.io",
+    "controlplane.cluster.x-k8s.io",
+];
+/// Secrets CAPI owns by naming convention (`<cluster>-<suffix>`).
+pub const SOFT_OWNED_SUFFIXES: [&str; 5] = ["ca", "etcd", "proxy", "sa", "kubeconfig"];
+
+/// One discovered object.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Reference.
+    pub obj: ObjRef,
+    /// Owner uids (from ownerReferences).
+    pub owners: Vec<OwnerRef>,
+    /// The full object.
+    pub data: Value,
+}
+
+/// An ownerReference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerRef {
+    /// Owner kind.
+    pub kind: String,
+    /// Owner name.
+    pub name: String,
+    /// Owner uid.
+    pub uid: String,
+}
+
+/// Everything discovered in a namespace, and which of it belongs to the cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    /// All objects of the moved types in the namespace, by uid.
+    pub nodes: BTreeMap<String, Node>,
+    /// UIDs that belong to the cluster.
+    pub members: BTreeSet<String>,
+    /// Why objects of the namespace were left out (other clusters' objects).
+    pub excluded: Vec<(ObjRef, String)>,
+}
+
+/// Errors of discovery.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// A request failed.
+    #[error("{what}: {source}")]
+    Request {
+        /// What was listed.
+        what: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The cluster does not exist.
+    #[error("Cluster {namespace}/{name} not found in the source cluster")]
+    NoCluster {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
+}
+
+/// The types to move: (ApiResource of the storage version, whether it is a core CAPI type).
+pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let list =
+        crds.list(&ListParams::default())
+            .await
+            .map_err(|source| DiscoverError::Request {
+                what: "listing CRDs".into(),
+                source,
+            })?;
+    let mut out = Vec::new();
+    for crd in list {
+        let s = &crd.spec;
+        let labels = crd.metadata.labels.clone().unwrap_or_default();
+        let wanted = CORE_GROUPS.contains(&s.group.as_str())
+            || MOVE_LABELS.iter().any(|l| labels.contains_key(*l));
+        if !wanted || s.scope != "Namespaced" {
+            continue;
+        }
+        let Some(v) = s.versions.iter().find(|v| v.storage) else {
+            continue;
+        };
+        out.push(ApiResource {
+            group: s.group.clone(),
+            version: v.name.clone(),
+            api_version: format!("{}/{}", s.group, v.name),
+            kind: s.names.kind.clone(),
+            plural: s.names.plural.clone(),
+        });
+    }
+    out.sort_by(|a, b| (&a.group, &a.kind).cmp(&(&b.group, &b.kind)));
+    Ok(out)
+}
+
+fn node(obj: DynamicObject, api_version: &str, kind: &str) -> Node {
+    let owners = obj
+        .metadata
+        .owner_references
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| OwnerRef {
+            kind: o.kind,
+            name: o.name,
+            uid: o.uid,
+        })
+        .collect();
+    let r = ObjRef {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        uid: obj.metadata.uid.clone().unwrap_or_default(),
+    };
+    let mut data = serde_json::to_value(&obj).unwrap_or_default();
+    data["apiVersion"] = Value::String(api_version.into());
+    data["kind"] = Value::String(kind.into());
+    Node {
+        obj: r,
+        owners,
+        data,
+    }
+}
+
+/// Discovers the namespace and computes the cluster's members.
+pub async fn discover(
+    client: &kube::Client,
+    namespace: &str,
+    cluster: &str,
+) -> Result<Graph, DiscoverError> {
+    let mut g = Graph::default();
+    let mut types = move_types(client).await?;
+    for (kind, plural) in [("Secret", "secrets"), ("ConfigMap", "configmaps")] {
+        types.push(ApiResource {
+            group: String::new(),
+            version: "v1".into(),
+            api_version: "v1".into(),
+            kind: kind.into(),
+            plural: plural.into(),
+        });
+    }
+    for ar in &types {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
+        let list =
+            api.list(&ListParams::default())
+                .await
+                .map_err(|source| DiscoverError::Request {
+                    what: format!("listing {} in {namespace}", ar.plural),
+                    source,
+                })?;
+        for obj in list {
+            let n = node(obj, &ar.api_version, &ar.kind);
+            g.nodes.insert(n.obj.uid.clone(), n);
+        }
+    }
+    let root = g
+        .nodes
+        .values()
+        .find(|n| {
+            n.obj.kind == "Cluster"
+                && n.obj.api_version.starts_with("cluster.x-k8s.io/")
+                && n.obj.name == cluster
+        })
+        .map(|n| n.obj.uid.clone())
+        .ok_or_else(|| DiscoverError::NoCluster {
+            namespace: namespace.into(),
+            name: cluster.into(),
+        })?;
+    membership(&mut g, &root, cluster);
+    Ok(g)
+}
+
+fn label<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
+    n.data["metadata"]["labels"][key].as_str()
+}
+
+/// Computes the members: the Cluster, objects labelled with its name, the objects its refs name,
+/// its soft-owned Secrets, and everything owned (transitively) by a member. Objects labelled for
+/// another cluster are excluded even when something links to them.
+fn membership(g: &mut Graph, root: &str, cluster: &str) {
+    let other_cluster = |n: &Node| label(n, CLUSTER_NAME_LABEL).is_some_and(|c| c != cluster);
+    let mut members = BTreeSet::from([root.to_string()]);
+    let cluster_data = g.nodes[root].data.clone();
+    let refs: Vec<(String, String)> = ["infrastructureRef", "controlPlaneRef"]
+        .iter()
+        .filter_map(|r| {
+            let v = &cluster_data["spec"][*r];
+            Some((
+                v["kind"].as_str()?.to_string(),
+                v["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    for n in g.nodes.values() {
+        let soft = n.obj.kind == "Secret"
+            && SOFT_OWNED_SUFFIXES
+                .iter()
+                .any(|s| n.obj.name == format!("{cluster}-{s}"));
+        let by_label = label(n, CLUSTER_NAME_LABEL) == Some(cluster);
+        let by_ref = refs
+            .iter()
+            .any(|(k, name)| &n.obj.kind == k && &n.obj.name == name);
+        if soft || by_label || by_ref {
+            members.insert(n.obj.uid.clone());
+        }
+    }
+    loop {
+        let before = members.len();
+        for n in g.nodes.values() {
+            if !members.contains(&n.obj.uid)
+                && !other_cluster(n)
+                && n.owners.iter().any(|o| members.contains(&o.uid))
+            {
+                members.insert(n.obj.uid.clone());
+            }
+        }
+        if members.len() == before {
+            break;
+        }
+    }
+    for n in g.nodes.values() {
+        if other_cluster(n) && members.contains(&n.obj.uid) {
+            members.remove(&n.obj.uid);
+        }
+        if !members.contains(&n.obj.uid)
+            && (label(n, CLUSTER_NAME_LABEL).is_some()
+                || n.obj.api_version.contains("cluster.x-k8s.io"))
+        {
+            g.excluded.push((
+                n.obj.clone(),
+                format!(
+                    "belongs to cluster {}",
+                    label(n, CLUSTER_NAME_LABEL).unwrap_or("(none)")
+                ),
+            ));
+        }
+    }
+    g.members = members;
+}

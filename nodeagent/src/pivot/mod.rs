@@ -1,0 +1,28 @@
+//! The pivot: moving one cluster's Cluster API objects from the management cluster into the
+//! workload cluster. Implemented so far: discovery (scoped to one cluster) and the plan, which is
+//! pure data that `--dry-run` prints. Applying the plan is not implemented yet.
+
+pub mod discover;
+pub mod plan;
+
+use serde::Serialize;
+
+/// An object in the move graph.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjRef {
+    /// apiVersion.
+    pub api_version: String,
+    /// kind.
+    pub kind: String,
+    /// name.
+    pub name: String,
+    /// uid in the source cluster.
+    pub uid: String,
+}
+
+impl std::fmt::Display for ObjRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.kind, self.name)
+    }
+}
