@@ -248,13 +248,11 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
             && (label(n, CLUSTER_NAME_LABEL).is_some()
                 || n.obj.api_version.contains("cluster.x-k8s.io"))
         {
-            g.excluded.push((
-                n.obj.clone(),
-                format!(
-                    "belongs to cluster {}",
-                    label(n, CLUSTER_NAME_LABEL).unwrap_or("(none)")
-                ),
-            ));
+            let why = match label(n, CLUSTER_NAME_LABEL) {
+                Some(other) => format!("belongs to cluster {other}"),
+                None => format!("not linked to cluster {cluster} (no label, owner or reference)"),
+            };
+            g.excluded.push((n.obj.clone(), why));
         }
     }
     g.members = members;

@@ -125,8 +125,8 @@ impl std::fmt::Display for Plan {
         )?;
         writeln!(
             f,
-            "{:<6} {:<28} {:<48} {}",
-            "GROUP", "KIND", "NAME", "API VERSION"
+            "{:<6} {:<28} {:<48} API VERSION",
+            "GROUP", "KIND", "NAME"
         )?;
         for g in &self.groups {
             for o in &g.objects {
