@@ -140,6 +140,15 @@ pub struct ValidateArgs {
     pub request: PathBuf,
 }
 
+/// An error and its causes, each once, as both binaries print them before exiting non-zero.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut msg = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        msg.push_str(&format!("\n  caused by: {cause}"));
+    }
+    msg
+}
+
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

@@ -14,3 +14,4 @@ pub mod render;
 pub mod schema;
 pub mod seed;
 pub mod spec;
+pub mod time;

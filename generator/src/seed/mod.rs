@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+pub(crate) use crate::time::civil;
+
 /// Seed image formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SeedFormat {
@@ -107,40 +109,6 @@ pub fn timestamp() -> i64 {
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|&t| (315_532_800..=4_102_444_800).contains(&t)) // 1980..2100: what FAT and ISO can hold
         .unwrap_or(946_684_800) // 2000-01-01T00:00:00Z
-}
-
-/// A calendar time (UTC).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Civil {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-}
-
-pub(crate) fn civil(t: i64) -> Civil {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    Civil {
-        year,
-        month,
-        day,
-        hour: (secs / 3600) as u32,
-        minute: (secs / 60 % 60) as u32,
-        second: (secs % 60) as u32,
-    }
 }
 
 /// Builds an image of `format` from `content`.
