@@ -183,6 +183,36 @@ fn config_drive_reads_back_exactly() {
         ids.contains("TYPE=iso9660") && ids.contains("LABEL=config-2"),
         "{ids}"
     );
+    // Plain ISO9660 readers use the primary path table: its names must be the directory names
+    // of the primary tree (the 8-character ones), not the long Joliet names.
+    let (ok, out, _) = run("isoinfo", &["-p", "-i", &img]);
+    assert!(ok);
+    let table: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .split(':')
+                .next()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect();
+    let (_, out, _) = run("isoinfo", &["-l", "-i", &img]);
+    let listed: Vec<String> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("Directory listing of /"))
+        .filter_map(|p| {
+            p.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .map(str::to_string)
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    assert_eq!(table, vec!["OPENSTAC", "LATEST"]);
+    assert_eq!(table, listed);
     assert_eq!(
         xorriso_extract(&img, "/openstack/latest/user_data", dir.path()),
         c.user_data

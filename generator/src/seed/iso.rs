@@ -11,6 +11,8 @@ const SECTOR: usize = 2048;
 struct DirInfo<'a> {
     dir: &'a Dir,
     name: String,
+    /// ISO level-1 name, as in the parent's directory record (empty for the root).
+    primary_name: Vec<u8>,
     parent: usize, // index into the list (root: itself)
     // Extents (sector, byte length) for the primary and Joliet trees.
     primary: (u32, u32),
@@ -153,6 +155,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
     let mut dirs = vec![DirInfo {
         dir: root,
         name: String::new(),
+        primary_name: Vec::new(),
         parent: 0,
         primary: (0, 0),
         joliet: (0, 0),
@@ -164,6 +167,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
             dirs.push(DirInfo {
                 dir: sub,
                 name: name.clone(),
+                primary_name: Vec::new(),
                 parent: i,
                 primary: (0, 0),
                 joliet: (0, 0),
@@ -174,6 +178,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
     // Files in order: directory order, then name.
     let mut files: Vec<&[u8]> = Vec::new();
     let mut entries: Vec<Vec<Entry>> = Vec::new();
+    let mut dir_names: Vec<(usize, Vec<u8>)> = Vec::new();
     for (di, info) in dirs.iter().enumerate() {
         let mut taken = Vec::new();
         let mut list = Vec::new();
@@ -196,6 +201,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
         {
             check_name(&info2.name)?;
             let p = primary_name(&info2.name, true, &mut taken);
+            dir_names.push((child, p.clone().into_bytes()));
             list.push(Entry {
                 sort_primary: p.as_bytes().to_vec(),
                 primary: p.into_bytes(),
@@ -205,6 +211,10 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
             });
         }
         entries.push(list);
+    }
+
+    for (child, name) in dir_names {
+        dirs[child].primary_name = name;
     }
 
     // Sizes of each directory extent (records depend only on name lengths, not on extents).
@@ -226,10 +236,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, Seed
             } else if joliet {
                 ucs2(&d.name)
             } else {
-                d.name
-                    .to_ascii_uppercase()
-                    .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                    .into_bytes()
+                d.primary_name.clone()
             };
             let extent = if joliet { d.joliet.0 } else { d.primary.0 };
             out.push(name.len() as u8);
