@@ -129,23 +129,27 @@ pub fn write_dir(out: &Path, files: &[OutputFile]) -> Result<(), OutputError> {
     Ok(())
 }
 
-/// Writes one file atomically: temporary file in the same directory, fsync, rename, and an
-/// fsync of the directory.
-pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), OutputError> {
+/// Writes one file atomically: temporary file in the same directory (created if missing),
+/// fsync, rename, and an fsync of the directory. The agent uses this for its state files too.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    fs::create_dir_all(&dir)?;
     let mut tmp = tempfile::Builder::new()
         .prefix(".fledge-tmp-")
         .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(&dir)
-        .map_err(io("create a temporary file in", &dir))?;
-    tmp.write_all(contents).map_err(io("write", tmp.path()))?;
-    tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| io("rename into place", path)(e.error))?;
-    sync_dir(&dir)
+        .tempfile_in(&dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    File::open(&dir)?.sync_all()
+}
+
+/// [`write_file_atomic`] with the module's error type.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), OutputError> {
+    write_file_atomic(path, contents, mode).map_err(io("write", path))
 }
 
 fn sync_tree(dir: &Path) -> Result<(), OutputError> {

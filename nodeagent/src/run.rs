@@ -271,45 +271,50 @@ impl Sync {
         let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290) as u32;
         let mut delay = Duration::from_millis(500);
         while !*stop.borrow() {
-            let ok = match self.api.get_opt(&self.cfg.cluster.name).await {
+            // The resync: read the object, accept it, and send status (also the heartbeat).
+            let resume_from = match self.api.get_opt(&self.cfg.cluster.name).await {
                 Ok(Some(obj)) => {
                     self.reachable(true);
                     self.accept(&obj);
                     self.push_status().await;
-                    true
+                    obj.metadata.resource_version.clone()
                 }
                 Ok(None) => {
                     self.reachable(true);
                     tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
                     self.shared.error("not_found");
-                    false
+                    None
                 }
                 Err(e) => {
                     self.unreachable(&e);
-                    false
+                    None
                 }
             };
-            if ok {
+            if let Some(rv) = resume_from {
                 delay = Duration::from_millis(500);
                 let wp = WatchParams::default()
                     .fields(&format!("metadata.name={}", self.cfg.cluster.name))
                     .timeout(resync);
-                match self.api.watch(&wp, "0").await {
+                // From the version just read: no replay of what was already handled.
+                match self.api.watch(&wp, &rv).await {
                     Ok(stream) => {
                         let mut stream = stream.boxed();
                         loop {
                             tokio::select! {
-                                ev = stream.try_next() => match ev {
-                                    Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
-                                        self.accept(&obj);
-                                        self.push_status().await;
-                                    }
-                                    Ok(Some(_)) => {}
-                                    Ok(None) => break, // resync
-                                    Err(e) => { self.unreachable(&e); break; }
-                                },
-                                _ = stop.changed() => return,
-                            }
+                                                            ev = stream.try_next() => match ev {
+                            Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                                                                    // Status updates (ours included) change nothing here;
+                                                                    // only a new or refused spec is worth reporting.
+                                                                    if self.accept(&obj) != Decision::Unchanged {
+                                                                        self.push_status().await;
+                                                                    }
+                                                                }
+                                                                Ok(Some(_)) => {}
+                                                                Ok(None) => break, // resync
+                                                                Err(e) => { self.unreachable(&e); break; }
+                                                            },
+                                                            _ = stop.changed() => return,
+                                                        }
                         }
                     }
                     Err(e) => self.unreachable(&e),
@@ -353,11 +358,12 @@ impl Sync {
         });
     }
 
-    fn accept(&mut self, obj: &FledgeCluster) {
+    fn accept(&mut self, obj: &FledgeCluster) -> Decision {
         let generation = obj.metadata.generation.unwrap_or(0);
         let uid = obj.metadata.uid.clone().unwrap_or_default();
         let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
-        match cache::decide(self.cached.as_ref(), &offered) {
+        let decision = cache::decide(self.cached.as_ref(), &offered);
+        match decision.clone() {
             Decision::Unchanged => {}
             Decision::Stale { cached, offered } => {
                 tracing::error!(cached, offered, "refusing a spec older than the cached one");
@@ -388,6 +394,7 @@ impl Sync {
                 }
             },
         }
+        decision
     }
 
     fn status(&self) -> FledgeClusterStatus {
@@ -444,11 +451,13 @@ impl Sync {
     /// Sends the latest status; on failure it stays pending and goes out on the next success.
     async fn push_status(&mut self) {
         let status = self.status();
-        let _ = crate::fsutil::write_atomic(
+        if let Err(e) = crate::fsutil::write_atomic(
             &self.state_dir.join("status.json"),
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,
-        );
+        ) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
         let patch = serde_json::json!({"status": status});
         match self
             .api

@@ -132,6 +132,16 @@ async fn agent_survives_the_loss_and_return_of_the_management_plane() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Idle: with nothing changing, status goes out once per resync (2 s here) as a heartbeat,
+    // not once per watch event (its own status update must not trigger another one).
+    let sent = shared.snapshot().status_sent;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_updates = shared.snapshot().status_sent - sent;
+    eprintln!("idle status updates in 5 s: {idle_updates}");
+    assert!(
+        idle_updates <= 3,
+        "{idle_updates} status updates in 5 idle seconds: one per resync expected"
+    );
     assert!(http_get(&addr, "/healthz").await.ends_with("ok\n"));
     let metrics = http_get(&addr, "/metrics").await;
     assert!(
