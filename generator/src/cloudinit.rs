@@ -80,8 +80,6 @@ pub struct Seed {
     pub network_config: Option<String>,
     /// Paths of files that had to be compressed to fit the limit.
     pub compressed: Vec<String>,
-    /// True when the user-data embeds a secret (the management token).
-    pub has_secrets: bool,
 }
 
 struct FileEntry {
@@ -242,7 +240,6 @@ pub fn render(
         meta_data,
         network_config,
         compressed: compressed.iter().map(|&i| files[i].path.clone()).collect(),
-        has_secrets: creds.token.is_some(),
     })
 }
 

@@ -7,13 +7,7 @@ use fledge_generator::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEDGE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    fledge_generator::cli::init_logging("warn");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

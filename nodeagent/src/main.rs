@@ -268,13 +268,7 @@ fn status(config: &std::path::Path, state_dir: &std::path::Path, json: bool) -> 
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEDGE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    fledge_generator::cli::init_logging("info");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

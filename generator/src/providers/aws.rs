@@ -1,7 +1,7 @@
 //! Cluster API Provider AWS (CAPA). CAPA serves `v1beta2` of its own API under both contracts.
 
 use super::{InfraApi, InfraProvider, MachineRules, Need, text};
-use crate::spec::{CapiVersion, Infrastructure, Problems, ProviderKind, check_dns_subdomain};
+use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain};
 
 pub(super) struct Aws;
 
@@ -12,9 +12,6 @@ const IDENTITY_KINDS: [&str; 3] = [
 ];
 
 impl InfraProvider for Aws {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Aws
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         InfraApi {
             api_version: "infrastructure.cluster.x-k8s.io/v1beta2",

@@ -1,16 +1,11 @@
 //! Cluster API Provider Azure (CAPZ). CAPZ serves only `v1beta1`, even with a v1beta2 core.
 
 use super::{InfraApi, InfraProvider, MachineRules, Need};
-use crate::spec::{
-    CapiVersion, Infrastructure, Problems, ProviderKind, check_dns_subdomain, check_text,
-};
+use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_text};
 
 pub(super) struct Azure;
 
 impl InfraProvider for Azure {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Azure
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         InfraApi {
             api_version: "infrastructure.cluster.x-k8s.io/v1beta1",

@@ -2,14 +2,11 @@
 //! docker backend (v1beta2, where the `Docker*` kinds are deprecated).
 
 use super::{InfraApi, InfraProvider, MachineRules, Need, text};
-use crate::spec::{CapiVersion, Infrastructure, Problems, ProviderKind};
+use crate::spec::{CapiVersion, Infrastructure, Problems};
 
 pub(super) struct Docker;
 
 impl InfraProvider for Docker {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Docker
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         match capi {
             CapiVersion::V1beta2 => InfraApi {

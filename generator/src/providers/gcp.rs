@@ -1,16 +1,11 @@
 //! Cluster API Provider GCP (CAPG). CAPG serves only `v1beta1`, even with a v1beta2 core.
 
 use super::{InfraApi, InfraProvider, MachineRules, Need, text};
-use crate::spec::{
-    CapiVersion, Infrastructure, Problems, ProviderKind, check_dns_label, check_dns_subdomain,
-};
+use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_label, check_dns_subdomain};
 
 pub(super) struct Gcp;
 
 impl InfraProvider for Gcp {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Gcp
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         InfraApi {
             api_version: "infrastructure.cluster.x-k8s.io/v1beta1",

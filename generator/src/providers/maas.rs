@@ -1,16 +1,11 @@
 //! Cluster API Provider MAAS (CAPMAAS, Spectro Cloud). Its API stays `v1beta1` under both contracts.
 
 use super::{InfraApi, InfraProvider, MachineRules, Need, text};
-use crate::spec::{
-    CapiVersion, Infrastructure, Problems, ProviderKind, check_dns_subdomain, check_text,
-};
+use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_text};
 
 pub(super) struct Maas;
 
 impl InfraProvider for Maas {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Maas
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         InfraApi {
             api_version: "infrastructure.cluster.x-k8s.io/v1beta1",

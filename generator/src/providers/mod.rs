@@ -55,8 +55,6 @@ pub struct MachineRules {
 
 /// One infrastructure provider.
 pub trait InfraProvider: Sync {
-    /// Which provider this is.
-    fn kind(&self) -> ProviderKind;
     /// The API it serves under a CAPI contract.
     fn api(&self, capi: CapiVersion) -> InfraApi;
     /// Which machine fields it uses.

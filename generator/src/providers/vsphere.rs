@@ -2,16 +2,12 @@
 
 use super::{InfraApi, InfraProvider, MachineRules, Need, text};
 use crate::spec::{
-    CapiVersion, Infrastructure, Problems, ProviderKind, check_dns_subdomain, check_host,
-    check_text,
+    CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_host, check_text,
 };
 
 pub(super) struct Vsphere;
 
 impl InfraProvider for Vsphere {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Vsphere
-    }
     fn api(&self, capi: CapiVersion) -> InfraApi {
         match capi {
             CapiVersion::V1beta2 => InfraApi {

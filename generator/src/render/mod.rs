@@ -211,11 +211,6 @@ impl Templates {
         tmpl.render(minijinja::Value::from(minijinja::value::Serde(ctx)))
             .map_err(err)
     }
-
-    /// Names of all templates, for `--templates` documentation and tests.
-    pub fn names() -> impl Iterator<Item = &'static str> {
-        EMBEDDED.iter().map(|(n, _)| *n)
-    }
 }
 
 #[cfg(test)]

@@ -177,14 +177,13 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
             );
         }
     }
-    for (i, a) in pods.iter().enumerate() {
+    for a in &pods {
         for (j, b) in services.iter().enumerate() {
             if a.overlaps(b) {
                 p.push(
                     format!("spec.network.services[{j}]"),
                     format!("must not overlap the pod network {a} (got {b})"),
                 );
-                let _ = i;
             }
         }
     }
