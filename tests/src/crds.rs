@@ -134,9 +134,9 @@ impl SchemaSet {
             return None;
         }
         let name = obj["metadata"]["name"].as_str().unwrap_or("?");
-        let Some((schema, path, served)) = self
-            .schemas
-            .get(&(api_version.to_string(), kind.to_string()))
+        let Self { schemas, validator } = self;
+        let Some((schema, path, served)) =
+            schemas.get(&(api_version.to_string(), kind.to_string()))
         else {
             return Some(Err(vec![format!(
                 "{kind} {name}: no CRD defines {kind} in {api_version}"
@@ -148,8 +148,7 @@ impl SchemaSet {
                 path.display()
             )]));
         }
-        let schema = schema.clone();
-        let errs: Vec<Violation> = self.validator.validate(&schema, obj, "");
+        let errs: Vec<Violation> = validator.validate(schema, obj, "");
         if errs.is_empty() {
             Some(Ok(()))
         } else {

@@ -42,9 +42,6 @@ async fn two_clusters_are_isolated_and_stop_without_leftovers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_start_reports_the_log_tail() {
-    if start_or_skip(Options::default()).await.is_none() {
-        return;
-    }
     let opts = Options {
         extra_apiserver_args: vec!["--no-such-flag=1".into()],
         ..Options::default()
@@ -55,6 +52,9 @@ async fn a_failed_start_reports_the_log_tail() {
         }) => {
             assert_eq!(component, "kube-apiserver");
             assert!(tail.contains("unknown flag: --no-such-flag"), "{tail}");
+        }
+        Err(HarnessError::MissingAsset(p)) => {
+            fledge_tests::missing(&p.display().to_string(), "run scripts/test-assets.sh")
         }
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("start should fail"),
