@@ -133,6 +133,18 @@ pub struct Target {
 
 /// Builds a client from a kubeconfig file (or the default locations), with short timeouts.
 pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<Target, ApplyError> {
+    let config = config_from_kubeconfig(path).await?;
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| ApplyError::Kubeconfig {
+        path: path.map(Path::to_path_buf),
+        source: Box::new(e),
+    })?;
+    Ok(Target { client, server })
+}
+
+/// Loads a kubeconfig file (or the default locations) into a client configuration with short
+/// timeouts, for callers that add layers to the client.
+pub async fn config_from_kubeconfig(path: Option<&Path>) -> Result<kube::Config, ApplyError> {
     let kerr = |e: Box<dyn std::error::Error + Send + Sync>| ApplyError::Kubeconfig {
         path: path.map(Path::to_path_buf),
         source: e,
@@ -148,9 +160,7 @@ pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<Target, Apply
     };
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(30));
-    let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config).map_err(|e| kerr(Box::new(e)))?;
-    Ok(Target { client, server })
+    Ok(config)
 }
 
 /// Checks that the cluster answers and accepts the credentials: one request, one error.

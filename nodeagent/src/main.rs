@@ -51,7 +51,13 @@ enum Cmd {
     },
     /// Move a cluster's Cluster API objects from one cluster to another (a safer clusterctl move).
     ///
-    /// Implemented so far: discovery and the plan; run it with --dry-run to print the plan.
+    /// Pauses the source Cluster, creates the objects in the target group by group (owners
+    /// first, ownerReferences rewritten, status copied), verifies them, then deletes them from the
+    /// source (finalizers released first, so no provider deletes real infrastructure) and
+    /// unpauses the target. Every created object carries its source UID
+    /// (pivot.fledge.dev/source-uid), so running the same command again after any interruption
+    /// converges: before cutover a failed run rolls back (source unpaused, target clean), after
+    /// cutover it only moves forward, and after success it does nothing.
     Pivot {
         /// Kubeconfig of the source (management) cluster.
         #[arg(long, value_name = "KUBECONFIG")]
@@ -71,9 +77,13 @@ enum Cmd {
         /// Plan output format.
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
-        /// Objects created at once within a group.
+        /// Requests in flight at once within a group.
         #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         parallelism: u16,
+        /// Do not copy status through the status subresource (providers that keep state in
+        /// status may then re-provision).
+        #[arg(long)]
+        no_status: bool,
     },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
@@ -126,31 +136,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
             output,
             parallelism,
-        } => {
-            let _ = (to, parallelism);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let plan = runtime.block_on(async {
-                let source = fledge_generator::apply::client_from_kubeconfig(Some(&from)).await?;
-                fledge_generator::apply::check_reachable(&source).await?;
-                let graph =
-                    fledge_agent::pivot::discover::discover(&source.client, &namespace, &cluster)
-                        .await?;
-                Ok::<_, anyhow::Error>(fledge_agent::pivot::plan::plan(
-                    &graph, &namespace, &cluster,
-                ))
-            })?;
-            match output {
-                OutputFormat::Table => print!("{plan}"),
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-            }
-            anyhow::ensure!(
-                dry_run,
-                "applying the plan is not implemented yet: run with --dry-run to see the plan"
-            );
-            Ok(())
-        }
+            no_status,
+        } => pivot(PivotArgs {
+            from,
+            to,
+            namespace,
+            cluster,
+            dry_run,
+            output,
+            parallelism: usize::from(parallelism),
+            copy_status: !no_status,
+        }),
         Cmd::Status {
             config,
             state_dir,
@@ -176,6 +172,92 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+struct PivotArgs {
+    from: PathBuf,
+    to: PathBuf,
+    namespace: String,
+    cluster: String,
+    dry_run: bool,
+    output: OutputFormat,
+    parallelism: usize,
+    copy_status: bool,
+}
+
+fn pivot(a: PivotArgs) -> anyhow::Result<()> {
+    use fledge_agent::pivot::{apply, count, discover, plan};
+    use std::sync::Arc;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let counts = Arc::new(count::Counts::default());
+        let (source, source_url) = count::counted_client(Some(&a.from), counts.clone()).await?;
+        let check = async |client: &kube::Client, server: String| {
+            fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
+                client: client.clone(),
+                server,
+            })
+            .await
+        };
+        check(&source, source_url).await?;
+        if a.dry_run {
+            let graph = discover::discover(&source, &a.namespace, &a.cluster).await?;
+            let plan = plan::plan(&graph, &a.namespace, &a.cluster);
+            match a.output {
+                OutputFormat::Table => print!("{plan}"),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
+            return Ok(());
+        }
+        let (target, target_url) = count::counted_client(Some(&a.to), counts.clone()).await?;
+        check(&target, target_url).await?;
+        let json = matches!(a.output, OutputFormat::Json);
+        let progress = move |e: &apply::Event| {
+            if json {
+                eprintln!("{}", serde_json::to_string(e).unwrap_or_default());
+            } else {
+                eprintln!("{e}");
+            }
+        };
+        let opts = apply::Options {
+            parallelism: a.parallelism,
+            copy_status: a.copy_status,
+            ..apply::Options::default()
+        };
+        let summary = apply::Pivot::new(&source, &target, &a.namespace, &a.cluster, opts, &progress)
+            .run()
+            .await?;
+        let requests = counts.total();
+        if json {
+            let mut v = serde_json::to_value(&summary)?;
+            v["requests"] = requests.into();
+            v["wallSeconds"] = summary.wall.as_secs_f64().into();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else if summary.already_complete {
+            println!(
+                "Cluster {}/{} was already pivoted; nothing to do ({requests} requests, {:.1}s)",
+                a.namespace,
+                a.cluster,
+                summary.wall.as_secs_f64()
+            );
+        } else {
+            println!(
+                "Pivoted cluster {}/{}: {} objects moved ({} created, {} statuses copied, {} deleted from the source), {requests} requests ({:.1} per object), {:.1}s",
+                a.namespace,
+                a.cluster,
+                summary.moved,
+                summary.created,
+                summary.statuses,
+                summary.deleted,
+                requests as f64 / summary.moved.max(1) as f64,
+                summary.wall.as_secs_f64()
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Resolves on the first SIGTERM/SIGINT; a second one exits the process at once.

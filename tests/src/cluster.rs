@@ -347,7 +347,9 @@ impl TestCluster {
         .await
     }
 
-    fn start_controller_manager(&mut self) -> Result<(), HarnessError> {
+    /// Starts kube-controller-manager (garbage collector, namespace, service-account token),
+    /// e.g. after installing CRDs so that its first discovery sees them.
+    pub fn start_controller_manager(&mut self) -> Result<(), HarnessError> {
         let d = self.dir().to_path_buf();
         let p = |f: &str| d.join(f).display().to_string();
         let args: Vec<String> = vec![

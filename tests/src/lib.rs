@@ -25,5 +25,7 @@ pub fn missing(what: &str, how: &str) {
     eprintln!("SKIPPED (not under CI): {msg}");
 }
 
+pub mod capi;
 pub mod cluster;
+pub mod fault;
 pub mod install;

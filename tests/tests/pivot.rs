@@ -142,3 +142,347 @@ async fn plan_holds_exactly_the_clusters_objects_in_owner_order() {
     let json = serde_json::to_value(&p).unwrap();
     assert_eq!(json["total"], 14);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The move itself.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fledge_agent::pivot::apply::{Event, Options as PivotOptions, Pivot, PivotError, Retry};
+use fledge_tests::capi::{self, Flavor, Key, Seen};
+use fledge_tests::cluster::TestCluster;
+use fledge_tests::fault::{Fault, Mode, client_with};
+
+async fn namespace(client: &kube::Client, ns: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Two clusters with `flavor`'s CRDs; the target optionally with the garbage collector running.
+async fn pair(flavor: Flavor, gc: bool) -> Option<(TestCluster, TestCluster)> {
+    let source = start_or_skip(Options::default()).await?;
+    let mut target = start_or_skip(Options::default()).await?;
+    install_crds(&source.client().await, &[flavor.crd_dir])
+        .await
+        .unwrap();
+    install_crds(&target.client().await, &[flavor.crd_dir])
+        .await
+        .unwrap();
+    if gc {
+        // Started after the CRDs exist, so that its first discovery covers them.
+        target.start_controller_manager().unwrap();
+    }
+    Some((source, target))
+}
+
+type Events = Arc<Mutex<Vec<Event>>>;
+
+async fn run_pivot(
+    source: &kube::Client,
+    target: &kube::Client,
+    ns: &str,
+    cluster: &str,
+    opts: PivotOptions,
+) -> (
+    Result<fledge_agent::pivot::apply::Summary, PivotError>,
+    Vec<Event>,
+) {
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let progress = move |e: &Event| sink.lock().unwrap().push(e.clone());
+    let r = Pivot::new(source, target, ns, cluster, opts, &progress)
+        .run()
+        .await;
+    let e = events.lock().unwrap().clone();
+    (r, e)
+}
+
+fn paused(obj: &DynamicObject) -> bool {
+    obj.data["spec"]["paused"].as_bool() == Some(true)
+}
+
+async fn get(client: &kube::Client, ns: &str, k: &Key) -> Option<DynamicObject> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &capi::resource(&k.api_version, &k.kind));
+    api.get_opt(&k.name).await.unwrap()
+}
+
+fn cluster_key(f: Flavor, name: &str) -> Key {
+    Key {
+        api_version: f.capi.into(),
+        kind: "Cluster".into(),
+        name: name.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pivot_moves_exactly_one_cluster_with_status_and_owners_under_the_garbage_collector() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, true).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "fleet";
+    namespace(&sc, ns).await;
+    let c1 = capi::cluster(&sc, ns, "c1", f, 0).await;
+    let c2 = capi::cluster(&sc, ns, "c2", f, 0).await;
+    assert_eq!(c1.len(), 13, "{c1:#?}");
+    // An object of c1 whose owner exists nowhere: moved, with that reference dropped so that
+    // the target's garbage collector does not delete it.
+    create(&sc, ns, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1-extra", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}}}),
+        &[("MachineSet", "gone", "00000000-0000-0000-0000-000000000000", CAPI)]).await;
+    let before = capi::snapshot(&sc, ns, &c1).await;
+    let c2_before = capi::snapshot(&sc, ns, &c2).await;
+
+    let counts = Fault::never();
+    let (scount, tcount) = (
+        client_with(&s.kubeconfig, &counts).await,
+        client_with(&t.kubeconfig, &counts).await,
+    );
+    let (r, events) = run_pivot(&scount, &tcount, ns, "c1", PivotOptions::default()).await;
+    let summary = r.unwrap();
+    for e in &events {
+        println!("{e}");
+    }
+    println!(
+        "{summary:?}; {} reads + {} writes for {} objects",
+        counts.reads(),
+        counts.writes(),
+        summary.moved
+    );
+    assert_eq!(summary.moved, 14);
+    assert_eq!(summary.created, 14);
+    assert_eq!(summary.deleted, 14);
+    assert_eq!(summary.dropped_owner_refs, 1);
+    assert!(summary.statuses >= 6, "{summary:?}");
+    assert!(
+        matches!(events.last(), Some(Event::Completed)),
+        "{events:?}"
+    );
+    let problems = capi::check_moved(&sc, &tc, ns, &before).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    let extra = Key {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "c1-extra".into(),
+    };
+    assert!(get(&sc, ns, &extra).await.is_none());
+    let moved_extra = get(&tc, ns, &extra).await.expect("c1-extra moved");
+    assert!(moved_extra.metadata.owner_references.is_none());
+
+    // The other cluster of the namespace is untouched, and not paused.
+    let c2_after = capi::snapshot(&sc, ns, &c2).await;
+    assert_same(&c2_before, &c2_after);
+    assert!(!paused(&get(&sc, ns, &cluster_key(f, "c2")).await.unwrap()));
+    for k in &c2 {
+        assert!(
+            get(&tc, ns, k).await.is_none(),
+            "{k} of c2 reached the target"
+        );
+    }
+
+    // The garbage collector runs in the target (a dangling object of a Cluster API type is
+    // collected) and has not collected anything the pivot created.
+    create(&tc, ns, json!({"apiVersion": capi::V1BETA2.infra, "kind": "DevMachine", "metadata": {"name": "gc-canary"}, "spec": {"backend": {"docker": {}}}}),
+        &[("Machine", "gone", "00000000-0000-0000-0000-000000000001", CAPI)]).await;
+    let canary = Key {
+        api_version: f.infra.into(),
+        kind: "DevMachine".into(),
+        name: "gc-canary".into(),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while get(&tc, ns, &canary).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the garbage collector never collected the canary: is it running?"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let problems = capi::check_moved(&sc, &tc, ns, &before).await;
+    assert!(
+        problems.is_empty(),
+        "after garbage collection: {problems:#?}"
+    );
+    assert!(
+        get(&tc, ns, &extra).await.is_some(),
+        "c1-extra was collected"
+    );
+
+    // A second run does nothing.
+    let again = Fault::never();
+    let (scount, tcount) = (
+        client_with(&s.kubeconfig, &again).await,
+        client_with(&t.kubeconfig, &again).await,
+    );
+    let (r, _) = run_pivot(&scount, &tcount, ns, "c1", PivotOptions::default()).await;
+    assert!(r.unwrap().already_complete);
+    assert_eq!(again.writes(), 0, "a second run wrote");
+}
+
+fn assert_same(a: &BTreeMap<Key, Seen>, b: &BTreeMap<Key, Seen>) {
+    assert_eq!(a.len(), b.len());
+    for (k, x) in a {
+        let y = &b[k];
+        assert_eq!(x.uid, y.uid, "{k}");
+        assert_eq!(x.status, y.status, "{k}");
+        assert_eq!(x.content, y.content, "{k}");
+        assert_eq!(x.finalizers, y.finalizers, "{k}");
+        assert_eq!(x.owners, y.owners, "{k}");
+    }
+}
+
+fn agent_bin() -> String {
+    env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge-agent"
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pivot_cli_v1beta1_fails_fast_on_missing_crds_then_moves_and_is_idempotent() {
+    let f = capi::V1BETA1;
+    let Some(s) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let Some(t) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    install_crds(&sc, &[f.crd_dir]).await.unwrap();
+    let ns = "legacy";
+    namespace(&sc, ns).await;
+    let keys = capi::cluster(&sc, ns, "old", f, 2).await;
+    let before = capi::snapshot(&sc, ns, &keys).await;
+    let pivot = || {
+        let out = std::process::Command::new(agent_bin())
+            .args(["pivot", "--from"])
+            .arg(&s.kubeconfig)
+            .arg("--to")
+            .arg(&t.kubeconfig)
+            .args(["--namespace", ns, "--cluster", "old"])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+
+    // The target has no Cluster API CRDs: fail before any write, source untouched.
+    let (ok, _, err) = pivot();
+    assert!(!ok);
+    assert!(err.contains("does not serve"), "{err}");
+    assert!(err.contains("KubeadmControlPlane"), "{err}");
+    assert_same(&before, &capi::snapshot(&sc, ns, &keys).await);
+    assert!(!paused(
+        &get(&sc, ns, &cluster_key(f, "old")).await.unwrap()
+    ));
+
+    install_crds(&tc, &[f.crd_dir]).await.unwrap();
+    let (ok, out, err) = pivot();
+    assert!(ok, "{out}\n{err}");
+    println!("{err}{out}");
+    assert!(err.contains("group 1/"), "progress per group: {err}");
+    assert!(err.contains("cutover"), "{err}");
+    assert!(
+        out.contains(&format!("{} objects moved", keys.len())),
+        "{out}"
+    );
+    assert!(out.contains("requests"), "{out}");
+    let problems = capi::check_moved(&sc, &tc, ns, &before).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    let (ok, out, err) = pivot();
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("already pivoted"), "{out}");
+}
+
+/// The writes of one undisturbed pivot of a fresh one-control-plane cluster.
+async fn writes_of_a_clean_pivot(s: &TestCluster, t: &TestCluster, f: Flavor) -> u64 {
+    let sc = s.client().await;
+    let ns = "crash-reference";
+    namespace(&sc, ns).await;
+    capi::cluster(&sc, ns, "c", f, 0).await;
+    let counts = Fault::never();
+    let (a, b) = (
+        client_with(&s.kubeconfig, &counts).await,
+        client_with(&t.kubeconfig, &counts).await,
+    );
+    run_pivot(&a, &b, ns, "c", PivotOptions::default())
+        .await
+        .0
+        .unwrap();
+    counts.writes()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pivot_converges_after_a_failure_at_every_write() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let total = writes_of_a_clean_pivot(&s, &t, f).await;
+    assert!(total > 20, "{total}");
+    let no_retry = PivotOptions {
+        retry: Retry {
+            attempts: 1,
+            first: Duration::from_millis(1),
+            cap: Duration::from_millis(1),
+        },
+        ..PivotOptions::default()
+    };
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for mode in [Mode::Crash, Mode::Once] {
+        for k in 1..=total {
+            let ns = format!("{}-{k}", if mode == Mode::Crash { "crash" } else { "once" });
+            namespace(&sc, &ns).await;
+            let keys = capi::cluster(&sc, &ns, "c", f, 0).await;
+            let before = capi::snapshot(&sc, &ns, &keys).await;
+            let fault = Fault::new(k, mode);
+            let (a, b) = (
+                client_with(&s.kubeconfig, &fault).await,
+                client_with(&t.kubeconfig, &fault).await,
+            );
+            let (r, _) = run_pivot(&a, &b, &ns, "c", no_retry).await;
+            assert!(fault.tripped(), "write {k} never happened");
+            let err = r.expect_err("a failed write must fail the run");
+            let kind = match &err {
+                PivotError::RolledBack(_) => "rolled back",
+                PivotError::RollbackFailed { .. } => "rollback failed",
+                PivotError::Incomplete(_) => "incomplete",
+                _ => "other",
+            };
+            *outcomes.entry(format!("{mode:?}: {kind}")).or_default() += 1;
+            if matches!(err, PivotError::RolledBack(_)) {
+                // Abort before cutover: source whole and unpaused, target clean.
+                assert_same(&before, &capi::snapshot(&sc, &ns, &keys).await);
+                assert!(!paused(&get(&sc, &ns, &cluster_key(f, "c")).await.unwrap()));
+                let left = capi::list_types(&tc, &ns, &keys).await;
+                assert!(
+                    left.is_empty(),
+                    "k={k}: target not clean: {:?}",
+                    left.keys()
+                );
+            } else {
+                assert!(
+                    !matches!(kind, "other"),
+                    "k={k} {mode:?}: unexpected error {err:#}"
+                );
+            }
+            // A fresh engine, no injected failures: the same end state.
+            let (r, _) = run_pivot(&sc, &tc, &ns, "c", PivotOptions::default()).await;
+            r.unwrap_or_else(|e| panic!("k={k} {mode:?}: re-run failed: {e:#}"));
+            let problems = capi::check_moved(&sc, &tc, &ns, &before).await;
+            assert!(problems.is_empty(), "k={k} {mode:?}: {problems:#?}");
+        }
+    }
+    println!("{total} writes per pivot; outcomes: {outcomes:?}");
+    assert!(outcomes.keys().any(|o| o.contains("rolled back")));
+    assert!(outcomes.keys().any(|o| o.contains("incomplete")));
+}

@@ -57,6 +57,17 @@ pub struct Graph {
     pub members: BTreeSet<String>,
     /// Why objects of the namespace were left out (other clusters' objects).
     pub excluded: Vec<(ObjRef, String)>,
+    /// The types that were listed (the moved CRDs at their storage version, Secret, ConfigMap).
+    pub types: Vec<ApiResource>,
+}
+
+impl Graph {
+    /// The type of an object.
+    pub fn resource(&self, obj: &ObjRef) -> Option<&ApiResource> {
+        self.types
+            .iter()
+            .find(|t| t.api_version == obj.api_version && t.kind == obj.kind)
+    }
 }
 
 /// Errors of discovery.
@@ -189,6 +200,7 @@ pub async fn discover(
             name: cluster.into(),
         })?;
     membership(&mut g, &root, cluster);
+    g.types = types;
     Ok(g)
 }
 

@@ -1,7 +1,9 @@
 //! The pivot: moving one cluster's Cluster API objects from the management cluster into the
-//! workload cluster. Implemented so far: discovery (scoped to one cluster) and the plan, which is
-//! pure data that `--dry-run` prints. Applying the plan is not implemented yet.
+//! workload cluster. Discovery (scoped to one cluster) gives a graph, the plan is pure data that
+//! `--dry-run` prints, and [`apply::Pivot`] carries it out, crash-safe.
 
+pub mod apply;
+pub mod count;
 pub mod discover;
 pub mod plan;
 

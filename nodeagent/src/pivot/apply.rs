@@ -1,0 +1,1184 @@
+//! Applying the plan: the move itself, crash-safe.
+//!
+//! The order of writes:
+//! 1. pause the source Cluster (`spec.paused`, plus an annotation saying fledge paused it);
+//! 2. create the objects in the target group by group (owners first), each carrying its source
+//!    UID in an annotation and its ownerReferences rewritten to target UIDs; copy status through
+//!    the status subresource;
+//! 3. verify, from a fresh listing of the target, that every object is there with the right owners;
+//! 4. **cutover**: mark the target Cluster (`pivot.fledge.dev/state: cutover`);
+//! 5. delete from the source, dependants first and the Cluster last, releasing finalizers first;
+//! 6. unpause the target Cluster and mark it `complete`.
+//!
+//! The clusters themselves are the journal: a second run reads both, and from any interrupted
+//! state it converges to the same end state. Before cutover a run that fails for good rolls back
+//! (deletes what it created in the target, unpauses the source); after cutover it only moves
+//! forward.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
+    Preconditions,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::ObjRef;
+use super::discover::{DiscoverError, Graph, Node, discover};
+use super::plan::{Plan, plan};
+
+/// Annotation on every object created in the target: the object's UID in the source.
+pub const SOURCE_UID: &str = "pivot.fledge.dev/source-uid";
+/// Annotation on the target Cluster: `cutover` once the source starts being deleted, then
+/// `complete`.
+pub const STATE: &str = "pivot.fledge.dev/state";
+/// Annotation on the source Cluster (and its copy) when fledge paused it, so that only a pause
+/// fledge made is undone.
+pub const PAUSED_BY: &str = "pivot.fledge.dev/paused";
+
+/// Retry policy for transient errors (connection failures, 429, 5xx, optimistic-lock conflicts).
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    /// Attempts per request, the first included.
+    pub attempts: u32,
+    /// First delay.
+    pub first: Duration,
+    /// Longest delay.
+    pub cap: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Self {
+        Self {
+            attempts: 6,
+            first: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How to pivot.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Requests in flight at once within a group.
+    pub parallelism: usize,
+    /// Copy status through the status subresource.
+    pub copy_status: bool,
+    /// Retry policy.
+    pub retry: Retry,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            parallelism: DEFAULT_PARALLELISM,
+            copy_status: true,
+            retry: Retry::default(),
+        }
+    }
+}
+
+/// Default `--parallelism`.
+pub const DEFAULT_PARALLELISM: usize = 8;
+
+/// Progress, reported as the pivot goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Event {
+    /// The target serves every type of the plan.
+    Checked {
+        /// Objects to move.
+        objects: usize,
+        /// Groups.
+        groups: usize,
+    },
+    /// The source Cluster was paused (or already was).
+    Paused {
+        /// Whether this run paused it.
+        now: bool,
+    },
+    /// A group exists in the target.
+    Created {
+        /// Group index.
+        group: usize,
+        /// Groups in all.
+        of: usize,
+        /// Objects in the group.
+        objects: usize,
+        /// Created by this run.
+        created: usize,
+        /// Statuses copied by this run.
+        statuses: usize,
+    },
+    /// Every object is in the target with the right owners.
+    Verified {
+        /// Objects checked.
+        objects: usize,
+    },
+    /// The target Cluster is marked cutover: from here on the pivot only moves forward.
+    Cutover,
+    /// A group was deleted from the source.
+    Deleted {
+        /// Group index.
+        group: usize,
+        /// Objects deleted by this run.
+        objects: usize,
+    },
+    /// The target Cluster is unpaused and marked complete.
+    Completed,
+    /// A failure before cutover was rolled back.
+    RolledBack {
+        /// Objects deleted from the target.
+        deleted: usize,
+    },
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Checked { objects, groups } => write!(
+                f,
+                "target serves every type; moving {objects} objects in {groups} groups"
+            ),
+            Event::Paused { now: true } => write!(f, "source Cluster paused"),
+            Event::Paused { now: false } => write!(f, "source Cluster already paused"),
+            Event::Created {
+                group,
+                of,
+                objects,
+                created,
+                statuses,
+            } => write!(
+                f,
+                "group {}/{of}: {objects} objects in the target ({created} created, {statuses} statuses copied)",
+                group + 1
+            ),
+            Event::Verified { objects } => {
+                write!(
+                    f,
+                    "verified: {objects} objects in the target with their owners"
+                )
+            }
+            Event::Cutover => write!(f, "cutover: deleting from the source"),
+            Event::Deleted { group, objects } => {
+                write!(f, "group {}: {objects} deleted from the source", group + 1)
+            }
+            Event::Completed => write!(f, "target Cluster unpaused; pivot complete"),
+            Event::RolledBack { deleted } => write!(
+                f,
+                "rolled back: {deleted} objects deleted from the target, source Cluster unpaused"
+            ),
+        }
+    }
+}
+
+/// What a pivot did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    /// Objects of the cluster now in the target.
+    pub moved: usize,
+    /// Objects created by this run.
+    pub created: usize,
+    /// Statuses copied by this run.
+    pub statuses: usize,
+    /// Objects deleted from the source by this run.
+    pub deleted: usize,
+    /// Ownerreferences dropped because their owner exists nowhere.
+    pub dropped_owner_refs: usize,
+    /// The pivot had already completed; nothing was done.
+    pub already_complete: bool,
+    /// Wall time.
+    #[serde(skip)]
+    pub wall: Duration,
+}
+
+/// Why a pivot failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PivotError {
+    /// Discovery failed.
+    #[error(transparent)]
+    Discover(#[from] DiscoverError),
+    /// The target lacks types of the plan (checked before any write).
+    #[error(
+        "the target cluster does not serve {}; install the same providers there (clusterctl init) and run the pivot again; nothing was changed",
+        .0.join(", ")
+    )]
+    MissingTypes(Vec<String>),
+    /// The target holds an object of the same name that this pivot did not create.
+    #[error("the target already has {object}, which this pivot did not create ({why})")]
+    Conflict {
+        /// `Kind/name`.
+        object: String,
+        /// Details.
+        why: String,
+    },
+    /// A request failed with an error retrying cannot fix, or kept failing.
+    #[error("{what}: {}", describe(source))]
+    Request {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+    /// The target does not hold what was created.
+    #[error("verification failed: {0}")]
+    Verify(String),
+    /// Failed before cutover; rolled back.
+    #[error(
+        "the pivot failed before cutover and was rolled back: the source Cluster is unpaused and the target holds none of its objects"
+    )]
+    RolledBack(#[source] Box<PivotError>),
+    /// Failed before cutover, and the rollback failed too.
+    #[error(
+        "the pivot failed before cutover, and rolling back failed too ({rollback}); run the pivot again to complete it"
+    )]
+    RollbackFailed {
+        /// The first failure.
+        #[source]
+        cause: Box<PivotError>,
+        /// Why the rollback failed.
+        rollback: String,
+    },
+    /// Failed after cutover: a second run completes it.
+    #[error(
+        "the pivot failed after cutover; run it again to complete it (from cutover on it only moves forward)"
+    )]
+    Incomplete(#[source] Box<PivotError>),
+}
+
+impl PivotError {
+    /// True when the pivot changed nothing durable in the source (it is unpaused and whole).
+    pub fn source_untouched(&self) -> bool {
+        matches!(
+            self,
+            PivotError::Discover(_)
+                | PivotError::MissingTypes(_)
+                | PivotError::Conflict { .. }
+                | PivotError::RolledBack(_)
+        )
+    }
+}
+
+fn describe(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("HTTP {} {}: {}", s.code, s.reason, s.message),
+        other => {
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            msg
+        }
+    }
+}
+
+/// Whether retrying can fix an error.
+pub fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => {
+            matches!(s.code, 429 | 500 | 502 | 503 | 504)
+                || (s.code == 409 && s.reason == "Conflict")
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::HttpError(_) => true,
+        _ => false,
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// A type as served by the target.
+#[derive(Debug, Clone, Copy)]
+struct Served {
+    status_subresource: bool,
+}
+
+/// The pivot of one cluster between two clients.
+pub struct Pivot<'a> {
+    source: &'a kube::Client,
+    target: &'a kube::Client,
+    namespace: &'a str,
+    cluster: &'a str,
+    opts: Options,
+    progress: &'a (dyn Fn(&Event) + Send + Sync),
+}
+
+/// What the target holds of this pivot, by source UID.
+type Existing = HashMap<String, DynamicObject>;
+
+impl<'a> Pivot<'a> {
+    /// A pivot of `namespace/cluster` from `source` to `target`.
+    pub fn new(
+        source: &'a kube::Client,
+        target: &'a kube::Client,
+        namespace: &'a str,
+        cluster: &'a str,
+        opts: Options,
+        progress: &'a (dyn Fn(&Event) + Send + Sync),
+    ) -> Self {
+        Self {
+            source,
+            target,
+            namespace,
+            cluster,
+            opts: Options {
+                parallelism: opts.parallelism.max(1),
+                ..opts
+            },
+            progress,
+        }
+    }
+
+    /// Runs the pivot to completion (or to a clear failure).
+    pub async fn run(&self) -> Result<Summary, PivotError> {
+        let started = Instant::now();
+        let mut summary = Summary::default();
+        let graph = match discover(self.source, self.namespace, self.cluster).await {
+            Ok(g) => g,
+            Err(DiscoverError::NoCluster { .. }) => {
+                // Either the pivot completed (or got past deleting the source Cluster), or there
+                // is nothing to move.
+                self.finish_without_source(&mut summary).await?;
+                summary.wall = started.elapsed();
+                return Ok(summary);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let plan = plan(&graph, self.namespace, self.cluster);
+        let served = self.check_target(&plan).await?;
+        let existing = self.existing(&graph, &plan).await?;
+        let past_cutover = existing
+            .get(&self.root(&graph).obj.uid)
+            .and_then(|c| c.metadata.annotations.as_ref()?.get(STATE).cloned())
+            .is_some();
+        (self.progress)(&Event::Checked {
+            objects: plan.total,
+            groups: plan.groups.len(),
+        });
+        if past_cutover {
+            self.forward(&graph, &plan, &served, existing, &mut summary)
+                .await
+                .map_err(|e| PivotError::Incomplete(Box::new(e)))?;
+        } else {
+            match self
+                .before_cutover(&graph, &plan, &served, existing, &mut summary)
+                .await
+            {
+                Ok(existing) => self
+                    .forward(&graph, &plan, &served, existing, &mut summary)
+                    .await
+                    .map_err(|e| PivotError::Incomplete(Box::new(e)))?,
+                Err(e) => return Err(self.roll_back(&graph, &plan, e).await),
+            }
+        }
+        summary.moved = plan.total;
+        summary.wall = started.elapsed();
+        Ok(summary)
+    }
+
+    async fn retry<T, F, Fut>(&self, what: impl Fn() -> String, mut f: F) -> Result<T, PivotError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut delay = self.opts.retry.first;
+        let mut attempt = 1;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) if transient(&e) && attempt < self.opts.retry.attempts => {
+                    tracing::warn!(what = %what(), error = %describe(&e), attempt, "retrying");
+                    tokio::time::sleep(delay + jitter(delay)).await;
+                    delay = (delay * 2).min(self.opts.retry.cap);
+                    attempt += 1;
+                }
+                Err(source) => {
+                    return Err(PivotError::Request {
+                        what: what(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn api(&self, client: &kube::Client, ar: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(client.clone(), self.namespace, ar)
+    }
+
+    /// The types of the plan the target serves, failing (before any write) on missing ones.
+    async fn check_target(
+        &self,
+        plan: &Plan,
+    ) -> Result<HashMap<(String, String), Served>, PivotError> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.target.clone());
+        let list = self
+            .retry(
+                || "listing CRDs in the target".into(),
+                || async { crds.list(&ListParams::default()).await },
+            )
+            .await?;
+        let mut served = HashMap::new();
+        for crd in list {
+            for v in &crd.spec.versions {
+                if v.served {
+                    served.insert(
+                        (
+                            format!("{}/{}", crd.spec.group, v.name),
+                            crd.spec.names.kind.clone(),
+                        ),
+                        Served {
+                            status_subresource: v
+                                .subresources
+                                .as_ref()
+                                .is_some_and(|s| s.status.is_some()),
+                        },
+                    );
+                }
+            }
+        }
+        for kind in ["Secret", "ConfigMap"] {
+            served.insert(
+                ("v1".into(), kind.into()),
+                Served {
+                    status_subresource: false,
+                },
+            );
+        }
+        let missing: BTreeSet<String> = plan
+            .groups
+            .iter()
+            .flat_map(|g| &g.objects)
+            .filter(|o| !served.contains_key(&(o.api_version.clone(), o.kind.clone())))
+            .map(|o| format!("{} {}", o.kind, o.api_version))
+            .collect();
+        if missing.is_empty() {
+            Ok(served)
+        } else {
+            Err(PivotError::MissingTypes(missing.into_iter().collect()))
+        }
+    }
+
+    /// The plan's types, one each.
+    fn plan_types<'g>(graph: &'g Graph, plan: &Plan) -> Vec<&'g ApiResource> {
+        let mut seen = BTreeSet::new();
+        plan.groups
+            .iter()
+            .flat_map(|g| &g.objects)
+            .filter(|o| seen.insert((o.api_version.clone(), o.kind.clone())))
+            .filter_map(|o| graph.resource(o))
+            .collect()
+    }
+
+    /// Lists the target and returns the objects this pivot created there (by source UID).
+    /// Fails on an object of the same name it did not create.
+    async fn existing(&self, graph: &Graph, plan: &Plan) -> Result<Existing, PivotError> {
+        let mut by_source = HashMap::new();
+        let mut by_name = HashMap::new();
+        for ar in Self::plan_types(graph, plan) {
+            let api = self.api(self.target, ar);
+            let list = self
+                .retry(
+                    || format!("listing {} in the target", ar.plural),
+                    || async { api.list(&ListParams::default()).await },
+                )
+                .await?;
+            for obj in list {
+                let name = obj.metadata.name.clone().unwrap_or_default();
+                let src = obj
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SOURCE_UID))
+                    .cloned();
+                by_name.insert((ar.kind.clone(), name), src.clone());
+                if let Some(src) = src {
+                    by_source.insert(src, obj);
+                }
+            }
+        }
+        for uid in &graph.members {
+            let o = &graph.nodes[uid].obj;
+            match by_name.get(&(o.kind.clone(), o.name.clone())) {
+                None => {}
+                Some(Some(src)) if src == uid => {}
+                Some(Some(src)) => {
+                    return Err(PivotError::Conflict {
+                        object: o.to_string(),
+                        why: format!(
+                            "it was pivoted from another object, source uid {src}, not {uid}"
+                        ),
+                    });
+                }
+                Some(None) => {
+                    return Err(PivotError::Conflict {
+                        object: o.to_string(),
+                        why: format!("it has no {SOURCE_UID} annotation"),
+                    });
+                }
+            }
+        }
+        by_source.retain(|src, _| graph.members.contains(src));
+        Ok(by_source)
+    }
+
+    fn root<'g>(&self, graph: &'g Graph) -> &'g Node {
+        graph
+            .nodes
+            .values()
+            .find(|n| {
+                n.obj.kind == "Cluster"
+                    && n.obj.api_version.starts_with("cluster.x-k8s.io/")
+                    && n.obj.name == self.cluster
+                    && graph.members.contains(&n.obj.uid)
+            })
+            .expect("discover found the Cluster")
+    }
+
+    /// Pause, create, copy status, verify, cutover. Returns the target's objects.
+    async fn before_cutover(
+        &self,
+        graph: &Graph,
+        plan: &Plan,
+        served: &HashMap<(String, String), Served>,
+        mut existing: Existing,
+        summary: &mut Summary,
+    ) -> Result<Existing, PivotError> {
+        let root = self.root(graph);
+        self.ensure_namespace().await?;
+        let we_paused = self.pause_source(graph).await?;
+        let we_paused = we_paused.as_deref();
+        let mut uids: HashMap<String, String> = existing
+            .iter()
+            .filter_map(|(src, obj)| Some((src.clone(), obj.metadata.uid.clone()?)))
+            .collect();
+        for group in &plan.groups {
+            let results: Vec<(String, DynamicObject, bool, bool, usize)> =
+                futures::stream::iter(group.objects.iter().map(|o| {
+                    let node = &graph.nodes[&o.uid];
+                    let known = existing.get(&o.uid).cloned();
+                    let uids = &uids;
+                    let is_root = o.uid == root.obj.uid;
+                    async move {
+                        let ar = graph.resource(o).expect("planned types are listed");
+                        let st = served[&(o.api_version.clone(), o.kind.clone())];
+                        let (obj, created, dropped) = match known {
+                            Some(obj) => (obj, false, 0),
+                            None => {
+                                let (body, dropped) =
+                                    self.target_body(node, uids, &graph.members, is_root, we_paused);
+                                if dropped > 0 {
+                                    tracing::warn!(object = %o, dropped, "ownerReferences to objects that exist nowhere are dropped in the target");
+                                }
+                                (self.create(ar, o, body).await?, true, dropped)
+                            }
+                        };
+                        let copied = if self.opts.copy_status && st.status_subresource {
+                            self.copy_status(ar, o, node, &obj).await?
+                        } else {
+                            false
+                        };
+                        Ok::<_, PivotError>((o.uid.clone(), obj, created, copied, dropped))
+                    }
+                }))
+                .buffer_unordered(self.opts.parallelism)
+                .try_collect()
+                .await?;
+            let (mut created, mut statuses) = (0, 0);
+            for (src, obj, c, s, d) in results {
+                created += usize::from(c);
+                summary.dropped_owner_refs += d;
+                statuses += usize::from(s);
+                if let Some(uid) = obj.metadata.uid.clone() {
+                    uids.insert(src.clone(), uid);
+                }
+                existing.insert(src, obj);
+            }
+            summary.created += created;
+            summary.statuses += statuses;
+            (self.progress)(&Event::Created {
+                group: group.index,
+                of: plan.groups.len(),
+                objects: group.objects.len(),
+                created,
+                statuses,
+            });
+        }
+        let existing = self.verify(graph, plan).await?;
+        // Cutover: from here on, only forward.
+        let cluster_ar = graph.resource(&root.obj).expect("listed");
+        let target_root = &existing[&root.obj.uid];
+        let name = target_root.metadata.name.clone().unwrap_or_default();
+        let api = self.api(self.target, cluster_ar);
+        let patch = json!({"metadata": {"annotations": {STATE: "cutover"}}});
+        self.retry(
+            || format!("marking the target {} cutover", root.obj),
+            || async {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            },
+        )
+        .await?;
+        (self.progress)(&Event::Cutover);
+        Ok(existing)
+    }
+
+    /// Creates the namespace in the target when it is missing.
+    async fn ensure_namespace(&self) -> Result<(), PivotError> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let api: Api<Namespace> = Api::all(self.target.clone());
+        let ns = self.namespace;
+        if self
+            .retry(
+                || format!("reading namespace {ns} in the target"),
+                || async { api.get_opt(ns).await },
+            )
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let body: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}}))
+            .map_err(|e| PivotError::Verify(e.to_string()))?;
+        match self
+            .retry(
+                || format!("creating namespace {ns} in the target"),
+                || async { api.create(&PostParams::default(), &body).await },
+            )
+            .await
+        {
+            Err(PivotError::Request { source, .. }) if is_status(&source, 409) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Pauses the source Cluster; returns whether fledge paused it (now or in an earlier run).
+    async fn pause_source(&self, graph: &Graph) -> Result<Option<String>, PivotError> {
+        let root = self.root(graph);
+        let paused = root.data["spec"]["paused"].as_bool() == Some(true);
+        let ours = root.data["metadata"]["annotations"][PAUSED_BY]
+            .as_str()
+            .map(str::to_string);
+        if paused {
+            (self.progress)(&Event::Paused { now: false });
+            return Ok(ours);
+        }
+        // Remember what to restore: `false`, or no value at all.
+        let origin = if root.data["spec"]["paused"].is_boolean() {
+            "was-false"
+        } else {
+            "was-unset"
+        };
+        let ar = graph.resource(&root.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let patch =
+            json!({"spec": {"paused": true}, "metadata": {"annotations": {PAUSED_BY: origin}}});
+        self.retry(
+            || format!("pausing the source {}", root.obj),
+            || async {
+                api.patch(
+                    &root.obj.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            },
+        )
+        .await?;
+        (self.progress)(&Event::Paused { now: true });
+        Ok(Some(origin.to_string()))
+    }
+
+    /// The object to create in the target, and how many ownerReferences were dropped.
+    fn target_body(
+        &self,
+        node: &Node,
+        uids: &HashMap<String, String>,
+        members: &BTreeSet<String>,
+        is_root: bool,
+        we_paused: Option<&str>,
+    ) -> (Value, usize) {
+        let mut v = node.data.clone();
+        let mut dropped = 0;
+        if let Some(md) = v["metadata"].as_object_mut() {
+            for k in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "generation",
+                "managedFields",
+                "selfLink",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ] {
+                md.remove(k);
+            }
+            let ann = md
+                .entry("annotations")
+                .or_insert_with(|| json!({}))
+                .as_object_mut();
+            if let Some(ann) = ann {
+                ann.insert(SOURCE_UID.into(), Value::String(node.obj.uid.clone()));
+                if let (true, Some(origin)) = (is_root, we_paused) {
+                    ann.insert(PAUSED_BY.into(), Value::String(origin.into()));
+                }
+            }
+            if let Some(Value::Array(owners)) = md.get_mut("ownerReferences") {
+                owners.retain_mut(|o| {
+                    let src = o["uid"].as_str().unwrap_or_default().to_string();
+                    match uids.get(&src) {
+                        Some(t) => {
+                            o["uid"] = Value::String(t.clone());
+                            true
+                        }
+                        // A member not created yet can only be an ownership cycle: keep the
+                        // reference out rather than point it at nothing.
+                        None if members.contains(&src) => {
+                            dropped += 1;
+                            false
+                        }
+                        None => {
+                            dropped += 1;
+                            false
+                        }
+                    }
+                });
+                if owners.is_empty() {
+                    md.remove("ownerReferences");
+                }
+            }
+        }
+        if is_root {
+            v["spec"]["paused"] = Value::Bool(true);
+        }
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+        }
+        (v, dropped)
+    }
+
+    async fn create(
+        &self,
+        ar: &ApiResource,
+        o: &ObjRef,
+        body: Value,
+    ) -> Result<DynamicObject, PivotError> {
+        let api = self.api(self.target, ar);
+        let obj: DynamicObject =
+            serde_json::from_value(body).map_err(|e| PivotError::Verify(format!("{o}: {e}")))?;
+        match self
+            .retry(
+                || format!("creating {o} in the target"),
+                || async { api.create(&PostParams::default(), &obj).await },
+            )
+            .await
+        {
+            Ok(created) => Ok(created),
+            // Created by an attempt whose answer was lost: take it if it is ours.
+            Err(PivotError::Request { source, .. }) if is_status(&source, 409) => {
+                let got = self
+                    .retry(|| format!("reading {o} in the target"), || api.get(&o.name))
+                    .await?;
+                let src = got
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SOURCE_UID));
+                if src == Some(&o.uid) {
+                    Ok(got)
+                } else {
+                    Err(PivotError::Conflict {
+                        object: o.to_string(),
+                        why: "it appeared while the pivot ran".into(),
+                    })
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies the source status unless the target already has it; returns whether it wrote.
+    async fn copy_status(
+        &self,
+        ar: &ApiResource,
+        o: &ObjRef,
+        node: &Node,
+        target: &DynamicObject,
+    ) -> Result<bool, PivotError> {
+        let status = &node.data["status"];
+        let empty = status.is_null() || status.as_object().is_some_and(|m| m.is_empty());
+        if empty || target.data.get("status") == Some(status) {
+            return Ok(false);
+        }
+        let api = self.api(self.target, ar);
+        let name = target.metadata.name.clone().unwrap_or_default();
+        let patch = json!({ "status": status });
+        self.retry(
+            || format!("copying the status of {o}"),
+            || async {
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            },
+        )
+        .await?;
+        Ok(true)
+    }
+
+    /// Lists the target again and checks every member is there, not being deleted, with its
+    /// owners pointing at the target copies of its source owners.
+    async fn verify(&self, graph: &Graph, plan: &Plan) -> Result<Existing, PivotError> {
+        let existing = self.existing(graph, plan).await?;
+        let uids: HashMap<&str, &str> = existing
+            .iter()
+            .filter_map(|(s, o)| Some((s.as_str(), o.metadata.uid.as_deref()?)))
+            .collect();
+        let mut problems = Vec::new();
+        for uid in &graph.members {
+            let n = &graph.nodes[uid];
+            let Some(t) = existing.get(uid) else {
+                problems.push(format!("{} is missing", n.obj));
+                continue;
+            };
+            if t.metadata.deletion_timestamp.is_some() {
+                problems.push(format!("{} is being deleted", n.obj));
+            }
+            let want: BTreeSet<&str> = n
+                .owners
+                .iter()
+                .filter_map(|o| uids.get(o.uid.as_str()).copied())
+                .collect();
+            let have: BTreeSet<&str> = t
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.uid.as_str())
+                .collect();
+            if want != have {
+                problems.push(format!("{} has owners {have:?}, expected {want:?}", n.obj));
+            }
+        }
+        if problems.is_empty() {
+            (self.progress)(&Event::Verified {
+                objects: existing.len(),
+            });
+            Ok(existing)
+        } else {
+            Err(PivotError::Verify(problems.join("; ")))
+        }
+    }
+
+    /// After cutover: make sure everything is in the target, delete from the source (the
+    /// Cluster last), then unpause and complete the target.
+    async fn forward(
+        &self,
+        graph: &Graph,
+        plan: &Plan,
+        served: &HashMap<(String, String), Served>,
+        existing: Existing,
+        summary: &mut Summary,
+    ) -> Result<(), PivotError> {
+        // A run resumed after cutover re-checks the target before deleting anything.
+        let missing = graph.members.iter().any(|u| !existing.contains_key(u));
+        if missing {
+            return Err(PivotError::Verify(
+                "the target Cluster is marked cutover but objects are missing from the target; not deleting anything from the source".into(),
+            ));
+        }
+        if self.opts.copy_status {
+            for group in &plan.groups {
+                for o in &group.objects {
+                    let st = served[&(o.api_version.clone(), o.kind.clone())];
+                    if st.status_subresource {
+                        let ar = graph.resource(o).expect("listed");
+                        summary.statuses += usize::from(
+                            self.copy_status(ar, o, &graph.nodes[&o.uid], &existing[&o.uid])
+                                .await?,
+                        );
+                    }
+                }
+            }
+        }
+        let root = self.root(graph);
+        for group in plan.groups.iter().rev() {
+            let objects: Vec<&ObjRef> = group
+                .objects
+                .iter()
+                .filter(|o| o.uid != root.obj.uid)
+                .collect();
+            let deleted: Vec<bool> = futures::stream::iter(
+                objects
+                    .iter()
+                    .map(|o| self.delete(self.source, graph, &graph.nodes[&o.uid])),
+            )
+            .buffer_unordered(self.opts.parallelism)
+            .try_collect()
+            .await?;
+            let mut n = deleted.iter().filter(|d| **d).count();
+            if group.index == 0 {
+                // The Cluster goes last, once nothing else of it is left in the source.
+                n += usize::from(self.delete(self.source, graph, root).await?);
+            }
+            summary.deleted += n;
+            (self.progress)(&Event::Deleted {
+                group: group.index,
+                objects: n,
+            });
+        }
+        let target_root = &existing[&root.obj.uid];
+        self.complete(cluster_ar(graph, root), target_root).await
+    }
+
+    /// Releases an object's finalizers, then deletes it (only if its UID is still the one
+    /// discovered). Returns whether this call deleted it.
+    async fn delete(
+        &self,
+        client: &kube::Client,
+        graph: &Graph,
+        node: &Node,
+    ) -> Result<bool, PivotError> {
+        let ar = graph.resource(&node.obj).expect("listed");
+        let api = self.api(client, ar);
+        let uid = node.data["metadata"]["uid"]
+            .as_str()
+            .unwrap_or(&node.obj.uid)
+            .to_string();
+        let name = node.obj.name.clone();
+        let has_finalizers = node.data["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let release = json!({"metadata": {"finalizers": null, "uid": uid}});
+        if has_finalizers {
+            match self
+                .retry(
+                    || format!("releasing the finalizers of {}", node.obj),
+                    || async {
+                        api.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
+                            .await
+                    },
+                )
+                .await
+            {
+                Ok(_) => {}
+                Err(PivotError::Request { source, .. })
+                    if is_status(&source, 404) || is_status(&source, 409) =>
+                {
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self
+            .retry(
+                || format!("deleting {}", node.obj),
+                || async { api.delete(&name, &dp).await },
+            )
+            .await
+        {
+            Ok(either) => {
+                // Still there: a finalizer came back after the release. Release it again.
+                if let either::Either::Left(obj) = either
+                    && obj.metadata.finalizers.is_some_and(|f| !f.is_empty())
+                {
+                    self.retry(
+                        || format!("releasing the finalizers of {}", node.obj),
+                        || async {
+                            api.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
+                                .await
+                        },
+                    )
+                    .await?;
+                }
+                Ok(true)
+            }
+            Err(PivotError::Request { source, .. })
+                if is_status(&source, 404) || is_status(&source, 409) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Unpauses the target Cluster if fledge paused it, and marks it complete.
+    async fn complete(
+        &self,
+        ar: &ApiResource,
+        target_root: &DynamicObject,
+    ) -> Result<(), PivotError> {
+        let ours = target_root
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_BY));
+        let patch = if let Some(origin) = ours {
+            json!({"spec": {"paused": unpaused(origin)}, "metadata": {"annotations": {STATE: "complete", PAUSED_BY: null}}})
+        } else {
+            json!({"metadata": {"annotations": {STATE: "complete"}}})
+        };
+        let name = target_root.metadata.name.clone().unwrap_or_default();
+        let api = self.api(self.target, ar);
+        self.retry(
+            || format!("unpausing the target Cluster {name}"),
+            || async {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            },
+        )
+        .await?;
+        (self.progress)(&Event::Completed);
+        Ok(())
+    }
+
+    /// The source Cluster is gone: complete the target if it is past cutover, report that the
+    /// pivot already completed, or fail because there is no such cluster anywhere.
+    async fn finish_without_source(&self, summary: &mut Summary) -> Result<(), PivotError> {
+        let no_cluster = || {
+            PivotError::Discover(DiscoverError::NoCluster {
+                namespace: self.namespace.into(),
+                name: self.cluster.into(),
+            })
+        };
+        let types = super::discover::move_types(self.target).await?;
+        let Some(ar) = types
+            .iter()
+            .find(|t| t.group == "cluster.x-k8s.io" && t.kind == "Cluster")
+        else {
+            return Err(no_cluster());
+        };
+        let api = self.api(self.target, ar);
+        let Some(c) = self
+            .retry(
+                || format!("reading Cluster {} in the target", self.cluster),
+                || async { api.get_opt(self.cluster).await },
+            )
+            .await?
+        else {
+            return Err(no_cluster());
+        };
+        let state = c
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(STATE))
+            .cloned();
+        match state.as_deref() {
+            Some("complete") => {
+                summary.already_complete = true;
+                Ok(())
+            }
+            Some(_) => self
+                .complete(ar, &c)
+                .await
+                .map_err(|e| PivotError::Incomplete(Box::new(e))),
+            None => Err(no_cluster()),
+        }
+    }
+
+    /// Undoes a failure before cutover: deletes what this pivot created in the target and
+    /// unpauses the source if fledge paused it. Returns the error to report.
+    async fn roll_back(&self, graph: &Graph, plan: &Plan, cause: PivotError) -> PivotError {
+        match self.try_roll_back(graph, plan).await {
+            Ok(deleted) => {
+                (self.progress)(&Event::RolledBack { deleted });
+                PivotError::RolledBack(Box::new(cause))
+            }
+            Err(e) => PivotError::RollbackFailed {
+                cause: Box::new(cause),
+                rollback: e.to_string(),
+            },
+        }
+    }
+
+    async fn try_roll_back(&self, graph: &Graph, plan: &Plan) -> Result<usize, PivotError> {
+        let existing = self.existing(graph, plan).await?;
+        let mut deleted = 0;
+        for group in plan.groups.iter().rev() {
+            for o in &group.objects {
+                let Some(t) = existing.get(&o.uid) else {
+                    continue;
+                };
+                let node = Node {
+                    obj: ObjRef {
+                        uid: t.metadata.uid.clone().unwrap_or_default(),
+                        ..o.clone()
+                    },
+                    owners: Vec::new(),
+                    data: serde_json::to_value(t).unwrap_or_default(),
+                };
+                deleted += usize::from(self.delete(self.target, graph, &node).await?);
+            }
+        }
+        let root = self.root(graph);
+        // Read the source Cluster again: the pause may have landed after discovery.
+        let ar = graph.resource(&root.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let current = self
+            .retry(
+                || format!("reading the source {}", root.obj),
+                || async { api.get(&root.obj.name).await },
+            )
+            .await?;
+        if let Some(origin) = current
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_BY))
+        {
+            let patch = json!({"spec": {"paused": unpaused(origin)}, "metadata": {"annotations": {PAUSED_BY: null}}});
+            self.retry(
+                || format!("unpausing the source {}", root.obj),
+                || async {
+                    api.patch(
+                        &root.obj.name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                },
+            )
+            .await?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn cluster_ar<'g>(graph: &'g Graph, root: &Node) -> &'g ApiResource {
+    graph.resource(&root.obj).expect("listed")
+}
+
+/// The `spec.paused` value that undoes fledge's pause (`null` removes the field).
+fn unpaused(origin: &str) -> Value {
+    if origin == "was-false" {
+        Value::Bool(false)
+    } else {
+        Value::Null
+    }
+}
+
+/// Up to a quarter of `d`, from the clock's low bits (no randomness source needed).
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or(0);
+    let quarter = (d.as_millis() / 4).max(1) as u64;
+    Duration::from_millis(u64::from(nanos) % quarter)
+}
