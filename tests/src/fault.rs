@@ -149,3 +149,66 @@ pub async fn client_with(kubeconfig: &std::path::Path, fault: &Arc<Fault>) -> ku
         .with_layer(&FaultLayer(fault.clone()))
         .build()
 }
+
+/// A layer that delays every request by a fixed time before sending it: a stand-in for the
+/// round trip to an API server in another network (loopback has almost none).
+#[derive(Debug, Clone, Copy)]
+pub struct DelayLayer(pub std::time::Duration);
+
+impl<S> tower_layer::Layer<S> for DelayLayer {
+    type Service = Delayed<S>;
+
+    fn layer(&self, inner: S) -> Delayed<S> {
+        Delayed {
+            inner,
+            delay: self.0,
+        }
+    }
+}
+
+/// The wrapped service of [`DelayLayer`].
+#[derive(Debug, Clone)]
+pub struct Delayed<S> {
+    inner: S,
+    delay: std::time::Duration,
+}
+
+impl<S, B> tower_service::Service<Request<B>> for Delayed<S>
+where
+    S: tower_service::Service<Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let delay = self.delay;
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            fut.await.map_err(Into::into)
+        })
+    }
+}
+
+/// A client for `kubeconfig` whose requests are counted by `fault` and delayed by `delay`.
+pub async fn client_with_delay(
+    kubeconfig: &std::path::Path,
+    fault: &Arc<Fault>,
+    delay: std::time::Duration,
+) -> kube::Client {
+    let config = fledge_generator::apply::config_from_kubeconfig(Some(kubeconfig))
+        .await
+        .expect("test kubeconfig loads");
+    kube::client::ClientBuilder::try_from(config)
+        .expect("client builds")
+        .with_layer(&FaultLayer(fault.clone()))
+        .with_layer(&DelayLayer(delay))
+        .build()
+}
