@@ -85,12 +85,18 @@ pub struct TestCluster {
     pub kubeconfig: PathBuf,
     /// The admin bearer token.
     pub token: String,
+    /// A kubeconfig for user `fledge-user`, who has no groups and no rights until a test grants
+    /// them (RBAC tests).
+    pub user_kubeconfig: PathBuf,
     /// PEM of the cluster CA.
     pub ca_pem: String,
     opts: Options,
     secure_port: u16,
     etcd_url: String,
 }
+
+/// The user name of [`TestCluster::user_kubeconfig`].
+pub const USER: &str = "fledge-user";
 
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -226,9 +232,10 @@ impl TestCluster {
             ],
         )?;
         let token = random_token();
+        let user_token = random_token();
         std::fs::write(
             d.join("tokens.csv"),
-            format!("{token},admin,admin-uid,\"system:masters\"\n"),
+            format!("{token},admin,admin-uid,\"system:masters\"\n{user_token},{USER},user-uid\n"),
         )?;
         let ca_pem = std::fs::read_to_string(d.join("ca.crt"))?;
 
@@ -239,6 +246,7 @@ impl TestCluster {
             controller_manager: None,
             url: String::new(),
             kubeconfig: PathBuf::new(),
+            user_kubeconfig: PathBuf::new(),
             token,
             ca_pem,
             opts,
@@ -252,6 +260,11 @@ impl TestCluster {
         std::fs::write(
             &cluster.kubeconfig,
             kubeconfig_yaml(&cluster.url, &cluster.ca_pem, &cluster.token),
+        )?;
+        cluster.user_kubeconfig = cluster.dir().join("user-kubeconfig");
+        std::fs::write(
+            &cluster.user_kubeconfig,
+            kubeconfig_yaml(&cluster.url, &cluster.ca_pem, &user_token),
         )?;
         cluster.start_apiserver().await?;
         if cluster.opts.controller_manager {

@@ -486,3 +486,64 @@ async fn pivot_converges_after_a_failure_at_every_write() {
     assert!(outcomes.keys().any(|o| o.contains("rolled back")));
     assert!(outcomes.keys().any(|o| o.contains("incomplete")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_management_role_is_enough_to_pivot() {
+    use fledge_generator::render::Templates;
+    use fledge_generator::{management, spec};
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "scoped";
+    namespace(&sc, ns).await;
+    // The Role fledge renders for the agent, bound to a user with no other rights.
+    let request = fledge_tests::workspace_root().join("tests/cases/vsphere-v1beta2/input.yaml");
+    let checked = spec::load_request(&request).unwrap();
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+    let mut role = serde_json::to_value(
+        objects
+            .iter()
+            .find(|o| o["kind"] == "Role")
+            .expect("the agent's Role is rendered"),
+    )
+    .unwrap();
+    role["metadata"]["namespace"] = json!(ns);
+    let role_name = role["metadata"]["name"].as_str().unwrap().to_string();
+    let rbac = |kind: &str| capi::resource("rbac.authorization.k8s.io/v1", kind);
+    let roles: Api<DynamicObject> = Api::namespaced_with(sc.clone(), ns, &rbac("Role"));
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(role).unwrap(),
+        )
+        .await
+        .unwrap();
+    let bindings: Api<DynamicObject> = Api::namespaced_with(sc.clone(), ns, &rbac("RoleBinding"));
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "agent"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let keys = capi::cluster(&sc, ns, "c1", f, 1).await;
+    let before = capi::snapshot(&sc, ns, &keys).await;
+    let scoped = client_with(&s.user_kubeconfig, &Fault::never()).await;
+    // The user really is scoped: it may not list CRDs.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(scoped.clone());
+    assert!(
+        matches!(crds.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
+    );
+    let (r, _) = run_pivot(&scoped, &tc, ns, "c1", PivotOptions::default()).await;
+    let summary = r.unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(summary.moved, keys.len());
+    let problems = capi::check_moved(&sc, &tc, ns, &before).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -92,16 +92,22 @@ pub enum DiscoverError {
     },
 }
 
-/// The types to move: (ApiResource of the storage version, whether it is a core CAPI type).
+/// The types to move, at their storage version: the CAPI core, bootstrap and control-plane
+/// types and every CRD carrying clusterctl's move labels. An identity that may not list CRDs
+/// (the agent's namespace-scoped access) gets them from API discovery instead: every namespaced
+/// type of the `cluster.x-k8s.io` groups (CAPI and its providers), at the preferred version.
 pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let list =
-        crds.list(&ListParams::default())
-            .await
-            .map_err(|source| DiscoverError::Request {
+    let list = match crds.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(kube::Error::Api(s)) if s.code == 403 => return discovered_types(client).await,
+        Err(source) => {
+            return Err(DiscoverError::Request {
                 what: "listing CRDs".into(),
                 source,
-            })?;
+            });
+        }
+    };
     let mut out = Vec::new();
     for crd in list {
         let s = &crd.spec;
@@ -122,6 +128,41 @@ pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, Disco
             plural: s.names.plural.clone(),
         });
     }
+    out.sort_by(|a, b| (&a.group, &a.kind).cmp(&(&b.group, &b.kind)));
+    Ok(out)
+}
+
+/// The namespaced types of the `cluster.x-k8s.io` groups, from API discovery.
+async fn discovered_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| DiscoverError::Request { what, source }
+    };
+    let groups = client
+        .list_api_groups()
+        .await
+        .map_err(err("listing API groups"))?;
+    let names: Vec<String> = groups
+        .groups
+        .into_iter()
+        .map(|g| g.name)
+        .filter(|n| n == "cluster.x-k8s.io" || n.ends_with(".cluster.x-k8s.io"))
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let discovery = kube::Discovery::new(client.clone())
+        .filter(&names)
+        .run()
+        .await
+        .map_err(err("discovering the cluster.x-k8s.io API groups"))?;
+    let mut out: Vec<ApiResource> = discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .filter(|(_, caps)| {
+            caps.scope == kube::discovery::Scope::Namespaced
+                && caps.supports_operation(kube::discovery::verbs::LIST)
+        })
+        .map(|(ar, _)| ar)
+        .collect();
     out.sort_by(|a, b| (&a.group, &a.kind).cmp(&(&b.group, &b.kind)));
     Ok(out)
 }
