@@ -541,9 +541,74 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     assert!(
         matches!(crds.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
     );
-    let (r, _) = run_pivot(&scoped, &tc, ns, "c1", PivotOptions::default()).await;
-    let summary = r.unwrap_or_else(|e| panic!("{e:#}"));
+    // As the agent runs it: the Pivoted phase of its journal.
+    use fledge_agent::journal::{Journal, Outcome, Phase};
+    use fledge_agent::pivot::phase::{self, Clients};
+    let state = tempfile::tempdir().unwrap();
+    let mut journal = Journal::load(state.path()).unwrap();
+    let quiet = |_: &Event| {};
+    let clients = || Clients {
+        source: &scoped,
+        target: &tc,
+    };
+    // A cluster that does not exist: the phase is journaled as failed, with the reason.
+    let err = phase::run(
+        state.path(),
+        &mut journal,
+        clients(),
+        ns,
+        "nope",
+        PivotOptions::default(),
+        &quiet,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("not found"), "{err}");
+    let j = Journal::load(state.path()).unwrap();
+    let e = j.phases.iter().find(|e| e.phase == Phase::Pivoted).unwrap();
+    assert_eq!(e.outcome, Outcome::Failed);
+    assert!(
+        e.message.as_deref().unwrap_or_default().contains("nope"),
+        "{e:?}"
+    );
+
+    let summary = phase::run(
+        state.path(),
+        &mut journal,
+        clients(),
+        ns,
+        "c1",
+        PivotOptions::default(),
+        &quiet,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(summary.moved, keys.len());
     let problems = capi::check_moved(&sc, &tc, ns, &before).await;
     assert!(problems.is_empty(), "{problems:#?}");
+    let j = Journal::load(state.path()).unwrap();
+    assert!(j.done(Phase::Pivoted), "{j:?}");
+    // After a restart the journal says it is done: no request at all.
+    let counted = Fault::never();
+    let (a, b) = (
+        client_with(&s.user_kubeconfig, &counted).await,
+        client_with(&t.kubeconfig, &counted).await,
+    );
+    let mut journal = Journal::load(state.path()).unwrap();
+    let again = phase::run(
+        state.path(),
+        &mut journal,
+        Clients {
+            source: &a,
+            target: &b,
+        },
+        ns,
+        "c1",
+        PivotOptions::default(),
+        &quiet,
+    )
+    .await
+    .unwrap();
+    assert!(again.already_complete);
+    assert_eq!(counted.reads() + counted.writes(), 0);
 }

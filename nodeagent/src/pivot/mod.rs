@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod count;
 pub mod discover;
+pub mod phase;
 pub mod plan;
 
 use serde::Serialize;

@@ -1,0 +1,78 @@
+//! The pivot as the agent's `Pivoted` phase: journaled `Started` before the first request,
+//! `Succeeded` or `Failed` (with the error) after. A restart that finds `Started` or `Failed`
+//! runs the pivot again, which converges from wherever the last run stopped; one that finds
+//! `Succeeded` does nothing.
+
+use std::path::Path;
+
+use super::apply::{Event, Options, Pivot, PivotError, Summary};
+use crate::journal::{Journal, JournalError, Outcome, Phase};
+
+/// Why the phase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The pivot failed (journaled as `Failed`).
+    #[error(transparent)]
+    Pivot(#[from] PivotError),
+}
+
+/// Where to pivot from and to.
+pub struct Clients<'a> {
+    /// The management cluster (the agent's scoped identity is enough).
+    pub source: &'a kube::Client,
+    /// The local cluster.
+    pub target: &'a kube::Client,
+}
+
+/// Runs the `Pivoted` phase for `namespace/cluster`.
+pub async fn run(
+    state_dir: &Path,
+    journal: &mut Journal,
+    clients: Clients<'_>,
+    namespace: &str,
+    cluster: &str,
+    opts: Options,
+    progress: &(dyn Fn(&Event) + Send + Sync),
+) -> Result<Summary, PhaseError> {
+    if journal.done(Phase::Pivoted) {
+        return Ok(Summary {
+            already_complete: true,
+            ..Summary::default()
+        });
+    }
+    journal.record(state_dir, Phase::Pivoted, Outcome::Started, None)?;
+    let result = Pivot::new(
+        clients.source,
+        clients.target,
+        namespace,
+        cluster,
+        opts,
+        progress,
+    )
+    .run()
+    .await;
+    match result {
+        Ok(summary) => {
+            let msg = format!(
+                "{} objects moved ({} created, {} deleted from the management cluster)",
+                summary.moved, summary.created, summary.deleted
+            );
+            journal.record(state_dir, Phase::Pivoted, Outcome::Succeeded, Some(msg))?;
+            Ok(summary)
+        }
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(": ");
+                msg.push_str(&s.to_string());
+                src = s.source();
+            }
+            journal.record(state_dir, Phase::Pivoted, Outcome::Failed, Some(msg))?;
+            Err(e.into())
+        }
+    }
+}
