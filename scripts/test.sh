@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it. On a fresh Debian machine it installs the packages the
-# tests need, builds (or reuses from ~/.cache) the real Kubernetes test components, checks
-# formatting and lints, and runs every test.
+# tests need, builds (or reuses from ~/.cache) the real Kubernetes test components and the VM
+# guest image, checks formatting and lints, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 scripts/test-assets.sh
 export FLEDGE_ASSETS_BIN="$(scripts/test-assets.sh --print-dir)"
+scripts/vm-assets.sh   # QEMU + a Debian guest image for the live systemd install test
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
