@@ -293,48 +293,7 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
         .local_addr()
         .unwrap()
         .port();
-    let state = d.path().join("state");
-    std::fs::write(d.path().join("token"), "t0ken").unwrap();
-    let ok = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            "/CN=t",
-            "-days",
-            "1",
-        ])
-        .arg("-keyout")
-        .arg(d.path().join("ca.key"))
-        .arg("-out")
-        .arg(d.path().join("ca.crt"))
-        .output()
-        .unwrap()
-        .status
-        .success();
-    assert!(ok, "openssl");
-    let cfg = CONFIG
-        .replace(
-            "https://mgmt.example.invalid:6443",
-            &format!("https://127.0.0.1:{port}"),
-        )
-        .replace(
-            "/etc/fledge/management/token",
-            d.path().join("token").to_str().unwrap(),
-        )
-        .replace(
-            "/etc/fledge/management/ca.crt",
-            d.path().join("ca.crt").to_str().unwrap(),
-        )
-        .replace("/var/lib/fledge", state.to_str().unwrap())
-        .replace("127.0.0.1:9440", &format!("127.0.0.1:{mport}"));
-    let cfg_path = d.path().join("agent.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    let (state, cfg_path) = agent_config(d.path(), port, mport);
     /// Kills the agent if the test fails half-way.
     struct Guard(std::process::Child);
     impl Drop for Guard {
@@ -403,4 +362,129 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
         !ok && err.contains("cannot read the management token"),
         "{err}"
     );
+}
+
+/// Writes an agent config for management port `port` and metrics port `mport` into `dir`
+/// (with a token and a throw-away CA); returns (state dir, config path).
+fn agent_config(
+    dir: &std::path::Path,
+    port: u16,
+    mport: u16,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let state = dir.join("state");
+    std::fs::write(dir.join("token"), "t0ken").unwrap();
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=t",
+            "-days",
+            "1",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.crt"))
+        .output()
+        .unwrap()
+        .status
+        .success();
+    assert!(ok, "openssl");
+    let cfg = CONFIG
+        .replace(
+            "https://mgmt.example.invalid:6443",
+            &format!("https://127.0.0.1:{port}"),
+        )
+        .replace(
+            "/etc/fledge/management/token",
+            dir.join("token").to_str().unwrap(),
+        )
+        .replace(
+            "/etc/fledge/management/ca.crt",
+            dir.join("ca.crt").to_str().unwrap(),
+        )
+        .replace("/var/lib/fledge", state.to_str().unwrap())
+        .replace("127.0.0.1:9440", &format!("127.0.0.1:{mport}"));
+    let cfg_path = dir.join("agent.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    (state, cfg_path)
+}
+
+#[test]
+fn a_second_sigterm_forces_exit_while_work_is_in_flight() {
+    let d = tempfile::tempdir().unwrap();
+    // A management plane that accepts connections and never answers: the agent's first
+    // request stays in flight.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming() {
+            held.push(c);
+        }
+    });
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (state, cfg_path) = agent_config(d.path(), port, mport);
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = Guard(
+        Command::new(AGENT)
+            .args(["run", "--config", cfg_path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let child = &mut guard.0;
+    let start = std::time::Instant::now();
+    while !state.join("journal.json").exists() {
+        assert!(start.elapsed().as_secs() < 10, "the agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let term = |pid: u32| {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    term(child.id());
+    // The first signal waits for the request in flight.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first SIGTERM did not wait for the request in flight"
+    );
+    let sent = std::time::Instant::now();
+    term(child.id());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed().as_secs() < 5,
+            "no exit within 5 s of the second SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(130), "{status}");
+    eprintln!("forced exit {:?} after the second SIGTERM", sent.elapsed());
 }
