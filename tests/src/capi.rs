@@ -67,12 +67,16 @@ impl Flavor {
     }
 }
 
-/// The ApiResource of `api_version`/`kind` (every kind here pluralises with "s").
+/// The ApiResource of `api_version`/`kind` (every kind here pluralises with "s" or "es").
 pub fn resource(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(group, version, kind),
-        &format!("{}s", kind.to_lowercase()),
+        &if kind.ends_with('s') {
+            format!("{}es", kind.to_lowercase())
+        } else {
+            format!("{}s", kind.to_lowercase())
+        },
     )
 }
 

@@ -612,3 +612,98 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     assert!(again.already_complete);
     assert_eq!(counted.reads() + counted.writes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_cluster_class_is_paused_copied_and_kept_while_other_clusters_use_it() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "classy";
+    namespace(&sc, ns).await;
+    let key = |av: &str, kind: &str, name: &str| Key {
+        api_version: av.into(),
+        kind: kind.into(),
+        name: name.into(),
+    };
+    let (cc_key, cc) = capi::create(&sc, ns, json!({"apiVersion": CAPI, "kind": "ClusterClass", "metadata": {"name": "cc"}, "spec": {
+        "infrastructure": {"templateRef": {"apiVersion": INFRA, "kind": "DevClusterTemplate", "name": "cc-infra"}},
+        "controlPlane": {"templateRef": {"apiVersion": KCP, "kind": "KubeadmControlPlaneTemplate", "name": "cc-cp"}}}}), &[], None).await;
+    let (infra_key, _) = capi::create(
+        &sc,
+        ns,
+        json!({"apiVersion": INFRA, "kind": "DevClusterTemplate", "metadata": {"name": "cc-infra"},
+        "spec": {"template": {"spec": {"backend": {"docker": {}}}}}}),
+        &[&cc],
+        None,
+    )
+    .await;
+    let (cp_key, _) = capi::create(&sc, ns, json!({"apiVersion": KCP, "kind": "KubeadmControlPlaneTemplate", "metadata": {"name": "cc-cp"},
+        "spec": {"template": {"spec": {"kubeadmConfigSpec": {"format": "cloud-config"}}}}}), &[&cc], None).await;
+    let class_keys = vec![cc_key.clone(), infra_key, cp_key];
+    let mut cluster_keys = BTreeMap::new();
+    for name in ["t1", "t2"] {
+        let (ck, c) = capi::create(
+            &sc,
+            ns,
+            json!({"apiVersion": CAPI, "kind": "Cluster", "metadata": {"name": name},
+            "spec": {"topology": {"classRef": {"name": "cc"}, "version": "v1.33.4"}}}),
+            &[],
+            None,
+        )
+        .await;
+        let (sk, _) = capi::create(&sc, ns, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-kubeconfig")},
+            "data": {"value": "eA=="}}), &[&c], None).await;
+        cluster_keys.insert(name, vec![ck, sk]);
+    }
+    let class_before = capi::snapshot(&sc, ns, &class_keys).await;
+    let t1_before = capi::snapshot(&sc, ns, &cluster_keys["t1"]).await;
+    let t2_before = capi::snapshot(&sc, ns, &cluster_keys["t2"]).await;
+
+    // The plan copies the class and its templates, and keeps them in the source.
+    let g = discover(&sc, ns, "t1").await.unwrap();
+    let p = plan(&g, ns, "t1");
+    println!("{p}");
+    assert_eq!(p.total, 5, "{p}");
+    assert_eq!(p.kept_in_source.len(), 3, "{p}");
+    assert!(
+        p.kept_in_source.iter().all(|(_, why)| why.contains("t2")),
+        "{p}"
+    );
+
+    let (r, _) = run_pivot(&sc, &tc, ns, "t1", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:#}"));
+    let problems = capi::check_moved(&sc, &tc, ns, &t1_before).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The class is in both, unpaused in both, and unchanged in the source.
+    assert_same(&class_before, &capi::snapshot(&sc, ns, &class_keys).await);
+    for (side, c) in [("source", &sc), ("target", &tc)] {
+        let got = get(c, ns, &cc_key)
+            .await
+            .unwrap_or_else(|| panic!("ClusterClass in the {side}"));
+        let ann = got.metadata.annotations.clone().unwrap_or_default();
+        assert!(
+            !ann.contains_key("cluster.x-k8s.io/paused"),
+            "{side}: {ann:?}"
+        );
+        assert!(
+            !ann.contains_key("pivot.fledge.dev/paused"),
+            "{side}: {ann:?}"
+        );
+    }
+    assert_same(
+        &t2_before,
+        &capi::snapshot(&sc, ns, &cluster_keys["t2"]).await,
+    );
+
+    // The last user moves: the class leaves the source, and the target's copy serves both.
+    let (r, _) = run_pivot(&sc, &tc, ns, "t2", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:#}"));
+    let mut all_before = t2_before.clone();
+    all_before.extend(class_before.clone());
+    all_before.extend(t1_before.clone());
+    let problems = capi::check_moved(&sc, &tc, ns, &all_before).await;
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(get(&tc, ns, &key(CAPI, "Cluster", "t1")).await.is_some());
+}

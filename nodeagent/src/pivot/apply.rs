@@ -40,6 +40,9 @@ pub const STATE: &str = "pivot.fledge.dev/state";
 /// fledge made is undone.
 pub const PAUSED_BY: &str = "pivot.fledge.dev/paused";
 
+/// The annotation that pauses a ClusterClass (and any Cluster API object).
+pub const CLASS_PAUSED: &str = "cluster.x-k8s.io/paused";
+
 /// Retry policy for transient errors (connection failures, 429, 5xx, optimistic-lock conflicts).
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
@@ -558,6 +561,7 @@ impl<'a> Pivot<'a> {
         self.ensure_namespace().await?;
         let we_paused = self.pause_source(graph).await?;
         let we_paused = we_paused.as_deref();
+        self.pause_class(graph).await?;
         let mut uids: HashMap<String, String> = existing
             .iter()
             .filter_map(|(src, obj)| Some((src.clone(), obj.metadata.uid.clone()?)))
@@ -662,6 +666,78 @@ impl<'a> Pivot<'a> {
         }
     }
 
+    /// The cluster's ClusterClass, when it uses one.
+    fn class<'g>(&self, graph: &'g Graph) -> Option<&'g Node> {
+        graph
+            .shared
+            .iter()
+            .map(|u| &graph.nodes[u])
+            .find(|n| n.obj.kind == "ClusterClass")
+    }
+
+    /// Pauses the cluster's ClusterClass in the source (annotation `cluster.x-k8s.io/paused`),
+    /// unless it already is.
+    async fn pause_class(&self, graph: &Graph) -> Result<(), PivotError> {
+        let Some(cc) = self.class(graph) else {
+            return Ok(());
+        };
+        if cc.data["metadata"]["annotations"][CLASS_PAUSED].is_string() {
+            return Ok(());
+        }
+        let ar = graph.resource(&cc.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let patch =
+            json!({"metadata": {"annotations": {CLASS_PAUSED: "true", PAUSED_BY: "was-unset"}}});
+        self.retry(
+            || format!("pausing the source {}", cc.obj),
+            || async {
+                api.patch(&cc.obj.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Unpauses the ClusterClass in the source if fledge paused it (`only_kept`: only when it
+    /// stays there).
+    async fn unpause_class(&self, graph: &Graph, only_kept: bool) -> Result<(), PivotError> {
+        let Some(cc) = self.class(graph) else {
+            return Ok(());
+        };
+        if only_kept && !graph.keep.contains_key(&cc.obj.uid) {
+            return Ok(());
+        }
+        let ar = graph.resource(&cc.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let Some(current) = self
+            .retry(
+                || format!("reading the source {}", cc.obj),
+                || async { api.get_opt(&cc.obj.name).await },
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        if current
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PAUSED_BY))
+        {
+            let patch = json!({"metadata": {"annotations": {CLASS_PAUSED: null, PAUSED_BY: null}}});
+            self.retry(
+                || format!("unpausing the source {}", cc.obj),
+                || async {
+                    api.patch(&cc.obj.name, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Pauses the source Cluster; returns whether fledge paused it (now or in an earlier run).
     async fn pause_source(&self, graph: &Graph) -> Result<Option<String>, PivotError> {
         let root = self.root(graph);
@@ -760,6 +836,11 @@ impl<'a> Pivot<'a> {
         }
         if is_root {
             v["spec"]["paused"] = Value::Bool(true);
+        } else if let Some(ann) = v["metadata"]["annotations"].as_object_mut()
+            && ann.remove(PAUSED_BY).is_some()
+        {
+            // A ClusterClass fledge paused in the source: its copy is not paused.
+            ann.remove(CLASS_PAUSED);
         }
         if let Some(o) = v.as_object_mut() {
             o.remove("status");
@@ -910,11 +991,14 @@ impl<'a> Pivot<'a> {
             }
         }
         let root = self.root(graph);
+        // A ClusterClass that stays in the source (other clusters use it) is unpaused there
+        // before anything is deleted, so that no crash can leave it paused.
+        self.unpause_class(graph, true).await?;
         for group in plan.groups.iter().rev() {
             let objects: Vec<&ObjRef> = group
                 .objects
                 .iter()
-                .filter(|o| o.uid != root.obj.uid)
+                .filter(|o| o.uid != root.obj.uid && !graph.keep.contains_key(&o.uid))
                 .collect();
             let deleted: Vec<bool> = futures::stream::iter(
                 objects
@@ -1112,7 +1196,11 @@ impl<'a> Pivot<'a> {
         let mut deleted = 0;
         for group in plan.groups.iter().rev() {
             for o in &group.objects {
-                let Some(t) = existing.get(&o.uid) else {
+                // The ClusterClass and its templates may serve clusters pivoted earlier.
+                let Some(t) = existing
+                    .get(&o.uid)
+                    .filter(|_| !graph.shared.contains(&o.uid))
+                else {
                     continue;
                 };
                 let node = Node {
@@ -1126,6 +1214,7 @@ impl<'a> Pivot<'a> {
                 deleted += usize::from(self.delete(self.target, graph, &node).await?);
             }
         }
+        self.unpause_class(graph, false).await?;
         let root = self.root(graph);
         // Read the source Cluster again: the pause may have landed after discovery.
         let ar = graph.resource(&root.obj).expect("listed");

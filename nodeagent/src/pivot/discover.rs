@@ -59,6 +59,11 @@ pub struct Graph {
     pub excluded: Vec<(ObjRef, String)>,
     /// The types that were listed (the moved CRDs at their storage version, Secret, ConfigMap).
     pub types: Vec<ApiResource>,
+    /// Members that belong to the cluster's ClusterClass (the class, the templates it names and
+    /// what they own): copied to the target, never deleted from it on rollback.
+    pub shared: BTreeSet<String>,
+    /// Shared members that stay in the source (uid -> why): other clusters there use the class.
+    pub keep: BTreeMap<String, String>,
 }
 
 impl Graph {
@@ -241,8 +246,94 @@ pub async fn discover(
             name: cluster.into(),
         })?;
     membership(&mut g, &root, cluster);
+    cluster_class(&mut g, &root, namespace);
     g.types = types;
     Ok(g)
+}
+
+/// The ClusterClass a Cluster's topology names, when it is in `namespace`
+/// (v1beta2 `spec.topology.classRef`, v1beta1 `spec.topology.class`/`classNamespace`).
+pub fn class_of(cluster: &Value, namespace: &str) -> Option<String> {
+    let t = &cluster["spec"]["topology"];
+    let (name, ns) = match t["classRef"]["name"].as_str() {
+        Some(n) => (n, t["classRef"]["namespace"].as_str()),
+        None => (t["class"].as_str()?, t["classNamespace"].as_str()),
+    };
+    (ns.is_none_or(|n| n.is_empty() || n == namespace)).then(|| name.to_string())
+}
+
+/// Adds the cluster's ClusterClass, the templates its spec names and what they own to the
+/// members as shared objects; those other clusters of the namespace still use stay in the source.
+fn cluster_class(g: &mut Graph, root: &str, namespace: &str) {
+    let Some(class) = class_of(&g.nodes[root].data, namespace) else {
+        return;
+    };
+    let Some(cc) = g
+        .nodes
+        .values()
+        .find(|n| n.obj.kind == "ClusterClass" && n.obj.name == class)
+        .map(|n| n.obj.uid.clone())
+    else {
+        return; // reported by the plan as a missing reference? It is simply not there to move.
+    };
+    let mut refs = Vec::new();
+    collect_refs(&g.nodes[&cc].data["spec"], &mut refs);
+    let mut shared = BTreeSet::from([cc.clone()]);
+    for n in g.nodes.values() {
+        if refs
+            .iter()
+            .any(|(k, name)| *k == n.obj.kind && *name == n.obj.name)
+        {
+            shared.insert(n.obj.uid.clone());
+        }
+    }
+    loop {
+        let before = shared.len();
+        for n in g.nodes.values() {
+            if !shared.contains(&n.obj.uid) && n.owners.iter().any(|o| shared.contains(&o.uid)) {
+                shared.insert(n.obj.uid.clone());
+            }
+        }
+        if shared.len() == before {
+            break;
+        }
+    }
+    let users: Vec<String> = g
+        .nodes
+        .values()
+        .filter(|n| {
+            n.obj.kind == "Cluster"
+                && n.obj.uid != root
+                && class_of(&n.data, namespace).as_deref() == Some(class.as_str())
+        })
+        .map(|n| n.obj.name.clone())
+        .collect();
+    for uid in &shared {
+        g.members.insert(uid.clone());
+        g.excluded.retain(|(o, _)| &o.uid != uid);
+        if !users.is_empty() {
+            g.keep.insert(
+                uid.clone(),
+                format!("ClusterClass {class} is also used by {}", users.join(", ")),
+            );
+        }
+    }
+    g.shared = shared;
+}
+
+/// Every (kind, name) pair named in a value (template references and the like).
+fn collect_refs(v: &Value, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(k)), Some(Value::String(n))) = (m.get("kind"), m.get("name"))
+            {
+                out.push((k.clone(), n.clone()));
+            }
+            m.values().for_each(|x| collect_refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_refs(x, out)),
+        _ => {}
+    }
 }
 
 fn label<'a>(n: &'a Node, key: &str) -> Option<&'a str> {

@@ -45,6 +45,8 @@ pub struct Plan {
     pub skipped: Vec<(ObjRef, String)>,
     /// Owner references to objects that do not exist.
     pub virtual_owners: Vec<VirtualOwner>,
+    /// Objects copied to the target but kept in the source, and why.
+    pub kept_in_source: Vec<(ObjRef, String)>,
     /// Objects to move.
     pub total: usize,
 }
@@ -103,6 +105,11 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
     }
     let mut skipped = g.excluded.clone();
     skipped.sort();
+    let kept_in_source = g
+        .keep
+        .iter()
+        .map(|(uid, why)| (g.nodes[uid].obj.clone(), why.clone()))
+        .collect();
     Plan {
         namespace: namespace.into(),
         cluster: cluster.into(),
@@ -110,6 +117,7 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
         groups,
         skipped,
         virtual_owners,
+        kept_in_source,
     }
 }
 
@@ -140,6 +148,12 @@ impl std::fmt::Display for Plan {
         if !self.skipped.is_empty() {
             writeln!(f, "\nSkipped:")?;
             for (o, why) in &self.skipped {
+                writeln!(f, "  {o}: {why}")?;
+            }
+        }
+        if !self.kept_in_source.is_empty() {
+            writeln!(f, "\nCopied, but kept in the source:")?;
+            for (o, why) in &self.kept_in_source {
                 writeln!(f, "  {o}: {why}")?;
             }
         }
