@@ -97,6 +97,11 @@ async fn plan_holds_exactly_the_clusters_objects_in_owner_order() {
     create(&client, ns, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c1-extra", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}}}),
         &[("MachineSet", "gone", "00000000-0000-0000-0000-000000000000", CAPI)]).await;
 
+    // The agent's management token (as fledge renders it, labelled for the cluster) stays.
+    create(&client, ns, json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "c1-fledge-agent-token", "labels": {"cluster.x-k8s.io/cluster-name": "c1"},
+                     "annotations": {"kubernetes.io/service-account.name": "c1-fledge-agent"}}}), &[]).await;
+
     let g = discover(&client, ns, "c1").await.unwrap();
     let p = plan(&g, ns, "c1");
     println!("{p}");
@@ -138,6 +143,12 @@ async fn plan_holds_exactly_the_clusters_objects_in_owner_order() {
         p.skipped
             .iter()
             .any(|(o, why)| o.name == "c2" && why.contains("c2"))
+    );
+    assert!(
+        p.skipped
+            .iter()
+            .any(|(o, why)| o.name == "c1-fledge-agent-token" && why.contains("service-account")),
+        "{p}"
     );
     let json = serde_json::to_value(&p).unwrap();
     assert_eq!(json["total"], 14);

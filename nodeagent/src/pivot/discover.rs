@@ -388,6 +388,18 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
         if other_cluster(n) && members.contains(&n.obj.uid) {
             members.remove(&n.obj.uid);
         }
+        // A service-account token belongs to the cluster that issued it (the agent's own
+        // management identity is one): moving it would revoke it and mean nothing in the target.
+        if n.obj.kind == "Secret"
+            && n.data["type"] == "kubernetes.io/service-account-token"
+            && members.remove(&n.obj.uid)
+        {
+            g.excluded.push((
+                n.obj.clone(),
+                "service-account token: it stays with the cluster that issued it".into(),
+            ));
+            continue;
+        }
         if !members.contains(&n.obj.uid)
             && (label(n, CLUSTER_NAME_LABEL).is_some()
                 || n.obj.api_version.contains("cluster.x-k8s.io"))

@@ -160,7 +160,7 @@ impl std::fmt::Display for Plan {
         if !self.virtual_owners.is_empty() {
             writeln!(
                 f,
-                "\nOwner references to objects that do not exist (kept as they are):"
+                "\nOwner references to objects that do not exist (dropped from the copies in the target):"
             )?;
             for v in &self.virtual_owners {
                 writeln!(
