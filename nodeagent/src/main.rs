@@ -62,9 +62,9 @@ enum Cmd {
         /// Kubeconfig of the source (management) cluster.
         #[arg(long, value_name = "KUBECONFIG")]
         from: PathBuf,
-        /// Kubeconfig of the target (workload) cluster.
-        #[arg(long, value_name = "KUBECONFIG")]
-        to: PathBuf,
+        /// Kubeconfig of the target (workload) cluster; not needed with --dry-run.
+        #[arg(long, value_name = "KUBECONFIG", required_unless_present = "dry_run")]
+        to: Option<PathBuf>,
         /// Namespace of the cluster's objects.
         #[arg(long, value_name = "NS")]
         namespace: String,
@@ -74,7 +74,8 @@ enum Cmd {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Plan output format.
+        /// Output format: of the plan with --dry-run; otherwise of the progress lines (stderr)
+        /// and the final summary (stdout).
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
         /// Requests in flight at once within a group.
@@ -176,7 +177,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 struct PivotArgs {
     from: PathBuf,
-    to: PathBuf,
+    to: Option<PathBuf>,
     namespace: String,
     cluster: String,
     dry_run: bool,
@@ -202,7 +203,9 @@ fn pivot(a: PivotArgs) -> anyhow::Result<()> {
             })
             .await
         };
-        check(&source, source_url).await?;
+        check(&source, source_url)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(format!("source cluster (--from {})", a.from.display())))?;
         if a.dry_run {
             let graph = discover::discover(&source, &a.namespace, &a.cluster).await?;
             let plan = plan::plan(&graph, &a.namespace, &a.cluster);
@@ -212,8 +215,11 @@ fn pivot(a: PivotArgs) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        let (target, target_url) = count::counted_client(Some(&a.to), counts.clone()).await?;
-        check(&target, target_url).await?;
+        let to = a.to.as_deref().ok_or_else(|| anyhow::anyhow!("--to is required without --dry-run"))?;
+        let (target, target_url) = count::counted_client(Some(to), counts.clone()).await?;
+        check(&target, target_url)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context(format!("target cluster (--to {})", to.display())))?;
         let json = matches!(a.output, OutputFormat::Json);
         let progress = move |e: &apply::Event| {
             if json {
