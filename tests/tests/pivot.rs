@@ -207,7 +207,11 @@ async fn run_pivot(
 ) {
     let events: Events = Arc::default();
     let sink = events.clone();
-    let progress = move |e: &Event| sink.lock().unwrap().push(e.clone());
+    let t0 = std::time::Instant::now();
+    let progress = move |e: &Event| {
+        println!("{:>7.3}s {e}", t0.elapsed().as_secs_f64());
+        sink.lock().unwrap().push(e.clone());
+    };
     let r = Pivot::new(source, target, ns, cluster, opts, &progress)
         .run()
         .await;

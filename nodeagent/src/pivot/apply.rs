@@ -19,7 +19,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     Preconditions,
@@ -424,11 +423,10 @@ impl<'a> Pivot<'a> {
         &self,
         plan: &Plan,
     ) -> Result<HashMap<(String, String), Served>, PivotError> {
-        let crds: Api<CustomResourceDefinition> = Api::all(self.target.clone());
         let list = self
             .retry(
                 || "listing CRDs in the target".into(),
-                || async { crds.list(&ListParams::default()).await },
+                || super::crds::list(self.target),
             )
             .await?;
         let mut served = HashMap::new();
@@ -488,15 +486,25 @@ impl<'a> Pivot<'a> {
     async fn existing(&self, graph: &Graph, plan: &Plan) -> Result<Existing, PivotError> {
         let mut by_source = HashMap::new();
         let mut by_name = HashMap::new();
-        for ar in Self::plan_types(graph, plan) {
-            let api = self.api(self.target, ar);
-            let list = self
-                .retry(
-                    || format!("listing {} in the target", ar.plural),
-                    || async { api.list(&ListParams::default()).await },
-                )
-                .await?;
-            for obj in list {
+        let lists: Vec<(&ApiResource, Vec<DynamicObject>)> = futures::stream::iter(
+            Self::plan_types(graph, plan)
+                .into_iter()
+                .map(|ar| async move {
+                    let api = self.api(self.target, ar);
+                    let list = self
+                        .retry(
+                            || format!("listing {} in the target", ar.plural),
+                            || async { api.list(&ListParams::default()).await },
+                        )
+                        .await?;
+                    Ok::<_, PivotError>((ar, list.items))
+                }),
+        )
+        .buffered(super::discover::LIST_PARALLELISM)
+        .try_collect()
+        .await?;
+        for (ar, items) in lists {
+            for obj in items {
                 let name = obj.metadata.name.clone().unwrap_or_default();
                 let src = obj
                     .metadata

@@ -4,12 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
 
 use super::ObjRef;
+
+/// Lists in flight at once during discovery.
+pub const LIST_PARALLELISM: usize = 8;
 
 /// Label CAPI puts on objects of a cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
@@ -102,8 +104,7 @@ pub enum DiscoverError {
 /// (the agent's namespace-scoped access) gets them from API discovery instead: every namespaced
 /// type of the `cluster.x-k8s.io` groups (CAPI and its providers), at the preferred version.
 pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let list = match crds.list(&ListParams::default()).await {
+    let list = match super::crds::list(client).await {
         Ok(list) => list,
         Err(kube::Error::Api(s)) if s.code == 403 => return discovered_types(client).await,
         Err(source) => {
@@ -218,16 +219,25 @@ pub async fn discover(
             plural: plural.into(),
         });
     }
-    for ar in &types {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
-        let list =
+    // One list per type, several in flight (a fresh server answers the first list of a type
+    // slowly).
+    use futures::{StreamExt, TryStreamExt};
+    let lists: Vec<(&ApiResource, Vec<DynamicObject>)> =
+        futures::stream::iter(types.iter().map(|ar| async move {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
             api.list(&ListParams::default())
                 .await
+                .map(|l| (ar, l.items))
                 .map_err(|source| DiscoverError::Request {
                     what: format!("listing {} in {namespace}", ar.plural),
                     source,
-                })?;
-        for obj in list {
+                })
+        }))
+        .buffered(LIST_PARALLELISM)
+        .try_collect()
+        .await?;
+    for (ar, items) in lists {
+        for obj in items {
             let n = node(obj, &ar.api_version, &ar.kind);
             g.nodes.insert(n.obj.uid.clone(), n);
         }

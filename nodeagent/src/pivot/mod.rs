@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod count;
+pub mod crds;
 pub mod discover;
 pub mod phase;
 pub mod plan;
