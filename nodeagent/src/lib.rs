@@ -1,6 +1,7 @@
 //! fledge-agent: runs on the first control-plane node, installs itself as a systemd service,
 //! takes the cluster's Cluster API objects over and keeps the cluster running from a local copy
-//! of its spec. Implemented so far: configuration and self-installation.
+//! of its spec. Implemented so far: configuration, self-installation, the spec cache and journal,
+//! status reporting (`run`), and the pivot (`pivot`).
 
 pub mod cache;
 pub mod config;
