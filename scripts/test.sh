@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-test-deps.sh
 scripts/test-assets.sh
 export FLEDGE_ASSETS_BIN="$(scripts/test-assets.sh --print-dir)"
-scripts/vm-assets.sh   # QEMU + a Debian guest image for the live systemd install test
+images/test-guest.sh   # QEMU + a Debian guest image for the live systemd install test
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

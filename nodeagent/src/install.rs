@@ -135,6 +135,14 @@ impl Target {
     fn path(&self, p: &str) -> PathBuf {
         rooted(&self.root, Path::new(p))
     }
+
+    /// True when installing without a configuration (none given, none in place) where that is
+    /// allowed: into an image root, or with --no-start.
+    pub fn config_pending(&self) -> bool {
+        self.config.is_none()
+            && (!self.live || self.no_start)
+            && !self.path(crate::config::DEFAULT_PATH).exists()
+    }
 }
 
 fn sha256_file(path: &Path) -> Option<[u8; 32]> {
@@ -147,11 +155,15 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
     // The configuration must be valid before anything changes.
     let config_dest = t.path(crate::config::DEFAULT_PATH);
     let config_src = t.config.clone().unwrap_or_else(|| config_dest.clone());
-    AgentConfig::load(&config_src)?;
-    if config_src != config_dest
-        && std::fs::read(&config_src).ok() != std::fs::read(&config_dest).ok()
-    {
-        actions.push(Action::WriteConfig { from: config_src });
+    // Baking an image (or enabling without starting) needs no configuration: the unit's
+    // ConditionPathExists keeps it inactive until cloud-init delivers one.
+    if !t.config_pending() {
+        AgentConfig::load(&config_src)?;
+        if config_src != config_dest
+            && std::fs::read(&config_src).ok() != std::fs::read(&config_dest).ok()
+        {
+            actions.push(Action::WriteConfig { from: config_src });
+        }
     }
     let want = sha256_file(&t.binary).ok_or_else(|| InstallError::Io {
         op: "read",

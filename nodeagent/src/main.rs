@@ -33,7 +33,8 @@ enum Cmd {
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
         /// Configuration to install as /etc/fledge/agent.yaml (mode 0600); default: use the one
-        /// already there.
+        /// already there. Not needed with --root or --no-start (image baking): the unit then
+        /// waits for the file (ConditionPathExists).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
         /// Enable, but do not start or restart, the service.
@@ -121,11 +122,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let actions = install::plan(&target)?;
             if actions.is_empty() {
                 println!("fledge-agent {}: up to date", fledge_agent::VERSION);
-                return Ok(());
+            } else {
+                install::apply(&target, &actions)?;
+                for a in &actions {
+                    println!("{a}");
+                }
             }
-            install::apply(&target, &actions)?;
-            for a in &actions {
-                println!("{a}");
+            if target.config_pending() {
+                println!(
+                    "no configuration at {} yet: the service stays inactive until it exists; deliver it with `fledge-agent install --config FILE` (cloud-init does)",
+                    fledge_agent::config::DEFAULT_PATH
+                );
             }
             Ok(())
         }

@@ -488,3 +488,36 @@ fn a_second_sigterm_forces_exit_while_work_is_in_flight() {
     assert_eq!(status.code(), Some(130), "{status}");
     eprintln!("forced exit {:?} after the second SIGTERM", sent.elapsed());
 }
+
+#[test]
+fn baking_into_an_image_root_needs_no_configuration() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("rootfs");
+    std::fs::create_dir(&root).unwrap();
+    let r = root.to_str().unwrap();
+    let (ok, out, err) = agent(AGENT, &["install", "--root", r]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("no configuration at /etc/fledge/agent.yaml yet"),
+        "{out}"
+    );
+    assert!(root.join("usr/local/bin/fledge-agent").is_file());
+    assert!(
+        root.join("etc/systemd/system/fledge-agent.service")
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read_link(
+            root.join("etc/systemd/system/multi-user.target.wants/fledge-agent.service")
+        )
+        .unwrap(),
+        std::path::PathBuf::from("/etc/systemd/system/fledge-agent.service")
+    );
+    assert!(
+        !root.join("etc/fledge/agent.yaml").exists(),
+        "nothing per-cluster is baked"
+    );
+    // Idempotent, and still waiting for its configuration.
+    let (ok, out, _) = agent(AGENT, &["install", "--root", r]);
+    assert!(ok && out.contains("up to date"), "{out}");
+}

@@ -1,6 +1,8 @@
-//! fledge-agent installs itself on a live systemd system: a Debian guest (QEMU, TCG) boots from
-//! the image of scripts/vm-assets.sh with a NoCloud seed made by `fledge seed`; cloud-init's
-//! runcmd calls `fledge-agent install` (systemctl from inside cloud-init must not deadlock),
+//! fledge-agent baked into an image and installed on a live systemd system: the agent is baked
+//! (`install --root`, no configuration) into the image of images/test-guest.sh, a Debian guest
+//! (QEMU, TCG) boots it with a NoCloud seed made by `fledge seed`; the baked unit is enabled but
+//! inactive until cloud-init's runcmd calls `fledge-agent install --config` (systemctl from
+//! inside cloud-init must not deadlock),
 //! waits for the unit to be active, outlives a watchdog period, records what systemd says,
 //! uninstalls, and powers off. The results are read from the guest disk with debugfs.
 
@@ -63,9 +65,13 @@ mkdir -p "$out"
 exec >"$out/log" 2>&1
 set -x
 r() { echo "$1" >> "$out/results"; }
-/opt/fledge-agent install --config /etc/fledge-seed/agent.yaml > "$out/install1.txt" 2>&1
+# Baked into the image: enabled, but inactive until its configuration exists.
+r "baked_enabled=$(systemctl is-enabled fledge-agent)"
+r "baked_active=$(systemctl is-active fledge-agent)"
+r "baked_condition=$(systemctl show -p ConditionResult --value fledge-agent)"
+/usr/local/bin/fledge-agent install --config /etc/fledge-seed/agent.yaml > "$out/install1.txt" 2>&1
 r "install1=$?"
-/opt/fledge-agent install --config /etc/fledge-seed/agent.yaml > "$out/install2.txt" 2>&1
+/usr/local/bin/fledge-agent install --config /etc/fledge-seed/agent.yaml > "$out/install2.txt" 2>&1
 r "install2=$?"
 i=0
 until systemctl is-active --quiet fledge-agent || [ $i -ge 180 ]; do sleep 1; i=$((i+1)); done
@@ -92,19 +98,19 @@ sync
 "#;
 
 #[test]
-fn agent_installs_itself_live_under_systemd_from_cloud_init() {
+fn agent_baked_into_an_image_starts_under_systemd_once_cloud_init_installs_its_config() {
     let dir = vm_dir();
     let (Some(qemu), Some(_)) = (tool("qemu-system-x86_64"), tool("debugfs")) else {
         missing(
             "qemu-system-x86_64 and debugfs",
-            "run scripts/vm-assets.sh (scripts/test.sh does)",
+            "run images/test-guest.sh (scripts/test.sh does)",
         );
         return;
     };
     if !dir.join("disk.raw").is_file() {
         missing(
             &format!("guest image {}", dir.join("disk.raw").display()),
-            "run scripts/vm-assets.sh (scripts/test.sh does)",
+            "run images/test-guest.sh (scripts/test.sh does)",
         );
         return;
     }
@@ -133,10 +139,14 @@ fn agent_installs_itself_live_under_systemd_from_cloud_init() {
         .arg("--strip-debug")
         .arg(&agent)
         .arg(&bin));
-    let cmds = format!(
-        "mkdir /opt\nwrite {} /opt/fledge-agent\nsif /opt/fledge-agent mode 0100755\n",
-        bin.display()
-    );
+    // Baked as an image pipeline would (images/bake-agent.sh): `install --root` into an empty
+    // tree, no configuration; the tree is then copied into the guest disk.
+    let bake = w.join("bake");
+    std::fs::create_dir(&bake).unwrap();
+    let out = run(Command::new(&bin).arg("install").arg("--root").arg(&bake));
+    assert!(out.contains("no configuration"), "{out}");
+    let mut cmds = String::new();
+    copy_tree(&bake, Path::new("/"), &mut cmds);
     std::fs::write(w.join("debugfs.cmds"), cmds).unwrap();
     run(Command::new(tool("debugfs").unwrap())
         .args(["-w", "-f"])
@@ -249,6 +259,9 @@ fn agent_installs_itself_live_under_systemd_from_cloud_init() {
     );
     let has = |line: &str| results.lines().any(|l| l.trim() == line);
     for want in [
+        "baked_enabled=enabled",
+        "baked_active=inactive",
+        "baked_condition=no",
         "install1=0",
         "install2=0",
         "active=active",
@@ -295,6 +308,36 @@ fn agent_installs_itself_live_under_systemd_from_cloud_init() {
     let v: serde_json::Value = serde_json::from_str(&result_json)
         .unwrap_or_else(|e| panic!("result.json: {e}\n{result_json}"));
     assert_eq!(v["v1"]["errors"], serde_json::json!([]), "{result_json}");
+}
+
+/// debugfs commands that recreate the tree under `host` at `guest` (directories, files with
+/// their modes, symbolic links).
+fn copy_tree(host: &Path, guest: &Path, out: &mut String) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries: Vec<_> = std::fs::read_dir(host)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let g = guest.join(p.file_name().unwrap());
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&p).unwrap();
+            out.push_str(&format!("symlink {} {}\n", g.display(), target.display()));
+        } else if meta.is_dir() {
+            out.push_str(&format!("mkdir {}\n", g.display()));
+            copy_tree(&p, &g, out);
+        } else {
+            let mode = meta.permissions().mode() & 0o7777;
+            out.push_str(&format!(
+                "write {} {}\nsif {} mode 0100{mode:o}\n",
+                p.display(),
+                g.display(),
+                g.display()
+            ));
+        }
+    }
 }
 
 fn rand_u128() -> u128 {

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 OUT="${FLEDGE_VM_DIR:-$HOME/.cache/fledge/vm-bookworm-1}"
-log() { echo "[vm-assets $(date +%H:%M:%S)] $*" >&2; }
+log() { echo "[test-guest $(date +%H:%M:%S)] $*" >&2; }
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
