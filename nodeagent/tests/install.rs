@@ -294,28 +294,8 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
         .unwrap()
         .port();
     let (state, cfg_path) = agent_config(d.path(), port, mport);
-    /// Kills the agent if the test fails half-way.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut guard = Guard(
-        Command::new(AGENT)
-            .args(["run", "--config", cfg_path.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut guard = start_agent(&cfg_path, &state, true);
     let child = &mut guard.0;
-    let start = std::time::Instant::now();
-    while !state.join("journal.json").exists() {
-        assert!(start.elapsed().as_secs() < 10, "the agent did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
     assert!(
         child.try_wait().unwrap().is_none(),
         "runs without a management plane"
@@ -435,28 +415,8 @@ fn a_second_sigterm_forces_exit_while_work_is_in_flight() {
         .unwrap()
         .port();
     let (state, cfg_path) = agent_config(d.path(), port, mport);
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut guard = Guard(
-        Command::new(AGENT)
-            .args(["run", "--config", cfg_path.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut guard = start_agent(&cfg_path, &state, false);
     let child = &mut guard.0;
-    let start = std::time::Instant::now();
-    while !state.join("journal.json").exists() {
-        assert!(start.elapsed().as_secs() < 10, "the agent did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(500));
     let term = |pid: u32| {
         assert!(
             Command::new("kill")
@@ -520,4 +480,37 @@ fn baking_into_an_image_root_needs_no_configuration() {
     // Idempotent, and still waiting for its configuration.
     let (ok, out, _) = agent(AGENT, &["install", "--root", r]);
     assert!(ok && out.contains("up to date"), "{out}");
+}
+
+/// Kills the agent if the test fails half-way.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fledge-agent run` and waits until it has written its journal (plus half a second).
+fn start_agent(cfg_path: &std::path::Path, state: &std::path::Path, show_log: bool) -> Guard {
+    let guard = Guard(
+        Command::new(AGENT)
+            .args(["run", "--config", cfg_path.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(if show_log {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
+            .spawn()
+            .unwrap(),
+    );
+    let start = std::time::Instant::now();
+    while !state.join("journal.json").exists() {
+        assert!(start.elapsed().as_secs() < 10, "the agent did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    guard
 }

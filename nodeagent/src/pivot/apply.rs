@@ -16,6 +16,7 @@
 //! forward.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
@@ -414,6 +415,60 @@ impl<'a> Pivot<'a> {
         }
     }
 
+    /// Runs `work` with `parallelism` in flight. After the first failure nothing new starts,
+    /// but what is in flight finishes: a request dropped half-way may still land on the server
+    /// after a rollback has looked, so no request is ever abandoned. Returns the first error.
+    async fn settle<T, Fut>(&self, work: impl Iterator<Item = Fut>) -> Result<Vec<T>, PivotError>
+    where
+        Fut: Future<Output = Result<T, PivotError>>,
+    {
+        let failed = AtomicBool::new(false);
+        let failed = &failed;
+        let results: Vec<Option<Result<T, PivotError>>> =
+            futures::stream::iter(work.map(|fut| async move {
+                if failed.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let r = fut.await;
+                if r.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                Some(r)
+            }))
+            .buffer_unordered(self.opts.parallelism)
+            .collect()
+            .await;
+        let mut out = Vec::new();
+        let mut first = None;
+        for r in results.into_iter().flatten() {
+            match r {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// A JSON merge patch of `name`, retried like every request.
+    async fn merge(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        patch: &Value,
+        what: impl Fn() -> String,
+    ) -> Result<DynamicObject, PivotError> {
+        self.retry(what, || async {
+            api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+        })
+        .await
+    }
+
     fn api(&self, client: &kube::Client, ar: &ApiResource) -> Api<DynamicObject> {
         Api::namespaced_with(client.clone(), self.namespace, ar)
     }
@@ -576,7 +631,7 @@ impl<'a> Pivot<'a> {
             .collect();
         for group in &plan.groups {
             let results: Vec<(String, DynamicObject, bool, bool, usize)> =
-                futures::stream::iter(group.objects.iter().map(|o| {
+                self.settle(group.objects.iter().map(|o| {
                     let node = &graph.nodes[&o.uid];
                     let known = existing.get(&o.uid).cloned();
                     let uids = &uids;
@@ -603,8 +658,6 @@ impl<'a> Pivot<'a> {
                         Ok::<_, PivotError>((o.uid.clone(), obj, created, copied, dropped))
                     }
                 }))
-                .buffer_unordered(self.opts.parallelism)
-                .try_collect()
                 .await?;
             let (mut created, mut statuses) = (0, 0);
             for (src, obj, c, s, d) in results {
@@ -633,13 +686,9 @@ impl<'a> Pivot<'a> {
         let name = target_root.metadata.name.clone().unwrap_or_default();
         let api = self.api(self.target, cluster_ar);
         let patch = json!({"metadata": {"annotations": {STATE: "cutover"}}});
-        self.retry(
-            || format!("marking the target {} cutover", root.obj),
-            || async {
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-            },
-        )
+        self.merge(&api, &name, &patch, || {
+            format!("marking the target {} cutover", root.obj)
+        })
         .await?;
         (self.progress)(&Event::Cutover);
         Ok(existing)
@@ -696,13 +745,9 @@ impl<'a> Pivot<'a> {
         let api = self.api(self.source, ar);
         let patch =
             json!({"metadata": {"annotations": {CLASS_PAUSED: "true", PAUSED_BY: "was-unset"}}});
-        self.retry(
-            || format!("pausing the source {}", cc.obj),
-            || async {
-                api.patch(&cc.obj.name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-            },
-        )
+        self.merge(&api, &cc.obj.name, &patch, || {
+            format!("pausing the source {}", cc.obj)
+        })
         .await?;
         Ok(())
     }
@@ -734,13 +779,9 @@ impl<'a> Pivot<'a> {
             .is_some_and(|a| a.contains_key(PAUSED_BY))
         {
             let patch = json!({"metadata": {"annotations": {CLASS_PAUSED: null, PAUSED_BY: null}}});
-            self.retry(
-                || format!("unpausing the source {}", cc.obj),
-                || async {
-                    api.patch(&cc.obj.name, &PatchParams::default(), &Patch::Merge(&patch))
-                        .await
-                },
-            )
+            self.merge(&api, &cc.obj.name, &patch, || {
+                format!("unpausing the source {}", cc.obj)
+            })
             .await?;
         }
         Ok(())
@@ -767,17 +808,9 @@ impl<'a> Pivot<'a> {
         let api = self.api(self.source, ar);
         let patch =
             json!({"spec": {"paused": true}, "metadata": {"annotations": {PAUSED_BY: origin}}});
-        self.retry(
-            || format!("pausing the source {}", root.obj),
-            || async {
-                api.patch(
-                    &root.obj.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            },
-        )
+        self.merge(&api, &root.obj.name, &patch, || {
+            format!("pausing the source {}", root.obj)
+        })
         .await?;
         (self.progress)(&Event::Paused { now: true });
         Ok(Some(origin.to_string()))
@@ -1008,14 +1041,13 @@ impl<'a> Pivot<'a> {
                 .iter()
                 .filter(|o| o.uid != root.obj.uid && !graph.keep.contains_key(&o.uid))
                 .collect();
-            let deleted: Vec<bool> = futures::stream::iter(
-                objects
-                    .iter()
-                    .map(|o| self.delete(self.source, graph, &graph.nodes[&o.uid])),
-            )
-            .buffer_unordered(self.opts.parallelism)
-            .try_collect()
-            .await?;
+            let deleted: Vec<bool> = self
+                .settle(
+                    objects
+                        .iter()
+                        .map(|o| self.delete(self.source, graph, &graph.nodes[&o.uid])),
+                )
+                .await?;
             let mut n = deleted.iter().filter(|d| **d).count();
             if group.index == 0 {
                 // The Cluster goes last, once nothing else of it is left in the source.
@@ -1052,13 +1084,9 @@ impl<'a> Pivot<'a> {
         let release = json!({"metadata": {"finalizers": null, "uid": uid}});
         if has_finalizers {
             match self
-                .retry(
-                    || format!("releasing the finalizers of {}", node.obj),
-                    || async {
-                        api.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
-                            .await
-                    },
-                )
+                .merge(&api, &name, &release, || {
+                    format!("releasing the finalizers of {}", node.obj)
+                })
                 .await
             {
                 Ok(_) => {}
@@ -1089,13 +1117,9 @@ impl<'a> Pivot<'a> {
                 if let either::Either::Left(obj) = either
                     && obj.metadata.finalizers.is_some_and(|f| !f.is_empty())
                 {
-                    self.retry(
-                        || format!("releasing the finalizers of {}", node.obj),
-                        || async {
-                            api.patch(&name, &PatchParams::default(), &Patch::Merge(&release))
-                                .await
-                        },
-                    )
+                    self.merge(&api, &name, &release, || {
+                        format!("releasing the finalizers of {}", node.obj)
+                    })
                     .await?;
                 }
                 Ok(true)
@@ -1127,13 +1151,9 @@ impl<'a> Pivot<'a> {
         };
         let name = target_root.metadata.name.clone().unwrap_or_default();
         let api = self.api(self.target, ar);
-        self.retry(
-            || format!("unpausing the target Cluster {name}"),
-            || async {
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-            },
-        )
+        self.merge(&api, &name, &patch, || {
+            format!("unpausing the target Cluster {name}")
+        })
         .await?;
         (self.progress)(&Event::Completed);
         Ok(())
@@ -1240,17 +1260,9 @@ impl<'a> Pivot<'a> {
             .and_then(|a| a.get(PAUSED_BY))
         {
             let patch = json!({"spec": {"paused": unpaused(origin)}, "metadata": {"annotations": {PAUSED_BY: null}}});
-            self.retry(
-                || format!("unpausing the source {}", root.obj),
-                || async {
-                    api.patch(
-                        &root.obj.name,
-                        &PatchParams::default(),
-                        &Patch::Merge(&patch),
-                    )
-                    .await
-                },
-            )
+            self.merge(&api, &root.obj.name, &patch, || {
+                format!("unpausing the source {}", root.obj)
+            })
             .await?;
         }
         Ok(deleted)
