@@ -30,6 +30,10 @@ pub struct AgentConfig {
     /// Upper bound of the reconnect backoff in seconds (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_cap_seconds: Option<u64>,
+    /// On SIGTERM, how long in-flight work may take before the agent stops anyway, in seconds
+    /// (default 20, below the unit's TimeoutStopSec=30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_seconds: Option<u64>,
 }
 
 /// The cluster's FledgeCluster on the management plane.

@@ -247,7 +247,16 @@ pub async fn run<F: Future<Output = ()>>(
     tracing::info!("stopping: finishing in-flight work");
     notifier.send("STOPPING=1");
     let _ = stop_tx.send(true);
-    let _ = sync_task.await;
+    // A request in flight (a watch, a read with a long timeout) must not hold the stop for
+    // longer than systemd waits: after the grace period the agent stops anyway. State files are
+    // written atomically, so nothing is left half-written.
+    let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
+    if tokio::time::timeout(grace, sync_task).await.is_err() {
+        tracing::warn!(
+            seconds = grace.as_secs(),
+            "in-flight work did not finish within the shutdown grace period; stopping anyway"
+        );
+    }
     let _ = metrics_task.await;
     if let Some(t) = watchdog_task {
         let _ = t.await;

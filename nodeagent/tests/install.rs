@@ -514,3 +514,53 @@ fn start_agent(cfg_path: &std::path::Path, state: &std::path::Path, show_log: bo
     std::thread::sleep(std::time::Duration::from_millis(500));
     guard
 }
+
+#[test]
+fn after_the_shutdown_grace_period_the_agent_stops_without_waiting_for_a_hung_request() {
+    let d = tempfile::tempdir().unwrap();
+    // A management plane that accepts connections and never answers.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming() {
+            held.push(c);
+        }
+    });
+    let mport = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (state, cfg_path) = agent_config(d.path(), port, mport);
+    let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    cfg.push_str("shutdownGraceSeconds: 2\n");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let mut guard = start_agent(&cfg_path, &state, false);
+    let child = &mut guard.0;
+    let sent = std::time::Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            sent.elapsed().as_secs() < 10,
+            "still running 10 s after SIGTERM with a 2 s grace period"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= std::time::Duration::from_millis(1900),
+        "stopped after {took:?}: it did not wait for the request in flight"
+    );
+    eprintln!("stopped {took:?} after SIGTERM (grace 2 s)");
+}
