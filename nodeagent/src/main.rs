@@ -59,34 +59,7 @@ enum Cmd {
     /// (pivot.fledge.dev/source-uid), so running the same command again after any interruption
     /// converges: before cutover a failed run rolls back (source unpaused, target clean), after
     /// cutover it only moves forward, and after success it does nothing.
-    Pivot {
-        /// Kubeconfig of the source (management) cluster.
-        #[arg(long, value_name = "KUBECONFIG")]
-        from: PathBuf,
-        /// Kubeconfig of the target (workload) cluster; not needed with --dry-run.
-        #[arg(long, value_name = "KUBECONFIG", required_unless_present = "dry_run")]
-        to: Option<PathBuf>,
-        /// Namespace of the cluster's objects.
-        #[arg(long, value_name = "NS")]
-        namespace: String,
-        /// Name of the Cluster object.
-        #[arg(long, value_name = "NAME")]
-        cluster: String,
-        /// Print the plan and change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Output format: of the plan with --dry-run; otherwise of the progress lines (stderr)
-        /// and the final summary (stdout).
-        #[arg(long, short, value_enum, default_value = "table")]
-        output: OutputFormat,
-        /// Requests in flight at once within a group.
-        #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
-        parallelism: u16,
-        /// Do not copy status through the status subresource (providers that keep state in
-        /// status may then re-provision).
-        #[arg(long)]
-        no_status: bool,
-    },
+    Pivot(PivotArgs),
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
         /// Configuration file (for the metrics address, to ask the running agent).
@@ -136,25 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Pivot {
-            from,
-            to,
-            namespace,
-            cluster,
-            dry_run,
-            output,
-            parallelism,
-            no_status,
-        } => pivot(PivotArgs {
-            from,
-            to,
-            namespace,
-            cluster,
-            dry_run,
-            output,
-            parallelism: usize::from(parallelism),
-            copy_status: !no_status,
-        }),
+        Cmd::Pivot(args) => pivot(args),
         Cmd::Status {
             config,
             state_dir,
@@ -182,15 +137,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// `fledge-agent pivot`'s arguments.
+#[derive(clap::Args, Debug)]
 struct PivotArgs {
+    /// Kubeconfig of the source (management) cluster.
+    #[arg(long, value_name = "KUBECONFIG")]
     from: PathBuf,
+    /// Kubeconfig of the target (workload) cluster; not needed with --dry-run.
+    #[arg(long, value_name = "KUBECONFIG", required_unless_present = "dry_run")]
     to: Option<PathBuf>,
+    /// Namespace of the cluster's objects.
+    #[arg(long, value_name = "NS")]
     namespace: String,
+    /// Name of the Cluster object.
+    #[arg(long, value_name = "NAME")]
     cluster: String,
+    /// Print the plan and change nothing.
+    #[arg(long)]
     dry_run: bool,
+    /// Output format: of the plan with --dry-run; otherwise of the progress lines (stderr)
+    /// and the final summary (stdout).
+    #[arg(long, short, value_enum, default_value = "table")]
     output: OutputFormat,
-    parallelism: usize,
-    copy_status: bool,
+    /// Requests in flight at once within a group.
+    #[arg(long, value_name = "N", default_value_t = fledge_agent::pivot::apply::DEFAULT_PARALLELISM as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallelism: u16,
+    /// Do not copy status through the status subresource (providers that keep state in
+    /// status may then re-provision).
+    #[arg(long)]
+    no_status: bool,
 }
 
 fn pivot(a: PivotArgs) -> anyhow::Result<()> {
@@ -236,8 +211,8 @@ fn pivot(a: PivotArgs) -> anyhow::Result<()> {
             }
         };
         let opts = apply::Options {
-            parallelism: a.parallelism,
-            copy_status: a.copy_status,
+            parallelism: usize::from(a.parallelism),
+            copy_status: !a.no_status,
             ..apply::Options::default()
         };
         let summary = apply::Pivot::new(&source, &target, &a.namespace, &a.cluster, opts, &progress)

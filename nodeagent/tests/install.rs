@@ -283,16 +283,8 @@ fn run_stops_cleanly_on_sigterm_and_reports_config_errors() {
     let (d, root, _) = setup();
     let _ = root;
     // The management plane is unreachable (a closed port): the agent runs from its cache.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
+    let mport = free_port();
     let (state, cfg_path) = agent_config(d.path(), port, mport);
     let mut guard = start_agent(&cfg_path, &state, true);
     let child = &mut guard.0;
@@ -401,19 +393,8 @@ fn a_second_sigterm_forces_exit_while_work_is_in_flight() {
     let d = tempfile::tempdir().unwrap();
     // A management plane that accepts connections and never answers: the agent's first
     // request stays in flight.
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = hole.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in hole.incoming() {
-            held.push(c);
-        }
-    });
-    let mport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = black_hole();
+    let mport = free_port();
     let (state, cfg_path) = agent_config(d.path(), port, mport);
     let mut guard = start_agent(&cfg_path, &state, false);
     let child = &mut guard.0;
@@ -519,19 +500,8 @@ fn start_agent(cfg_path: &std::path::Path, state: &std::path::Path, show_log: bo
 fn after_the_shutdown_grace_period_the_agent_stops_without_waiting_for_a_hung_request() {
     let d = tempfile::tempdir().unwrap();
     // A management plane that accepts connections and never answers.
-    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = hole.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for c in hole.incoming() {
-            held.push(c);
-        }
-    });
-    let mport = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = black_hole();
+    let mport = free_port();
     let (state, cfg_path) = agent_config(d.path(), port, mport);
     let mut cfg = std::fs::read_to_string(&cfg_path).unwrap();
     cfg.push_str("shutdownGraceSeconds: 2\n");
@@ -563,4 +533,26 @@ fn after_the_shutdown_grace_period_the_agent_stops_without_waiting_for_a_hung_re
         "stopped after {took:?}: it did not wait for the request in flight"
     );
     eprintln!("stopped {took:?} after SIGTERM (grace 2 s)");
+}
+
+/// A loopback port nothing listens on (once the probe socket is closed).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback port that accepts connections and never answers on them.
+fn black_hole() -> u16 {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hole.incoming() {
+            held.push(c);
+        }
+    });
+    port
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fledge_agent::pivot::apply::{DEFAULT_PARALLELISM, Options, Pivot};
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options as ClusterOptions, TestCluster};
-use fledge_tests::fault::{Fault, client_with_delay};
+use fledge_tests::fault::{Fault, client_with};
 use fledge_tests::install::install_crds;
 
 struct Run {
@@ -38,10 +38,10 @@ async fn one(
     )
     .await?;
     let keys = capi::cluster(&sc, ns, "scale", capi::V1BETA2, workers).await;
-    let counts = Fault::never();
+    let counts = Fault::delaying(rtt);
     let (a, b) = (
-        client_with_delay(&s.kubeconfig, &counts, rtt).await,
-        client_with_delay(&t.kubeconfig, &counts, rtt).await,
+        client_with(&s.kubeconfig, &counts).await,
+        client_with(&t.kubeconfig, &counts).await,
     );
     let opts = Options {
         parallelism,

@@ -12,8 +12,7 @@ use kube::api::{
 };
 use serde_json::{Value, json};
 
-/// The source-UID annotation the pivot puts on what it creates.
-pub const SOURCE_UID: &str = "pivot.fledge.dev/source-uid";
+use fledge_agent::pivot::apply::{SOURCE_UID, STATE};
 
 /// One API flavour of the fixture.
 #[derive(Debug, Clone, Copy)]
@@ -515,11 +514,7 @@ pub async fn check_moved(
             if o.data["spec"]["paused"].as_bool() == Some(true) {
                 problems.push(format!("{k} is still paused in the target"));
             }
-            let state = o
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get("pivot.fledge.dev/state"));
+            let state = o.metadata.annotations.as_ref().and_then(|a| a.get(STATE));
             if state.map(String::as_str) != Some("complete") {
                 problems.push(format!("{k}: state annotation {state:?}, want complete"));
             }

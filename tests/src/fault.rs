@@ -1,13 +1,16 @@
-//! Failure injection in a client's service stack: a tower layer that makes the k-th write
-//! (POST/PUT/PATCH/DELETE) fail, counting writes across every client that shares the layer.
-//! Production code has no switch for this; the pivot only sees a request that failed.
+//! Fault injection in a client's service stack: a tower layer that counts and records the
+//! requests of every client sharing it, can make the k-th write (POST/PUT/PATCH/DELETE) fail, and
+//! can delay every request (a stand-in for a network round trip, which loopback lacks).
+//! Production code has no switch for any of this; the pivot only sees requests.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use fledge_agent::pivot::count::is_write;
 use http::Request;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,26 +29,39 @@ pub enum Mode {
 pub struct Fault {
     at: u64,
     mode: Mode,
+    delay: Duration,
     writes: AtomicU64,
     reads: AtomicU64,
     tripped: AtomicBool,
+    log: Mutex<Vec<String>>,
 }
 
 impl Fault {
     /// Fails the `at`-th write (1-based).
     pub fn new(at: u64, mode: Mode) -> Arc<Self> {
+        Self::build(at, mode, Duration::ZERO)
+    }
+
+    /// Only counts and records requests.
+    pub fn never() -> Arc<Self> {
+        Self::build(u64::MAX, Mode::Once, Duration::ZERO)
+    }
+
+    /// Counts and records requests, each delayed by `delay` before it is sent.
+    pub fn delaying(delay: Duration) -> Arc<Self> {
+        Self::build(u64::MAX, Mode::Once, delay)
+    }
+
+    fn build(at: u64, mode: Mode, delay: Duration) -> Arc<Self> {
         Arc::new(Self {
             at,
             mode,
+            delay,
             writes: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             tripped: AtomicBool::new(false),
+            log: Mutex::new(Vec::new()),
         })
-    }
-
-    /// Only counts requests.
-    pub fn never() -> Arc<Self> {
-        Self::new(u64::MAX, Mode::Once)
     }
 
     /// Reads seen.
@@ -53,23 +69,31 @@ impl Fault {
         self.reads.load(Ordering::SeqCst)
     }
 
-    /// Whether the failure was injected.
-    pub fn tripped(&self) -> bool {
-        self.tripped.load(Ordering::SeqCst)
-    }
-
     /// Writes seen (including the failed one).
     pub fn writes(&self) -> u64 {
         self.writes.load(Ordering::SeqCst)
     }
 
-    fn fail(&self, is_write: bool) -> bool {
+    /// Whether the failure was injected.
+    pub fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::SeqCst)
+    }
+
+    /// Every write so far, in order, as `METHOD path`.
+    pub fn write_log(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn fail<B>(&self, req: &Request<B>) -> bool {
         if self.mode == Mode::Crash && self.tripped() {
             return true;
         }
-        if !is_write {
+        if !is_write(req.method()) {
             self.reads.fetch_add(1, Ordering::SeqCst);
             return false;
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.push(format!("{} {}", req.method(), req.uri().path()));
         }
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.at {
@@ -122,21 +146,19 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let write = fledge_agent_is_write(req.method());
-        if self.fault.fail(write) {
+        if self.fault.fail(&req) {
             let n = self.fault.at;
             return Box::pin(async move { Err(Box::new(Injected(n)) as BoxError) });
         }
+        let delay = self.fault.delay;
         let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            fut.await.map_err(Into::into)
+        })
     }
-}
-
-fn fledge_agent_is_write(m: &http::Method) -> bool {
-    !matches!(
-        *m,
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    )
 }
 
 /// A client for `kubeconfig` with `fault` in its stack.
@@ -147,68 +169,5 @@ pub async fn client_with(kubeconfig: &std::path::Path, fault: &Arc<Fault>) -> ku
     kube::client::ClientBuilder::try_from(config)
         .expect("client builds")
         .with_layer(&FaultLayer(fault.clone()))
-        .build()
-}
-
-/// A layer that delays every request by a fixed time before sending it: a stand-in for the
-/// round trip to an API server in another network (loopback has almost none).
-#[derive(Debug, Clone, Copy)]
-pub struct DelayLayer(pub std::time::Duration);
-
-impl<S> tower_layer::Layer<S> for DelayLayer {
-    type Service = Delayed<S>;
-
-    fn layer(&self, inner: S) -> Delayed<S> {
-        Delayed {
-            inner,
-            delay: self.0,
-        }
-    }
-}
-
-/// The wrapped service of [`DelayLayer`].
-#[derive(Debug, Clone)]
-pub struct Delayed<S> {
-    inner: S,
-    delay: std::time::Duration,
-}
-
-impl<S, B> tower_service::Service<Request<B>> for Delayed<S>
-where
-    S: tower_service::Service<Request<B>>,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        let delay = self.delay;
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            fut.await.map_err(Into::into)
-        })
-    }
-}
-
-/// A client for `kubeconfig` whose requests are counted by `fault` and delayed by `delay`.
-pub async fn client_with_delay(
-    kubeconfig: &std::path::Path,
-    fault: &Arc<Fault>,
-    delay: std::time::Duration,
-) -> kube::Client {
-    let config = fledge_generator::apply::config_from_kubeconfig(Some(kubeconfig))
-        .await
-        .expect("test kubeconfig loads");
-    kube::client::ClientBuilder::try_from(config)
-        .expect("client builds")
-        .with_layer(&FaultLayer(fault.clone()))
-        .with_layer(&DelayLayer(delay))
         .build()
 }

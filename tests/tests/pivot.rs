@@ -687,8 +687,36 @@ async fn a_shared_cluster_class_is_paused_copied_and_kept_while_other_clusters_u
         "{p}"
     );
 
-    let (r, _) = run_pivot(&sc, &tc, ns, "t1", PivotOptions::default()).await;
+    let recorded = Fault::never();
+    let (a, b) = (
+        client_with(&s.kubeconfig, &recorded).await,
+        client_with(&t.kubeconfig, &recorded).await,
+    );
+    let (r, _) = run_pivot(&a, &b, ns, "t1", PivotOptions::default()).await;
     r.unwrap_or_else(|e| panic!("{e:#}"));
+    // The class was paused before the first copy was created, and unpaused (it stays) before
+    // the first delete.
+    let log = recorded.write_log();
+    let at = |pred: &dyn Fn(&String) -> bool| log.iter().position(pred);
+    let class_patches: Vec<usize> = log
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.starts_with("PATCH ") && w.ends_with("/clusterclasses/cc"))
+        .map(|(i, _)| i)
+        .collect();
+    let first_create =
+        at(&|w| w.starts_with("POST ") && w.contains("/namespaces/classy/")).unwrap();
+    let last_create = log
+        .iter()
+        .rposition(|w| w.starts_with("POST ") && w.contains("/namespaces/classy/"))
+        .unwrap();
+    let first_delete = at(&|w| w.starts_with("DELETE ")).unwrap();
+    assert_eq!(class_patches.len(), 2, "{log:#?}");
+    assert!(class_patches[0] < first_create, "{log:#?}");
+    assert!(
+        last_create < class_patches[1] && class_patches[1] < first_delete,
+        "{log:#?}"
+    );
     let problems = capi::check_moved(&sc, &tc, ns, &t1_before).await;
     assert!(problems.is_empty(), "{problems:#?}");
     // The class is in both, unpaused in both, and unchanged in the source.

@@ -369,16 +369,21 @@ impl<'a> Pivot<'a> {
             groups: plan.groups.len(),
         });
         if past_cutover {
-            self.forward(&graph, &plan, &served, existing, &mut summary)
+            let resumed = match self
+                .resume(&graph, &plan, &served, &existing, &mut summary)
                 .await
-                .map_err(|e| PivotError::Incomplete(Box::new(e)))?;
+            {
+                Ok(()) => self.forward(&graph, &plan, existing, &mut summary).await,
+                Err(e) => Err(e),
+            };
+            resumed.map_err(|e| PivotError::Incomplete(Box::new(e)))?;
         } else {
             match self
                 .before_cutover(&graph, &plan, &served, existing, &mut summary)
                 .await
             {
                 Ok(existing) => self
-                    .forward(&graph, &plan, &served, existing, &mut summary)
+                    .forward(&graph, &plan, existing, &mut summary)
                     .await
                     .map_err(|e| PivotError::Incomplete(Box::new(e)))?,
                 Err(e) => return Err(self.roll_back(&graph, &plan, e).await),
@@ -643,7 +648,7 @@ impl<'a> Pivot<'a> {
                             Some(obj) => (obj, false, 0),
                             None => {
                                 let (body, dropped) =
-                                    self.target_body(node, uids, &graph.members, is_root, we_paused);
+                                    self.target_body(node, uids, is_root, we_paused);
                                 if dropped > 0 {
                                     tracing::warn!(object = %o, dropped, "ownerReferences to objects that exist nowhere are dropped in the target");
                                 }
@@ -821,7 +826,6 @@ impl<'a> Pivot<'a> {
         &self,
         node: &Node,
         uids: &HashMap<String, String>,
-        members: &BTreeSet<String>,
         is_root: bool,
         we_paused: Option<&str>,
     ) -> (Value, usize) {
@@ -853,16 +857,13 @@ impl<'a> Pivot<'a> {
             if let Some(Value::Array(owners)) = md.get_mut("ownerReferences") {
                 owners.retain_mut(|o| {
                     let src = o["uid"].as_str().unwrap_or_default().to_string();
+                    // An owner with no copy in the target (one that exists nowhere, or a member
+                    // not created yet, which only an ownership cycle gives) is left out rather
+                    // than pointed at nothing, where the garbage collector would delete the copy.
                     match uids.get(&src) {
                         Some(t) => {
                             o["uid"] = Value::String(t.clone());
                             true
-                        }
-                        // A member not created yet can only be an ownership cycle: keep the
-                        // reference out rather than point it at nothing.
-                        None if members.contains(&src) => {
-                            dropped += 1;
-                            false
                         }
                         None => {
                             dropped += 1;
@@ -1000,37 +1001,44 @@ impl<'a> Pivot<'a> {
         }
     }
 
-    /// After cutover: make sure everything is in the target, delete from the source (the
-    /// Cluster last), then unpause and complete the target.
-    async fn forward(
+    /// A run resumed after cutover: checks that everything is in the target and copies any
+    /// status an interrupted run did not, before [`Self::forward`] deletes anything.
+    async fn resume(
         &self,
         graph: &Graph,
         plan: &Plan,
         served: &HashMap<(String, String), Served>,
-        existing: Existing,
+        existing: &Existing,
         summary: &mut Summary,
     ) -> Result<(), PivotError> {
-        // A run resumed after cutover re-checks the target before deleting anything.
-        let missing = graph.members.iter().any(|u| !existing.contains_key(u));
-        if missing {
+        if graph.members.iter().any(|u| !existing.contains_key(u)) {
             return Err(PivotError::Verify(
                 "the target Cluster is marked cutover but objects are missing from the target; not deleting anything from the source".into(),
             ));
         }
         if self.opts.copy_status {
-            for group in &plan.groups {
-                for o in &group.objects {
-                    let st = served[&(o.api_version.clone(), o.kind.clone())];
-                    if st.status_subresource {
-                        let ar = graph.resource(o).expect("listed");
-                        summary.statuses += usize::from(
-                            self.copy_status(ar, o, &graph.nodes[&o.uid], &existing[&o.uid])
-                                .await?,
-                        );
-                    }
+            for o in plan.groups.iter().flat_map(|g| &g.objects) {
+                if served[&(o.api_version.clone(), o.kind.clone())].status_subresource {
+                    let ar = graph.resource(o).expect("listed");
+                    summary.statuses += usize::from(
+                        self.copy_status(ar, o, &graph.nodes[&o.uid], &existing[&o.uid])
+                            .await?,
+                    );
                 }
             }
         }
+        Ok(())
+    }
+
+    /// After cutover: delete from the source (the Cluster last), then unpause and complete the
+    /// target.
+    async fn forward(
+        &self,
+        graph: &Graph,
+        plan: &Plan,
+        existing: Existing,
+        summary: &mut Summary,
+    ) -> Result<(), PivotError> {
         let root = self.root(graph);
         // A ClusterClass that stays in the source (other clusters use it) is unpaused there
         // before anything is deleted, so that no crash can leave it paused.
@@ -1060,7 +1068,8 @@ impl<'a> Pivot<'a> {
             });
         }
         let target_root = &existing[&root.obj.uid];
-        self.complete(cluster_ar(graph, root), target_root).await
+        self.complete(graph.resource(&root.obj).expect("listed"), target_root)
+            .await
     }
 
     /// Releases an object's finalizers, then deletes it (only if its UID is still the one
@@ -1267,10 +1276,6 @@ impl<'a> Pivot<'a> {
         }
         Ok(deleted)
     }
-}
-
-fn cluster_ar<'g>(graph: &'g Graph, root: &Node) -> &'g ApiResource {
-    graph.resource(&root.obj).expect("listed")
 }
 
 /// The `spec.paused` value that undoes fledge's pause (`null` removes the field).
