@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use fledge_generator::cli::render_files;
-use fledge_generator::spec::{self, MAX_REQUEST_BYTES};
+use fledge_generator::spec::{self, MAX_REQUEST_BYTES, ProviderKind};
 use fledge_tests::crds::{SchemaSet, crds_dir, dirs_for};
 use fledge_tests::{missing, workspace_root};
 use serde::Deserialize;
@@ -29,7 +29,20 @@ fn docs(text: &str) -> Vec<Value> {
 
 #[test]
 fn golden_cases_cover_every_provider_and_capi_version() {
-    assert_eq!(case_dirs().len(), 12, "6 providers x 2 CAPI versions");
+    let names: Vec<String> = case_dirs()
+        .iter()
+        .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for provider in ProviderKind::ALL {
+        for capi in ["v1beta1", "v1beta2"] {
+            let want = format!("{}-{capi}", provider.as_str());
+            assert!(names.contains(&want), "no golden case {want} in {names:?}");
+        }
+    }
+    // Minimal requests (no machine block, empty named profile) render too.
+    for want in ["docker-minimal", "docker-empty-profile"] {
+        assert!(names.iter().any(|n| n == want), "no golden case {want}");
+    }
 }
 
 #[test]
@@ -115,7 +128,7 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
         failures.join("\n")
     );
     // Per case: FledgeCluster, Cluster, infra cluster, machine template, KCP.
-    assert_eq!(checked, 12 * 5);
+    assert_eq!(checked, case_dirs().len() * 5);
 }
 
 #[test]
@@ -321,4 +334,47 @@ fn no_credentials_in_examples_or_rendered_output() {
     // The scanner itself must notice a credential.
     assert!(!no_credentials("probe", "-----BEGIN OPENSSH PRIVATE KEY-----").is_empty());
     assert!(!no_credentials("probe", "users:\n  - name: x\n    passwd: abc\n").is_empty());
+}
+
+#[test]
+fn readme_machine_field_table_matches_the_providers() {
+    use fledge_generator::providers::{self, Need};
+    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let mut seen = 0;
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let Some(kind) = ProviderKind::ALL.iter().find(|k| cells[0] == k.as_str()) else {
+            continue;
+        };
+        if cells.len() != 9 {
+            continue;
+        }
+        let p = providers::get(*kind);
+        let r = p.machine_rules();
+        let mark = |n: Need| match n {
+            Need::Required => "R",
+            Need::Optional => "o",
+            Need::Unused => "-",
+        };
+        let first = |c: &str| c.split(' ').next().unwrap_or("").to_string();
+        let got: Vec<String> = cells[1..7].iter().map(|c| first(c)).collect();
+        let want = [
+            r.cpus,
+            r.memory_mib,
+            r.disk_gib.0,
+            r.instance_type,
+            r.vm_size,
+            r.machine_type,
+        ]
+        .map(|n| mark(n).to_string());
+        assert_eq!(got, want, "README machine table row for {}", kind.as_str());
+        if r.disk_gib.0 != Need::Unused {
+            assert!(cells[3].contains(&format!(">= {}", r.disk_gib.1)), "{line}");
+        }
+        let block_needed = want.iter().any(|m| m == "R");
+        assert_eq!(cells[7] == "required", block_needed, "{line}");
+        assert_eq!(cells[8] == "required", p.needs_endpoint(), "{line}");
+        seen += 1;
+    }
+    assert_eq!(seen, ProviderKind::ALL.len(), "one README row per provider");
 }

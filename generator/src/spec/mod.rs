@@ -1,6 +1,7 @@
 //! The `FledgeCluster` request: types, parsing, and validation into a [`CheckedCluster`].
 
 mod parse;
+mod salvage;
 mod scalars;
 mod sshkey;
 mod types;
@@ -377,7 +378,14 @@ fn validate_profile(p: &mut Problems, profile: &Profile) {
             "spec.profile",
             "must have either layers or clusterProfileRef, not both",
         ),
-        (None, true) => p.push("spec.profile", "must have layers, or a clusterProfileRef"),
+        // A named profile with no layers yet: the agent has nothing to install.
+        (None, true) => match &profile.name {
+            Some(n) => p.check("spec.profile.name", check_dns_label(n, 63)),
+            None => p.push(
+                "spec.profile",
+                "must have a name (a profile with no add-ons yet is written `profile: {name: base}`), layers, or a clusterProfileRef",
+            ),
+        },
         (None, false) => match &profile.name {
             Some(n) => p.check("spec.profile.name", check_dns_label(n, 63)),
             None => p.push("spec.profile.name", "is required for an inline profile"),

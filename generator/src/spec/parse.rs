@@ -1,7 +1,6 @@
 //! Reading a request file: size, encoding, YAML syntax, document shape, schema, then semantics.
 //! Every error names the file, and the line/column or the field path, and the rule.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -10,6 +9,7 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::salvage;
 use super::{
     CheckedCluster, FledgeCluster, FledgeClusterSpec, RequestMeta, types::API_VERSION, validate,
 };
@@ -188,11 +188,48 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
         Some(spec) => problems.extend(validator.validate(spec_schema(), spec, "spec")),
         None => push(&mut problems, "spec", "is required".to_string()),
     }
-    if !problems.is_empty() {
-        return Err(RequestError::many(label, problems));
+    if problems.is_empty() {
+        let (meta, spec) = typed(&top["metadata"], &top["spec"])
+            .map_err(|e| RequestError::one(label, format!("spec: {e}")))?;
+        return validate(&meta, &spec).map_err(|p| RequestError::many(label, sorted(p.0)));
     }
 
-    let meta_v = &top["metadata"];
+    // The structure is wrong somewhere: run the semantic checks on the parts that did parse, so
+    // that every problem is reported at once.
+    let mut metadata = top.get("metadata").cloned().unwrap_or(Value::Null);
+    let mut spec = top.get("spec").cloned().unwrap_or(Value::Null);
+    let changed = salvage::salvage(metadata_schema(), &mut metadata, "metadata", &problems)
+        .zip(salvage::salvage(
+            spec_schema(),
+            &mut spec,
+            "spec",
+            &problems,
+        ))
+        .map(|(mut a, b)| {
+            a.extend(b);
+            a
+        });
+    if let Some(changed) = changed
+        && let Ok((meta, spec)) = typed(&metadata, &spec)
+        && let Err(found) = validate(&meta, &spec)
+    {
+        for finding in found.0 {
+            if salvage::relevant(&finding, &changed) && !problems.contains(&finding) {
+                problems.push(finding);
+            }
+        }
+    }
+    Err(RequestError::many(label, sorted(problems)))
+}
+
+/// Orders problems by field path (stable, so one field's problems keep their order).
+fn sorted(mut problems: Vec<Violation>) -> Vec<Violation> {
+    problems.sort_by_key(|v| salvage::path_key(&v.path));
+    problems
+}
+
+/// The typed metadata and spec of a document that satisfies the schema.
+fn typed(meta_v: &Value, spec: &Value) -> Result<(RequestMeta, FledgeClusterSpec), String> {
     let meta = RequestMeta {
         name: meta_v["name"].as_str().unwrap_or_default().to_string(),
         namespace: meta_v
@@ -207,11 +244,11 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                     .collect()
             })
-            .unwrap_or_else(BTreeMap::new),
+            .unwrap_or_default(),
     };
-    let spec: FledgeClusterSpec = serde_json::from_value(top["spec"].clone())
-        .map_err(|e| RequestError::one(label, format!("spec: {e}")))?;
-    validate(&meta, &spec).map_err(|p| RequestError::many(label, p.0))
+    let spec: FledgeClusterSpec =
+        serde_json::from_value(spec.clone()).map_err(|e| e.to_string())?;
+    Ok((meta, spec))
 }
 
 fn yaml_error(e: &serde_yaml::Error) -> String {

@@ -271,7 +271,8 @@ pub struct ControlPlane {
     /// API server endpoint (a VIP or DNS name). Required for vSphere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<Endpoint>,
-    /// Machine size.
+    /// Machine size. Optional for providers that use none of the machine fields (docker).
+    #[serde(default)]
     pub machine: Machine,
 }
 
@@ -288,7 +289,7 @@ pub struct Endpoint {
 
 /// Machine size. Which of `instanceType`, `vmSize` and `machineType` is needed depends on the
 /// provider (AWS, Azure, GCP respectively).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
     /// CPUs (at least 2 for a control plane).
@@ -319,7 +320,8 @@ pub struct WorkerPool {
     pub name: String,
     /// Number of machines.
     pub replicas: i64,
-    /// Machine size.
+    /// Machine size. Optional for providers that use none of the machine fields (docker).
+    #[serde(default)]
     pub machine: Machine,
 }
 
@@ -358,7 +360,8 @@ pub struct Management {
     pub server: String,
 }
 
-/// `spec.profile`: inline layers, or a reference to a `ClusterProfile` in the same namespace.
+/// `spec.profile`: inline layers (possibly none yet: a named, empty profile), or a reference to
+/// a `ClusterProfile` in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Profile {
