@@ -12,6 +12,8 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiCapabilities, Scope};
 use serde_json::Value;
 
+use crate::spec::{CheckedCluster, FledgeCluster, PIVOT_ANNOTATION_PREFIX, pivot_state};
+
 /// The field manager fledge applies with.
 pub const FIELD_MANAGER: &str = "fledge";
 
@@ -280,6 +282,76 @@ pub async fn apply(
         results.push(applied);
     }
     Ok(results)
+}
+
+/// Why the cluster's Cluster API objects no longer belong on the management plane, if they do
+/// not: its FledgeCluster's status says the pivot started or completed (or that the agent got
+/// past the pivot), or its Cluster carries the pivot's annotations. An identity that may not
+/// read one of them (403), or a type the server does not serve, counts as "no sign".
+pub async fn pivoted(
+    target: &Target,
+    checked: &CheckedCluster,
+) -> Result<Option<String>, ApplyError> {
+    let ns = checked.namespace.as_str();
+    let name = checked.name.as_str();
+    let soft = |r: Result<Option<DynamicObject>, kube::Error>| match r {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Ok(None),
+        Err(source) => Err(ApplyError::Request {
+            object: format!("{ns}/{name}"),
+            source,
+        }),
+    };
+    let fc: Api<DynamicObject> = Api::namespaced_with(
+        target.client.clone(),
+        ns,
+        &ApiResource::erase::<FledgeCluster>(&()),
+    );
+    if let Some(fc) = soft(fc.get_opt(name).await)? {
+        let status = &fc.data["status"];
+        let state = status["pivot"]["state"].as_str().unwrap_or_default();
+        if [pivot_state::IN_PROGRESS, pivot_state::COMPLETE].contains(&state) {
+            return Ok(Some(format!("its FledgeCluster says the pivot is {state}")));
+        }
+        let phase = status["phase"].as_str().unwrap_or_default();
+        if POST_PIVOT_PHASES.contains(&phase) {
+            return Ok(Some(format!("its agent reports phase {phase}")));
+        }
+    }
+    let cluster = ApiResource {
+        group: "cluster.x-k8s.io".into(),
+        version: checked.capi.as_str().into(),
+        api_version: format!("cluster.x-k8s.io/{}", checked.capi.as_str()),
+        kind: "Cluster".into(),
+        plural: "clusters".into(),
+    };
+    let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &cluster);
+    if let Some(c) = soft(api.get_opt(name).await)? {
+        let marked = c
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .keys()
+            .any(|k| k.starts_with(PIVOT_ANNOTATION_PREFIX));
+        if marked {
+            return Ok(Some(
+                "its Cluster is being pivoted (pivot.fledge.dev annotations)".into(),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// The agent's phases that come after the pivot.
+const POST_PIVOT_PHASES: [&str; 4] = ["Pivoted", "ScaledOut", "AddonsReady", "Steady"];
+
+/// Of the management objects, what to apply once the cluster was pivoted: only its
+/// FledgeCluster (a new generation is the day-2 path; the agent picks it up).
+pub fn after_pivot(objects: Vec<Value>) -> Vec<Value> {
+    objects
+        .into_iter()
+        .filter(|o| o["apiVersion"] == crate::spec::API_VERSION && o["kind"] == "FledgeCluster")
+        .collect()
 }
 
 fn not_served(api_version: &str, kind: &str) -> ApplyError {

@@ -94,10 +94,17 @@ pub struct ApplyArgs {
     /// Kubeconfig of the management cluster; default: $KUBECONFIG, then ~/.kube/config.
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// "server": the server validates and admits every object but persists nothing;
-    /// "none": apply for real.
-    #[arg(long, value_name = "MODE", default_value = "none", num_args = 0..=1, default_missing_value = "server")]
+    /// As kubectl: "none" applies for real; "server" has the server validate and admit every
+    /// object but persist nothing; "client" only prints what would be applied. Written with
+    /// `=` (`--dry-run=server`); a bare `--dry-run` means server.
+    #[arg(long, value_name = "MODE", default_value = "none", num_args = 0..=1,
+          require_equals = true, default_missing_value = "server")]
     pub dry_run: DryRun,
+    /// Apply the Cluster API objects even though the cluster was pivoted into its workload
+    /// cluster. Without it, a pivoted cluster gets only its FledgeCluster (the day-2 path), so
+    /// that Cluster API on the management plane never launches a second first machine.
+    #[arg(long)]
+    pub force_management_objects: bool,
     /// First install fledge's own CRDs (needs cluster-wide rights on the management cluster).
     #[arg(long)]
     pub install_crds: bool,
@@ -114,6 +121,8 @@ pub struct ApplyArgs {
 pub enum DryRun {
     /// Apply for real.
     None,
+    /// Print what would be applied; contact no server.
+    Client,
     /// Server-side dry run.
     Server,
 }
@@ -269,6 +278,20 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
             .collect::<Result<Vec<_>, _>>()?;
         objects.splice(0..0, crds);
     }
+    if args.dry_run == DryRun::Client {
+        for o in &objects {
+            let api_version = o["apiVersion"].as_str().unwrap_or_default();
+            let group = api_version.split_once('/').map_or("", |(g, _)| g);
+            let kind = o["kind"].as_str().unwrap_or_default().to_lowercase();
+            let name = o["metadata"]["name"].as_str().unwrap_or_default();
+            if group.is_empty() {
+                println!("{kind}/{name} (dry run)");
+            } else {
+                println!("{kind}.{group}/{name} (dry run)");
+            }
+        }
+        return Ok(());
+    }
     let opts = crate::apply::ApplyOptions {
         dry_run: args.dry_run == DryRun::Server,
         force_conflicts: args.force_conflicts,
@@ -283,6 +306,16 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
+        crate::apply::check_reachable(&target).await?;
+        if !args.force_management_objects
+            && let Some(why) = crate::apply::pivoted(&target, &checked).await?
+        {
+            eprintln!(
+                "cluster {}/{} was pivoted into its workload cluster ({why}): applying only its FledgeCluster, whose new generation the agent picks up; --force-management-objects applies the Cluster API objects too",
+                checked.namespace, checked.name
+            );
+            objects = crate::apply::after_pivot(objects);
+        }
         let results =
             crate::apply::apply(&target, &objects, &opts, |a| println!("{a}{suffix}")).await?;
         let changed = results
@@ -386,5 +419,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    fn apply_args(args: &[&str]) -> ApplyArgs {
+        let cli = Cli::try_parse_from(["fledge", "apply"].iter().chain(args)).unwrap();
+        match cli.command {
+            Command::Apply(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dry_run_takes_its_mode_only_after_an_equals_sign_like_kubectl() {
+        // A bare --dry-run before the request does not swallow the request as its mode.
+        let a = apply_args(&["--dry-run", "cluster.yaml"]);
+        assert_eq!(a.request, PathBuf::from("cluster.yaml"));
+        assert_eq!(a.dry_run, DryRun::Server);
+        for (flag, mode) in [
+            ("--dry-run=server", DryRun::Server),
+            ("--dry-run=client", DryRun::Client),
+            ("--dry-run=none", DryRun::None),
+        ] {
+            assert_eq!(apply_args(&[flag, "c.yaml"]).dry_run, mode);
+        }
+        assert_eq!(apply_args(&["c.yaml"]).dry_run, DryRun::None);
+        assert!(Cli::try_parse_from(["fledge", "apply", "--dry-run=bogus", "c.yaml"]).is_err());
     }
 }

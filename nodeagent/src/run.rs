@@ -454,6 +454,8 @@ impl Sync {
             conditions,
             agent_version: Some(crate::VERSION.to_string()),
             last_seen: Some(now_s),
+            // Written by the pivot itself; a merge patch without it leaves it alone.
+            pivot: None,
         }
     }
 

@@ -85,7 +85,8 @@ pub async fn install_fledge_crds(client: &kube::Client) -> Result<usize, String>
     create_and_wait(client, own_crds()).await
 }
 
-async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<usize, String> {
+/// Creates CRDs (an existing one is left alone) and waits until all are Established.
+pub async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<usize, String> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut names = Vec::new();
     for crd in crds {

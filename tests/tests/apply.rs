@@ -183,7 +183,7 @@ async fn applying_twice_changes_nothing_and_fledge_crds_serve_status() {
     };
     let request = case(ProviderKind::Vsphere, CapiVersion::V1beta2);
     // Through the binary, as a user runs it.
-    let bin = env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge";
+    let bin = fledge_tests::binary("fledge");
     let run = || {
         std::process::Command::new(&bin)
             .args([
@@ -314,5 +314,135 @@ async fn unreachable_and_unauthorised_clusters_give_one_clear_error() {
     assert!(
         err.to_string().contains("fledge apply --install-crds"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
+    use fledge_agent::pivot::apply::{Options as PivotOptions, Pivot};
+    let Some((mgmt, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let Some(local) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let local_client = local.client().await;
+    install_crds(&local_client, &[core_dir(CapiVersion::V1beta2)])
+        .await
+        .unwrap();
+    let request = case(ProviderKind::Docker, CapiVersion::V1beta2);
+    let checked = load(&request);
+    let (ns, name) = (checked.namespace.as_str(), checked.name.as_str());
+    let bin = fledge_tests::binary("fledge");
+    let fledge_apply = |extra: &[&str]| {
+        let out = std::process::Command::new(&bin)
+            .args(["apply", request.to_str().unwrap(), "--kubeconfig"])
+            .arg(&mgmt.kubeconfig)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (out, _) = fledge_apply(&[]);
+    assert!(
+        out.contains("cluster.cluster.x-k8s.io/docker-demo created"),
+        "{out}"
+    );
+
+    let progress = |_: &fledge_agent::pivot::apply::Event| {};
+    Pivot::new(
+        &target.client,
+        &local_client,
+        ns,
+        name,
+        PivotOptions::default(),
+        &progress,
+    )
+    .run()
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let clusters = |c: &kube::Client| {
+        let c = c.clone();
+        async move {
+            let mut found = Vec::new();
+            for (kind, plural, group) in [
+                ("Cluster", "clusters", "cluster.x-k8s.io"),
+                (
+                    "KubeadmControlPlane",
+                    "kubeadmcontrolplanes",
+                    "controlplane.cluster.x-k8s.io",
+                ),
+            ] {
+                let ar = kube::api::ApiResource {
+                    group: group.into(),
+                    version: "v1beta2".into(),
+                    api_version: format!("{group}/v1beta2"),
+                    kind: kind.into(),
+                    plural: plural.into(),
+                };
+                let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), ns, &ar);
+                for o in api.list(&Default::default()).await.unwrap() {
+                    found.push(format!("{kind}/{}", o.metadata.name.unwrap_or_default()));
+                }
+            }
+            found
+        }
+    };
+    assert!(
+        clusters(&target.client).await.is_empty(),
+        "the pivot left objects"
+    );
+    assert_eq!(clusters(&local_client).await.len(), 2);
+    let fc: Api<FledgeCluster> = Api::namespaced(target.client.clone(), ns);
+    let marker = fc.get(name).await.unwrap().status.unwrap().pivot.unwrap();
+    assert_eq!(marker.state, "Complete");
+
+    // The same request again: only the FledgeCluster, and it says why.
+    let (out, err) = fledge_apply(&[]);
+    assert!(
+        err.contains("was pivoted into its workload cluster"),
+        "{err}"
+    );
+    assert!(
+        clusters(&target.client).await.is_empty(),
+        "fledge apply re-created Cluster API objects on the management plane: {out}"
+    );
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.contains("fledgecluster.fledge.dev/docker-demo"),
+        "{out}"
+    );
+    // A new generation (day-2 change) still reaches the FledgeCluster.
+    let before = fc.get(name).await.unwrap().metadata.generation;
+    let mut changed = std::fs::read_to_string(&request).unwrap();
+    changed = changed.replace("replicas: 1\n      machine", "replicas: 2\n      machine");
+    let dir = tempfile::tempdir().unwrap();
+    let changed_path = dir.path().join("input.yaml");
+    std::fs::write(&changed_path, changed).unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["apply", changed_path.to_str().unwrap(), "--kubeconfig"])
+        .arg(&mgmt.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fc.get(name).await.unwrap().metadata.generation > before);
+    assert!(clusters(&target.client).await.is_empty());
+    // The explicit override applies everything.
+    let (out, _) = fledge_apply(&["--force-management-objects"]);
+    assert!(
+        out.contains("cluster.cluster.x-k8s.io/docker-demo created"),
+        "{out}"
     );
 }

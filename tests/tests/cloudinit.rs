@@ -50,7 +50,10 @@ fn every_golden_user_data_passes_cloud_init_schema() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 12);
+    let cases = std::fs::read_dir(workspace_root().join("tests/cases"))
+        .unwrap()
+        .count();
+    assert_eq!(checked, cases, "every golden case has user-data");
 }
 
 #[test]
@@ -395,7 +398,7 @@ fn embedded_token_is_mode_0600_and_static_network_config_is_written() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let o = Command::new(env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge")
+    let o = Command::new(fledge_tests::binary("fledge"))
         .args([
             "render",
             "req.yaml",

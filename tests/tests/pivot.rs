@@ -353,8 +353,8 @@ fn assert_same(a: &BTreeMap<Key, Seen>, b: &BTreeMap<Key, Seen>) {
     }
 }
 
-fn agent_bin() -> String {
-    env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge-agent"
+fn agent_bin() -> std::path::PathBuf {
+    fledge_tests::binary("fledge-agent")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -749,4 +749,149 @@ async fn a_shared_cluster_class_is_paused_copied_and_kept_while_other_clusters_u
     let problems = capi::check_moved(&sc, &tc, ns, &all_before).await;
     assert!(problems.is_empty(), "{problems:#?}");
     assert!(get(&tc, ns, &key(CAPI, "Cluster", "t1")).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_shared_with_another_cluster_is_copied_and_kept_in_the_source() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "sharing";
+    namespace(&sc, ns).await;
+    let a = capi::cluster(&sc, ns, "a", f, 0).await;
+    let b = capi::cluster(&sc, ns, "b", f, 0).await;
+    let owner = |client: &kube::Client, k: Key| {
+        let client = client.clone();
+        async move {
+            let o = get(&client, ns, &k).await.unwrap();
+            (
+                k.kind.clone(),
+                k.name.clone(),
+                o.metadata.uid.clone().unwrap(),
+                k.api_version.clone(),
+            )
+        }
+    };
+    let ca = owner(&sc, cluster_key(f, "a")).await;
+    let cb = owner(&sc, cluster_key(f, "b")).await;
+    // A machine template both clusters own, and a Secret the template owns.
+    let (tmpl_key, tmpl) = capi::create(&sc, ns, json!({"apiVersion": f.infra, "kind": "DevMachineTemplate",
+        "metadata": {"name": "shared-workers"}, "spec": {"template": {"spec": {"backend": {"docker": {}}}}}}), &[&ca, &cb], None).await;
+    let (secret_key, _) = capi::create(
+        &sc,
+        ns,
+        json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared-workers-creds"}, "data": {"k": "eA=="}}),
+        &[&tmpl],
+        None,
+    )
+    .await;
+    let shared = vec![tmpl_key.clone(), secret_key.clone()];
+    let shared_before = capi::snapshot(&sc, ns, &shared).await;
+    let a_before = capi::snapshot(&sc, ns, &a).await;
+    let b_before = capi::snapshot(&sc, ns, &b).await;
+
+    let p = plan(&discover(&sc, ns, "a").await.unwrap(), ns, "a");
+    println!("{p}");
+    let kept: Vec<String> = p
+        .kept_in_source
+        .iter()
+        .map(|(o, _)| o.to_string())
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            "DevMachineTemplate/shared-workers",
+            "Secret/shared-workers-creds"
+        ],
+        "{p}"
+    );
+    assert!(
+        p.kept_in_source.iter().all(|(_, why)| why.contains("b")),
+        "{p}"
+    );
+
+    let (r, _) = run_pivot(&sc, &tc, ns, "a", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:#}"));
+    // a's own objects moved exactly (the shared ones are checked below).
+    let problems: Vec<String> = capi::check_moved(&sc, &tc, ns, &a_before)
+        .await
+        .into_iter()
+        .filter(|p| !p.contains("/shared-workers"))
+        .collect();
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The shared objects are still in the source for b (with b's owner), and copied.
+    for k in &shared {
+        let src = get(&sc, ns, k)
+            .await
+            .unwrap_or_else(|| panic!("{k} left the source"));
+        assert_eq!(
+            src.metadata.uid,
+            Some(shared_before[k].uid.clone()),
+            "{k} was re-created"
+        );
+        assert!(get(&tc, ns, k).await.is_some(), "{k} not copied");
+    }
+    let src_tmpl = get(&sc, ns, &tmpl_key).await.unwrap();
+    assert!(
+        src_tmpl
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.uid == cb.2),
+        "b's owner reference is gone from the source template"
+    );
+    assert_same(&b_before, &capi::snapshot(&sc, ns, &b).await);
+    // A rollback of a later pivot never deletes them from the target: covered by the plan's
+    // shared set; here, the second cluster moves and the shared objects leave the source.
+    let (r, _) = run_pivot(&sc, &tc, ns, "b", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:?}"));
+    for k in &shared {
+        assert!(get(&sc, ns, k).await.is_none(), "{k} still in the source");
+        assert!(get(&tc, ns, k).await.is_some(), "{k} not in the target");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_survives_for_a_type_without_a_status_subresource() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "widgets";
+    namespace(&sc, ns).await;
+    // A provider type clusterctl would move (move label on the CRD), with no status subresource.
+    let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.addons.example.fledge.dev", "labels": {"clusterctl.cluster.x-k8s.io/move": ""}},
+        "spec": {"group": "addons.example.fledge.dev", "scope": "Namespaced",
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget", "listKind": "WidgetList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+    for c in [&sc, &tc] {
+        fledge_tests::install::create_and_wait(c, vec![crd.clone()])
+            .await
+            .unwrap();
+    }
+    capi::cluster(&sc, ns, "w", f, 0).await;
+    let status = json!({"ready": true, "observed": {"size": 3}});
+    let (wk, _) = capi::create(
+        &sc,
+        ns,
+        json!({"apiVersion": "addons.example.fledge.dev/v1", "kind": "Widget",
+        "metadata": {"name": "w-widget", "labels": {"cluster.x-k8s.io/cluster-name": "w"}},
+        "spec": {"size": 3}, "status": status}),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(get(&sc, ns, &wk).await.unwrap().data["status"], status);
+    let (r, _) = run_pivot(&sc, &tc, ns, "w", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:#}"));
+    let moved = get(&tc, ns, &wk).await.expect("widget moved");
+    assert_eq!(moved.data["status"], status, "status lost in the target");
+    assert!(get(&sc, ns, &wk).await.is_none());
 }

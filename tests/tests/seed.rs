@@ -252,7 +252,7 @@ fn render_with_seed_writes_the_image_next_to_user_data() {
     }
     let dir = tempfile::tempdir().unwrap();
     let request = fledge_tests::workspace_root().join("examples/gcp.yaml");
-    let o = Command::new(env!("CARGO_MANIFEST_DIR").to_string() + "/../target/debug/fledge")
+    let o = Command::new(fledge_tests::binary("fledge"))
         .args([
             "render",
             request.to_str().unwrap(),

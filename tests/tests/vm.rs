@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fledge_tests::{missing, workspace_root};
+use fledge_tests::missing;
 
 fn vm_dir() -> PathBuf {
     std::env::var_os("FLEDGE_VM_DIR")
@@ -114,9 +114,8 @@ fn agent_baked_into_an_image_starts_under_systemd_once_cloud_init_installs_its_c
         );
         return;
     }
-    let root = workspace_root();
-    let agent = root.join("target/debug/fledge-agent");
-    let fledge = root.join("target/debug/fledge");
+    let agent = fledge_tests::binary("fledge-agent");
+    let fledge = fledge_tests::binary("fledge");
     assert!(
         agent.is_file() && fledge.is_file(),
         "build the workspace first"

@@ -460,7 +460,36 @@ pub struct FledgeClusterStatus {
     /// When the agent last reported (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<String>,
+    /// The pivot's progress, written by the pivot itself before its first write to the
+    /// management plane: while it is `InProgress` or `Complete`, `fledge apply` leaves the
+    /// Cluster API objects alone (they live in the workload cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pivot: Option<PivotStatus>,
 }
+
+/// `status.pivot`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PivotStatus {
+    /// `InProgress`, `Complete` or `RolledBack`.
+    pub state: String,
+    /// When the state was entered (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// `status.pivot.state` values.
+pub mod pivot_state {
+    /// The pivot has started writing; the management objects may be half gone.
+    pub const IN_PROGRESS: &str = "InProgress";
+    /// The cluster's objects live in the workload cluster.
+    pub const COMPLETE: &str = "Complete";
+    /// The pivot failed before cutover and put everything back.
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
+/// The prefix of the annotations the pivot puts on the objects it moves.
+pub const PIVOT_ANNOTATION_PREFIX: &str = "pivot.fledge.dev/";
 
 /// A status condition.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -27,6 +27,8 @@ use kube::api::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use fledge_generator::spec::pivot_state;
+
 use super::ObjRef;
 use super::discover::{DiscoverError, Graph, Node, discover};
 use super::plan::{Plan, plan};
@@ -319,6 +321,28 @@ pub struct Pivot<'a> {
 /// What the target holds of this pivot, by source UID.
 type Existing = HashMap<String, DynamicObject>;
 
+/// Marks as shared the members whose copy in the target already serves another cluster (an
+/// earlier pivot copied it there, and it has an owner that is not one of this pivot's copies):
+/// this pivot adds its owners to them and a rollback never deletes them.
+fn shared_in_target(graph: &mut Graph, existing: &Existing) {
+    let ours: BTreeSet<&str> = existing
+        .values()
+        .filter_map(|o| o.metadata.uid.as_deref())
+        .collect();
+    let serving_others: Vec<String> = existing
+        .iter()
+        .filter(|(_, o)| {
+            o.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|r| !ours.contains(r.uid.as_str()))
+        })
+        .map(|(src, _)| src.clone())
+        .collect();
+    graph.shared.extend(serving_others);
+}
+
 impl<'a> Pivot<'a> {
     /// A pivot of `namespace/cluster` from `source` to `target`.
     pub fn new(
@@ -346,7 +370,7 @@ impl<'a> Pivot<'a> {
     pub async fn run(&self) -> Result<Summary, PivotError> {
         let started = Instant::now();
         let mut summary = Summary::default();
-        let graph = match discover(self.source, self.namespace, self.cluster).await {
+        let mut graph = match discover(self.source, self.namespace, self.cluster).await {
             Ok(g) => g,
             Err(DiscoverError::NoCluster { .. }) => {
                 // Either the pivot completed (or got past deleting the source Cluster), or there
@@ -360,6 +384,8 @@ impl<'a> Pivot<'a> {
         let plan = plan(&graph, self.namespace, self.cluster);
         let served = self.check_target(&plan).await?;
         let existing = self.existing(&graph, &plan).await?;
+        shared_in_target(&mut graph, &existing);
+        let graph = graph;
         let past_cutover = existing
             .get(&self.root(&graph).obj.uid)
             .and_then(|c| c.metadata.annotations.as_ref()?.get(STATE).cloned())
@@ -627,6 +653,7 @@ impl<'a> Pivot<'a> {
     ) -> Result<Existing, PivotError> {
         let root = self.root(graph);
         self.ensure_namespace().await?;
+        self.mark_source(pivot_state::IN_PROGRESS).await?;
         let we_paused = self.pause_source(graph).await?;
         let we_paused = we_paused.as_deref();
         self.pause_class(graph).await?;
@@ -645,12 +672,22 @@ impl<'a> Pivot<'a> {
                         let ar = graph.resource(o).expect("planned types are listed");
                         let st = served[&(o.api_version.clone(), o.kind.clone())];
                         let (obj, created, dropped) = match known {
+                            // A shared object an earlier pivot copied: this cluster's owners
+                            // join the ones already there.
+                            Some(obj) if graph.shared.contains(&o.uid) => {
+                                (self.add_owners(ar, node, obj, uids).await?, false, 0)
+                            }
                             Some(obj) => (obj, false, 0),
                             None => {
-                                let (body, dropped) =
-                                    self.target_body(node, uids, is_root, we_paused);
+                                let (body, dropped) = self.target_body(
+                                    node,
+                                    uids,
+                                    is_root,
+                                    we_paused,
+                                    st.status_subresource,
+                                );
                                 if dropped > 0 {
-                                    tracing::warn!(object = %o, dropped, "ownerReferences to objects that exist nowhere are dropped in the target");
+                                    tracing::warn!(object = %o, dropped, "ownerReferences to objects that are not moved are dropped in the target");
                                 }
                                 (self.create(ar, o, body).await?, true, dropped)
                             }
@@ -822,12 +859,15 @@ impl<'a> Pivot<'a> {
     }
 
     /// The object to create in the target, and how many ownerReferences were dropped.
+    /// `status` stays in the body when the target's type has no status subresource (the
+    /// apiserver keeps it from the create then, and there is no other way to write it).
     fn target_body(
         &self,
         node: &Node,
         uids: &HashMap<String, String>,
         is_root: bool,
         we_paused: Option<&str>,
+        status_subresource: bool,
     ) -> (Value, usize) {
         let mut v = node.data.clone();
         let mut dropped = 0;
@@ -884,10 +924,62 @@ impl<'a> Pivot<'a> {
             // A ClusterClass fledge paused in the source: its copy is not paused.
             ann.remove(CLASS_PAUSED);
         }
-        if let Some(o) = v.as_object_mut() {
+        if let Some(o) = v.as_object_mut()
+            && (status_subresource || !self.opts.copy_status)
+        {
             o.remove("status");
         }
         (v, dropped)
+    }
+
+    /// Adds to a target object the owners its source has that are now in the target but not yet
+    /// among its ownerReferences (a shared object copied by an earlier pivot of another cluster).
+    /// Only one owner may be the controller.
+    async fn add_owners(
+        &self,
+        ar: &ApiResource,
+        node: &Node,
+        obj: DynamicObject,
+        uids: &HashMap<String, String>,
+    ) -> Result<DynamicObject, PivotError> {
+        let mut owners: Vec<Value> = obj
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter_map(|o| serde_json::to_value(o).ok())
+            .collect();
+        let has_controller = owners.iter().any(|o| o["controller"] == true);
+        let mut added = 0;
+        for src in node.data["metadata"]["ownerReferences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let Some(t) = src["uid"].as_str().and_then(|u| uids.get(u)) else {
+                continue;
+            };
+            if owners.iter().any(|o| o["uid"] == t.as_str()) {
+                continue;
+            }
+            let mut o = src.clone();
+            o["uid"] = Value::String(t.clone());
+            if has_controller {
+                o["controller"] = Value::Bool(false);
+            }
+            owners.push(o);
+            added += 1;
+        }
+        if added == 0 {
+            return Ok(obj);
+        }
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api = self.api(self.target, ar);
+        let patch = json!({"metadata": {"ownerReferences": owners}});
+        self.merge(&api, &name, &patch, || {
+            format!("adding owners to the target {}", node.obj)
+        })
+        .await
     }
 
     async fn create(
@@ -987,7 +1079,13 @@ impl<'a> Pivot<'a> {
                 .flatten()
                 .map(|o| o.uid.as_str())
                 .collect();
-            if want != have {
+            // A shared object may also have owners from clusters pivoted before this one.
+            let owners_ok = if graph.shared.contains(uid) {
+                want.is_subset(&have)
+            } else {
+                want == have
+            };
+            if !owners_ok {
                 problems.push(format!("{} has owners {have:?}, expected {want:?}", n.obj));
             }
         }
@@ -1142,6 +1240,45 @@ impl<'a> Pivot<'a> {
         }
     }
 
+    /// Records the pivot's state in the source FledgeCluster's status (`status.pivot`), so
+    /// that `fledge apply` on the management plane stops applying the Cluster API objects once
+    /// the pivot has started. Without a FledgeCluster of the cluster's name (a plain Cluster
+    /// API cluster) or the right to write its status, there is nothing to mark.
+    async fn mark_source(&self, state: &str) -> Result<(), PivotError> {
+        use fledge_generator::spec::FledgeCluster;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.source.clone(),
+            self.namespace,
+            &ApiResource::erase::<FledgeCluster>(&()),
+        );
+        let patch = json!({"status": {"pivot": {
+            "state": state,
+            "lastTransitionTime": crate::fsutil::now_rfc3339(),
+        }}});
+        let r = self
+            .retry(
+                || {
+                    format!(
+                        "recording pivot state {state} on FledgeCluster {}",
+                        self.cluster
+                    )
+                },
+                || async {
+                    api.patch_status(self.cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                },
+            )
+            .await;
+        match r {
+            Err(PivotError::Request { source, .. })
+                if is_status(&source, 404) || is_status(&source, 403) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
     /// Unpauses the target Cluster if fledge paused it, and marks it complete.
     async fn complete(
         &self,
@@ -1164,6 +1301,7 @@ impl<'a> Pivot<'a> {
             format!("unpausing the target Cluster {name}")
         })
         .await?;
+        self.mark_source(pivot_state::COMPLETE).await?;
         (self.progress)(&Event::Completed);
         Ok(())
     }
@@ -1216,7 +1354,14 @@ impl<'a> Pivot<'a> {
     /// Undoes a failure before cutover: deletes what this pivot created in the target and
     /// unpauses the source if fledge paused it. Returns the error to report.
     async fn roll_back(&self, graph: &Graph, plan: &Plan, cause: PivotError) -> PivotError {
-        match self.try_roll_back(graph, plan).await {
+        let rolled_back = match self.try_roll_back(graph, plan).await {
+            Ok(deleted) => self
+                .mark_source(pivot_state::ROLLED_BACK)
+                .await
+                .map(|()| deleted),
+            Err(e) => Err(e),
+        };
+        match rolled_back {
             Ok(deleted) => {
                 (self.progress)(&Event::RolledBack { deleted });
                 PivotError::RolledBack(Box::new(cause))

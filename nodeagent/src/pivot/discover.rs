@@ -328,7 +328,7 @@ fn cluster_class(g: &mut Graph, root: &str, namespace: &str) {
             );
         }
     }
-    g.shared = shared;
+    g.shared.extend(shared);
 }
 
 /// Every (kind, name) pair named in a value (template references and the like).
@@ -350,13 +350,25 @@ fn label<'a>(n: &'a Node, key: &str) -> Option<&'a str> {
     n.data["metadata"]["labels"][key].as_str()
 }
 
-/// Computes the members: the Cluster, objects labelled with its name, the objects its refs name,
-/// its soft-owned Secrets, and everything owned (transitively) by a member. Objects labelled for
-/// another cluster are excluded even when something links to them.
-fn membership(g: &mut Graph, root: &str, cluster: &str) {
-    let other_cluster = |n: &Node| label(n, CLUSTER_NAME_LABEL).is_some_and(|c| c != cluster);
-    let mut members = BTreeSet::from([root.to_string()]);
-    let cluster_data = g.nodes[root].data.clone();
+/// The Cluster objects of the graph: (uid, name).
+fn clusters(g: &Graph) -> Vec<(String, String)> {
+    g.nodes
+        .values()
+        .filter(|n| n.obj.kind == "Cluster" && n.obj.api_version.starts_with("cluster.x-k8s.io/"))
+        .map(|n| (n.obj.uid.clone(), n.obj.name.clone()))
+        .collect()
+}
+
+/// The objects linked to one cluster: its Cluster, objects labelled with its name, the objects
+/// its refs name, its soft-owned Secrets, and everything owned (transitively) by one of these.
+/// An object labelled for another cluster can be linked (something of this cluster owns it), but
+/// what it owns is not pulled in through it; another Cluster object never is.
+fn linked(g: &Graph, root: &str, cluster: &str) -> BTreeSet<String> {
+    let foreign = |n: &Node| label(n, CLUSTER_NAME_LABEL).is_some_and(|c| c != cluster);
+    let is_cluster =
+        |n: &Node| n.obj.kind == "Cluster" && n.obj.api_version.starts_with("cluster.x-k8s.io/");
+    let mut set = BTreeSet::from([root.to_string()]);
+    let cluster_data = &g.nodes[root].data;
     let refs: Vec<(String, String)> = ["infrastructureRef", "controlPlaneRef"]
         .iter()
         .filter_map(|r| {
@@ -376,34 +388,78 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
         let by_ref = refs
             .iter()
             .any(|(k, name)| &n.obj.kind == k && &n.obj.name == name);
-        if soft || by_label || by_ref {
-            members.insert(n.obj.uid.clone());
+        if (soft || by_label || by_ref) && !is_cluster(n) {
+            set.insert(n.obj.uid.clone());
         }
     }
     loop {
-        let before = members.len();
+        let before = set.len();
         for n in g.nodes.values() {
-            if !members.contains(&n.obj.uid)
-                && !other_cluster(n)
-                && n.owners.iter().any(|o| members.contains(&o.uid))
-            {
-                members.insert(n.obj.uid.clone());
+            if set.contains(&n.obj.uid) || is_cluster(n) {
+                continue;
+            }
+            let through_ours = n
+                .owners
+                .iter()
+                .any(|o| set.contains(&o.uid) && g.nodes.get(&o.uid).is_some_and(|n| !foreign(n)));
+            if through_ours {
+                set.insert(n.obj.uid.clone());
             }
         }
-        if members.len() == before {
+        if set.len() == before {
             break;
         }
     }
-    for n in g.nodes.values() {
-        if other_cluster(n) && members.contains(&n.obj.uid) {
-            members.remove(&n.obj.uid);
+    set
+}
+
+/// Computes the members (see [`linked`]). A member also linked to another cluster of the
+/// namespace (by an owner, its label or a reference) is shared: copied to the target, kept in the
+/// source, and never deleted from the target on rollback.
+fn membership(g: &mut Graph, root: &str, cluster: &str) {
+    let mut members = linked(g, root, cluster);
+    let others: Vec<(String, BTreeSet<String>)> = clusters(g)
+        .into_iter()
+        .filter(|(uid, _)| uid != root)
+        .map(|(uid, name)| {
+            let set = linked(g, &uid, &name);
+            (name, set)
+        })
+        .collect();
+    for uid in &members {
+        if uid == root {
+            continue;
         }
+        let n = &g.nodes[uid];
+        let mut users: BTreeSet<&str> = others
+            .iter()
+            .filter(|(_, set)| set.contains(uid))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if let Some(other) = label(n, CLUSTER_NAME_LABEL).filter(|c| *c != cluster) {
+            users.insert(other);
+        }
+        if !users.is_empty() {
+            let users: Vec<&str> = users.into_iter().collect();
+            g.shared.insert(uid.clone());
+            g.keep.insert(
+                uid.clone(),
+                format!(
+                    "also belongs to cluster {} (owner, label or reference)",
+                    users.join(", ")
+                ),
+            );
+        }
+    }
+    for n in g.nodes.values() {
         // A service-account token belongs to the cluster that issued it (the agent's own
         // management identity is one): moving it would revoke it and mean nothing in the target.
         if n.obj.kind == "Secret"
             && n.data["type"] == "kubernetes.io/service-account-token"
             && members.remove(&n.obj.uid)
         {
+            g.shared.remove(&n.obj.uid);
+            g.keep.remove(&n.obj.uid);
             g.excluded.push((
                 n.obj.clone(),
                 "service-account token: it stays with the cluster that issued it".into(),
@@ -422,4 +478,231 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
         }
     }
     g.members = members;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// (kind, name, cluster label, owner names, spec)
+    type Row<'a> = (&'a str, &'a str, Option<&'a str>, &'a [&'a str], Value);
+
+    fn api_version(kind: &str) -> &'static str {
+        match kind {
+            "Secret" | "ConfigMap" => "v1",
+            "KubeadmControlPlane" => "controlplane.cluster.x-k8s.io/v1beta2",
+            "KubeadmConfig" | "KubeadmConfigTemplate" => "bootstrap.cluster.x-k8s.io/v1beta2",
+            k if k.starts_with("Dev") => "infrastructure.cluster.x-k8s.io/v1beta2",
+            _ => "cluster.x-k8s.io/v1beta2",
+        }
+    }
+
+    /// A graph from rows; an object's uid is `uid-<kind>-<name>`, owners are named by
+    /// `Kind/name`.
+    fn graph(rows: &[Row]) -> Graph {
+        let uid = |kn: &str| format!("uid-{}", kn.replace('/', "-"));
+        let mut g = Graph::default();
+        for (kind, name, cluster, owners, spec) in rows {
+            let mut data = json!({"apiVersion": api_version(kind), "kind": kind,
+                "metadata": {"name": name}, "spec": spec});
+            if let Some(c) = cluster {
+                data["metadata"]["labels"] = json!({CLUSTER_NAME_LABEL: c});
+            }
+            if *kind == "Secret" && spec["type"].is_string() {
+                data["type"] = spec["type"].clone();
+            }
+            let node = Node {
+                obj: ObjRef {
+                    api_version: api_version(kind).into(),
+                    kind: kind.to_string(),
+                    name: name.to_string(),
+                    uid: uid(&format!("{kind}/{name}")),
+                },
+                owners: owners
+                    .iter()
+                    .map(|o| {
+                        let (k, n) = o.split_once('/').unwrap();
+                        OwnerRef {
+                            kind: k.into(),
+                            name: n.into(),
+                            uid: uid(o),
+                        }
+                    })
+                    .collect(),
+                data,
+            };
+            g.nodes.insert(node.obj.uid.clone(), node);
+        }
+        g
+    }
+
+    fn cluster_spec(name: &str) -> Value {
+        json!({"controlPlaneRef": {"kind": "KubeadmControlPlane", "name": format!("{name}-cp")},
+               "infrastructureRef": {"kind": "DevCluster", "name": name}})
+    }
+
+    /// Runs membership for `cluster`; returns (members, kept in the source) as `Kind/name`.
+    fn members_of(rows: &[Row], cluster: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
+        let mut g = graph(rows);
+        let root = format!("uid-Cluster-{cluster}");
+        membership(&mut g, &root, cluster);
+        let name = |uid: &String| {
+            let o = &g.nodes[uid].obj;
+            format!("{}/{}", o.kind, o.name)
+        };
+        let members = g.members.iter().map(name).collect();
+        let keep = g
+            .keep
+            .iter()
+            .map(|(u, why)| (name(u), why.clone()))
+            .collect();
+        (members, keep)
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn membership_table() {
+        struct Case<'a> {
+            name: &'a str,
+            rows: Vec<Row<'a>>,
+            cluster: &'a str,
+            members: &'a [&'a str],
+            kept: &'a [(&'a str, &'a str)],
+        }
+        let cases = [
+            Case {
+                name: "a template owned by two clusters is copied and kept in the source",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("Cluster", "b", None, &[], cluster_spec("b")),
+                    (
+                        "DevMachineTemplate",
+                        "shared",
+                        None,
+                        &["Cluster/a", "Cluster/b"],
+                        json!({}),
+                    ),
+                    (
+                        "Secret",
+                        "shared-creds",
+                        None,
+                        &["DevMachineTemplate/shared"],
+                        json!({}),
+                    ),
+                ],
+                cluster: "a",
+                members: &[
+                    "Cluster/a",
+                    "DevMachineTemplate/shared",
+                    "Secret/shared-creds",
+                ],
+                kept: &[
+                    ("DevMachineTemplate/shared", "b"),
+                    ("Secret/shared-creds", "b"),
+                ],
+            },
+            Case {
+                name: "prefix-named clusters stay apart",
+                rows: vec![
+                    ("Cluster", "web", None, &[], cluster_spec("web")),
+                    ("Cluster", "web-2", None, &[], cluster_spec("web-2")),
+                    (
+                        "KubeadmControlPlane",
+                        "web-cp",
+                        Some("web"),
+                        &["Cluster/web"],
+                        json!({}),
+                    ),
+                    (
+                        "KubeadmControlPlane",
+                        "web-2-cp",
+                        Some("web-2"),
+                        &["Cluster/web-2"],
+                        json!({}),
+                    ),
+                    ("Secret", "web-ca", None, &[], json!({})),
+                    ("Secret", "web-2-ca", None, &[], json!({})),
+                    ("Secret", "web-2-kubeconfig", None, &[], json!({})),
+                    ("DevCluster", "web-2", None, &["Cluster/web-2"], json!({})),
+                ],
+                cluster: "web",
+                members: &["Cluster/web", "KubeadmControlPlane/web-cp", "Secret/web-ca"],
+                kept: &[],
+            },
+            Case {
+                name: "an object labelled for another cluster but owned by this one is kept",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("Cluster", "b", None, &[], cluster_spec("b")),
+                    ("ConfigMap", "odd", Some("b"), &["Cluster/a"], json!({})),
+                    (
+                        "Secret",
+                        "child-of-odd",
+                        None,
+                        &["ConfigMap/odd"],
+                        json!({}),
+                    ),
+                ],
+                cluster: "a",
+                members: &["Cluster/a", "ConfigMap/odd"],
+                kept: &[("ConfigMap/odd", "b")],
+            },
+            Case {
+                name: "the other cluster's refs make an object shared",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    (
+                        "Cluster",
+                        "b",
+                        None,
+                        &[],
+                        json!({"infrastructureRef": {"kind": "DevCluster", "name": "a"}}),
+                    ),
+                    ("DevCluster", "a", None, &["Cluster/a"], json!({})),
+                ],
+                cluster: "a",
+                members: &["Cluster/a", "DevCluster/a"],
+                kept: &[("DevCluster/a", "b")],
+            },
+            Case {
+                name: "a service-account token is never moved, another Cluster never pulled in",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("Cluster", "b", None, &["Cluster/a"], cluster_spec("b")),
+                    (
+                        "Secret",
+                        "a-agent-token",
+                        Some("a"),
+                        &[],
+                        json!({"type": "kubernetes.io/service-account-token"}),
+                    ),
+                ],
+                cluster: "a",
+                members: &["Cluster/a"],
+                kept: &[],
+            },
+        ];
+        for case in cases {
+            let (members, kept) = members_of(&case.rows, case.cluster);
+            assert_eq!(members, set(case.members), "{}", case.name);
+            assert_eq!(
+                kept.keys().cloned().collect::<BTreeSet<_>>(),
+                case.kept.iter().map(|(o, _)| o.to_string()).collect(),
+                "{}",
+                case.name
+            );
+            for (o, other) in case.kept {
+                assert!(
+                    kept[*o].contains(&format!("cluster {other}")),
+                    "{}: {o}: {}",
+                    case.name,
+                    kept[*o]
+                );
+            }
+        }
+    }
 }

@@ -105,11 +105,12 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
     }
     let mut skipped = g.excluded.clone();
     skipped.sort();
-    let kept_in_source = g
+    let mut kept_in_source: Vec<(ObjRef, String)> = g
         .keep
         .iter()
         .map(|(uid, why)| (g.nodes[uid].obj.clone(), why.clone()))
         .collect();
+    kept_in_source.sort_by(|a, b| (&a.0.kind, &a.0.name).cmp(&(&b.0.kind, &b.0.name)));
     Plan {
         namespace: namespace.into(),
         cluster: cluster.into(),
