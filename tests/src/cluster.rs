@@ -1,10 +1,12 @@
 //! Real Kubernetes API servers for tests: etcd + kube-apiserver (and optionally
-//! kube-controller-manager) v1.20.2 on free loopback ports, with a throw-away CA and token.
+//! kube-controller-manager) on free loopback ports, with a throw-away CA and token, and an audit
+//! log of every request at Metadata level (`TestCluster::audit_log`).
 //!
-//! The binaries come from `scripts/test-assets.sh` (`$FLEDGE_ASSETS_BIN`, else
-//! `~/.cache/fledge/k8s-1.20.2/bin`). Several clusters can run at once; each owns its
-//! processes and its temporary directory, and dropping it stops the processes by PID
-//! (controller-manager, then apiserver, then etcd) and removes the directory.
+//! The binaries come from `scripts/go-peers.sh` (kube-apiserver v1.34, etcd 3.6, built from
+//! their Go modules; `$FLEDGE_ASSETS_BIN`, else `~/.cache/fledge/peers/current`). Several
+//! clusters can run at once; each owns its processes and its temporary directory, and dropping
+//! it stops the processes by PID (controller-manager, then apiserver, then etcd) and removes the
+//! directory.
 
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -16,7 +18,7 @@ use base64::Engine;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// The script that builds the assets, named in every "missing asset" message.
-pub const ASSETS_SCRIPT: &str = "scripts/test-assets.sh";
+pub const ASSETS_SCRIPT: &str = "scripts/go-peers.sh";
 
 /// Errors starting or talking to a test cluster.
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +62,36 @@ pub fn assets_bin() -> PathBuf {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/fledge/k8s-1.20.2/bin")
+    home.join(".cache/fledge/peers/current")
+}
+
+/// Whether the apiserver is the old Debian 1.20 build (no CEL, no strict field validation).
+pub fn old_apiserver() -> bool {
+    apiserver_minor() < 24
+}
+
+/// The minor version of the kube-apiserver in [`assets_bin`] (20 for the old Debian build,
+/// which needs `--insecure-port=0` and the old controller-manager flags).
+fn apiserver_minor() -> u32 {
+    // (see old_apiserver)
+    static MINOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *MINOR.get_or_init(|| {
+        let out = Command::new(assets_bin().join("kube-apiserver"))
+            .arg("--version")
+            .output();
+        out.ok()
+            .and_then(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned();
+                text.trim()
+                    .rsplit('v')
+                    .next()?
+                    .split('.')
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(34)
+    })
 }
 
 /// What to start.
@@ -273,6 +304,11 @@ impl TestCluster {
         Ok(cluster)
     }
 
+    /// The apiserver's audit log (JSON lines, one event per request at Metadata level).
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir().join("audit.log")
+    }
+
     /// The cluster's working directory (certificates, logs, etcd data).
     pub fn dir(&self) -> &Path {
         self.dir
@@ -330,7 +366,6 @@ impl TestCluster {
             "--bind-address=127.0.0.1".into(),
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={}", self.secure_port),
-            "--insecure-port=0".into(),
             format!("--cert-dir={}", p("certs")),
             format!("--tls-cert-file={}", p("server.crt")),
             format!("--tls-private-key-file={}", p("server.key")),
@@ -344,6 +379,20 @@ impl TestCluster {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
+        if apiserver_minor() < 24 {
+            args.push("--insecure-port=0".into());
+        } else {
+            std::fs::write(
+                d.join("audit-policy.yaml"),
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+            )?;
+            args.extend([
+                format!("--audit-policy-file={}", p("audit-policy.yaml")),
+                format!("--audit-log-path={}", p("audit.log")),
+                "--audit-log-format=json".into(),
+                "--audit-log-mode=blocking".into(),
+            ]);
+        }
         args.extend(self.opts.extra_apiserver_args.iter().cloned());
         self.apiserver = Some(self.spawn("kube-apiserver", &args)?);
         let client = self.client_raw().await?;
@@ -365,18 +414,20 @@ impl TestCluster {
     pub fn start_controller_manager(&mut self) -> Result<(), HarnessError> {
         let d = self.dir().to_path_buf();
         let p = |f: &str| d.join(f).display().to_string();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--controllers=garbagecollector,namespace,serviceaccount-token".into(),
             format!("--service-account-private-key-file={}", p("sa.key")),
             format!("--root-ca-file={}", p("ca.crt")),
             "--leader-elect=false".into(),
-            "--port=0".into(),
             "--secure-port=0".into(),
             "--use-service-account-credentials=false".into(),
             "--concurrent-gc-syncs=5".into(),
             "--v=1".into(),
         ];
+        if apiserver_minor() < 24 {
+            args.push("--port=0".into());
+        }
         self.controller_manager = Some(self.spawn("kube-controller-manager", &args)?);
         Ok(())
     }

@@ -1,5 +1,6 @@
-//! Installing CRDs into a test cluster: the upstream Cluster API CRDs (with the small
-//! compatibility pass Kubernetes 1.20 needs, and clusterctl's labels) and fledge's own.
+//! Installing CRDs into a test cluster: the upstream Cluster API CRDs as released (with
+//! clusterctl's labels; the old 1.20 apiserver also gets a small compatibility pass) and
+//! fledge's own.
 
 use std::time::{Duration, Instant};
 
@@ -12,8 +13,8 @@ use crate::crds::{crds_dir, own_crds, read_dir};
 
 /// Rewrites a current CRD so that Kubernetes 1.20 accepts it: drops `default: ""` (1.20
 /// rejects it as null), `x-kubernetes-validations` and `selectableFields` (1.20 cannot handle
-/// them), and labels it as `clusterctl init` would.
-pub fn compat_1_20(mut crd: Value, provider_label: &str) -> Value {
+/// them). Only for the old Debian build; the current apiserver takes the CRDs as they are.
+pub fn compat_1_20(mut crd: Value) -> Value {
     fn scrub(v: &mut Value) {
         match v {
             Value::Object(m) => {
@@ -29,6 +30,12 @@ pub fn compat_1_20(mut crd: Value, provider_label: &str) -> Value {
         }
     }
     scrub(&mut crd);
+    crd
+}
+
+/// Labels a CRD as `clusterctl init` would (clusterctl's label, the provider label, and the
+/// contract labels the released components carry: contract -> served versions).
+pub fn clusterctl_labels(mut crd: Value, provider_label: &str) -> Value {
     let served: Vec<String> = crd["spec"]["versions"]
         .as_array()
         .into_iter()
@@ -42,7 +49,6 @@ pub fn compat_1_20(mut crd: Value, provider_label: &str) -> Value {
     if let Some(Value::Object(labels)) = labels {
         labels.insert("clusterctl.cluster.x-k8s.io".into(), json!(""));
         labels.insert("cluster.x-k8s.io/provider".into(), json!(provider_label));
-        // The contract labels the released components carry: contract -> served versions.
         let joined = served.join("_");
         for contract in ["v1beta1", "v1beta2"] {
             labels.insert(format!("cluster.x-k8s.io/{contract}"), json!(joined));
@@ -73,7 +79,12 @@ pub async fn install_crds(client: &kube::Client, dirs: &[&str]) -> Result<usize,
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            crds.push(compat_1_20(f.crd, &provider_label(d, &group)));
+            let crd = clusterctl_labels(f.crd, &provider_label(d, &group));
+            crds.push(if crate::cluster::old_apiserver() {
+                compat_1_20(crd)
+            } else {
+                crd
+            });
         }
     }
     crds.extend(own_crds());
