@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: fledge-agent's idle resident memory and CPU while steady, and its binary size
 # (release build). By default the agent runs against a real management apiserver started for
-# the run (tests/examples/mgmt_server.rs, binaries from scripts/test-assets.sh) holding its
+# the run (tests/examples/mgmt_server.rs, binaries from scripts/go-peers.sh) holding its
 # FledgeCluster: it fetches the spec, caches it, reports status and then idles on its watch.
 # --unreachable measures it against a closed port instead (idling in its capped backoff).
 # FLEDGE_BENCH_SERVER/TOKEN/CA point it at another management plane.
@@ -28,7 +28,8 @@ if [ -n "${FLEDGE_BENCH_SERVER:-}" ]; then
   printf '%s' "$FLEDGE_BENCH_TOKEN" > "$work/token"
   cp "$FLEDGE_BENCH_CA" "$work/ca.crt"
 elif [ "$MODE" = live ]; then
-  scripts/test-assets.sh >/dev/null
+  scripts/go-peers.sh >/dev/null
+  export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
   cargo build -q -p fledge-tests --example mgmt_server
   mkdir "$work/mgmt"
   # The server runs until its standard input (fd 9 here) closes.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: the pivot of one cluster with WORKERS worker Machines (each with infrastructure
 # machine, KubeadmConfig and bootstrap Secret; 13 + 4*WORKERS objects) between two real API
-# servers from the test assets (scripts/test-assets.sh), at --parallelism 1 and at the default
+# servers from the test assets (scripts/go-peers.sh), at --parallelism 1 and at the default
 # in the same run, alternating, ROUNDS times each. Reports requests per moved object (counted
 # by a layer in the clients) and the median wall times.
 # A warm-up pivot runs first and is not measured. The machine's CPU use during each run is
@@ -10,5 +10,6 @@
 # Usage: benches/pivot.sh [WORKERS] [ROUNDS] [PARALLELISM]   (defaults 100, 3, the default 8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/test-assets.sh >/dev/null
+scripts/go-peers.sh >/dev/null
+export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
 cargo run -q --release -p fledge-tests --example pivot_bench -- "${1:-100}" "${2:-3}" ${3:+"$3"}

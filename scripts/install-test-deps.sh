@@ -5,7 +5,6 @@ set -euo pipefail
 
 # command -> package
 declare -A NEED=(
-  [dpkg-source]=dpkg-dev       # unpacks the kubernetes source package (scripts/test-assets.sh)
   [openssl]=openssl            # throw-away CAs for the test API servers
   [cloud-init]=cloud-init      # `cloud-init schema -c`, and PyYAML (python3-yaml) with it
   [isoinfo]=genisoimage        # reads seed ISOs back

@@ -249,6 +249,16 @@ pub async fn apply(
                 object: label.clone(),
                 message: s.message,
             },
+            // A server-side apply body whose types do not fit the schema: the apiserver answers
+            // 500, but it is the object's fault, not the server's.
+            kube::Error::Api(s)
+                if s.code == 500 && s.message.contains("failed to create typed patch object") =>
+            {
+                ApplyError::Rejected {
+                    object: label.clone(),
+                    message: s.message,
+                }
+            }
             other => ApplyError::Request {
                 object: label.clone(),
                 source: other,

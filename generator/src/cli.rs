@@ -355,7 +355,9 @@ fn seed_cmd(args: &SeedArgs) -> anyhow::Result<()> {
         vendor_data: read("vendor-data")?,
     };
     let image = seed::build(args.format, &content)?;
-    output::write_file(&args.output, &image, 0o644)?;
+    // User-data may carry the management token and CA (render --management-token): like
+    // user-data itself, the image is readable by its owner only.
+    output::write_file(&args.output, &image, 0o600)?;
     eprintln!(
         "wrote {} ({} bytes, {:?})",
         args.output.display(),

@@ -86,7 +86,25 @@ pub enum Decision {
         /// Offered generation.
         offered: i64,
     },
+    /// A different object (deleted and re-created on the management plane) whose generation
+    /// is not higher than the cached one: refused, so that a re-created request never rolls the
+    /// cluster back, unless it carries [`REPLACES_UID`] naming the cached object's UID.
+    Recreated {
+        /// UID of the cached object.
+        cached_uid: String,
+        /// Cached generation.
+        cached: i64,
+        /// Offered generation.
+        offered: i64,
+    },
+    /// The spec fails fledge's validation: refused, never cached.
+    Invalid(Vec<String>),
 }
+
+/// Annotation on a re-created FledgeCluster that lets the agent accept it although its
+/// generation restarted: its value must be the UID of the object it replaces (the agent's
+/// status and `fledge-agent status` show that UID).
+pub const REPLACES_UID: &str = "fledge.dev/replaces-uid";
 
 /// The cache file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -121,9 +139,25 @@ pub fn load(state_dir: &Path) -> Result<Option<CachedSpec>, CacheError> {
     Ok(Some(cached))
 }
 
-/// Decides whether `offered` may replace `cached`.
-pub fn decide(cached: Option<&CachedSpec>, offered: &CachedSpec) -> Decision {
+/// Decides whether `offered` may replace `cached`; `replaces` is the offered object's
+/// [`REPLACES_UID`] annotation.
+pub fn decide(
+    cached: Option<&CachedSpec>,
+    offered: &CachedSpec,
+    replaces: Option<&str>,
+) -> Decision {
     match cached {
+        Some(c)
+            if c.uid != offered.uid
+                && offered.generation <= c.generation
+                && replaces != Some(c.uid.as_str()) =>
+        {
+            Decision::Recreated {
+                cached_uid: c.uid.clone(),
+                cached: c.generation,
+                offered: offered.generation,
+            }
+        }
         Some(c) if c.uid == offered.uid && offered.generation < c.generation => Decision::Stale {
             cached: c.generation,
             offered: offered.generation,
@@ -194,25 +228,56 @@ mod tests {
     fn a_lower_generation_is_refused_for_the_same_object() {
         let cached = CachedSpec::new(5, "uid-1", spec());
         assert_eq!(
-            decide(Some(&cached), &CachedSpec::new(4, "uid-1", spec())),
+            decide(Some(&cached), &CachedSpec::new(4, "uid-1", spec()), None),
             Decision::Stale {
                 cached: 5,
                 offered: 4
             }
         );
         assert_eq!(
-            decide(Some(&cached), &CachedSpec::new(5, "uid-1", spec())),
+            decide(Some(&cached), &CachedSpec::new(5, "uid-1", spec()), None),
             Decision::Unchanged
         );
         assert_eq!(
-            decide(Some(&cached), &CachedSpec::new(6, "uid-1", spec())),
+            decide(Some(&cached), &CachedSpec::new(6, "uid-1", spec()), None),
             Decision::Accept
         );
-        // A recreated object (new UID) starts its own generations.
+        assert_eq!(decide(None, &cached, None), Decision::Accept);
+    }
+
+    #[test]
+    fn a_recreated_object_does_not_roll_the_cluster_back() {
+        let cached = CachedSpec::new(5, "uid-1", spec());
+        // Deleted and re-created: generations restart at 1.
         assert_eq!(
-            decide(Some(&cached), &CachedSpec::new(1, "uid-2", spec())),
+            decide(Some(&cached), &CachedSpec::new(1, "uid-2", spec()), None),
+            Decision::Recreated {
+                cached_uid: "uid-1".into(),
+                cached: 5,
+                offered: 1
+            }
+        );
+        // Naming another UID is not enough.
+        assert!(matches!(
+            decide(
+                Some(&cached),
+                &CachedSpec::new(1, "uid-2", spec()),
+                Some("uid-9")
+            ),
+            Decision::Recreated { .. }
+        ));
+        // The explicit annotation naming the cached UID, or a higher generation, is accepted.
+        assert_eq!(
+            decide(
+                Some(&cached),
+                &CachedSpec::new(1, "uid-2", spec()),
+                Some("uid-1")
+            ),
             Decision::Accept
         );
-        assert_eq!(decide(None, &cached), Decision::Accept);
+        assert_eq!(
+            decide(Some(&cached), &CachedSpec::new(6, "uid-2", spec()), None),
+            Decision::Accept
+        );
     }
 }

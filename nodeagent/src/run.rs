@@ -233,6 +233,7 @@ pub async fn run<F: Future<Output = ()>>(
         })
     });
     let client = management_client(&cfg, &opts)?;
+    let state_dir_for_status = state_dir.clone();
     let sync = Sync {
         cfg: cfg.clone(),
         state_dir,
@@ -241,6 +242,11 @@ pub async fn run<F: Future<Output = ()>>(
         notifier: notifier.clone(),
         journal,
         cached,
+        refused: None,
+        // The status written before a restart keeps its conditions' transition times.
+        last_status: std::fs::read(state_dir_for_status.join("status.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok()),
     };
     let sync_task = tokio::spawn(sync.run(stop_rx));
     shutdown.await;
@@ -264,6 +270,29 @@ pub async fn run<F: Future<Output = ()>>(
     Ok(())
 }
 
+/// The kind of a failed management-plane request, as counted in the metrics.
+pub fn error_kind(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => "unauthorized",
+        kube::Error::Api(s) if s.code == 404 => "not_found",
+        kube::Error::Api(_) => "api",
+        kube::Error::SerdeError(_) => "decode",
+        _ => "unreachable",
+    }
+}
+
+/// Validates a fetched spec with the generator's own rules (what `fledge validate` says).
+fn check_spec(obj: &FledgeCluster) -> Result<(), Vec<String>> {
+    let meta = fledge_generator::spec::RequestMeta {
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        namespace: obj.metadata.namespace.clone(),
+        labels: obj.metadata.labels.clone().unwrap_or_default(),
+    };
+    fledge_generator::spec::validate(&meta, &obj.spec)
+        .map(|_| ())
+        .map_err(|p| p.0.iter().map(ToString::to_string).collect())
+}
+
 struct Sync {
     cfg: AgentConfig,
     state_dir: PathBuf,
@@ -272,6 +301,10 @@ struct Sync {
     notifier: Arc<Notifier>,
     journal: Journal,
     cached: Option<CachedSpec>,
+    /// Why the latest offered spec was refused (condition reason, message).
+    refused: Option<(&'static str, String)>,
+    /// The status last built, for condition transition times.
+    last_status: Option<FledgeClusterStatus>,
 }
 
 impl Sync {
@@ -353,16 +386,18 @@ impl Sync {
         });
     }
 
+    /// A failed request: counted by kind; only a transport failure means "unreachable" (the
+    /// plane that answered 401, 404 or with something undecodable is reachable).
     fn unreachable(&self, e: &kube::Error) {
-        let kind = match e {
-            kube::Error::Api(s) if s.code == 401 || s.code == 403 => "unauthorized",
-            kube::Error::Api(_) => "api",
-            _ => "unreachable",
-        };
+        let kind = error_kind(e);
         tracing::warn!(error = %e, kind, "management plane request failed; running from the cached spec");
         self.shared.error(kind);
+        let transport = kind == "unreachable";
         self.shared.update(|s| {
-            s.reachable = false;
+            s.reachable = !transport;
+            if !transport {
+                s.last_sync = Some(now());
+            }
             s.status_pending = true;
         });
     }
@@ -371,12 +406,48 @@ impl Sync {
         let generation = obj.metadata.generation.unwrap_or(0);
         let uid = obj.metadata.uid.clone().unwrap_or_default();
         let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
-        let decision = cache::decide(self.cached.as_ref(), &offered);
+        let replaces = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(cache::REPLACES_UID))
+            .map(String::as_str);
+        let decision = match check_spec(obj) {
+            Err(problems) => Decision::Invalid(problems),
+            Ok(()) => cache::decide(self.cached.as_ref(), &offered, replaces),
+        };
+        self.refused = None;
         match decision.clone() {
             Decision::Unchanged => {}
             Decision::Stale { cached, offered } => {
                 tracing::error!(cached, offered, "refusing a spec older than the cached one");
                 self.shared.error("stale_generation");
+                self.refused = Some((
+                    "StaleGeneration",
+                    format!("generation {offered} is older than the cached generation {cached}"),
+                ));
+            }
+            Decision::Recreated {
+                cached_uid,
+                cached,
+                offered,
+            } => {
+                tracing::error!(%cached_uid, cached, offered, "refusing a re-created FledgeCluster whose generation restarted");
+                self.shared.error("recreated");
+                self.refused = Some((
+                    "Recreated",
+                    format!(
+                        "the FledgeCluster was re-created (generation {offered}, the cached object {cached_uid} was at {cached}); annotate it {}={cached_uid} to replace the cached spec",
+                        cache::REPLACES_UID
+                    ),
+                ));
+            }
+            Decision::Invalid(problems) => {
+                for p in &problems {
+                    tracing::error!(generation, problem = %p, "refusing an invalid spec");
+                }
+                self.shared.error("invalid_spec");
+                self.refused = Some(("InvalidSpec", problems.join("; ")));
             }
             Decision::Accept => match cache::store(&self.state_dir, &offered) {
                 Ok(()) => {
@@ -407,6 +478,21 @@ impl Sync {
     }
 
     fn status(&self) -> FledgeClusterStatus {
+        let mut status = self.status_now();
+        // A condition's lastTransitionTime changes only when its status does.
+        if let Some(prev) = &self.last_status {
+            for c in &mut status.conditions {
+                if let Some(p) = prev.conditions.iter().find(|p| p.type_ == c.type_)
+                    && p.status == c.status
+                {
+                    c.last_transition_time = p.last_transition_time.clone();
+                }
+            }
+        }
+        status
+    }
+
+    fn status_now(&self) -> FledgeClusterStatus {
         let now_s = crate::fsutil::now_rfc3339();
         let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
             type_: t.to_string(),
@@ -428,6 +514,24 @@ impl Sync {
             ),
             None => cond("SpecFetched", false, "NoSpec", "no spec cached yet".into()),
         }];
+        if let Some((reason, message)) = &self.refused {
+            conditions.push(cond("SpecAccepted", false, reason, message.clone()));
+        } else if self.cached.is_some() {
+            conditions.push(cond(
+                "SpecAccepted",
+                true,
+                "Valid",
+                "the latest spec passed validation".into(),
+            ));
+        }
+        if self.journal.done(Phase::Pivoted) {
+            conditions.push(cond(
+                "Pivoted",
+                true,
+                "Moved",
+                "the cluster's Cluster API objects live in the workload cluster".into(),
+            ));
+        }
         let failure = self.state_dir.join("bootstrap-failure.json");
         if let Ok(text) = std::fs::read_to_string(&failure) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -462,6 +566,7 @@ impl Sync {
     /// Sends the latest status; on failure it stays pending and goes out on the next success.
     async fn push_status(&mut self) {
         let status = self.status();
+        self.last_status = Some(status.clone());
         if let Err(e) = crate::fsutil::write_atomic(
             &self.state_dir.join("status.json"),
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),

@@ -214,8 +214,13 @@ fn the_unit_passes_systemd_analyze_verify_and_reports_its_exposure() {
         .output()
         .is_err()
     {
-        assert!(!in_ci(), "systemd-analyze is missing (install systemd)");
-        eprintln!("SKIPPED: systemd-analyze missing");
+        // Only an explicit FLEDGE_ALLOW_MISSING=1 outside CI lets this pass without it.
+        let allowed = std::env::var("FLEDGE_ALLOW_MISSING").is_ok_and(|v| v == "1");
+        assert!(
+            allowed && !in_ci(),
+            "systemd-analyze is missing (install systemd; FLEDGE_ALLOW_MISSING=1 skips)"
+        );
+        eprintln!("SKIPPED (FLEDGE_ALLOW_MISSING=1): systemd-analyze missing");
         return;
     }
     let (_d, root, cfg) = setup();

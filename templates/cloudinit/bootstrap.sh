@@ -7,9 +7,11 @@
 set -u
 agent="$1"
 agent_config="$2"
-state=/var/lib/fledge
+# Tests run the script against a scratch root; on a node it is /.
+root="${FLEDGE_BOOTSTRAP_ROOT:-}"
+state="$root/var/lib/fledge"
 log="$state/bootstrap.log"
-mkdir -p "$state" /run/cluster-api
+mkdir -p "$state" "$root/run/cluster-api"
 chmod 0700 "$state"
 
 fail() {
@@ -34,6 +36,14 @@ PY
   exit "$code"
 }
 
-kubeadm init --config /run/kubeadm/kubeadm.yaml >>"$log" 2>&1 || fail kubeadm-init "$?"
-touch /run/cluster-api/bootstrap-success.complete
+# A re-delivered seed (new instance-id, same disk) must not run kubeadm init on a node that
+# already has a control plane: kubeadm's own state is the guard.
+if [ -f "$root/etc/kubernetes/admin.conf" ] && [ -f "$root/etc/kubernetes/manifests/kube-apiserver.yaml" ]; then
+  echo "kubeadm init already done on this node; not running it again" >>"$log"
+else
+  kubeadm init --config "$root/run/kubeadm/kubeadm.yaml" >>"$log" 2>&1 || fail kubeadm-init "$?"
+fi
+touch "$root/run/cluster-api/bootstrap-success.complete"
 "$agent" install --config "$agent_config" >>"$log" 2>&1 || fail agent-install "$?"
+# Bootstrap succeeded: a failure recorded by an earlier attempt is no longer true.
+rm -f "$state/bootstrap-failure.json"

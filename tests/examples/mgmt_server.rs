@@ -1,4 +1,4 @@
-//! A real management plane for benchmarks: starts a test apiserver (scripts/test-assets.sh),
+//! A real management plane for benchmarks: starts a test apiserver (scripts/go-peers.sh),
 //! installs fledge's CRDs, creates the FledgeCluster of `examples/vsphere.yaml` in its namespace,
 //! writes `server`, `token` and `ca.crt` into the directory given as the first argument, prints
 //! "ready", and runs until its standard input closes.

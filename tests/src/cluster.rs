@@ -65,35 +65,6 @@ pub fn assets_bin() -> PathBuf {
     home.join(".cache/fledge/peers/current")
 }
 
-/// Whether the apiserver is the old Debian 1.20 build (no CEL, no strict field validation).
-pub fn old_apiserver() -> bool {
-    apiserver_minor() < 24
-}
-
-/// The minor version of the kube-apiserver in [`assets_bin`] (20 for the old Debian build,
-/// which needs `--insecure-port=0` and the old controller-manager flags).
-fn apiserver_minor() -> u32 {
-    // (see old_apiserver)
-    static MINOR: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *MINOR.get_or_init(|| {
-        let out = Command::new(assets_bin().join("kube-apiserver"))
-            .arg("--version")
-            .output();
-        out.ok()
-            .and_then(|o| {
-                let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.trim()
-                    .rsplit('v')
-                    .next()?
-                    .split('.')
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(34)
-    })
-}
-
 /// What to start.
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -379,20 +350,16 @@ impl TestCluster {
             "--profiling=false".into(),
             "--v=1".into(),
         ];
-        if apiserver_minor() < 24 {
-            args.push("--insecure-port=0".into());
-        } else {
-            std::fs::write(
-                d.join("audit-policy.yaml"),
-                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
-            )?;
-            args.extend([
-                format!("--audit-policy-file={}", p("audit-policy.yaml")),
-                format!("--audit-log-path={}", p("audit.log")),
-                "--audit-log-format=json".into(),
-                "--audit-log-mode=blocking".into(),
-            ]);
-        }
+        std::fs::write(
+            d.join("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n- level: Metadata\n",
+        )?;
+        args.extend([
+            format!("--audit-policy-file={}", p("audit-policy.yaml")),
+            format!("--audit-log-path={}", p("audit.log")),
+            "--audit-log-format=json".into(),
+            "--audit-log-mode=blocking".into(),
+        ]);
         args.extend(self.opts.extra_apiserver_args.iter().cloned());
         self.apiserver = Some(self.spawn("kube-apiserver", &args)?);
         let client = self.client_raw().await?;
@@ -414,7 +381,7 @@ impl TestCluster {
     pub fn start_controller_manager(&mut self) -> Result<(), HarnessError> {
         let d = self.dir().to_path_buf();
         let p = |f: &str| d.join(f).display().to_string();
-        let mut args: Vec<String> = vec![
+        let args: Vec<String> = vec![
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--controllers=garbagecollector,namespace,serviceaccount-token".into(),
             format!("--service-account-private-key-file={}", p("sa.key")),
@@ -425,9 +392,6 @@ impl TestCluster {
             "--concurrent-gc-syncs=5".into(),
             "--v=1".into(),
         ];
-        if apiserver_minor() < 24 {
-            args.push("--port=0".into());
-        }
         self.controller_manager = Some(self.spawn("kube-controller-manager", &args)?);
         Ok(())
     }

@@ -1,6 +1,5 @@
-//! Installing CRDs into a test cluster: the upstream Cluster API CRDs as released (with
-//! clusterctl's labels; the old 1.20 apiserver also gets a small compatibility pass) and
-//! fledge's own.
+//! Installing CRDs into a test cluster: the upstream Cluster API CRDs as released (CEL rules,
+//! defaults and all), with clusterctl's labels, and fledge's own.
 
 use std::time::{Duration, Instant};
 
@@ -10,28 +9,6 @@ use kube::api::PostParams;
 use serde_json::{Value, json};
 
 use crate::crds::{crds_dir, own_crds, read_dir};
-
-/// Rewrites a current CRD so that Kubernetes 1.20 accepts it: drops `default: ""` (1.20
-/// rejects it as null), `x-kubernetes-validations` and `selectableFields` (1.20 cannot handle
-/// them). Only for the old Debian build; the current apiserver takes the CRDs as they are.
-pub fn compat_1_20(mut crd: Value) -> Value {
-    fn scrub(v: &mut Value) {
-        match v {
-            Value::Object(m) => {
-                if m.get("default") == Some(&Value::String(String::new())) {
-                    m.remove("default");
-                }
-                m.remove("x-kubernetes-validations");
-                m.remove("selectableFields");
-                m.values_mut().for_each(scrub);
-            }
-            Value::Array(a) => a.iter_mut().for_each(scrub),
-            _ => {}
-        }
-    }
-    scrub(&mut crd);
-    crd
-}
 
 /// Labels a CRD as `clusterctl init` would (clusterctl's label, the provider label, and the
 /// contract labels the released components carry: contract -> served versions).
@@ -79,12 +56,7 @@ pub async fn install_crds(client: &kube::Client, dirs: &[&str]) -> Result<usize,
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
-            let crd = clusterctl_labels(f.crd, &provider_label(d, &group));
-            crds.push(if crate::cluster::old_apiserver() {
-                compat_1_20(crd)
-            } else {
-                crd
-            });
+            crds.push(clusterctl_labels(f.crd, &provider_label(d, &group)));
         }
     }
     crds.extend(own_crds());

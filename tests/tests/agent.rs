@@ -313,3 +313,131 @@ async fn a_missing_token_file_is_one_clear_error() {
         "{msg}"
     );
 }
+
+fn cached(root: &Path) -> Option<fledge_agent::cache::CachedSpec> {
+    fledge_agent::cache::load(&root.join("var/lib/fledge"))
+        .ok()
+        .flatten()
+}
+
+async fn condition(
+    api: &Api<FledgeCluster>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> spec::Condition {
+    let start = Instant::now();
+    loop {
+        let st = api
+            .get(name)
+            .await
+            .ok()
+            .and_then(|o| o.status)
+            .unwrap_or_default();
+        if let Some(c) = st
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_ && c.reason.as_deref() == Some(reason))
+        {
+            return c;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no condition {type_} with reason {reason}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_or_recreated_spec_is_refused_and_never_cached() {
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (cfg, api) = setup(&c, &root).await;
+    let name = cfg.cluster.name.clone();
+    let addr = cfg.metrics_address.clone();
+    let shared = Shared::default();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = RunOptions {
+        root: root.clone(),
+        watchdog: None,
+    };
+    let agent = tokio::spawn(run(cfg, opts, shared.clone(), async move {
+        let _ = stop_rx.await;
+    }));
+    wait_for("the spec to be cached", Duration::from_secs(20), || {
+        cached_generation(&root) == Some(1)
+    })
+    .await;
+    let first = cached(&root).unwrap();
+    let accepted = condition(&api, &name, "SpecAccepted", "Valid").await;
+
+    // The CRD's schema allows two control-plane replicas; fledge's validation does not.
+    let patch = serde_json::json!({"spec": {"controlPlane": {"replicas": 2}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let refused = condition(&api, &name, "SpecAccepted", "InvalidSpec").await;
+    assert_eq!(refused.status, "False");
+    let msg = refused.message.unwrap_or_default();
+    assert!(
+        msg.contains("spec.controlPlane.replicas: must be 1, 3 or 5 (got 2)"),
+        "{msg}"
+    );
+    assert_eq!(cached(&root).unwrap(), first, "an invalid spec was cached");
+    assert!(shared.snapshot().errors.contains_key("invalid_spec"));
+    assert!(
+        refused.last_transition_time >= accepted.last_transition_time,
+        "transition times go forward"
+    );
+    // While nothing changes, the condition's transition time stays (status heartbeats).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let again = condition(&api, &name, "SpecAccepted", "InvalidSpec").await;
+    assert_eq!(again.last_transition_time, refused.last_transition_time);
+    // A management plane that answers is reachable, whatever it says.
+    assert!(shared.snapshot().reachable);
+    let metrics = http_get(&addr, "/metrics").await;
+    assert!(
+        metrics.contains("fledge_agent_management_reachable 1"),
+        "{metrics}"
+    );
+
+    // Deleted and re-created (generation 1 again, a new UID): not a rollback.
+    let mut obj = api.get(&name).await.unwrap();
+    api.delete(&name, &Default::default()).await.unwrap();
+    obj.metadata = kube::api::ObjectMeta {
+        name: obj.metadata.name.clone(),
+        namespace: obj.metadata.namespace.clone(),
+        ..Default::default()
+    };
+    obj.spec.control_plane.replicas = 3;
+    obj.status = None;
+    let created = api.create(&Default::default(), &obj).await.unwrap();
+    let refused = condition(&api, &name, "SpecAccepted", "Recreated").await;
+    let msg = refused.message.unwrap_or_default();
+    assert!(msg.contains(&first.uid), "{msg}");
+    assert!(msg.contains("fledge.dev/replaces-uid"), "{msg}");
+    assert_eq!(
+        cached(&root).unwrap(),
+        first,
+        "a re-created object rolled the cache"
+    );
+    // The documented annotation lets it replace the cached spec.
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {"fledge.dev/replaces-uid": first.uid}}});
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        "the re-created spec to be cached",
+        Duration::from_secs(20),
+        || cached(&root).is_some_and(|c| Some(&c.uid) == created.metadata.uid.as_ref()),
+    )
+    .await;
+    assert_eq!(cached(&root).unwrap().spec.control_plane.replicas, 3);
+    stop_tx.send(()).unwrap();
+    agent.await.unwrap().unwrap();
+}

@@ -439,3 +439,86 @@ fn embedded_token_is_mode_0600_and_static_network_config_is_written() {
             .contains("local-hostname: \"cp-a\"")
     );
 }
+
+/// Runs CP-A's bootstrap script (as cloud-init's runcmd does) against a scratch root, with a
+/// `kubeadm` on PATH that records its calls and creates kubeadm's state, and a stand-in agent.
+fn bootstrap(root: &std::path::Path, kubeadm_exit: u8) -> std::process::Output {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let kubeadm = format!(
+        "#!/bin/sh\necho \"kubeadm $*\" >> {calls}\n[ {code} -eq 0 ] || {{ echo 'error execution phase preflight' >&2; exit {code}; }}\nmkdir -p {root}/etc/kubernetes/manifests\ntouch {root}/etc/kubernetes/admin.conf {root}/etc/kubernetes/manifests/kube-apiserver.yaml\n",
+        calls = root.join("calls").display(),
+        root = root.display(),
+        code = kubeadm_exit
+    );
+    let agent = format!(
+        "#!/bin/sh\necho \"agent $*\" >> {}\n",
+        root.join("calls").display()
+    );
+    for (name, text) in [("kubeadm", kubeadm), ("fledge-agent", agent)] {
+        std::fs::write(bin.join(name), text).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let script = root.join("bootstrap.sh");
+    std::fs::write(&script, fledge_generator::cloudinit::BOOTSTRAP_SCRIPT).unwrap();
+    Command::new("sh")
+        .arg(&script)
+        .arg(bin.join("fledge-agent"))
+        .arg("/etc/fledge/agent.yaml")
+        .env("FLEDGE_BOOTSTRAP_ROOT", root)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bootstrap_runs_kubeadm_init_once_and_clears_a_stale_failure() {
+    if !have("python3") {
+        return missing("python3", "install python3");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let calls = || std::fs::read_to_string(root.join("calls")).unwrap_or_default();
+    let failure = root.join("var/lib/fledge/bootstrap-failure.json");
+    // A failed first attempt leaves its record.
+    let out = bootstrap(root, 1);
+    assert!(!out.status.success());
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&failure).unwrap()).unwrap();
+    assert_eq!(record["phase"], "kubeadm-init");
+    assert_eq!(record["exitCode"], 1);
+    // The next attempt succeeds: the stale record goes, the agent is installed.
+    let out = bootstrap(root, 0);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !failure.exists(),
+        "a stale bootstrap failure is still reported"
+    );
+    assert!(
+        root.join("run/cluster-api/bootstrap-success.complete")
+            .is_file()
+    );
+    // A re-delivered seed on the same disk: kubeadm init does not run a second time.
+    let out = bootstrap(root, 0);
+    assert!(out.status.success());
+    let inits = calls()
+        .lines()
+        .filter(|l| l.starts_with("kubeadm init"))
+        .count();
+    assert_eq!(
+        inits,
+        2,
+        "one failed and one successful init, none after: {}",
+        calls()
+    );
+    let installs = calls()
+        .lines()
+        .filter(|l| l.starts_with("agent install"))
+        .count();
+    assert_eq!(installs, 2, "{}", calls());
+}

@@ -54,7 +54,7 @@ async fn a_failed_start_reports_the_log_tail() {
             assert!(tail.contains("unknown flag: --no-such-flag"), "{tail}");
         }
         Err(HarnessError::MissingAsset(p)) => {
-            fledge_tests::missing(&p.display().to_string(), "run scripts/test-assets.sh")
+            fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh")
         }
         Err(e) => panic!("unexpected error: {e}"),
         Ok(_) => panic!("start should fail"),

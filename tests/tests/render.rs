@@ -246,8 +246,8 @@ fn every_problem_is_reported_at_once() {
     let text = String::from_utf8(example_bytes())
         .unwrap()
         .replace(
-            "replicas: 1\n    machine: {}",
-            "replicas: 2\n    machine: {}",
+            "controlPlane:\n    replicas: 1",
+            "controlPlane:\n    replicas: 2",
         )
         .replace("name: docker-demo", "name: Docker_Demo")
         .replace("192.168.0.0/16", "192.168.0.1/16");

@@ -266,6 +266,23 @@ fn render_with_seed_writes_the_image_next_to_user_data() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let img = dir.path().join("out/cp-a/seed.iso");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&img), 0o600, "the seed carries user-data");
+    // `fledge seed` from the rendered directory: the same mode (user-data may hold the token).
+    let seeded = dir.path().join("again.iso");
+    let o = Command::new(fledge_tests::binary("fledge"))
+        .args(["seed", "out/cp-a", "-o"])
+        .arg(&seeded)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        mode(&seeded),
+        0o600,
+        "fledge seed wrote a world-readable image"
+    );
     let (ok, got, _) = run(
         "isoinfo",
         &["-J", "-x", "/user-data", "-i", img.to_str().unwrap()],

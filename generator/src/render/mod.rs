@@ -79,6 +79,14 @@ pub enum RenderError {
         #[source]
         source: std::io::Error,
     },
+    /// A file in the override directory names no template (a typo would be silently ignored).
+    #[error("{path}: names no template; templates are {known}")]
+    UnknownOverride {
+        /// The file.
+        path: PathBuf,
+        /// The template names, comma-separated.
+        known: String,
+    },
     /// The template failed to render.
     #[error("template {name}: {message}")]
     Template {
@@ -128,6 +136,34 @@ impl Templates {
                 path: dir.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             });
+        }
+        // Every file under the directory must be one of the templates.
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let entries = std::fs::read_dir(&d).map_err(|source| RenderError::ReadOverrides {
+                path: d.clone(),
+                source,
+            })?;
+            for entry in entries {
+                let path = entry
+                    .map_err(|source| RenderError::ReadOverrides {
+                        path: d.clone(),
+                        source,
+                    })?
+                    .path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy();
+                if !EMBEDDED.iter().any(|(name, _)| *name == rel) {
+                    let known: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
+                    return Err(RenderError::UnknownOverride {
+                        path,
+                        known: known.join(", "),
+                    });
+                }
+            }
         }
         Ok(Self::build(overrides))
     }
@@ -217,6 +253,26 @@ impl Templates {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_override_file_that_names_no_template_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("management")).unwrap();
+        // A typo: the template is cluster.yaml.j2.
+        std::fs::write(dir.path().join("management/clusters.yaml.j2"), "kind: X\n").unwrap();
+        let err = Templates::with_overrides(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("management/clusters.yaml.j2: names no template; templates are ")
+                && err.contains("management/cluster.yaml.j2"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("management/clusters.yaml.j2")).unwrap();
+        std::fs::write(dir.path().join("management/cluster.yaml.j2"), "kind: X\n").unwrap();
+        assert!(Templates::with_overrides(dir.path()).is_ok());
+    }
 
     #[test]
     fn values_cannot_change_structure() {
