@@ -10,8 +10,9 @@
 # (the hash covers the wrapper's go.mod and go.sum, the versions and BUILD_REV), so a changed pin rebuilds
 # only that wrapper; each binary is built to a temporary name and renamed, so an interrupted run
 # resumes where it stopped. The combined directory printed by --print-dir holds links to all of
-# them, plus cluster-api.dir: the path of sigs.k8s.io/cluster-api in the Go module cache, whose
-# config/ holds the CRDs and webhook manifests the test harness installs.
+# them, plus cluster-api.dir and capv.dir: the paths of sigs.k8s.io/cluster-api and
+# sigs.k8s.io/cluster-api-provider-vsphere in the Go module cache, whose config/ holds the CRDs
+# and webhook manifests the tests install.
 #
 # Usage:
 #   scripts/go-peers.sh               build what is missing (cold: about 25 minutes on 2 cores)
@@ -24,6 +25,7 @@ cd "$(dirname "$0")/.."
 K8S_VERSION=v1.34.4      # k8s.io/kubernetes; staging modules at v0.34.4, derived from its go.mod
 ETCD_VERSION=v3.6.16     # go.etcd.io/etcd/server/v3
 CAPI_VERSION=v1.13.5     # sigs.k8s.io/cluster-api (the CRDs the tests validate against)
+CAPV_VERSION=v1.16.1     # sigs.k8s.io/cluster-api-provider-vsphere: CRDs only, not built
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 ROOT="${FLEDGE_PEERS:-$HOME/.cache/fledge/peers}"
@@ -151,6 +153,10 @@ done
 capi_src=$(cd peers/capi && go mod download -json "sigs.k8s.io/cluster-api@$CAPI_VERSION" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 printf '%s\n' "$capi_src" > "$BIN/cluster-api.dir"
+# CAPV's module is only downloaded (its CRDs, supervisor-mode group included, are test data).
+capv_src=$(cd "$ROOT" && go mod download -json "sigs.k8s.io/cluster-api-provider-vsphere@$CAPV_VERSION" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+printf '%s\n' "$capv_src" > "$BIN/capv.dir"
 printf 'kubernetes %s\netcd %s\ncluster-api %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$CAPI_VERSION" > "$BIN/versions"
 ln -sfn "$BIN" "$ROOT/current"   # what the test harness uses when FLEDGE_ASSETS_BIN is unset
 log "peers ready in $BIN ($((SECONDS - start))s)"

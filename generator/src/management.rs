@@ -18,6 +18,19 @@ pub mod paths {
     pub const MANAGEMENT_CA: &str = "/etc/fledge/management/ca.crt";
 }
 
+/// The API groups whose objects the pivot moves, and that the agent's Role grants in its
+/// namespace. The one list feeds both the rendered Role and the agent's discovery when it may
+/// not list CRDs, so the two never disagree. Other `*.cluster.x-k8s.io` groups (clusterctl's
+/// inventory, CAPV's supervisor-mode `vmware.infrastructure`, ...) are neither granted nor moved.
+pub const MOVED_API_GROUPS: [&str; 6] = [
+    "cluster.x-k8s.io",
+    "controlplane.cluster.x-k8s.io",
+    "bootstrap.cluster.x-k8s.io",
+    "infrastructure.cluster.x-k8s.io",
+    "addons.cluster.x-k8s.io",
+    "ipam.cluster.x-k8s.io",
+];
+
 /// Object names derived from the cluster name.
 #[derive(Debug, Clone)]
 pub struct Names {
@@ -97,6 +110,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
         .split_once('/')
         .unwrap_or((api.api_version, ""));
     let mut ctx = json!({
+        "moved_groups": MOVED_API_GROUPS,
         "capi": c.capi.as_str(),
         "namespace": c.namespace.as_str(),
         "labels": {

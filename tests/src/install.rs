@@ -110,3 +110,29 @@ pub async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<
     }
     Ok(names.len())
 }
+
+/// The CRD files under `sub` of a Go module the peers script downloaded (`which` is
+/// `cluster-api` or `capv`, read from `<peers bin>/<which>.dir`), labelled as `clusterctl init`
+/// labels them with `provider`.
+pub fn module_crds(which: &str, subdirs: &[&str], provider: &str) -> Result<Vec<Value>, String> {
+    let marker = crate::cluster::assets_bin().join(format!("{which}.dir"));
+    let root = std::fs::read_to_string(&marker)
+        .map_err(|e| format!("{}: {e} (run scripts/go-peers.sh)", marker.display()))?;
+    let mut out = Vec::new();
+    for sub in subdirs {
+        let dir = std::path::Path::new(root.trim()).join(sub);
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let crd: Value =
+                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+            out.push(clusterctl_labels(crd, provider));
+        }
+    }
+    Ok(out)
+}

@@ -547,9 +547,83 @@ async fn the_agents_management_role_is_enough_to_pivot() {
         )
         .await
         .unwrap();
+    // A management cluster as `clusterctl init --infrastructure vsphere` leaves it: the
+    // inventory CRD and every CAPV CRD (the supervisor-mode vmware.infrastructure group too),
+    // with objects of both groups the Role does not grant in the namespace.
+    let mut extra = fledge_tests::install::module_crds(
+        "cluster-api",
+        &["cmd/clusterctl/config/crd/bases"],
+        "cluster-api",
+    )
+    .unwrap();
+    extra.extend(
+        fledge_tests::install::module_crds(
+            "capv",
+            &["config/default/crd/bases", "config/supervisor/crd/bases"],
+            "infrastructure-vsphere",
+        )
+        .unwrap(),
+    );
+    let crd_storage: BTreeMap<String, String> = extra
+        .iter()
+        .chain(
+            fledge_tests::crds::read_dir(&fledge_tests::crds::crds_dir().join(f.crd_dir))
+                .unwrap()
+                .iter()
+                .map(|c| &c.crd),
+        )
+        .filter_map(|c| {
+            let group = c["spec"]["group"].as_str()?;
+            let kind = c["spec"]["names"]["kind"].as_str()?;
+            let v = c["spec"]["versions"]
+                .as_array()?
+                .iter()
+                .find(|v| v["storage"] == true)?;
+            Some((format!("{group}/{kind}"), v["name"].as_str()?.to_string()))
+        })
+        .collect();
+    fledge_tests::install::create_and_wait(&sc, extra)
+        .await
+        .unwrap();
+    capi::create(&sc, ns, json!({"apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
+        "metadata": {"name": "infrastructure-vsphere"}, "providerName": "vsphere", "type": "InfrastructureProvider", "version": "v1.16.1"}), &[], None).await;
+    capi::create(&sc, ns, json!({"apiVersion": "vmware.infrastructure.cluster.x-k8s.io/v1beta1", "kind": "VSphereMachineTemplate",
+        "metadata": {"name": "c1-supervisor", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}},
+        "spec": {"template": {"spec": {"className": "small", "imageName": "ubuntu"}}}}), &[], None).await;
     let keys = capi::cluster(&sc, ns, "c1", f, 1).await;
     let before = capi::snapshot(&sc, ns, &keys).await;
     let scoped = client_with(&s.user_kubeconfig, &Fault::never()).await;
+    // The storage version is found from discovery's storageVersionHash: the hash the server
+    // publishes is the one fledge computes for the storage version.
+    let published = scoped
+        .list_api_group_resources(f.capi)
+        .await
+        .unwrap()
+        .resources
+        .into_iter()
+        .find(|r| r.name == "clusters")
+        .and_then(|r| r.storage_version_hash)
+        .unwrap();
+    let (g, v) = f.capi.split_once('/').unwrap();
+    assert_eq!(
+        published,
+        fledge_agent::pivot::discover::storage_version_hash(g, v, "Cluster")
+    );
+    // Discovery through the Role: only its groups, each type at its storage version.
+    let types = fledge_agent::pivot::discover::move_types(&scoped)
+        .await
+        .unwrap();
+    assert!(!types.is_empty());
+    for t in &types {
+        assert!(
+            fledge_generator::management::MOVED_API_GROUPS.contains(&t.group.as_str()),
+            "{t:?}"
+        );
+        let key = format!("{}/{}", t.group, t.kind);
+        if let Some(storage) = crd_storage.get(&key) {
+            assert_eq!(&t.version, storage, "{key} not at its storage version");
+        }
+    }
     // The user really is scoped: it may not list CRDs.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(scoped.clone());

@@ -8,6 +8,8 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
 
+use fledge_generator::management::MOVED_API_GROUPS;
+
 use super::ObjRef;
 
 /// Lists in flight at once during discovery.
@@ -66,6 +68,8 @@ pub struct Graph {
     pub shared: BTreeSet<String>,
     /// Shared members that stay in the source (uid -> why): other clusters there use the class.
     pub keep: BTreeMap<String, String>,
+    /// Types that could not be listed ("Kind group/version", why): reported, not moved.
+    pub unlisted: Vec<(String, String)>,
 }
 
 impl Graph {
@@ -102,7 +106,8 @@ pub enum DiscoverError {
 /// The types to move, at their storage version: the CAPI core, bootstrap and control-plane
 /// types and every CRD carrying clusterctl's move labels. An identity that may not list CRDs
 /// (the agent's namespace-scoped access) gets them from API discovery instead: every namespaced
-/// type of the `cluster.x-k8s.io` groups (CAPI and its providers), at the preferred version.
+/// type of the groups its Role grants ([`MOVED_API_GROUPS`]), at the storage version (found
+/// through the `storageVersionHash` that discovery publishes).
 pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
     let list = match super::crds::list(client).await {
         Ok(list) => list,
@@ -138,39 +143,125 @@ pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, Disco
     Ok(out)
 }
 
-/// The namespaced types of the `cluster.x-k8s.io` groups, from API discovery.
+/// The apiserver's `storageVersionHash` of a kind stored as `group/version`: the first 8 bytes
+/// of the sha256 of `group/version/kind`, base64.
+pub fn storage_version_hash(group: &str, version: &str, kind: &str) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{group}/{version}/{kind}").as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(&digest[..8])
+}
+
+/// The namespaced, listable types of [`MOVED_API_GROUPS`], from API discovery, each at its
+/// storage version (the preferred version when the server publishes no hash).
 async fn discovered_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |source| DiscoverError::Request { what, source }
-    };
+    let err = |what: String| move |source| DiscoverError::Request { what, source };
     let groups = client
         .list_api_groups()
         .await
-        .map_err(err("listing API groups"))?;
-    let names: Vec<String> = groups
+        .map_err(err("listing API groups".into()))?;
+    let mut out = Vec::new();
+    for g in groups
         .groups
         .into_iter()
-        .map(|g| g.name)
-        .filter(|n| n == "cluster.x-k8s.io" || n.ends_with(".cluster.x-k8s.io"))
-        .collect();
-    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let discovery = kube::Discovery::new(client.clone())
-        .filter(&names)
-        .run()
-        .await
-        .map_err(err("discovering the cluster.x-k8s.io API groups"))?;
-    let mut out: Vec<ApiResource> = discovery
-        .groups()
-        .flat_map(|g| g.recommended_resources())
-        .filter(|(_, caps)| {
-            caps.scope == kube::discovery::Scope::Namespaced
-                && caps.supports_operation(kube::discovery::verbs::LIST)
-        })
-        .map(|(ar, _)| ar)
-        .collect();
+        .filter(|g| MOVED_API_GROUPS.contains(&g.name.as_str()))
+    {
+        // kind -> (plural, storage hash, versions serving it in preference order)
+        let mut kinds: BTreeMap<String, (String, Option<String>, Vec<String>)> = BTreeMap::new();
+        for v in &g.versions {
+            let list = client
+                .list_api_group_resources(&v.group_version)
+                .await
+                .map_err(err(format!("discovering {}", v.group_version)))?;
+            for r in list.resources {
+                let listable = r.verbs.iter().any(|v| v == "list");
+                if r.name.contains('/') || !r.namespaced || !listable {
+                    continue;
+                }
+                let entry = kinds
+                    .entry(r.kind.clone())
+                    .or_insert_with(|| (r.name.clone(), r.storage_version_hash.clone(), vec![]));
+                entry.2.push(v.version.clone());
+            }
+        }
+        let preferred = g.preferred_version.as_ref().map(|p| p.version.clone());
+        for (kind, (plural, hash, versions)) in kinds {
+            let storage = versions
+                .iter()
+                .find(|v| hash.as_deref() == Some(&storage_version_hash(&g.name, v, &kind)))
+                .or_else(|| versions.iter().find(|v| Some(*v) == preferred.as_ref()))
+                .or(versions.first())
+                .cloned()
+                .unwrap_or_default();
+            out.push(ApiResource {
+                group: g.name.clone(),
+                api_version: format!("{}/{storage}", g.name),
+                version: storage,
+                kind,
+                plural,
+            });
+        }
+    }
     out.sort_by(|a, b| (&a.group, &a.kind).cmp(&(&b.group, &b.kind)));
     Ok(out)
+}
+
+/// Objects listed per request; lists continue page by page.
+pub const PAGE_SIZE: u32 = 250;
+
+/// Lists one type in `namespace`, page by page: full objects for the Cluster API types, only
+/// metadata for Secrets and ConfigMaps (a namespace's Helm release Secrets are ~1 MiB each; the
+/// members' bodies are read one by one later). `None` when the identity may not list the type.
+async fn list_type(
+    client: &kube::Client,
+    namespace: &str,
+    ar: &ApiResource,
+) -> Result<Option<Vec<DynamicObject>>, DiscoverError> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
+    let metadata_only = ar.group.is_empty();
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut lp = ListParams::default().limit(PAGE_SIZE);
+        if let Some(t) = &token {
+            lp = lp.continue_token(t);
+        }
+        let page = if metadata_only {
+            api.list_metadata(&lp).await.map(|l| {
+                let next = l.metadata.continue_.clone();
+                let items = l
+                    .items
+                    .into_iter()
+                    .map(|m| DynamicObject {
+                        types: None,
+                        metadata: m.metadata,
+                        data: Value::Object(Default::default()),
+                    })
+                    .collect::<Vec<_>>();
+                (items, next)
+            })
+        } else {
+            api.list(&lp)
+                .await
+                .map(|l| (l.items, l.metadata.continue_.clone()))
+        };
+        match page {
+            Ok((items, next)) => {
+                out.extend(items);
+                match next.filter(|t| !t.is_empty()) {
+                    Some(t) => token = Some(t),
+                    None => return Ok(Some(out)),
+                }
+            }
+            Err(kube::Error::Api(s)) if s.code == 403 => return Ok(None),
+            Err(source) => {
+                return Err(DiscoverError::Request {
+                    what: format!("listing {} in {namespace}", ar.plural),
+                    source,
+                });
+            }
+        }
+    }
 }
 
 fn node(obj: DynamicObject, api_version: &str, kind: &str) -> Node {
@@ -222,21 +313,22 @@ pub async fn discover(
     // One list per type, several in flight (a fresh server answers the first list of a type
     // slowly).
     use futures::{StreamExt, TryStreamExt};
-    let lists: Vec<(&ApiResource, Vec<DynamicObject>)> =
-        futures::stream::iter(types.iter().map(|ar| async move {
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
-            api.list(&ListParams::default())
-                .await
-                .map(|l| (ar, l.items))
-                .map_err(|source| DiscoverError::Request {
-                    what: format!("listing {} in {namespace}", ar.plural),
-                    source,
-                })
-        }))
-        .buffered(LIST_PARALLELISM)
-        .try_collect()
-        .await?;
+    let lists: Vec<(&ApiResource, Option<Vec<DynamicObject>>)> = futures::stream::iter(
+        types
+            .iter()
+            .map(|ar| async move { list_type(client, namespace, ar).await.map(|l| (ar, l)) }),
+    )
+    .buffered(LIST_PARALLELISM)
+    .try_collect()
+    .await?;
     for (ar, items) in lists {
+        let Some(items) = items else {
+            g.unlisted.push((
+                format!("{} {}", ar.kind, ar.api_version),
+                "the identity may not list it (403)".into(),
+            ));
+            continue;
+        };
         for obj in items {
             let n = node(obj, &ar.api_version, &ar.kind);
             g.nodes.insert(n.obj.uid.clone(), n);
@@ -257,8 +349,59 @@ pub async fn discover(
         })?;
     membership(&mut g, &root, cluster);
     cluster_class(&mut g, &root, namespace);
+    read_bodies(client, namespace, &mut g).await?;
     g.types = types;
     Ok(g)
+}
+
+/// Reads the full body of every member that was listed by metadata only (Secrets, ConfigMaps).
+async fn read_bodies(
+    client: &kube::Client,
+    namespace: &str,
+    g: &mut Graph,
+) -> Result<(), DiscoverError> {
+    use futures::{StreamExt, TryStreamExt};
+    let wanted: Vec<(String, ObjRef)> = g
+        .members
+        .iter()
+        .map(|u| &g.nodes[u])
+        .filter(|n| n.obj.api_version == "v1")
+        .map(|n| (n.obj.uid.clone(), n.obj.clone()))
+        .collect();
+    let bodies: Vec<(String, Option<DynamicObject>)> =
+        futures::stream::iter(wanted.into_iter().map(|(uid, o)| async move {
+            let ar = ApiResource {
+                group: String::new(),
+                version: "v1".into(),
+                api_version: "v1".into(),
+                kind: o.kind.clone(),
+                plural: format!("{}s", o.kind.to_lowercase()),
+            };
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+            api.get_opt(&o.name)
+                .await
+                .map(|b| (uid, b))
+                .map_err(|source| DiscoverError::Request {
+                    what: format!("reading {o} in {namespace}"),
+                    source,
+                })
+        }))
+        .buffered(LIST_PARALLELISM)
+        .try_collect()
+        .await?;
+    for (uid, body) in bodies {
+        match body.filter(|b| b.metadata.uid.as_deref() == Some(uid.as_str())) {
+            Some(b) => {
+                let n = node(b, "v1", &g.nodes[&uid].obj.kind);
+                g.nodes.insert(uid, n);
+            }
+            // Deleted (or replaced) since the listing: nothing of it to move.
+            None => {
+                g.members.remove(&uid);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The ClusterClass a Cluster's topology names, when it is in `namespace`
@@ -454,10 +597,9 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
     for n in g.nodes.values() {
         // A service-account token belongs to the cluster that issued it (the agent's own
         // management identity is one): moving it would revoke it and mean nothing in the target.
-        if n.obj.kind == "Secret"
-            && n.data["type"] == "kubernetes.io/service-account-token"
-            && members.remove(&n.obj.uid)
-        {
+        let token = n.data["type"] == "kubernetes.io/service-account-token"
+            || n.data["metadata"]["annotations"]["kubernetes.io/service-account.name"].is_string();
+        if n.obj.kind == "Secret" && token && members.remove(&n.obj.uid) {
             g.shared.remove(&n.obj.uid);
             g.keep.remove(&n.obj.uid);
             g.excluded.push((

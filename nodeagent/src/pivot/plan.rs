@@ -47,6 +47,8 @@ pub struct Plan {
     pub virtual_owners: Vec<VirtualOwner>,
     /// Objects copied to the target but kept in the source, and why.
     pub kept_in_source: Vec<(ObjRef, String)>,
+    /// Types that could not be listed ("Kind group/version", why): none of their objects move.
+    pub unlisted_types: Vec<(String, String)>,
     /// Objects to move.
     pub total: usize,
 }
@@ -119,6 +121,7 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
         skipped,
         virtual_owners,
         kept_in_source,
+        unlisted_types: g.unlisted.clone(),
     }
 }
 
@@ -150,6 +153,12 @@ impl std::fmt::Display for Plan {
             writeln!(f, "\nSkipped:")?;
             for (o, why) in &self.skipped {
                 writeln!(f, "  {o}: {why}")?;
+            }
+        }
+        if !self.unlisted_types.is_empty() {
+            writeln!(f, "\nTypes not listed (none of their objects are moved):")?;
+            for (t, why) in &self.unlisted_types {
+                writeln!(f, "  {t}: {why}")?;
             }
         }
         if !self.kept_in_source.is_empty() {
