@@ -58,6 +58,16 @@ pub enum ApplyError {
         /// What to install.
         hint: String,
     },
+    /// The namespace already holds another cluster.
+    #[error(
+        "namespace {namespace} already holds cluster(s) {others}: the agent's access covers its whole namespace, so each cluster needs its own (set metadata.namespace, or leave it out to use the cluster's name); --allow-shared-namespace accepts the risk"
+    )]
+    SharedNamespace {
+        /// The namespace.
+        namespace: String,
+        /// The other clusters, comma-separated.
+        others: String,
+    },
     /// A dry run cannot check objects in a namespace that does not exist yet.
     #[error(
         "namespace {0} does not exist, so the server cannot check the objects in it under --dry-run=server; create it first (kubectl create namespace {0})"
@@ -350,6 +360,44 @@ pub async fn pivoted(
         }
     }
     Ok(None)
+}
+
+/// Other clusters in the request's namespace (their FledgeClusters and Cluster API Clusters).
+/// The agent's Role covers its whole namespace (RBAC cannot restrict by label), so a second
+/// cluster there would be within reach of the first one's node.
+pub async fn other_clusters(
+    target: &Target,
+    checked: &CheckedCluster,
+) -> Result<Vec<String>, ApplyError> {
+    let ns = checked.namespace.as_str();
+    let mut found = std::collections::BTreeSet::new();
+    let cluster = ApiResource {
+        group: "cluster.x-k8s.io".into(),
+        version: checked.capi.as_str().into(),
+        api_version: format!("cluster.x-k8s.io/{}", checked.capi.as_str()),
+        kind: "Cluster".into(),
+        plural: "clusters".into(),
+    };
+    for ar in [ApiResource::erase::<FledgeCluster>(&()), cluster] {
+        let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &ar);
+        match api.list_metadata(&Default::default()).await {
+            Ok(list) => found.extend(
+                list.items
+                    .into_iter()
+                    .filter_map(|o| o.metadata.name)
+                    .filter(|n| n != checked.name.as_str()),
+            ),
+            // Not served, or not readable: nothing to compare with.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {}
+            Err(source) => {
+                return Err(ApplyError::Request {
+                    object: format!("namespace {ns}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(found.into_iter().collect())
 }
 
 /// The agent's phases that come after the pivot.

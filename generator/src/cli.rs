@@ -105,6 +105,11 @@ pub struct ApplyArgs {
     /// that Cluster API on the management plane never launches a second first machine.
     #[arg(long)]
     pub force_management_objects: bool,
+    /// Apply although the namespace already holds another cluster. Each cluster's agent may
+    /// read and change everything its Role grants in its namespace, so by default fledge
+    /// refuses to put two clusters in one.
+    #[arg(long)]
+    pub allow_shared_namespace: bool,
     /// First install fledge's own CRDs (needs cluster-wide rights on the management cluster).
     #[arg(long)]
     pub install_crds: bool,
@@ -307,6 +312,16 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
         crate::apply::check_reachable(&target).await?;
+        if !args.allow_shared_namespace {
+            let others = crate::apply::other_clusters(&target, &checked).await?;
+            if !others.is_empty() {
+                return Err(crate::apply::ApplyError::SharedNamespace {
+                    namespace: checked.namespace.to_string(),
+                    others: others.join(", "),
+                }
+                .into());
+            }
+        }
         if !args.force_management_objects
             && let Some(why) = crate::apply::pivoted(&target, &checked).await?
         {

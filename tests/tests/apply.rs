@@ -402,3 +402,57 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_cluster_in_a_namespace_is_refused_unless_allowed() {
+    let Some((mgmt, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let bin = fledge_tests::binary("fledge");
+    let request = case(ProviderKind::Docker, CapiVersion::V1beta2);
+    let dir = tempfile::tempdir().unwrap();
+    let second = dir.path().join("second.yaml");
+    let text = std::fs::read_to_string(&request).unwrap();
+    assert!(text.contains("name: docker-demo\n"));
+    std::fs::write(
+        &second,
+        text.replace("name: docker-demo\n", "name: docker-two\n"),
+    )
+    .unwrap();
+    let run = |path: &Path, extra: &[&str]| {
+        std::process::Command::new(&bin)
+            .args(["apply", path.to_str().unwrap(), "--kubeconfig"])
+            .arg(&mgmt.kubeconfig)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let first = run(&request, &[]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // Applying the same cluster again is fine; another one in its namespace is not.
+    assert!(run(&request, &[]).status.success());
+    let out = run(&second, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("namespace team-docker already holds cluster(s) docker-demo")
+            && err.contains("--allow-shared-namespace"),
+        "{err}"
+    );
+    let fc: Api<FledgeCluster> = Api::namespaced(target.client.clone(), "team-docker");
+    assert!(
+        fc.get_opt("docker-two").await.unwrap().is_none(),
+        "written anyway"
+    );
+    let out = run(&second, &["--allow-shared-namespace"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fc.get_opt("docker-two").await.unwrap().is_some());
+}

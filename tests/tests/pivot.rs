@@ -969,3 +969,73 @@ async fn status_survives_for_a_type_without_a_status_subresource() {
     assert_eq!(moved.data["status"], status, "status lost in the target");
     assert!(get(&sc, ns, &wk).await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_pages_through_a_large_namespace_and_reads_member_bodies() {
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let client = c.client().await;
+    install_crds(&client, &["cluster-api/v1.13.5"])
+        .await
+        .unwrap();
+    let ns = "default";
+    fixture(&client, ns, "big").await;
+    // More unrelated ConfigMaps than one page holds (Helm keeps releases like this).
+    let n = fledge_agent::pivot::discover::PAGE_SIZE as usize + 40;
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), ns, &capi::resource("v1", "ConfigMap"));
+    futures::future::join_all((0..n).map(|i| {
+        let api = api.clone();
+        async move {
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": format!("release-{i:04}")}, "data": {"v": "x".repeat(1000)}}))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        }
+    }))
+    .await;
+    // The last page holds a member.
+    create(
+        &client,
+        ns,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "zz-big-settings", "labels": {"cluster.x-k8s.io/cluster-name": "big"}},
+        "data": {"setting": "kept"}}),
+        &[],
+    )
+    .await;
+    let g = discover(&client, ns, "big").await.unwrap();
+    let member = g
+        .members
+        .iter()
+        .map(|u| &g.nodes[u])
+        .find(|m| m.obj.name == "zz-big-settings")
+        .expect("the member on the last page was found");
+    assert_eq!(
+        member.data["data"]["setting"], "kept",
+        "the member's body was read"
+    );
+    let configmaps = g
+        .nodes
+        .values()
+        .filter(|m| m.obj.kind == "ConfigMap")
+        .count();
+    assert!(configmaps > n, "{configmaps} ConfigMaps listed, {n} exist");
+    // Non-members were listed by metadata only: no data held for them.
+    assert!(
+        g.nodes
+            .values()
+            .filter(|m| m.obj.name.starts_with("release-"))
+            .all(|m| m.data.get("data").is_none())
+    );
+    assert!(
+        !g.members
+            .iter()
+            .any(|u| g.nodes[u].obj.name.starts_with("release-"))
+    );
+}

@@ -141,9 +141,11 @@ pub struct RequestMeta {
 pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedCluster, Problems> {
     let mut p = Problems::default();
     let name: Option<DnsLabel> = p.parse("metadata.name", &meta.name);
+    // Each cluster in its own namespace by default: RBAC cannot restrict by label, so the
+    // namespace is what bounds the agent's access on the management plane.
     let namespace: Option<DnsLabel> = p.parse(
         "metadata.namespace",
-        meta.namespace.as_deref().unwrap_or("default"),
+        meta.namespace.as_deref().unwrap_or(&meta.name),
     );
     for (k, v) in &meta.labels {
         p.check(&format!("metadata.labels[{k:?}]"), check_label(k, v));
