@@ -1,6 +1,7 @@
 //! Fault injection in a client's service stack: a tower layer that counts and records the
-//! requests of every client sharing it, can make the k-th write (POST/PUT/PATCH/DELETE) fail, and
-//! can delay every request (a stand-in for a network round trip, which loopback lacks).
+//! requests of every client sharing it, can make the k-th write (POST/PUT/PATCH/DELETE) fail
+//! before it is sent or lose its answer after the server carried it out, and can delay every
+//! request (a stand-in for a network round trip, which loopback lacks).
 //! Production code has no switch for any of this; the pivot only sees requests.
 
 use std::future::Future;
@@ -18,10 +19,43 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// What happens at the k-th write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// The k-th write fails and every later request too: the process is as good as dead.
+    /// The k-th write fails before it is sent, and every later request too: the process is as
+    /// good as dead.
     Crash,
-    /// Only the k-th write fails (a lost connection); later requests go through.
+    /// Only the k-th write fails before it is sent (a lost connection); later requests go
+    /// through.
     Once,
+    /// The k-th write reaches the server and takes effect, but its answer is lost; every later
+    /// request fails (the process died while the answer was on its way).
+    CrashAnswerLost,
+    /// The k-th write takes effect and its answer is lost; later requests go through (a retry
+    /// then meets what the lost write did: 409 AlreadyExists, 404 on a second delete...).
+    OnceAnswerLost,
+}
+
+impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 4] = [
+        Mode::Crash,
+        Mode::Once,
+        Mode::CrashAnswerLost,
+        Mode::OnceAnswerLost,
+    ];
+
+    fn crashes(self) -> bool {
+        matches!(self, Mode::Crash | Mode::CrashAnswerLost)
+    }
+
+    fn answer_lost(self) -> bool {
+        matches!(self, Mode::CrashAnswerLost | Mode::OnceAnswerLost)
+    }
+}
+
+/// What the layer does with one request.
+enum Verdict {
+    Send,
+    FailBeforeSend,
+    LoseAnswer,
 }
 
 /// Shared state of one injection.
@@ -84,13 +118,13 @@ impl Fault {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
-    fn fail<B>(&self, req: &Request<B>) -> bool {
-        if self.mode == Mode::Crash && self.tripped() {
-            return true;
+    fn verdict<B>(&self, req: &Request<B>) -> Verdict {
+        if self.mode.crashes() && self.tripped() {
+            return Verdict::FailBeforeSend;
         }
         if !is_write(req.method()) {
             self.reads.fetch_add(1, Ordering::SeqCst);
-            return false;
+            return Verdict::Send;
         }
         if let Ok(mut log) = self.log.lock() {
             log.push(format!("{} {}", req.method(), req.uri().path()));
@@ -98,9 +132,13 @@ impl Fault {
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if n == self.at {
             self.tripped.store(true, Ordering::SeqCst);
-            return true;
+            return if self.mode.answer_lost() {
+                Verdict::LoseAnswer
+            } else {
+                Verdict::FailBeforeSend
+            };
         }
-        false
+        Verdict::Send
     }
 }
 
@@ -146,8 +184,9 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        if self.fault.fail(&req) {
-            let n = self.fault.at;
+        let n = self.fault.at;
+        let verdict = self.fault.verdict(&req);
+        if matches!(verdict, Verdict::FailBeforeSend) {
             return Box::pin(async move { Err(Box::new(Injected(n)) as BoxError) });
         }
         let delay = self.fault.delay;
@@ -156,7 +195,15 @@ where
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            fut.await.map_err(Into::into)
+            let answer = fut.await.map_err(Into::into);
+            match verdict {
+                // The server did it; the client never hears.
+                Verdict::LoseAnswer => {
+                    drop(answer);
+                    Err(Box::new(Injected(n)) as BoxError)
+                }
+                _ => answer,
+            }
         })
     }
 }

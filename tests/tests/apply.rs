@@ -357,6 +357,33 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
         "the pivot left objects"
     );
     assert_eq!(clusters(&local_client).await.len(), 2);
+    // Only CP-A runs the agent: the workload cluster's KCP names no Secret the pivot left on
+    // the management plane (the agent's token), so CAPI there can bootstrap CP-B and CP-C.
+    let kcp_ar = kube::api::ApiResource {
+        group: "controlplane.cluster.x-k8s.io".into(),
+        version: "v1beta2".into(),
+        api_version: "controlplane.cluster.x-k8s.io/v1beta2".into(),
+        kind: "KubeadmControlPlane".into(),
+        plural: "kubeadmcontrolplanes".into(),
+    };
+    let kcps: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(local_client.clone(), ns, &kcp_ar);
+    let kcp = kcps
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let spec = &kcp.data["spec"]["kubeadmConfigSpec"];
+    let text = spec.to_string();
+    assert!(!text.contains("fledge-agent-token"), "{spec:#}");
+    assert!(!text.contains("/etc/fledge/"), "{spec:#}");
+    assert!(
+        spec["users"][0]["sshAuthorizedKeys"]
+            .as_array()
+            .is_some_and(|k| !k.is_empty()),
+        "the rest of the bootstrap config stays: {spec:#}"
+    );
     let fc: Api<FledgeCluster> = Api::namespaced(target.client.clone(), ns);
     let marker = fc.get(name).await.unwrap().status.unwrap().pivot.unwrap();
     assert_eq!(marker.state, "Complete");

@@ -453,9 +453,15 @@ async fn pivot_converges_after_a_failure_at_every_write() {
         ..PivotOptions::default()
     };
     let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
-    for mode in [Mode::Crash, Mode::Once] {
+    for mode in Mode::ALL {
         for k in 1..=total {
-            let ns = format!("{}-{k}", if mode == Mode::Crash { "crash" } else { "once" });
+            let tag = match mode {
+                Mode::Crash => "crash",
+                Mode::Once => "once",
+                Mode::CrashAnswerLost => "crash-lost",
+                Mode::OnceAnswerLost => "once-lost",
+            };
+            let ns = format!("{tag}-{k}");
             namespace(&sc, &ns).await;
             let keys = capi::cluster(&sc, &ns, "c", f, 0).await;
             let before = capi::snapshot(&sc, &ns, &keys).await;
@@ -500,6 +506,52 @@ async fn pivot_converges_after_a_failure_at_every_write() {
     println!("{total} writes per pivot; outcomes: {outcomes:?}");
     assert!(outcomes.keys().any(|o| o.contains("rolled back")));
     assert!(outcomes.keys().any(|o| o.contains("incomplete")));
+    assert!(outcomes.keys().any(|o| o.starts_with("CrashAnswerLost")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_is_recovered_within_the_run_by_reading_back() {
+    // With retries on, a write whose answer is lost is retried: a create meets 409
+    // AlreadyExists and reads the object back, a delete meets 404, a patch is re-applied.
+    // Every such k must end in one successful run with the exact end state.
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let total = writes_of_a_clean_pivot(&s, &t, f).await;
+    let quick = PivotOptions {
+        retry: Retry {
+            attempts: 4,
+            first: Duration::from_millis(5),
+            cap: Duration::from_millis(20),
+        },
+        ..PivotOptions::default()
+    };
+    let mut creates_lost = 0;
+    for k in 1..=total {
+        let ns = format!("lost-{k}");
+        namespace(&sc, &ns).await;
+        let keys = capi::cluster(&sc, &ns, "c", f, 0).await;
+        let before = capi::snapshot(&sc, &ns, &keys).await;
+        let fault = Fault::new(k, Mode::OnceAnswerLost);
+        let (a, b) = (
+            client_with(&s.kubeconfig, &fault).await,
+            client_with(&t.kubeconfig, &fault).await,
+        );
+        let (r, _) = run_pivot(&a, &b, &ns, "c", quick).await;
+        assert!(fault.tripped(), "write {k} never happened");
+        if fault.write_log()[k as usize - 1].starts_with("POST ") {
+            creates_lost += 1;
+        }
+        r.unwrap_or_else(|e| panic!("k={k} ({}): {e:?}", fault.write_log()[k as usize - 1]));
+        let problems = capi::check_moved(&sc, &tc, &ns, &before).await;
+        assert!(problems.is_empty(), "k={k}: {problems:#?}");
+    }
+    assert!(
+        creates_lost > 5,
+        "the 409 read-back path was exercised {creates_lost} times"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1038,4 +1090,132 @@ async fn discovery_pages_through_a_large_namespace_and_reads_member_bodies() {
             .iter()
             .any(|u| g.nodes[u].obj.name.starts_with("release-"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pivot_pauses_first_waits_for_block_move_and_refuses_objects_being_deleted() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "blocky";
+    namespace(&sc, ns).await;
+    let keys = capi::cluster(&sc, ns, "c1", f, 0).await;
+    let dev_machine = keys
+        .iter()
+        .find(|k| k.kind == "DevMachine")
+        .unwrap()
+        .clone();
+    let machines: Api<DynamicObject> = Api::namespaced_with(
+        sc.clone(),
+        ns,
+        &capi::resource(&dev_machine.api_version, "DevMachine"),
+    );
+    let annotate = |v: Value| {
+        let machines = machines.clone();
+        let name = dev_machine.name.clone();
+        async move {
+            machines
+                .patch(
+                    &name,
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"clusterctl.cluster.x-k8s.io/block-move": v}}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    annotate(json!("true")).await;
+    let events: Events = Arc::default();
+    let sink = events.clone();
+    let progress = move |e: &Event| {
+        println!("{e}");
+        sink.lock().unwrap().push(e.clone());
+    };
+    let pivot = Pivot::new(&sc, &tc, ns, "c1", PivotOptions::default(), &progress);
+    let driver = async {
+        // Paused, then blocked: nothing is copied while the provider holds the move.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let blocked = events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| matches!(e, Event::Blocked { .. }));
+            if blocked {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never blocked");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(paused(&get(&sc, ns, &cluster_key(f, "c1")).await.unwrap()));
+        assert!(
+            get(&tc, ns, &cluster_key(f, "c1")).await.is_none(),
+            "copied while blocked"
+        );
+        // Created after the pause, before the move: discovery runs after the pause, so it moves.
+        create(
+            &sc,
+            ns,
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c1-late", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}}}),
+            &[],
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        annotate(Value::Null).await;
+    };
+    let (r, ()) = tokio::join!(pivot.run(), driver);
+    r.unwrap_or_else(|e| panic!("{e:?}"));
+    let late = Key {
+        api_version: "v1".into(),
+        kind: "ConfigMap".into(),
+        name: "c1-late".into(),
+    };
+    assert!(
+        get(&tc, ns, &late).await.is_some(),
+        "the late member was not moved"
+    );
+    assert!(get(&tc, ns, &dev_machine).await.is_some());
+
+    // An object of the cluster being deleted (a finalizer holds it): refused before any copy.
+    let keys = capi::cluster(&sc, ns, "c2", f, 0).await;
+    create(
+        &sc,
+        ns,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c2-going", "labels": {"cluster.x-k8s.io/cluster-name": "c2"},
+                     "finalizers": ["example.fledge.dev/hold"]}}),
+        &[],
+    )
+    .await;
+    let cms: Api<DynamicObject> =
+        Api::namespaced_with(sc.clone(), ns, &capi::resource("v1", "ConfigMap"));
+    cms.delete("c2-going", &Default::default()).await.unwrap();
+    let (r, _) = run_pivot(&sc, &tc, ns, "c2", PivotOptions::default()).await;
+    let err = r.expect_err("an object being deleted must stop the pivot");
+    let chain = format!("{err:?}");
+    assert!(
+        chain.contains("BeingDeleted") && chain.contains("ConfigMap/c2-going"),
+        "{chain}"
+    );
+    assert!(err.source_untouched(), "{err}");
+    assert!(
+        !paused(&get(&sc, ns, &cluster_key(f, "c2")).await.unwrap()),
+        "left paused"
+    );
+    for k in &keys {
+        assert!(get(&tc, ns, k).await.is_none(), "{k} reached the target");
+    }
+    // Once the deletion finishes, the pivot goes through.
+    cms.patch(
+        "c2-going",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    let (r, _) = run_pivot(&sc, &tc, ns, "c2", PivotOptions::default()).await;
+    r.unwrap_or_else(|e| panic!("{e:?}"));
 }

@@ -75,6 +75,9 @@ pub struct Options {
     pub copy_status: bool,
     /// Retry policy.
     pub retry: Retry,
+    /// How long to wait, once the source is paused, for providers to clear clusterctl's
+    /// `block-move` annotation from the cluster's objects.
+    pub block_move_timeout: Duration,
 }
 
 impl Default for Options {
@@ -83,9 +86,14 @@ impl Default for Options {
             parallelism: DEFAULT_PARALLELISM,
             copy_status: true,
             retry: Retry::default(),
+            block_move_timeout: Duration::from_secs(300),
         }
     }
 }
+
+/// The annotation a provider puts on an object while it must not be moved (clusterctl's
+/// `clusterctl.cluster.x-k8s.io/block-move`); the pivot waits, after pausing, until it is gone.
+pub const BLOCK_MOVE: &str = "clusterctl.cluster.x-k8s.io/block-move";
 
 /// Default `--parallelism`.
 pub const DEFAULT_PARALLELISM: usize = 8;
@@ -105,6 +113,13 @@ pub enum Event {
     Paused {
         /// Whether this run paused it.
         now: bool,
+    },
+    /// Objects carry clusterctl's block-move annotation: the pivot waits.
+    Blocked {
+        /// `Kind/name` of each.
+        objects: Vec<String>,
+        /// Seconds waited so far.
+        waited: u64,
     },
     /// A group exists in the target.
     Created {
@@ -151,6 +166,11 @@ impl std::fmt::Display for Event {
             ),
             Event::Paused { now: true } => write!(f, "source Cluster paused"),
             Event::Paused { now: false } => write!(f, "source Cluster already paused"),
+            Event::Blocked { objects, waited } => write!(
+                f,
+                "waiting for {BLOCK_MOVE} to be removed from {} ({waited}s)",
+                objects.join(", ")
+            ),
             Event::Created {
                 group,
                 of,
@@ -234,6 +254,20 @@ pub enum PivotError {
     /// The target does not hold what was created.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// Objects of the cluster are being deleted in the source (checked before any copy).
+    #[error(
+        "{} being deleted in the source; a copy would bring it back to life in the target: wait until the deletion finishes (its finalizers are released) and run the pivot again",
+        .0.join(", ")
+    )]
+    BeingDeleted(Vec<String>),
+    /// Providers kept the block-move annotation past the timeout.
+    #[error("{} still carry {BLOCK_MOVE} after {waited}s; the providers are not ready for the move", objects.join(", "))]
+    Blocked {
+        /// `Kind/name` of each.
+        objects: Vec<String>,
+        /// Seconds waited.
+        waited: u64,
+    },
     /// Failed before cutover; rolled back.
     #[error(
         "the pivot failed before cutover and was rolled back: the source Cluster is unpaused and the target holds none of its objects"
@@ -404,6 +438,12 @@ impl<'a> Pivot<'a> {
             };
             resumed.map_err(|e| PivotError::Incomplete(Box::new(e)))?;
         } else {
+            // Pause first, wait for the providers' block-move to clear, then discover again:
+            // what is moved is what exists once nothing reconciles it any more.
+            let (graph, plan, served, existing) = match self.settled(&graph).await {
+                Ok(fresh) => fresh,
+                Err(e) => return Err(self.roll_back(&graph, &plan, e).await),
+            };
             match self
                 .before_cutover(&graph, &plan, &served, existing, &mut summary)
                 .await
@@ -418,6 +458,62 @@ impl<'a> Pivot<'a> {
         summary.moved = plan.total;
         summary.wall = started.elapsed();
         Ok(summary)
+    }
+
+    /// Pauses the source, waits (bounded) until no object of the cluster carries
+    /// [`BLOCK_MOVE`], and discovers the cluster again; refuses objects being deleted.
+    async fn settled(
+        &self,
+        graph: &Graph,
+    ) -> Result<(Graph, Plan, HashMap<(String, String), Served>, Existing), PivotError> {
+        self.ensure_namespace().await?;
+        self.mark_source(pivot_state::IN_PROGRESS).await?;
+        self.pause_source(graph).await?;
+        self.pause_class(graph).await?;
+        let start = Instant::now();
+        let mut delay = Duration::from_millis(500);
+        let graph = loop {
+            let g = discover(self.source, self.namespace, self.cluster).await?;
+            let blocked: Vec<String> = g
+                .members
+                .iter()
+                .map(|u| &g.nodes[u])
+                .filter(|n| n.data["metadata"]["annotations"][BLOCK_MOVE].is_string())
+                .map(|n| n.obj.to_string())
+                .collect();
+            if blocked.is_empty() {
+                break g;
+            }
+            let waited = start.elapsed().as_secs();
+            if start.elapsed() >= self.opts.block_move_timeout {
+                return Err(PivotError::Blocked {
+                    objects: blocked,
+                    waited,
+                });
+            }
+            (self.progress)(&Event::Blocked {
+                objects: blocked,
+                waited,
+            });
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        };
+        let being_deleted: Vec<String> = graph
+            .members
+            .iter()
+            .map(|u| &graph.nodes[u])
+            .filter(|n| n.data["metadata"]["deletionTimestamp"].is_string())
+            .map(|n| n.obj.to_string())
+            .collect();
+        if !being_deleted.is_empty() {
+            return Err(PivotError::BeingDeleted(being_deleted));
+        }
+        let mut graph = graph;
+        let plan = plan(&graph, self.namespace, self.cluster);
+        let served = self.check_target(&plan).await?;
+        let existing = self.existing(&graph, &plan).await?;
+        shared_in_target(&mut graph, &existing);
+        Ok((graph, plan, served, existing))
     }
 
     async fn retry<T, F, Fut>(&self, what: impl Fn() -> String, mut f: F) -> Result<T, PivotError>
@@ -652,11 +748,9 @@ impl<'a> Pivot<'a> {
         summary: &mut Summary,
     ) -> Result<Existing, PivotError> {
         let root = self.root(graph);
-        self.ensure_namespace().await?;
-        self.mark_source(pivot_state::IN_PROGRESS).await?;
-        let we_paused = self.pause_source(graph).await?;
-        let we_paused = we_paused.as_deref();
-        self.pause_class(graph).await?;
+        // Paused by `settled` before this graph was discovered: its annotation says whether
+        // this pivot paused it, and what to restore.
+        let we_paused = root.data["metadata"]["annotations"][PAUSED_BY].as_str();
         let mut uids: HashMap<String, String> = existing
             .iter()
             .filter_map(|(src, obj)| Some((src.clone(), obj.metadata.uid.clone()?)))
@@ -916,6 +1010,8 @@ impl<'a> Pivot<'a> {
                 }
             }
         }
+        // Only CP-A runs the agent: new machines bootstrap without its files.
+        super::agent_files::strip(&node.obj.kind, &mut v);
         if is_root {
             v["spec"]["paused"] = Value::Bool(true);
         } else if let Some(ann) = v["metadata"]["annotations"].as_object_mut()
