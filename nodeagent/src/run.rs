@@ -67,6 +67,25 @@ pub struct Snapshot {
     pub status_pending: bool,
     /// Status updates delivered.
     pub status_sent: u64,
+    /// When the spec-sync task last showed it is alive (it beats every few seconds, also while
+    /// it waits on a watch or a back-off).
+    pub sync_beat: Option<std::time::Instant>,
+}
+
+/// How often the spec-sync task beats.
+const SYNC_BEAT: Duration = Duration::from_secs(5);
+/// A sync task silent for longer is wedged: the watchdog stops being fed, and systemd restarts
+/// the agent once `WatchdogSec` passes. Longer than any single request may take (connect 5 s,
+/// read 30 s).
+pub const SYNC_STALL: Duration = Duration::from_secs(90);
+
+/// Whether to feed systemd's watchdog: only while the spec-sync task runs and beats.
+pub fn watchdog_feeds(
+    sync_alive: bool,
+    beat: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> bool {
+    sync_alive && beat.is_some_and(|b| now.saturating_duration_since(b) < SYNC_STALL)
 }
 
 /// Shared state.
@@ -217,15 +236,27 @@ pub async fn run<F: Future<Output = ()>>(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let metrics_task = tokio::spawn(serve_metrics(listener, shared.clone(), stop_rx.clone()));
+    // Set while the spec-sync task runs; a guard clears it when the task ends, panics included.
+    let sync_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    shared.update(|s| s.sync_beat = Some(std::time::Instant::now()));
     let watchdog_task = opts.watchdog.map(|every| {
         let (shared, notifier, mut stop) = (shared.clone(), notifier.clone(), stop_rx.clone());
+        let alive = sync_alive.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
+            let mut silent = false;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        notifier.send("WATCHDOG=1");
-                        shared.update(|s| s.watchdog_pings += 1);
+                        let alive = alive.load(std::sync::atomic::Ordering::SeqCst);
+                        if watchdog_feeds(alive, shared.snapshot().sync_beat, std::time::Instant::now()) {
+                            notifier.send("WATCHDOG=1");
+                            shared.update(|s| s.watchdog_pings += 1);
+                            silent = false;
+                        } else if !silent {
+                            silent = true;
+                            tracing::error!("the spec-sync task is not running or is wedged; no longer feeding the watchdog, so systemd restarts the agent");
+                        }
                     }
                     _ = stop.changed() => break,
                 }
@@ -248,7 +279,17 @@ pub async fn run<F: Future<Output = ()>>(
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok()),
     };
-    let sync_task = tokio::spawn(sync.run(stop_rx));
+    struct Alive(Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Alive {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let guard = Alive(sync_alive.clone());
+    let sync_task = tokio::spawn(async move {
+        let _guard = guard;
+        sync.run(stop_rx).await;
+    });
     shutdown.await;
     tracing::info!("stopping: finishing in-flight work");
     notifier.send("STOPPING=1");
@@ -312,7 +353,9 @@ impl Sync {
         let cap = Duration::from_secs(self.cfg.backoff_cap_seconds.unwrap_or(60).max(1));
         let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290) as u32;
         let mut delay = Duration::from_millis(500);
+        let mut beat = tokio::time::interval(SYNC_BEAT);
         while !*stop.borrow() {
+            self.beat();
             // The resync: read the object, accept it, and send status (also the heartbeat).
             let resume_from = match self.api.get_opt(&self.cfg.cluster.name).await {
                 Ok(Some(obj)) => {
@@ -355,6 +398,7 @@ impl Sync {
                                                                 Ok(None) => break, // resync
                                                                 Err(e) => { self.unreachable(&e); break; }
                                                             },
+                                                            _ = beat.tick() => self.beat(),
                                                             _ = stop.changed() => return,
                                                         }
                         }
@@ -369,12 +413,21 @@ impl Sync {
                 "STATUS=management unreachable; running from the cached spec; retry in {}s",
                 delay.as_secs()
             ));
-            tokio::select! {
-                _ = tokio::time::sleep(delay + jitter) => {}
-                _ = stop.changed() => return,
+            let until = tokio::time::Instant::now() + delay + jitter;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = beat.tick() => self.beat(),
+                    _ = stop.changed() => return,
+                }
             }
             delay = (delay * 2).min(cap);
         }
+    }
+
+    fn beat(&self) {
+        self.shared
+            .update(|s| s.sync_beat = Some(std::time::Instant::now()));
     }
 
     fn reachable(&self, yes: bool) {
@@ -636,5 +689,23 @@ async fn serve_metrics(
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn the_watchdog_is_fed_only_while_the_sync_task_runs_and_beats() {
+        let now = Instant::now();
+        assert!(watchdog_feeds(true, Some(now), now));
+        assert!(watchdog_feeds(true, now.checked_sub(SYNC_STALL / 2), now));
+        // Wedged: no beat for longer than SYNC_STALL.
+        assert!(!watchdog_feeds(true, now.checked_sub(SYNC_STALL), now));
+        // Ended (returned or panicked).
+        assert!(!watchdog_feeds(false, Some(now), now));
+        assert!(!watchdog_feeds(true, None, now));
     }
 }

@@ -90,6 +90,8 @@ pub struct TestCluster {
     /// A kubeconfig for user `fledge-user`, who has no groups and no rights until a test grants
     /// them (RBAC tests).
     pub user_kubeconfig: PathBuf,
+    /// The bearer token of user `fledge-user`.
+    pub user_token: String,
     /// PEM of the cluster CA.
     pub ca_pem: String,
     opts: Options,
@@ -249,6 +251,7 @@ impl TestCluster {
             url: String::new(),
             kubeconfig: PathBuf::new(),
             user_kubeconfig: PathBuf::new(),
+            user_token: user_token.clone(),
             token,
             ca_pem,
             opts,

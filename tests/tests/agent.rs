@@ -34,14 +34,26 @@ fn cached_generation(root: &Path) -> Option<i64> {
         .map(|c| c.generation)
 }
 
-/// Management cluster with the docker example's Namespace and FledgeCluster, and a node root
-/// holding the agent's config, token and CA.
+/// Management cluster with the docker example's Namespace and FledgeCluster and the agent's
+/// rendered Role, bound to the test user whose token the node holds (the agent runs with exactly
+/// the rights fledge gives it), and a node root holding the agent's config, token and CA.
 async fn setup(c: &TestCluster, root: &Path) -> (AgentConfig, Api<FledgeCluster>) {
     install_fledge_crds(&c.client().await).await.unwrap();
     let checked = spec::load_request(&workspace_root().join("examples/docker.yaml")).unwrap();
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
     let target = client_from_kubeconfig(Some(&c.kubeconfig)).await.unwrap();
-    apply(&target, &objects[..2], &ApplyOptions::default(), |_| {})
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "Role")
+        .expect("the agent's Role is rendered")
+        .clone();
+    let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "agent-test-user", "namespace": checked.namespace.as_str()},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
+    let mut wanted = objects[..2].to_vec();
+    wanted.extend([role, binding]);
+    apply(&target, &wanted, &ApplyOptions::default(), |_| {})
         .await
         .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,7 +62,7 @@ async fn setup(c: &TestCluster, root: &Path) -> (AgentConfig, Api<FledgeCluster>
         .unwrap()
         .port();
     std::fs::create_dir_all(root.join("etc/fledge/management")).unwrap();
-    std::fs::write(root.join("etc/fledge/management/token"), &c.token).unwrap();
+    std::fs::write(root.join("etc/fledge/management/token"), &c.user_token).unwrap();
     std::fs::write(root.join("etc/fledge/management/ca.crt"), &c.ca_pem).unwrap();
     let cfg = format!(
         "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: {}\n  namespace: {}\nmanagement:\n  server: {}\n  tokenFile: /etc/fledge/management/token\n  caFile: /etc/fledge/management/ca.crt\nstateDir: /var/lib/fledge\nmetricsAddress: \"127.0.0.1:{port}\"\nresyncSeconds: 2\nbackoffCapSeconds: 1\n",
