@@ -2,9 +2,12 @@
 //!
 //! Scalars are written so that every YAML parser reads back exactly the value given, under
 //! YAML 1.1 (PyYAML, which cloud-init uses) as well as YAML 1.2 (Go's yaml, kubectl):
-//! strings are always double-quoted with JSON escapes, plus escapes for the characters that
-//! YAML 1.1 treats as line breaks or refuses (NEL, LS, PS, C1 controls, U+FEFF, U+FFFE/F).
-//! Multi-line strings use a literal block (`|`) only when that is provably exact.
+//! a string is written plain (unquoted, as a kubectl user writes it) only when no YAML 1.1 or
+//! 1.2 resolver could read it as anything but that string (see [`plain_ok`]); otherwise it is
+//! double-quoted with JSON escapes, plus escapes for the characters that YAML 1.1 treats as line
+//! breaks or refuses (NEL, LS, PS, C1 controls, U+FEFF, U+FFFE/F). Multi-line strings use a
+//! literal block (`|`) only when that is provably exact. Values printed by templates
+//! ([`inline`]) stay quoted: they may land in flow context.
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -158,7 +161,32 @@ fn write_child(out: &mut String, v: &Value, indent: usize) {
     }
 }
 
+/// Whether `s` can be written as a plain scalar in block context and read back as exactly
+/// this string by YAML 1.1 (PyYAML, cloud-init) and YAML 1.2 (Go, kubectl) parsers. Deliberately
+/// conservative: it starts with a letter (no indicator, number, date, `.inf`, `<<` or `=`), is
+/// not a boolean or null word of either version, holds only letters, digits, spaces and
+/// `-_./:+=@~,()`, has no leading or trailing space, and no `: `, ` #` or final `:`.
+pub fn plain_ok(s: &str) -> bool {
+    s.len() <= 1024
+        && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && !s.ends_with(' ')
+        && !s.ends_with(':')
+        && !s.contains(": ")
+        && !s.contains(" #")
+        && !s.contains("  ")
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || " -_./:+=@~,()".contains(c))
+        && !is_ambiguous_plain(s)
+}
+
 fn write_scalar(out: &mut String, v: &Value, indent: usize) {
+    if let Value::String(s) = v
+        && plain_ok(s)
+    {
+        out.push_str(s);
+        out.push('\n');
+        return;
+    }
     if let Value::String(s) = v
         && literal_block_ok(s)
     {
@@ -249,11 +277,67 @@ mod tests {
     }
 
     #[test]
+    fn strings_are_quoted_only_when_a_parser_could_read_them_otherwise() {
+        for plain in [
+            "v1.33.4",
+            "docker-demo",
+            "cluster.x-k8s.io/v1beta2",
+            "https://mgmt.example.invalid:6443",
+            "ssh-ed25519 AAAAC3Nza+/= alice@example.invalid",
+            "Ready",
+        ] {
+            assert!(plain_ok(plain), "{plain}");
+            assert_eq!(to_string(&json!({"k": plain})), format!("k: {plain}\n"));
+            assert_eq!(round_trip(&json!({"k": plain})), json!({"k": plain}));
+        }
+        for quoted in [
+            "yes",
+            "No",
+            "on",
+            "OFF",
+            "y",
+            "n",
+            "true",
+            "Null",
+            "~",
+            "0755",
+            "1e3",
+            "12:30",
+            "2001-12-14",
+            ".inf",
+            "-x",
+            "<<",
+            "=",
+            "a: b",
+            "a #b",
+            "x:",
+            "",
+            " x",
+            "x ",
+            "{x}",
+            "[x]",
+            "*x",
+            "&x",
+            "!x",
+            "%x",
+            "@x",
+            "'x'",
+            "a\tb",
+            "0x1F",
+            "+1",
+            "1_000",
+        ] {
+            assert!(!plain_ok(quoted), "{quoted:?}");
+            assert_eq!(round_trip(&json!({"k": quoted})), json!({"k": quoted}));
+        }
+    }
+
+    #[test]
     fn layout_is_block_style() {
         let v = json!({"a": {"b": [1, {"c": "d", "e": []}], "f": {}}});
         assert_eq!(
             to_string(&v),
-            "a:\n  b:\n    - 1\n    - c: \"d\"\n      e: []\n  f: {}\n"
+            "a:\n  b:\n    - 1\n    - c: d\n      e: []\n  f: {}\n"
         );
     }
 }

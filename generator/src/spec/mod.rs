@@ -143,10 +143,11 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
     let name: Option<DnsLabel> = p.parse("metadata.name", &meta.name);
     // Each cluster in its own namespace by default: RBAC cannot restrict by label, so the
     // namespace is what bounds the agent's access on the management plane.
-    let namespace: Option<DnsLabel> = p.parse(
-        "metadata.namespace",
-        meta.namespace.as_deref().unwrap_or(&meta.name),
-    );
+    let namespace: Option<DnsLabel> = match meta.namespace.as_deref() {
+        Some(ns) => p.parse("metadata.namespace", ns),
+        // Derived from the name: a bad name is reported once, as the name.
+        None => name.clone(),
+    };
     for (k, v) in &meta.labels {
         p.check(&format!("metadata.labels[{k:?}]"), check_label(k, v));
     }
