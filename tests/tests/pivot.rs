@@ -1219,3 +1219,51 @@ async fn the_pivot_pauses_first_waits_for_block_move_and_refuses_objects_being_d
     let (r, _) = run_pivot(&sc, &tc, ns, "c2", PivotOptions::default()).await;
     r.unwrap_or_else(|e| panic!("{e:?}"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_owned_by_a_cluster_scoped_object_is_refused_before_any_write() {
+    let f = capi::V1BETA2;
+    let Some((s, t)) = pair(f, false).await else {
+        return;
+    };
+    let (sc, tc) = (s.client().await, t.client().await);
+    let ns = "scoped-owner";
+    namespace(&sc, ns).await;
+    let keys = capi::cluster(&sc, ns, "c1", f, 0).await;
+    // ExtensionConfig (runtime.cluster.x-k8s.io) is cluster-scoped.
+    create(
+        &sc,
+        ns,
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "c1-hooked", "labels": {"cluster.x-k8s.io/cluster-name": "c1"}}}),
+        &[(
+            "ExtensionConfig",
+            "hooks",
+            "00000000-0000-0000-0000-00000000e0c0",
+            "runtime.cluster.x-k8s.io/v1beta2",
+        )],
+    )
+    .await;
+    let p = plan(&discover(&sc, ns, "c1").await.unwrap(), ns, "c1");
+    println!("{p}");
+    assert_eq!(p.refused.len(), 1, "{p}");
+    assert!(
+        p.refused[0]
+            .1
+            .contains("cluster-scoped ExtensionConfig/hooks"),
+        "{p}"
+    );
+    let recorded = Fault::never();
+    let (a, b) = (
+        client_with(&s.kubeconfig, &recorded).await,
+        client_with(&t.kubeconfig, &recorded).await,
+    );
+    let (r, _) = run_pivot(&a, &b, ns, "c1", PivotOptions::default()).await;
+    let err = r.expect_err("refused");
+    assert!(matches!(err, PivotError::Refused(_)), "{err:?}");
+    assert!(err.to_string().contains("ConfigMap/c1-hooked"), "{err}");
+    assert_eq!(recorded.writes(), 0, "{:?}", recorded.write_log());
+    for k in &keys {
+        assert!(get(&tc, ns, k).await.is_none());
+    }
+}

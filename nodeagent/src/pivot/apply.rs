@@ -254,6 +254,9 @@ pub enum PivotError {
     /// The target does not hold what was created.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// Objects the pivot cannot move correctly (checked before any write).
+    #[error("the pivot cannot move this cluster as it is; nothing was changed: {}", .0.join("; "))]
+    Refused(Vec<String>),
     /// Objects of the cluster are being deleted in the source (checked before any copy).
     #[error(
         "{} being deleted in the source; a copy would bring it back to life in the target: wait until the deletion finishes (its finalizers are released) and run the pivot again",
@@ -297,6 +300,7 @@ impl PivotError {
         matches!(
             self,
             PivotError::Discover(_)
+                | PivotError::Refused(_)
                 | PivotError::MissingTypes(_)
                 | PivotError::Conflict { .. }
                 | PivotError::RolledBack(_)
@@ -416,6 +420,14 @@ impl<'a> Pivot<'a> {
             Err(e) => return Err(e.into()),
         };
         let plan = plan(&graph, self.namespace, self.cluster);
+        if !plan.refused.is_empty() {
+            return Err(PivotError::Refused(
+                plan.refused
+                    .iter()
+                    .map(|(o, why)| format!("{o}: {why}"))
+                    .collect(),
+            ));
+        }
         let served = self.check_target(&plan).await?;
         let existing = self.existing(&graph, &plan).await?;
         shared_in_target(&mut graph, &existing);

@@ -70,6 +70,8 @@ pub struct Graph {
     pub keep: BTreeMap<String, String>,
     /// Types that could not be listed ("Kind group/version", why): reported, not moved.
     pub unlisted: Vec<(String, String)>,
+    /// Members the pivot cannot move correctly, and why (refused before any write).
+    pub refused: Vec<(ObjRef, String)>,
 }
 
 impl Graph {
@@ -350,8 +352,131 @@ pub async fn discover(
     membership(&mut g, &root, cluster);
     cluster_class(&mut g, &root, namespace);
     read_bodies(client, namespace, &mut g).await?;
+    let cluster_scoped = cluster_scoped_owner_types(client, &g).await?;
+    g.refused = refusals(&g, namespace, &cluster_scoped);
     g.types = types;
     Ok(g)
+}
+
+/// Of the owner types that members name but the namespace does not hold, those the server
+/// serves as cluster-scoped (`apiVersion/Kind`), from API discovery.
+async fn cluster_scoped_owner_types(
+    client: &kube::Client,
+    g: &Graph,
+) -> Result<BTreeSet<String>, DiscoverError> {
+    let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for uid in &g.members {
+        for (o, av) in owner_refs(&g.nodes[uid]) {
+            if !g.nodes.contains_key(&o.uid) {
+                wanted.entry(av).or_default().insert(o.kind.clone());
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    for (api_version, kinds) in wanted {
+        let list = if api_version.contains('/') {
+            client.list_api_group_resources(&api_version).await
+        } else {
+            client.list_core_api_resources(&api_version).await
+        };
+        match list {
+            Ok(list) => {
+                for r in list.resources {
+                    if kinds.contains(&r.kind) && !r.namespaced && !r.name.contains('/') {
+                        out.insert(format!("{api_version}/{}", r.kind));
+                    }
+                }
+            }
+            // A type nobody serves any more: a plain dangling reference.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(DiscoverError::Request {
+                    what: format!("discovering {api_version}"),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A member's owner references with their apiVersion.
+fn owner_refs(n: &Node) -> Vec<(OwnerRef, String)> {
+    n.data["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            Some((
+                OwnerRef {
+                    kind: o["kind"].as_str()?.into(),
+                    name: o["name"].as_str()?.into(),
+                    uid: o["uid"].as_str()?.into(),
+                },
+                o["apiVersion"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Members the pivot of one namespace cannot move correctly: those owned by a cluster-scoped
+/// object (it cannot be moved with them, and the copy would lose the link), and those whose
+/// references name an object in another namespace.
+pub fn refusals(
+    g: &Graph,
+    namespace: &str,
+    cluster_scoped: &BTreeSet<String>,
+) -> Vec<(ObjRef, String)> {
+    let mut out = Vec::new();
+    for uid in &g.members {
+        let n = &g.nodes[uid];
+        for (o, av) in owner_refs(n) {
+            if cluster_scoped.contains(&format!("{av}/{}", o.kind)) {
+                out.push((
+                    n.obj.clone(),
+                    format!(
+                        "owned by the cluster-scoped {}/{}: the pivot moves one namespace and would drop that owner",
+                        o.kind, o.name
+                    ),
+                ));
+            }
+        }
+        let mut refs = Vec::new();
+        collect_namespaced_refs(&n.data["spec"], "spec", &mut refs);
+        for (path, ns) in refs {
+            if ns != namespace {
+                out.push((
+                    n.obj.clone(),
+                    format!("{path} refers to namespace {ns}: the pivot moves namespace {namespace} only"),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every object reference (`kind` + `name` + `namespace`) in a value, with its field path.
+fn collect_namespaced_refs(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            if let (Some(Value::String(_)), Some(Value::String(_)), Some(Value::String(ns))) =
+                (m.get("kind"), m.get("name"), m.get("namespace"))
+                && !ns.is_empty()
+            {
+                out.push((path.to_string(), ns.clone()));
+            }
+            for (k, x) in m {
+                collect_namespaced_refs(x, &format!("{path}.{k}"), out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                collect_namespaced_refs(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Reads the full body of every member that was listed by metadata only (Secrets, ConfigMaps).
@@ -704,6 +829,43 @@ mod tests {
 
     fn set(items: &[&str]) -> BTreeSet<String> {
         items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn cluster_scoped_owners_and_cross_namespace_refs_are_refused() {
+        let mut g = graph(&[
+            (
+                "Cluster",
+                "a",
+                None,
+                &[],
+                json!({
+                "infrastructureRef": {"kind": "DevCluster", "name": "a", "namespace": "ns"},
+                "controlPlaneRef": {"kind": "KubeadmControlPlane", "name": "a-cp", "namespace": "elsewhere"}}),
+            ),
+            ("DevCluster", "a", None, &["Cluster/a"], json!({})),
+            ("Secret", "a-ca", None, &[], json!({})),
+        ]);
+        membership(&mut g, "uid-Cluster-a", "a");
+        // An owner that is a cluster-scoped identity.
+        let uid = "uid-DevCluster-a".to_string();
+        g.nodes.get_mut(&uid).unwrap().data["metadata"]["ownerReferences"] = json!([
+            {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "VSphereClusterIdentity", "name": "id", "uid": "u-id"}]);
+        let scoped = BTreeSet::from([
+            "infrastructure.cluster.x-k8s.io/v1beta1/VSphereClusterIdentity".to_string(),
+        ]);
+        let got: Vec<String> = refusals(&g, "ns", &scoped)
+            .into_iter()
+            .map(|(o, why)| format!("{o}: {why}"))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "Cluster/a: spec.controlPlaneRef refers to namespace elsewhere: the pivot moves namespace ns only",
+                "DevCluster/a: owned by the cluster-scoped VSphereClusterIdentity/id: the pivot moves one namespace and would drop that owner",
+            ]
+        );
+        assert!(refusals(&g, "ns", &BTreeSet::new()).len() == 1);
     }
 
     #[test]

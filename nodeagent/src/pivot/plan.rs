@@ -49,6 +49,8 @@ pub struct Plan {
     pub kept_in_source: Vec<(ObjRef, String)>,
     /// Types that could not be listed ("Kind group/version", why): none of their objects move.
     pub unlisted_types: Vec<(String, String)>,
+    /// Objects the pivot cannot move correctly, and why: the pivot refuses to start.
+    pub refused: Vec<(ObjRef, String)>,
     /// Objects to move.
     pub total: usize,
 }
@@ -122,6 +124,7 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
         virtual_owners,
         kept_in_source,
         unlisted_types: g.unlisted.clone(),
+        refused: g.refused.clone(),
     }
 }
 
@@ -152,6 +155,12 @@ impl std::fmt::Display for Plan {
         if !self.skipped.is_empty() {
             writeln!(f, "\nSkipped:")?;
             for (o, why) in &self.skipped {
+                writeln!(f, "  {o}: {why}")?;
+            }
+        }
+        if !self.refused.is_empty() {
+            writeln!(f, "\nRefused (the pivot will not start):")?;
+            for (o, why) in &self.refused {
                 writeln!(f, "  {o}: {why}")?;
             }
         }
