@@ -234,11 +234,7 @@ pub async fn apply(
             kinds.insert(key.clone(), found);
         }
         let (ar, caps) = &kinds[&key];
-        let label = if ar.group.is_empty() {
-            format!("{}/{name}", ar.kind.to_lowercase())
-        } else {
-            format!("{}.{}/{name}", ar.kind.to_lowercase(), ar.group)
-        };
+        let label = label(&ar.kind, &ar.group, &name);
         let api: Api<DynamicObject> = match (&caps.scope, &namespace) {
             (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
             (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), ar),
@@ -314,14 +310,7 @@ pub async fn pivoted(
 ) -> Result<Option<String>, ApplyError> {
     let ns = checked.namespace.as_str();
     let name = checked.name.as_str();
-    let soft = |r: Result<Option<DynamicObject>, kube::Error>| match r {
-        Ok(o) => Ok(o),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Ok(None),
-        Err(source) => Err(ApplyError::Request {
-            object: format!("{ns}/{name}"),
-            source,
-        }),
-    };
+    let soft = |r| absent_if_unreadable(r, &format!("{ns}/{name}")).map(Option::flatten);
     let fc: Api<DynamicObject> = Api::namespaced_with(
         target.client.clone(),
         ns,
@@ -338,14 +327,8 @@ pub async fn pivoted(
             return Ok(Some(format!("its agent reports phase {phase}")));
         }
     }
-    let cluster = ApiResource {
-        group: "cluster.x-k8s.io".into(),
-        version: checked.capi.as_str().into(),
-        api_version: format!("cluster.x-k8s.io/{}", checked.capi.as_str()),
-        kind: "Cluster".into(),
-        plural: "clusters".into(),
-    };
-    let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &cluster);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(target.client.clone(), ns, &cluster_resource(checked));
     if let Some(c) = soft(api.get_opt(name).await)? {
         let marked = c
             .metadata
@@ -371,33 +354,55 @@ pub async fn other_clusters(
 ) -> Result<Vec<String>, ApplyError> {
     let ns = checked.namespace.as_str();
     let mut found = std::collections::BTreeSet::new();
-    let cluster = ApiResource {
-        group: "cluster.x-k8s.io".into(),
-        version: checked.capi.as_str().into(),
-        api_version: format!("cluster.x-k8s.io/{}", checked.capi.as_str()),
-        kind: "Cluster".into(),
-        plural: "clusters".into(),
-    };
-    for ar in [ApiResource::erase::<FledgeCluster>(&()), cluster] {
+    for ar in [
+        ApiResource::erase::<FledgeCluster>(&()),
+        cluster_resource(checked),
+    ] {
         let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &ar);
-        match api.list_metadata(&Default::default()).await {
-            Ok(list) => found.extend(
+        let list = api.list_metadata(&Default::default()).await;
+        if let Some(list) = absent_if_unreadable(list, &format!("namespace {ns}"))? {
+            found.extend(
                 list.items
                     .into_iter()
                     .filter_map(|o| o.metadata.name)
                     .filter(|n| n != checked.name.as_str()),
-            ),
-            // Not served, or not readable: nothing to compare with.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => {}
-            Err(source) => {
-                return Err(ApplyError::Request {
-                    object: format!("namespace {ns}"),
-                    source,
-                });
-            }
+            );
         }
     }
     Ok(found.into_iter().collect())
+}
+
+/// The request's `Cluster` type at its CAPI contract.
+fn cluster_resource(checked: &CheckedCluster) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cluster.x-k8s.io", checked.capi.as_str(), "Cluster"),
+        "clusters",
+    )
+}
+
+/// A read that found nothing, or may not look (404: not there or not served; 403: not
+/// readable by this identity), is `None`: no sign either way.
+fn absent_if_unreadable<T>(
+    r: Result<T, kube::Error>,
+    object: &str,
+) -> Result<Option<T>, ApplyError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 403 => Ok(None),
+        Err(source) => Err(ApplyError::Request {
+            object: object.to_string(),
+            source,
+        }),
+    }
+}
+
+/// How kubectl names an object: `kind.group/name`, or `kind/name` for the core group.
+pub fn label(kind: &str, group: &str, name: &str) -> String {
+    if group.is_empty() {
+        format!("{}/{name}", kind.to_lowercase())
+    } else {
+        format!("{}.{group}/{name}", kind.to_lowercase())
+    }
 }
 
 /// The agent's phases that come after the pivot.

@@ -287,13 +287,9 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         for o in &objects {
             let api_version = o["apiVersion"].as_str().unwrap_or_default();
             let group = api_version.split_once('/').map_or("", |(g, _)| g);
-            let kind = o["kind"].as_str().unwrap_or_default().to_lowercase();
+            let kind = o["kind"].as_str().unwrap_or_default();
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            if group.is_empty() {
-                println!("{kind}/{name} (dry run)");
-            } else {
-                println!("{kind}.{group}/{name} (dry run)");
-            }
+            println!("{} (dry run)", crate::apply::label(kind, group, name));
         }
         return Ok(());
     }

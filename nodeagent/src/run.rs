@@ -264,7 +264,10 @@ pub async fn run<F: Future<Output = ()>>(
         })
     });
     let client = management_client(&cfg, &opts)?;
-    let state_dir_for_status = state_dir.clone();
+    // The status written before a restart keeps its conditions' transition times.
+    let last_status = std::fs::read(state_dir.join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
     let sync = Sync {
         cfg: cfg.clone(),
         state_dir,
@@ -274,10 +277,7 @@ pub async fn run<F: Future<Output = ()>>(
         journal,
         cached,
         refused: None,
-        // The status written before a restart keeps its conditions' transition times.
-        last_status: std::fs::read(state_dir_for_status.join("status.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok()),
+        last_status,
     };
     struct Alive(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for Alive {

@@ -33,13 +33,7 @@ async fn one(
     rtt: Duration,
 ) -> anyhow::Result<Run> {
     let sc = s.client().await;
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(sc.clone());
-    api.create(
-        &Default::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
-    )
-    .await?;
-    let keys = capi::cluster(&sc, ns, "scale", capi::V1BETA2, workers).await;
+    let keys = fixture(&sc, ns, workers).await?;
     let counts = Fault::delaying(rtt);
     let (a, b) = (
         client_with(&s.kubeconfig, &counts).await,
@@ -123,13 +117,7 @@ async fn audited(
 ) -> anyhow::Result<Side> {
     let sc = s.client().await;
     let tc = t.client().await;
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(sc.clone());
-    api.create(
-        &Default::default(),
-        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
-    )
-    .await?;
-    let keys = capi::cluster(&sc, ns, "scale", capi::V1BETA2, workers).await;
+    let keys = fixture(&sc, ns, workers).await?;
     // clusterctl moves only a provisioned cluster: the condition it checks.
     let clusters: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
         sc.clone(),
@@ -230,6 +218,17 @@ async fn agent_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Clie
 
 fn is_empty(v: &serde_json::Value) -> bool {
     v.is_null() || v.as_object().is_some_and(|m| m.is_empty())
+}
+
+/// A namespace `ns` holding one cluster `scale` with `workers` worker Machines.
+async fn fixture(sc: &kube::Client, ns: &str, workers: usize) -> anyhow::Result<Vec<capi::Key>> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(sc.clone());
+    api.create(
+        &Default::default(),
+        &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+    )
+    .await?;
+    Ok(capi::cluster(sc, ns, "scale", capi::V1BETA2, workers).await)
 }
 
 /// (busy, total) jiffies of all CPUs, from /proc/stat.

@@ -271,27 +271,13 @@ async fn a_corrupted_cache_is_detected_and_refetched() {
     .await;
     assert_eq!(shared.snapshot().errors.get("cache_corrupt"), Some(&1));
     // The bootstrap failure is reported in the status.
-    let start = Instant::now();
-    let cond = loop {
-        let st = api
-            .get(&c_name(&root))
-            .await
-            .unwrap()
-            .status
-            .unwrap_or_default();
-        if let Some(c) = st
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == "BootstrapSucceeded")
-        {
-            break c;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no bootstrap condition"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let cond = condition(
+        &api,
+        &c_name(&root),
+        "BootstrapSucceeded",
+        "BootstrapFailed",
+    )
+    .await;
     assert_eq!(cond.status, "False");
     assert_eq!(cond.reason.as_deref(), Some("BootstrapFailed"));
     let msg = cond.message.unwrap_or_default();

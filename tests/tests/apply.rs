@@ -10,6 +10,7 @@ use fledge_generator::management;
 use fledge_generator::providers;
 use fledge_generator::render::Templates;
 use fledge_generator::spec::{self, CapiVersion, CheckedCluster, FledgeCluster, ProviderKind};
+use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, kubeconfig_yaml, start_or_skip};
 use fledge_tests::crds::core_dir;
 use fledge_tests::install::install_crds;
@@ -290,7 +291,7 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
     let checked = load(&request);
     let (ns, name) = (checked.namespace.as_str(), checked.name.as_str());
     let bin = fledge_tests::binary("fledge");
-    let fledge_apply = |extra: &[&str]| {
+    let fledge_apply = |request: &Path, extra: &[&str]| {
         let out = std::process::Command::new(&bin)
             .args(["apply", request.to_str().unwrap(), "--kubeconfig"])
             .arg(&mgmt.kubeconfig)
@@ -307,7 +308,7 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
             String::from_utf8(out.stderr).unwrap(),
         )
     };
-    let (out, _) = fledge_apply(&[]);
+    let (out, _) = fledge_apply(&request, &[]);
     assert!(
         out.contains("cluster.cluster.x-k8s.io/docker-demo created"),
         "{out}"
@@ -329,21 +330,11 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
         let c = c.clone();
         async move {
             let mut found = Vec::new();
-            for (kind, plural, group) in [
-                ("Cluster", "clusters", "cluster.x-k8s.io"),
-                (
-                    "KubeadmControlPlane",
-                    "kubeadmcontrolplanes",
-                    "controlplane.cluster.x-k8s.io",
-                ),
+            for (api_version, kind) in [
+                (capi::V1BETA2.capi, "Cluster"),
+                (capi::V1BETA2.kcp, "KubeadmControlPlane"),
             ] {
-                let ar = kube::api::ApiResource {
-                    group: group.into(),
-                    version: "v1beta2".into(),
-                    api_version: format!("{group}/v1beta2"),
-                    kind: kind.into(),
-                    plural: plural.into(),
-                };
+                let ar = capi::resource(api_version, kind);
                 let api: Api<kube::api::DynamicObject> = Api::namespaced_with(c.clone(), ns, &ar);
                 for o in api.list(&Default::default()).await.unwrap() {
                     found.push(format!("{kind}/{}", o.metadata.name.unwrap_or_default()));
@@ -359,15 +350,11 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
     assert_eq!(clusters(&local_client).await.len(), 2);
     // Only CP-A runs the agent: the workload cluster's KCP names no Secret the pivot left on
     // the management plane (the agent's token), so CAPI there can bootstrap CP-B and CP-C.
-    let kcp_ar = kube::api::ApiResource {
-        group: "controlplane.cluster.x-k8s.io".into(),
-        version: "v1beta2".into(),
-        api_version: "controlplane.cluster.x-k8s.io/v1beta2".into(),
-        kind: "KubeadmControlPlane".into(),
-        plural: "kubeadmcontrolplanes".into(),
-    };
-    let kcps: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(local_client.clone(), ns, &kcp_ar);
+    let kcps: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        local_client.clone(),
+        ns,
+        &capi::resource(capi::V1BETA2.kcp, "KubeadmControlPlane"),
+    );
     let kcp = kcps
         .list(&Default::default())
         .await
@@ -389,7 +376,7 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
     assert_eq!(marker.state, "Complete");
 
     // The same request again: only the FledgeCluster, and it says why.
-    let (out, err) = fledge_apply(&[]);
+    let (out, err) = fledge_apply(&request, &[]);
     assert!(
         err.contains("was pivoted into its workload cluster"),
         "{err}"
@@ -410,20 +397,11 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let changed_path = dir.path().join("input.yaml");
     std::fs::write(&changed_path, changed).unwrap();
-    let out = std::process::Command::new(&bin)
-        .args(["apply", changed_path.to_str().unwrap(), "--kubeconfig"])
-        .arg(&mgmt.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fledge_apply(&changed_path, &[]);
     assert!(fc.get(name).await.unwrap().metadata.generation > before);
     assert!(clusters(&target.client).await.is_empty());
     // The explicit override applies everything.
-    let (out, _) = fledge_apply(&["--force-management-objects"]);
+    let (out, _) = fledge_apply(&request, &["--force-management-objects"]);
     assert!(
         out.contains("cluster.cluster.x-k8s.io/docker-demo created"),
         "{out}"

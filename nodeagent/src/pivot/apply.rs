@@ -486,29 +486,51 @@ impl<'a> Pivot<'a> {
         let mut delay = Duration::from_millis(500);
         let graph = loop {
             let g = discover(self.source, self.namespace, self.cluster).await?;
-            let blocked: Vec<String> = g
+            let mut blocked: Vec<&Node> = g
                 .members
                 .iter()
                 .map(|u| &g.nodes[u])
                 .filter(|n| n.data["metadata"]["annotations"][BLOCK_MOVE].is_string())
-                .map(|n| n.obj.to_string())
                 .collect();
             if blocked.is_empty() {
                 break g;
             }
-            let waited = start.elapsed().as_secs();
-            if start.elapsed() >= self.opts.block_move_timeout {
-                return Err(PivotError::Blocked {
-                    objects: blocked,
+            // Poll only the blocked objects; discover the whole cluster again once they clear.
+            while !blocked.is_empty() {
+                let names: Vec<String> = blocked.iter().map(|n| n.obj.to_string()).collect();
+                let waited = start.elapsed().as_secs();
+                if start.elapsed() >= self.opts.block_move_timeout {
+                    return Err(PivotError::Blocked {
+                        objects: names,
+                        waited,
+                    });
+                }
+                (self.progress)(&Event::Blocked {
+                    objects: names,
                     waited,
                 });
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+                let mut still = Vec::new();
+                for n in blocked {
+                    let api = self.api(self.source, g.resource(&n.obj).expect("listed"));
+                    let now = self
+                        .retry(
+                            || format!("reading the source {}", n.obj),
+                            || async { api.get_opt(&n.obj.name).await },
+                        )
+                        .await?;
+                    let held = now.is_some_and(|o| {
+                        o.metadata
+                            .annotations
+                            .is_some_and(|a| a.contains_key(BLOCK_MOVE))
+                    });
+                    if held {
+                        still.push(n);
+                    }
+                }
+                blocked = still;
             }
-            (self.progress)(&Event::Blocked {
-                objects: blocked,
-                waited,
-            });
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
         };
         let being_deleted: Vec<String> = graph
             .members

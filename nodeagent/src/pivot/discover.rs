@@ -44,6 +44,8 @@ pub struct Node {
 /// An ownerReference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnerRef {
+    /// Owner apiVersion.
+    pub api_version: String,
     /// Owner kind.
     pub kind: String,
     /// Owner name.
@@ -274,6 +276,7 @@ fn node(obj: DynamicObject, api_version: &str, kind: &str) -> Node {
         .unwrap_or_default()
         .into_iter()
         .map(|o| OwnerRef {
+            api_version: o.api_version,
             kind: o.kind,
             name: o.name,
             uid: o.uid,
@@ -351,10 +354,10 @@ pub async fn discover(
         })?;
     membership(&mut g, &root, cluster);
     cluster_class(&mut g, &root, namespace);
+    g.types = types;
     read_bodies(client, namespace, &mut g).await?;
     let cluster_scoped = cluster_scoped_owner_types(client, &g).await?;
     g.refused = refusals(&g, namespace, &cluster_scoped);
-    g.types = types;
     Ok(g)
 }
 
@@ -366,9 +369,12 @@ async fn cluster_scoped_owner_types(
 ) -> Result<BTreeSet<String>, DiscoverError> {
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for uid in &g.members {
-        for (o, av) in owner_refs(&g.nodes[uid]) {
+        for o in &g.nodes[uid].owners {
             if !g.nodes.contains_key(&o.uid) {
-                wanted.entry(av).or_default().insert(o.kind.clone());
+                wanted
+                    .entry(o.api_version.clone())
+                    .or_default()
+                    .insert(o.kind.clone());
             }
         }
     }
@@ -400,25 +406,6 @@ async fn cluster_scoped_owner_types(
     Ok(out)
 }
 
-/// A member's owner references with their apiVersion.
-fn owner_refs(n: &Node) -> Vec<(OwnerRef, String)> {
-    n.data["metadata"]["ownerReferences"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| {
-            Some((
-                OwnerRef {
-                    kind: o["kind"].as_str()?.into(),
-                    name: o["name"].as_str()?.into(),
-                    uid: o["uid"].as_str()?.into(),
-                },
-                o["apiVersion"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
-}
-
 /// Members the pivot of one namespace cannot move correctly: those owned by a cluster-scoped
 /// object (it cannot be moved with them, and the copy would lose the link), and those whose
 /// references name an object in another namespace.
@@ -430,8 +417,8 @@ pub fn refusals(
     let mut out = Vec::new();
     for uid in &g.members {
         let n = &g.nodes[uid];
-        for (o, av) in owner_refs(n) {
-            if cluster_scoped.contains(&format!("{av}/{}", o.kind)) {
+        for o in &n.owners {
+            if cluster_scoped.contains(&format!("{}/{}", o.api_version, o.kind)) {
                 out.push((
                     n.obj.clone(),
                     format!(
@@ -493,16 +480,11 @@ async fn read_bodies(
         .filter(|n| n.obj.api_version == "v1")
         .map(|n| (n.obj.uid.clone(), n.obj.clone()))
         .collect();
+    let graph = &*g;
     let bodies: Vec<(String, Option<DynamicObject>)> =
         futures::stream::iter(wanted.into_iter().map(|(uid, o)| async move {
-            let ar = ApiResource {
-                group: String::new(),
-                version: "v1".into(),
-                api_version: "v1".into(),
-                kind: o.kind.clone(),
-                plural: format!("{}s", o.kind.to_lowercase()),
-            };
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
+            let ar = graph.resource(&o).expect("listed types");
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
             api.get_opt(&o.name)
                 .await
                 .map(|b| (uid, b))
@@ -791,6 +773,7 @@ mod tests {
                     .map(|o| {
                         let (k, n) = o.split_once('/').unwrap();
                         OwnerRef {
+                            api_version: api_version(k).into(),
                             kind: k.into(),
                             name: n.into(),
                             uid: uid(o),
@@ -849,8 +832,12 @@ mod tests {
         membership(&mut g, "uid-Cluster-a", "a");
         // An owner that is a cluster-scoped identity.
         let uid = "uid-DevCluster-a".to_string();
-        g.nodes.get_mut(&uid).unwrap().data["metadata"]["ownerReferences"] = json!([
-            {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "VSphereClusterIdentity", "name": "id", "uid": "u-id"}]);
+        g.nodes.get_mut(&uid).unwrap().owners = vec![OwnerRef {
+            api_version: "infrastructure.cluster.x-k8s.io/v1beta1".into(),
+            kind: "VSphereClusterIdentity".into(),
+            name: "id".into(),
+            uid: "u-id".into(),
+        }];
         let scoped = BTreeSet::from([
             "infrastructure.cluster.x-k8s.io/v1beta1/VSphereClusterIdentity".to_string(),
         ]);
