@@ -81,6 +81,7 @@ pub struct TestCluster {
     etcd: Option<Child>,
     apiserver: Option<Child>,
     controller_manager: Option<Child>,
+    pub(crate) managers: Vec<crate::managers::Manager>,
     /// `https://127.0.0.1:PORT`.
     pub url: String,
     /// The admin kubeconfig (token auth, group system:masters).
@@ -106,7 +107,7 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -248,6 +249,7 @@ impl TestCluster {
             etcd: None,
             apiserver: None,
             controller_manager: None,
+            managers: Vec::new(),
             url: String::new(),
             kubeconfig: PathBuf::new(),
             user_kubeconfig: PathBuf::new(),
@@ -291,19 +293,31 @@ impl TestCluster {
             .unwrap_or(Path::new("/nonexistent"))
     }
 
-    fn log(&self, name: &str) -> PathBuf {
+    pub(crate) fn log(&self, name: &str) -> PathBuf {
         self.dir().join(format!("{name}.log"))
     }
 
     fn spawn(&self, name: &'static str, args: &[String]) -> Result<Child, HarnessError> {
-        let log = std::fs::File::create(self.log(name))?;
+        Ok(self.spawn_with_env(name, args, &[])?.0)
+    }
+
+    /// Starts `<assets>/name` with its output in `<dir>/name.log`; returns the log's path too.
+    pub(crate) fn spawn_with_env(
+        &self,
+        name: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<(Child, PathBuf), HarnessError> {
+        let path = self.log(name);
+        let log = std::fs::File::create(&path)?;
         let child = Command::new(assets_bin().join(name))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        Ok(child)
+        Ok((child, path))
     }
 
     async fn start_etcd(&mut self) -> Result<(), HarnessError> {
@@ -459,12 +473,13 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("client for {}: {e}", self.url))
     }
 
-    /// PIDs of the running processes (etcd, apiserver, controller-manager).
+    /// PIDs of the running processes (etcd, apiserver, controller-manager, CAPI managers).
     pub fn pids(&self) -> Vec<u32> {
         [&self.etcd, &self.apiserver, &self.controller_manager]
             .into_iter()
             .flatten()
             .map(Child::id)
+            .chain(self.managers.iter().map(|m| m.child.id()))
             .collect()
     }
 
@@ -473,8 +488,17 @@ impl TestCluster {
         stop(&mut self.apiserver);
     }
 
-    /// Stops everything: controller-manager, apiserver, then etcd.
+    /// Stops the Cluster API managers (they stay installed; their webhooks then fail).
+    pub fn stop_capi_managers(&mut self) {
+        for mut m in self.managers.drain(..) {
+            let _ = m.child.kill();
+            let _ = m.child.wait();
+        }
+    }
+
+    /// Stops everything: the CAPI managers, controller-manager, apiserver, then etcd.
     pub fn stop(&mut self) {
+        self.stop_capi_managers();
         stop(&mut self.controller_manager);
         stop(&mut self.apiserver);
         stop(&mut self.etcd);

@@ -86,8 +86,23 @@ pub async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<
         }
         names.push(name);
     }
+    wait_names(&api, &names).await?;
+    Ok(names.len())
+}
+
+/// Waits until the CRDs `crds` (objects, by `metadata.name`) are Established.
+pub async fn wait_established(client: &kube::Client, crds: &[Value]) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let names: Vec<String> = crds
+        .iter()
+        .filter_map(|c| c["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    wait_names(&api, &names).await
+}
+
+async fn wait_names(api: &Api<CustomResourceDefinition>, names: &[String]) -> Result<(), String> {
     let start = Instant::now();
-    for name in &names {
+    for name in names {
         loop {
             let crd = api
                 .get(name)
@@ -108,7 +123,7 @@ pub async fn create_and_wait(client: &kube::Client, crds: Vec<Value>) -> Result<
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok(names.len())
+    Ok(())
 }
 
 /// The CRD files under `sub` of a Go module the peers script downloaded (`which` is

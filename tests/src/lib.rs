@@ -68,3 +68,4 @@ pub mod capi;
 pub mod cluster;
 pub mod fault;
 pub mod install;
+pub mod managers;

@@ -103,3 +103,126 @@ async fn capi_crds_install_and_serve_status_subresources() {
         Some("cluster-api")
     );
 }
+
+/// Starts a cluster with the three CAPI managers, or reports what is missing.
+async fn with_managers() -> Option<TestCluster> {
+    let mut c = start_or_skip(Options::default()).await?;
+    match c.start_capi_managers(&[]).await {
+        Ok(()) => Some(c),
+        Err(HarnessError::MissingAsset(p)) => {
+            fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh");
+            None
+        }
+        Err(e) => panic!("cannot start the Cluster API managers: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capi_managers_serve_conversion_and_admission_webhooks_and_stop_by_pid() {
+    let Some(c) = with_managers().await else {
+        return;
+    };
+    let client = c.client().await;
+    // The CRDs as the release installs them: labels, and conversion through the manager.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    let kcp = crds
+        .get("kubeadmcontrolplanes.controlplane.cluster.x-k8s.io")
+        .await
+        .unwrap();
+    let labels = kcp.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels["cluster.x-k8s.io/provider"], "control-plane-kubeadm");
+    assert_eq!(labels["cluster.x-k8s.io/v1beta2"], "v1beta2");
+    assert_eq!(labels["clusterctl.cluster.x-k8s.io"], "");
+    let conv = kcp.spec.conversion.unwrap();
+    assert_eq!(conv.strategy, "Webhook");
+    let url = conv.webhook.unwrap().client_config.unwrap().url.unwrap();
+    let kcp_port = c.managers()[2].webhook_port;
+    assert_eq!(url, format!("https://127.0.0.1:{kcp_port}/convert"));
+    // Admission configurations are renamed per provider.
+    let vwc: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let mut names: Vec<String> = vwc
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|w| w.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "capi-kubeadm-bootstrap-validating-webhook-configuration",
+            "capi-kubeadm-control-plane-validating-webhook-configuration",
+            "capi-validating-webhook-configuration",
+        ]
+    );
+
+    // The mutating webhook defaults a MachineDeployment (selector from the cluster name), and
+    // the conversion webhook serves it as v1beta1.
+    let md = serde_json::json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment",
+        "metadata": {"name": "md-0", "namespace": "default"},
+        "spec": {"clusterName": "c1", "template": {"spec": {"clusterName": "c1",
+            "bootstrap": {"dataSecretName": "boot"},
+            "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachineTemplate", "name": "t"}}}}});
+    let v1b2 = fledge_tests::capi::resource("cluster.x-k8s.io/v1beta2", "MachineDeployment");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &v1b2);
+    let created = api
+        .create(&PostParams::default(), &serde_json::from_value(md).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        created.data["spec"]["selector"]["matchLabels"]["cluster.x-k8s.io/cluster-name"], "c1",
+        "{:#?}",
+        created.data
+    );
+    let v1b1 = fledge_tests::capi::resource("cluster.x-k8s.io/v1beta1", "MachineDeployment");
+    let old: Api<DynamicObject> = Api::namespaced_with(client.clone(), "default", &v1b1);
+    let read = old.get("md-0").await.unwrap();
+    assert_eq!(read.types.unwrap().api_version, "cluster.x-k8s.io/v1beta1");
+    assert_eq!(
+        read.data["spec"]["template"]["spec"]["bootstrap"]["dataSecretName"],
+        "boot"
+    );
+
+    // A webhook-only rule (not in the schema) is enforced: KCP versions must be semver.
+    let kcp = serde_json::json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
+        "metadata": {"name": "cp", "namespace": "default"},
+        "spec": {"version": "v1.33", "machineTemplate": {"spec": {"infrastructureRef":
+            {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachineTemplate", "name": "t"}}}}});
+    let kapi: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &fledge_tests::capi::resource(
+            "controlplane.cluster.x-k8s.io/v1beta2",
+            "KubeadmControlPlane",
+        ),
+    );
+    match kapi
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(kcp).unwrap(),
+        )
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert!(
+            s.message.contains("admission webhook") && s.message.contains("semantic version"),
+            "{}",
+            s.message
+        ),
+        other => panic!("expected the KCP webhook to deny, got {other:?}"),
+    }
+
+    // Every process, managers included, is gone once the cluster is dropped.
+    let pids = c.pids();
+    assert_eq!(pids.len(), 5, "etcd, kube-apiserver and three managers");
+    drop(c);
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} still exists"
+        );
+    }
+}
