@@ -123,6 +123,11 @@ async fn capi_managers_serve_conversion_and_admission_webhooks_and_stop_by_pid()
         return;
     };
     let client = c.client().await;
+    // The infrastructure kinds the objects refer to (conversion looks up their contract label);
+    // the CAPI CRDs already installed by the harness are left as they are.
+    install_crds(&client, &["cluster-api/v1.13.5"])
+        .await
+        .unwrap();
     // The CRDs as the release installs them: labels, and conversion through the manager.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
