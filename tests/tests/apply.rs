@@ -29,7 +29,22 @@ fn case(provider: ProviderKind, capi: CapiVersion) -> PathBuf {
 
 /// A cluster with every CRD the cases of one CAPI contract need.
 async fn cluster_for(capi: CapiVersion) -> Option<(TestCluster, Target)> {
-    let c = start_or_skip(Options::default()).await?;
+    cluster_with(capi, false).await
+}
+
+/// The same, optionally with the real CAPI managers (v1.13.5) and their webhooks answering.
+async fn cluster_with(capi: CapiVersion, managers: bool) -> Option<(TestCluster, Target)> {
+    let mut c = start_or_skip(Options::default()).await?;
+    if managers {
+        match c.start_capi_managers(&[]).await {
+            Ok(()) => {}
+            Err(fledge_tests::cluster::HarnessError::MissingAsset(p)) => {
+                fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh");
+                return None;
+            }
+            Err(e) => panic!("cannot start the Cluster API managers: {e}"),
+        }
+    }
     let mut dirs = vec![core_dir(capi)];
     for p in ProviderKind::ALL {
         let d = providers::get(p).api(capi).crd_dir;
@@ -69,11 +84,13 @@ fn all_cases() -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_case_passes_server_side_dry_run_for_both_capi_versions() {
-    // The CRDs keep their CEL rules, defaults and strict schemas on the current apiserver.
+    // The CRDs keep their CEL rules, defaults and strict schemas on the current apiserver; the
+    // v1beta2 cases also pass the real CAPI v1.13.5 webhooks (the v1beta1 cases are validated
+    // against the CAPI v1.9 CRDs, which those managers do not serve).
     let cases: Vec<CheckedCluster> = all_cases().iter().map(|p| load(p)).collect();
     let mut checked = 0;
     for capi in [CapiVersion::V1beta2, CapiVersion::V1beta1] {
-        let Some((_c, target)) = cluster_for(capi).await else {
+        let Some((c, target)) = cluster_with(capi, capi == CapiVersion::V1beta2).await else {
             return;
         };
         for case in cases.iter().filter(|c| c.capi == capi) {
@@ -92,6 +109,35 @@ async fn every_case_passes_server_side_dry_run_for_both_capi_versions() {
                 "{results:?}"
             );
             checked += 1;
+        }
+        if capi == CapiVersion::V1beta2 {
+            // The apiserver called the real mutating webhooks (the audit log's annotations).
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let audit = std::fs::read_to_string(c.audit_log()).unwrap();
+            let called: Vec<String> = audit
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| {
+                    e["requestURI"]
+                        .as_str()
+                        .is_some_and(|u| u.contains("dryRun=All"))
+                })
+                .filter_map(|e| e["annotations"].as_object().cloned())
+                .flat_map(|a| a.into_iter())
+                .filter(|(k, _)| k.starts_with("mutation.webhook.admission.k8s.io/"))
+                .filter_map(|(_, v)| v.as_str().map(str::to_string))
+                .collect();
+            // (The management objects hold no KubeadmConfig, so CABPK's webhooks are not asked.)
+            for hook in [
+                "default.cluster.cluster.x-k8s.io",
+                "default.kubeadmcontrolplane.controlplane.cluster.x-k8s.io",
+            ] {
+                let want = format!("\"webhook\":\"{hook}\"");
+                assert!(
+                    called.iter().any(|v| v.contains(&want)),
+                    "no dry-run request went through the webhook {hook}: {called:?}"
+                );
+            }
         }
     }
     assert_eq!(checked, cases.len());
