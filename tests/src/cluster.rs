@@ -103,11 +103,11 @@ pub struct TestCluster {
 /// The user name of [`TestCluster::user_kubeconfig`].
 pub const USER: &str = "fledge-user";
 
-fn free_port() -> std::io::Result<u16> {
+pub(crate) fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
+fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -123,6 +123,60 @@ pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
         });
     }
     Ok(())
+}
+
+/// A serving certificate `<dir>/<stem>.crt` + `.key` for 127.0.0.1 (the SANs of
+/// `<dir>/san.cnf`), signed by the cluster CA in `dir`.
+pub(crate) fn issue_cert(dir: &Path, stem: &str, cn: &str) -> Result<(), HarnessError> {
+    if !dir.join("san.cnf").exists() {
+        std::fs::write(
+            dir.join("san.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )?;
+    }
+    let (key, csr, crt) = (
+        format!("{stem}.key"),
+        format!("{stem}.csr"),
+        format!("{stem}.crt"),
+    );
+    let subj = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &subj,
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            "san.cnf",
+        ],
+    )
 }
 
 /// The last `n` lines of a log file.
@@ -183,47 +237,7 @@ impl TestCluster {
                 "/CN=fledge-test-ca",
             ],
         )?;
-        openssl(
-            d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=kube-apiserver",
-            ],
-        )?;
-        std::fs::write(
-            d.join("san.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )?;
-        openssl(
-            d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "san.cnf",
-            ],
-        )?;
+        issue_cert(d, "server", "kube-apiserver")?;
         openssl(
             d,
             &[

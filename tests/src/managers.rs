@@ -16,7 +16,6 @@
 //! `scripts/go-peers.sh`); nothing is copied into this repository. The processes belong to the
 //! cluster and are killed by PID before its apiserver when it stops or is dropped.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::cluster::{HarnessError, TestCluster, assets_bin, openssl, tail};
+use crate::cluster::{HarnessError, TestCluster, assets_bin, free_port, issue_cert, tail};
 
 /// One Cluster API provider as the harness runs it.
 #[derive(Debug, Clone, Copy)]
@@ -222,10 +221,6 @@ pub fn provider_webhooks(
     Ok(out)
 }
 
-fn free_port() -> Result<u16, HarnessError> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// Server-side apply of cluster-scoped objects (CRDs, webhook configurations) as clusterctl.
 async fn apply_all(
     client: &kube::Client,
@@ -244,23 +239,11 @@ async fn apply_all(
 }
 
 fn crd_resource() -> ApiResource {
-    ApiResource {
-        group: "apiextensions.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "apiextensions.k8s.io/v1".into(),
-        kind: "CustomResourceDefinition".into(),
-        plural: "customresourcedefinitions".into(),
-    }
+    crate::capi::resource("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 }
 
 fn admission_resource(kind: &str) -> ApiResource {
-    ApiResource {
-        group: "admissionregistration.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "admissionregistration.k8s.io/v1".into(),
-        kind: kind.into(),
-        plural: format!("{}s", kind.to_lowercase()),
-    }
+    crate::capi::resource("admissionregistration.k8s.io/v1", kind)
 }
 
 /// `GET /readyz` on the manager's health port answers 200.
@@ -282,45 +265,30 @@ async fn ready(port: u16) -> bool {
 
 /// An object each provider's validating webhook denies although its schema allows it.
 fn probe(p: &Provider) -> (ApiResource, Value) {
-    let res = |group: &str, kind: &str, plural: &str| ApiResource {
-        group: group.into(),
-        version: "v1beta2".into(),
-        api_version: format!("{group}/v1beta2"),
-        kind: kind.into(),
-        plural: plural.into(),
-    };
-    match p.label {
-        "cluster-api" => (
-            res("cluster.x-k8s.io", "Machine", "machines"),
-            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
-                "metadata": {"name": "fledge-webhook-probe"},
-                "spec": {"clusterName": "probe", "version": "not-a-version",
-                    "bootstrap": {"dataSecretName": "probe"},
-                    "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachine", "name": "probe"}}}),
-        ),
-        "bootstrap-kubeadm" => (
-            res(
-                "bootstrap.cluster.x-k8s.io",
-                "KubeadmConfig",
-                "kubeadmconfigs",
-            ),
+    let obj = match p.label {
+        "cluster-api" => json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "fledge-webhook-probe"},
+            "spec": {"clusterName": "probe", "version": "not-a-version",
+                "bootstrap": {"dataSecretName": "probe"},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachine", "name": "probe"}}}),
+        "bootstrap-kubeadm" => {
             json!({"apiVersion": "bootstrap.cluster.x-k8s.io/v1beta2", "kind": "KubeadmConfig",
-                "metadata": {"name": "fledge-webhook-probe"},
-                "spec": {"files": [{"path": "/probe", "content": "x",
-                    "contentFrom": {"secret": {"name": "probe", "key": "probe"}}}]}}),
-        ),
-        _ => (
-            res(
-                "controlplane.cluster.x-k8s.io",
-                "KubeadmControlPlane",
-                "kubeadmcontrolplanes",
-            ),
+            "metadata": {"name": "fledge-webhook-probe"},
+            "spec": {"files": [{"path": "/probe", "content": "x",
+                "contentFrom": {"secret": {"name": "probe", "key": "probe"}}}]}})
+        }
+        _ => {
             json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
-                "metadata": {"name": "fledge-webhook-probe"},
-                "spec": {"version": "not-a-version",
-                    "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachineTemplate", "name": "probe"}}}}}),
-        ),
-    }
+            "metadata": {"name": "fledge-webhook-probe"},
+            "spec": {"version": "not-a-version",
+                "machineTemplate": {"spec": {"infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DevMachineTemplate", "name": "probe"}}}}})
+        }
+    };
+    let ar = crate::capi::resource(
+        obj["apiVersion"].as_str().unwrap_or_default(),
+        obj["kind"].as_str().unwrap_or_default(),
+    );
+    (ar, obj)
 }
 
 /// Waits until the apiserver calls `p`'s validating webhook (it denies the probe).
@@ -364,43 +332,7 @@ impl TestCluster {
         // One serving certificate for 127.0.0.1, signed by the cluster CA.
         let wh = d.join("webhook-certs");
         std::fs::create_dir_all(&wh)?;
-        openssl(
-            &d,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                "webhook-certs/tls.key",
-                "-out",
-                "webhook.csr",
-                "-subj",
-                "/CN=capi-webhook",
-            ],
-        )?;
-        openssl(
-            &d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "webhook.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "webhook-certs/tls.crt",
-                "-days",
-                "2",
-                "-extfile",
-                "san.cnf",
-            ],
-        )?;
+        issue_cert(&d, "webhook-certs/tls", "capi-webhook")?;
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         let client = self.client().await;
         let mut ports = Vec::new();
@@ -497,5 +429,19 @@ impl TestCluster {
     /// The running Cluster API managers.
     pub fn managers(&self) -> &[Manager] {
         &self.managers
+    }
+}
+
+/// Starts a cluster running the three managers, or reports what is missing like
+/// [`crate::cluster::start_or_skip`] (a failure under CI or without `FLEDGE_ALLOW_MISSING=1`).
+pub async fn start_with_managers_or_skip() -> Option<TestCluster> {
+    let mut c = crate::cluster::start_or_skip(crate::cluster::Options::default()).await?;
+    match c.start_capi_managers(&[]).await {
+        Ok(()) => Some(c),
+        Err(HarnessError::MissingAsset(p)) => {
+            crate::missing(&p.display().to_string(), "run scripts/go-peers.sh");
+            None
+        }
+        Err(e) => panic!("cannot start the Cluster API managers: {e}"),
     }
 }

@@ -34,17 +34,11 @@ async fn cluster_for(capi: CapiVersion) -> Option<(TestCluster, Target)> {
 
 /// The same, optionally with the real CAPI managers (v1.13.5) and their webhooks answering.
 async fn cluster_with(capi: CapiVersion, managers: bool) -> Option<(TestCluster, Target)> {
-    let mut c = start_or_skip(Options::default()).await?;
-    if managers {
-        match c.start_capi_managers(&[]).await {
-            Ok(()) => {}
-            Err(fledge_tests::cluster::HarnessError::MissingAsset(p)) => {
-                fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh");
-                return None;
-            }
-            Err(e) => panic!("cannot start the Cluster API managers: {e}"),
-        }
-    }
+    let c = if managers {
+        fledge_tests::managers::start_with_managers_or_skip().await?
+    } else {
+        start_or_skip(Options::default()).await?
+    };
     let mut dirs = vec![core_dir(capi)];
     for p in ProviderKind::ALL {
         let d = providers::get(p).api(capi).crd_dir;

@@ -18,7 +18,7 @@ use fledge_generator::management;
 use fledge_generator::render::Templates;
 use fledge_generator::spec;
 use fledge_tests::capi;
-use fledge_tests::cluster::{HarnessError, Options, TestCluster, start_or_skip};
+use fledge_tests::cluster::TestCluster;
 use fledge_tests::install::install_crds;
 use fledge_tests::workspace_root;
 use kube::Api;
@@ -29,15 +29,7 @@ const NS: &str = "team-docker";
 const NAME: &str = "docker-demo";
 
 async fn with_managers() -> Option<TestCluster> {
-    let mut c = start_or_skip(Options::default()).await?;
-    match c.start_capi_managers(&[]).await {
-        Ok(()) => {}
-        Err(HarnessError::MissingAsset(p)) => {
-            fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh");
-            return None;
-        }
-        Err(e) => panic!("cannot start the Cluster API managers: {e}"),
-    }
+    let c = fledge_tests::managers::start_with_managers_or_skip().await?;
     // The Dev infrastructure CRDs (no controller runs for them: the test is that provider).
     install_crds(&c.client().await, &["cluster-api/v1.13.5"])
         .await
@@ -323,38 +315,14 @@ async fn take_over(mover: Mover) {
     }
 }
 
-/// The user agents (first word) that wrote Machines from line `from` on, with their counts.
-fn machine_writers(log: &std::path::Path, from: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .skip(from)
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete")
-        .filter(|e| ["create", "update", "patch"].contains(&e["verb"].as_str().unwrap_or("")))
-        .filter(|e| e["objectRef"]["resource"] == "machines")
-    {
-        let agent = e["userAgent"]
-            .as_str()
-            .unwrap_or("")
-            .split(' ')
-            .next()
-            .unwrap_or("");
-        *out.entry(agent.to_string()).or_default() += 1;
-    }
-    out
-}
-
 fn lines(log: &std::path::Path) -> usize {
     std::fs::read_to_string(log)
         .map(|t| t.lines().count())
         .unwrap_or(0)
 }
 
-/// Writes into the cluster's namespace answered 4xx (other than 404/409, which the movers use
-/// to probe) from line `from` on.
-fn rejections(log: &std::path::Path, from: usize) -> Vec<String> {
+/// The completed writes (create, update, patch) in an audit log from line `from` on.
+fn writes(log: &std::path::Path, from: usize) -> Vec<Value> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -362,6 +330,14 @@ fn rejections(log: &std::path::Path, from: usize) -> Vec<String> {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|e| e["stage"] == "ResponseComplete")
         .filter(|e| ["create", "update", "patch"].contains(&e["verb"].as_str().unwrap_or("")))
+        .collect()
+}
+
+/// Writes into the cluster's namespace answered 4xx (other than 404/409, which the movers use
+/// to probe) from line `from` on.
+fn rejections(log: &std::path::Path, from: usize) -> Vec<String> {
+    writes(log, from)
+        .iter()
         .filter(|e| {
             e["requestURI"]
                 .as_str()
@@ -378,6 +354,24 @@ fn rejections(log: &std::path::Path, from: usize) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The user agents (first word) that wrote Machines from line `from` on, with their counts.
+fn machine_writers(log: &std::path::Path, from: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for e in writes(log, from)
+        .iter()
+        .filter(|e| e["objectRef"]["resource"] == "machines")
+    {
+        let agent = e["userAgent"]
+            .as_str()
+            .unwrap_or("")
+            .split(' ')
+            .next()
+            .unwrap_or("");
+        *out.entry(agent.to_string()).or_default() += 1;
+    }
+    out
 }
 
 /// Waits (at most 2 minutes, upstream's stability window) until the Machines' resource

@@ -104,22 +104,9 @@ async fn capi_crds_install_and_serve_status_subresources() {
     );
 }
 
-/// Starts a cluster with the three CAPI managers, or reports what is missing.
-async fn with_managers() -> Option<TestCluster> {
-    let mut c = start_or_skip(Options::default()).await?;
-    match c.start_capi_managers(&[]).await {
-        Ok(()) => Some(c),
-        Err(HarnessError::MissingAsset(p)) => {
-            fledge_tests::missing(&p.display().to_string(), "run scripts/go-peers.sh");
-            None
-        }
-        Err(e) => panic!("cannot start the Cluster API managers: {e}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn capi_managers_serve_conversion_and_admission_webhooks_and_stop_by_pid() {
-    let Some(c) = with_managers().await else {
+    let Some(c) = fledge_tests::managers::start_with_managers_or_skip().await else {
         return;
     };
     let client = c.client().await;
