@@ -12,7 +12,7 @@ use crate::output::{self, OutputFile};
 use crate::render::{Templates, yaml};
 use crate::seed::{self, SeedFormat};
 use crate::spec::{self, ClusterProfile, FledgeCluster};
-use crate::{cloudinit, management};
+use crate::{cloudinit, management, workload};
 
 /// Render Cluster API objects, cloud-init and seed images for a decentralized cluster.
 ///
@@ -34,7 +34,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Render DIR/management.yaml and CP-A's cloud-init seed content in DIR/cp-a/.
+    /// Render DIR/management.yaml, CP-A's cloud-init seed content in DIR/cp-a/, and
+    /// DIR/workload.yaml: what the agent creates after the pivot.
     ///
     /// The output directory is written atomically: on any error nothing is written. An existing
     /// directory is replaced only when fledge wrote it.
@@ -270,6 +271,11 @@ pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<
     if let Some(net) = seed.network_config {
         files.push(OutputFile::public("cp-a/network-config", net));
     }
+    let workload = workload::objects(&checked, &templates)?;
+    files.push(OutputFile::public(
+        "workload.yaml",
+        yaml::documents(&workload),
+    ));
     Ok(files)
 }
 

@@ -15,3 +15,4 @@ pub mod schema;
 pub mod seed;
 pub mod spec;
 pub mod time;
+pub mod workload;

@@ -111,6 +111,10 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
         .unwrap_or((api.api_version, ""));
     let mut ctx = json!({
         "moved_groups": MOVED_API_GROUPS,
+        // CP-A only; the agent applies the spec's count after the pivot (see `workload`).
+        "replicas": 1,
+        // CAPA's default instance profile for the machines rendered with this context.
+        "aws_iam_role": "control-plane",
         "capi": c.capi.as_str(),
         "namespace": c.namespace.as_str(),
         "labels": {
@@ -176,7 +180,7 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
 
 /// Adds an explicit `null` for every property of `schema` missing from `v`, so that templates
 /// in strict-undefined mode can test optional fields with a plain `if`.
-fn with_nulls(mut v: Value, schema: &Value) -> Value {
+pub(crate) fn with_nulls(mut v: Value, schema: &Value) -> Value {
     if let (Some(obj), Some(props)) = (
         v.as_object_mut(),
         schema.get("properties").and_then(Value::as_object),

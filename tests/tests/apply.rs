@@ -10,6 +10,7 @@ use fledge_generator::management;
 use fledge_generator::providers;
 use fledge_generator::render::Templates;
 use fledge_generator::spec::{self, CapiVersion, CheckedCluster, FledgeCluster, ProviderKind};
+use fledge_generator::workload;
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, kubeconfig_yaml, start_or_skip};
 use fledge_tests::crds::core_dir;
@@ -89,19 +90,29 @@ async fn every_case_passes_server_side_dry_run_for_both_capi_versions() {
         };
         for case in cases.iter().filter(|c| c.capi == capi) {
             create_namespace(&target, case.namespace.as_str()).await;
-            let objects = management::objects(case, &Templates::embedded()).unwrap();
+            // The management objects, then (separately: a dry run persists nothing, so the
+            // workload's KCP is a create too) what the agent creates after the pivot.
             let opts = ApplyOptions {
                 dry_run: true,
                 ..Default::default()
             };
-            let results = apply(&target, &objects, &opts, |_| {})
-                .await
-                .unwrap_or_else(|e| panic!("{}: {e:#?}", case.name));
-            assert_eq!(results.len(), objects.len());
-            assert!(
-                results[1..].iter().all(|a| a.outcome == Outcome::Created),
-                "{results:?}"
-            );
+            let templates = Templates::embedded();
+            for (skip, objects) in [
+                // The Namespace exists already.
+                (1, management::objects(case, &templates).unwrap()),
+                (0, workload::objects(case, &templates).unwrap()),
+            ] {
+                let results = apply(&target, &objects, &opts, |_| {})
+                    .await
+                    .unwrap_or_else(|e| panic!("{}: {e:#?}", case.name));
+                assert_eq!(results.len(), objects.len());
+                assert!(
+                    results[skip..]
+                        .iter()
+                        .all(|a| a.outcome == Outcome::Created),
+                    "{results:?}"
+                );
+            }
             checked += 1;
         }
         if capi == CapiVersion::V1beta2 {
@@ -121,10 +132,12 @@ async fn every_case_passes_server_side_dry_run_for_both_capi_versions() {
                 .filter(|(k, _)| k.starts_with("mutation.webhook.admission.k8s.io/"))
                 .filter_map(|(_, v)| v.as_str().map(str::to_string))
                 .collect();
-            // (The management objects hold no KubeadmConfig, so CABPK's webhooks are not asked.)
+            // (The workload objects bring the MachineDeployment and KubeadmConfigTemplate hooks in.)
             for hook in [
                 "default.cluster.cluster.x-k8s.io",
                 "default.kubeadmcontrolplane.controlplane.cluster.x-k8s.io",
+                "default.machinedeployment.cluster.x-k8s.io",
+                "default.kubeadmconfigtemplate.bootstrap.cluster.x-k8s.io",
             ] {
                 let want = format!("\"webhook\":\"{hook}\"");
                 assert!(

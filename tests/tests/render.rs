@@ -82,16 +82,16 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
     }
     let mut failures = Vec::new();
     let mut checked = 0;
+    let mut expected = 0;
     for dir in case_dirs() {
         let checked_req = spec::load_request(&dir.join("input.yaml")).unwrap();
         let mut set = SchemaSet::load(&dirs_for(checked_req.capi, checked_req.provider())).unwrap();
-        let text = String::from_utf8(
-            render_files(&dir.join("input.yaml"), &Default::default()).unwrap()[0]
-                .contents
-                .clone(),
-        )
-        .unwrap();
-        let objects = docs(&text);
+        let files = render_files(&dir.join("input.yaml"), &Default::default()).unwrap();
+        let text = |name: &str| {
+            let f = files.iter().find(|f| f.path == Path::new(name)).unwrap();
+            String::from_utf8(f.contents.clone()).unwrap()
+        };
+        let objects = docs(&text("management.yaml"));
         let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
         for want in [
             "Cluster",
@@ -112,7 +112,24 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
             !kinds.contains(&"MachineDeployment"),
             "workers are the agent's job"
         );
-        for obj in &objects {
+        // The agent's post-pivot objects: per pool a machine template, a KubeadmConfigTemplate
+        // and a MachineDeployment, then the KCP at the spec's replica count.
+        let workload = docs(&text("workload.yaml"));
+        let pools = checked_req.spec.workers.len();
+        let kinds: Vec<&str> = workload.iter().filter_map(|o| o["kind"].as_str()).collect();
+        assert_eq!(kinds.len(), 3 * pools + 1, "{}: {kinds:?}", dir.display());
+        assert_eq!(kinds.last(), Some(&"KubeadmControlPlane"));
+        assert_eq!(
+            workload.last().unwrap()["spec"]["replicas"],
+            checked_req.spec.control_plane.replicas
+        );
+        for (i, pool) in checked_req.spec.workers.iter().enumerate() {
+            let md = &workload[3 * i + 2];
+            assert_eq!(md["kind"], "MachineDeployment");
+            assert_eq!(md["spec"]["replicas"], pool.replicas);
+        }
+        expected += 5 + workload.len();
+        for obj in objects.iter().chain(&workload) {
             match set.validate(obj) {
                 Some(Ok(())) => checked += 1,
                 Some(Err(errs)) => {
@@ -127,8 +144,9 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
         "schema violations:\n{}",
         failures.join("\n")
     );
-    // Per case: FledgeCluster, Cluster, infra cluster, machine template, KCP.
-    assert_eq!(checked, case_dirs().len() * 5);
+    // Per case: FledgeCluster, Cluster, infra cluster, machine template, KCP; and every
+    // workload object.
+    assert_eq!(checked, expected);
 }
 
 #[test]

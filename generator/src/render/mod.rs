@@ -30,6 +30,14 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../templates/management/agent-access.yaml.j2"),
     ),
     (
+        "workload/machinedeployment.yaml.j2",
+        include_str!("../../../templates/workload/machinedeployment.yaml.j2"),
+    ),
+    (
+        "workload/kubeadmconfigtemplate.yaml.j2",
+        include_str!("../../../templates/workload/kubeadmconfigtemplate.yaml.j2"),
+    ),
+    (
         "agent/config.yaml.j2",
         include_str!("../../../templates/agent/config.yaml.j2"),
     ),
