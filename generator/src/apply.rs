@@ -132,6 +132,8 @@ pub struct ApplyOptions {
     pub dry_run: bool,
     /// Take over fields another manager owns.
     pub force_conflicts: bool,
+    /// Field manager; [`FIELD_MANAGER`] when `None`.
+    pub field_manager: Option<String>,
 }
 
 /// A cluster to apply to: a client and the API server URL it talks to.
@@ -204,7 +206,7 @@ pub async fn apply(
     let client = &target.client;
     let mut kinds: HashMap<(String, String), (ApiResource, ApiCapabilities)> = HashMap::new();
     let mut results = Vec::new();
-    let mut pp = PatchParams::apply(FIELD_MANAGER);
+    let mut pp = PatchParams::apply(opts.field_manager.as_deref().unwrap_or(FIELD_MANAGER));
     pp.dry_run = opts.dry_run;
     pp.force = opts.force_conflicts;
     for obj in objects {

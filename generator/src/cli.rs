@@ -302,6 +302,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     let opts = crate::apply::ApplyOptions {
         dry_run: args.dry_run == DryRun::Server,
         force_conflicts: args.force_conflicts,
+        field_manager: None,
     };
     let suffix = if opts.dry_run {
         " (server dry run)"

@@ -34,6 +34,35 @@ pub struct AgentConfig {
     /// (default 20, below the unit's TimeoutStopSec=30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Kubeconfig of the local cluster (default `/etc/kubernetes/admin.conf`, what
+    /// `kubeadm init` writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_kubeconfig: Option<PathBuf>,
+    /// The Cluster API providers to install into the local cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub providers: Option<Providers>,
+}
+
+/// Default kubeconfig of the local cluster.
+pub const DEFAULT_LOCAL_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
+
+/// Where the providers come from (`providers:` in the configuration).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Providers {
+    /// Directory in clusterctl's local-repository layout, `<name>/<version>/components.yaml`
+    /// and `metadata.yaml` (default `/usr/share/fledge/providers`, baked into the image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<PathBuf>,
+    /// Version per provider (`cluster-api`, `bootstrap-kubeadm`, `control-plane-kubeadm`,
+    /// `infrastructure-<name>`, `cert-manager`); a provider not named uses the one version
+    /// baked into the directory.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub versions: std::collections::BTreeMap<String, String>,
+    /// Values for the components' `${VARIABLES}` (no secrets: this file is readable by root
+    /// only, but it is not a secret store).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub variables: std::collections::BTreeMap<String, String>,
 }
 
 /// The cluster's FledgeCluster on the management plane.
@@ -89,10 +118,14 @@ impl AgentConfig {
             .map_err(|r| err(format!("cluster.namespace: {r}")))?;
         fledge_generator::spec::check_https_url(&cfg.management.server)
             .map_err(|r| err(format!("management.server: {r}")))?;
+        let local = cfg.local_kubeconfig();
+        let dir = cfg.providers_dir();
         for (field, p) in [
             ("management.tokenFile", &cfg.management.token_file),
             ("management.caFile", &cfg.management.ca_file),
             ("stateDir", &cfg.state_dir),
+            ("localKubeconfig", &local),
+            ("providers.directory", &dir),
         ] {
             if !p.is_absolute() {
                 return Err(err(format!(
@@ -113,6 +146,21 @@ impl AgentConfig {
             )));
         }
         Ok(cfg)
+    }
+
+    /// The local cluster's kubeconfig.
+    pub fn local_kubeconfig(&self) -> PathBuf {
+        self.local_kubeconfig
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCAL_KUBECONFIG))
+    }
+
+    /// The providers directory.
+    pub fn providers_dir(&self) -> PathBuf {
+        self.providers
+            .as_ref()
+            .and_then(|p| p.directory.clone())
+            .unwrap_or_else(|| PathBuf::from(crate::components::DEFAULT_DIR))
     }
 
     /// Checks that the token and CA files exist, are readable and look right.

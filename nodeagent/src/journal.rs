@@ -68,7 +68,14 @@ pub struct Entry {
     /// Details, for failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The spec generation the phase ran for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
+
+/// Serializes the read-merge-write of the journal file between the agent's tasks (the spec
+/// sync records SpecFetched while the phase runner records the later phases).
+static WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Errors reading or writing the journal.
 #[derive(Debug, thiserror::Error)]
@@ -129,19 +136,26 @@ impl Journal {
         }
     }
 
-    /// Records `outcome` for `phase` and writes the journal durably.
+    /// Records `outcome` for `phase` (run for spec `generation`) and writes the journal
+    /// durably. The entries other tasks wrote since this copy was loaded are kept.
     pub fn record(
         &mut self,
         state_dir: &Path,
         phase: Phase,
         outcome: Outcome,
+        generation: Option<i64>,
         message: Option<String>,
     ) -> Result<(), JournalError> {
+        let _guard = WRITE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(on_disk) = Journal::load(state_dir) {
+            *self = on_disk;
+        }
         let entry = Entry {
             phase,
             outcome,
             time: crate::fsutil::now_rfc3339(),
             message,
+            generation,
         };
         match self.phases.iter_mut().find(|e| e.phase == phase) {
             Some(e) => *e = entry,
@@ -158,6 +172,11 @@ impl Journal {
             op: "write",
             source,
         })
+    }
+
+    /// The entry of `phase`.
+    pub fn entry(&self, phase: Phase) -> Option<&Entry> {
+        self.phases.iter().find(|e| e.phase == phase)
     }
 
     /// True when `phase` has succeeded.
@@ -187,15 +206,50 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::load(dir.path()).unwrap();
         assert_eq!(j.next(), Some(Phase::Installed));
-        j.record(dir.path(), Phase::Installed, Outcome::Succeeded, None)
+        j.record(dir.path(), Phase::Installed, Outcome::Succeeded, None, None)
             .unwrap();
-        j.record(dir.path(), Phase::SpecFetched, Outcome::Started, None)
-            .unwrap();
+        j.record(
+            dir.path(),
+            Phase::SpecFetched,
+            Outcome::Started,
+            Some(3),
+            None,
+        )
+        .unwrap();
         // "Crash": a new process loads what is on disk.
         let j2 = Journal::load(dir.path()).unwrap();
         assert_eq!(j2, j);
         assert_eq!(j2.next(), Some(Phase::SpecFetched));
         assert_eq!(j2.current(), Some(Phase::Installed));
+        assert_eq!(j2.entry(Phase::SpecFetched).unwrap().generation, Some(3));
+    }
+
+    #[test]
+    fn two_writers_keep_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sync = Journal::load(dir.path()).unwrap();
+        let mut runner = Journal::load(dir.path()).unwrap();
+        sync.record(
+            dir.path(),
+            Phase::SpecFetched,
+            Outcome::Succeeded,
+            Some(1),
+            None,
+        )
+        .unwrap();
+        runner
+            .record(
+                dir.path(),
+                Phase::ProvidersInstalled,
+                Outcome::Started,
+                Some(1),
+                None,
+            )
+            .unwrap();
+        let j = Journal::load(dir.path()).unwrap();
+        assert!(j.done(Phase::SpecFetched), "{j:?}");
+        assert_eq!(j.phases.len(), 2);
+        assert_eq!(runner, j);
     }
 
     #[test]

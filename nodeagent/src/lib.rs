@@ -4,11 +4,13 @@
 //! status reporting (`run`), and the pivot (`pivot`).
 
 pub mod cache;
+pub mod components;
 pub mod config;
 pub mod fsutil;
 pub mod install;
 pub mod journal;
 pub mod notify;
+pub mod phases;
 pub mod pivot;
 pub mod run;
 

@@ -60,6 +60,18 @@ enum Cmd {
     /// converges: before cutover a failed run rolls back (source unpaused, target clean), after
     /// cutover it only moves forward, and after success it does nothing.
     Pivot(PivotArgs),
+    /// Show what the agent would do next and why: the next phase of the journal and its plan.
+    ///
+    /// Reads the journal and the cached spec, and asks the management plane and the local
+    /// cluster what is there; changes nothing.
+    Plan {
+        /// Configuration file.
+        #[arg(long, value_name = "FILE", default_value = fledge_agent::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
         /// Configuration file (for the metrics address, to ask the running agent).
@@ -110,6 +122,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pivot(args) => pivot(args),
+        Cmd::Plan { config, output } => plan(&config, matches!(output, OutputFormat::Json)),
         Cmd::Status {
             config,
             state_dir,
@@ -243,6 +256,64 @@ fn pivot(a: PivotArgs) -> anyhow::Result<()> {
                 requests as f64 / summary.moved.max(1) as f64,
                 summary.wall.as_secs_f64()
             );
+        }
+        Ok(())
+    })
+}
+
+fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    use fledge_agent::journal::Journal;
+    use fledge_agent::phases;
+    let cfg = fledge_agent::config::AgentConfig::load(config)?;
+    let opts = fledge_agent::run::RunOptions::default();
+    let state_dir = cfg.state_dir.clone();
+    let journal = Journal::load(&state_dir)?;
+    let Some(phase) = phases::RUN.into_iter().find(|p| !journal.done(*p)) else {
+        println!(
+            "every phase this agent runs has succeeded ({}); nothing to do",
+            journal.current().map(|p| p.to_string()).unwrap_or_default()
+        );
+        return Ok(());
+    };
+    let Some(cached) = fledge_agent::cache::load(&state_dir)? else {
+        println!(
+            "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",
+            cfg.management.server
+        );
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let spec = phases::checked(&cfg, &cached)?;
+        let management = fledge_agent::run::management_client(&cfg, &opts)?;
+        let local = phases::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
+        let ctx = phases::Context {
+            cfg: cfg.clone(),
+            root: opts.root.clone(),
+            state_dir: state_dir.clone(),
+            management,
+            local,
+            spec,
+            generation: cached.generation,
+        };
+        let plan = phases::plan(&ctx, phase).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            if let Some(e) = journal.entry(phase) {
+                println!(
+                    "last attempt: {:?} at {}{}",
+                    e.outcome,
+                    e.time,
+                    e.message
+                        .as_ref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                );
+            }
+            print!("{plan}");
         }
         Ok(())
     })

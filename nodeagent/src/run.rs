@@ -19,6 +19,7 @@ use crate::cache::{self, CachedSpec, Decision};
 use crate::config::{AgentConfig, ConfigError};
 use crate::journal::{Journal, JournalError, Outcome, Phase};
 use crate::notify::Notifier;
+use crate::pivot::count::{CountLayer, Counts};
 
 /// Errors that stop the agent (everything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,25 @@ pub struct Snapshot {
     /// When the spec-sync task last showed it is alive (it beats every few seconds, also while
     /// it waits on a watch or a back-off).
     pub sync_beat: Option<std::time::Instant>,
+    /// Per phase run by the runner: its latest state (`Started`, `Progressing`, `Waiting`,
+    /// `Failed`, `Succeeded`) and message.
+    pub phases: BTreeMap<Phase, (String, String)>,
+    /// Phase attempts that failed, by phase.
+    pub phase_failures: BTreeMap<Phase, u64>,
+    /// Requests sent to the management plane and to the local cluster.
+    pub requests: Option<(Arc<Counts>, Arc<Counts>)>,
+}
+
+impl crate::phases::Report for Shared {
+    fn phase(&self, phase: Phase, state: &str, message: &str) {
+        self.update(|s| {
+            if state == "Failed" {
+                *s.phase_failures.entry(phase).or_default() += 1;
+            }
+            s.phases
+                .insert(phase, (state.to_string(), message.to_string()));
+        });
+    }
 }
 
 /// How often the spec-sync task beats.
@@ -136,6 +156,20 @@ impl Shared {
         for (k, v) in &s.errors {
             out.push_str(&format!("fledge_agent_errors_total{{kind=\"{k}\"}} {v}\n"));
         }
+        out.push_str("# HELP fledge_agent_phase_failures_total Failed phase attempts (each is retried with backoff).\n# TYPE fledge_agent_phase_failures_total counter\n");
+        for (p, v) in &s.phase_failures {
+            out.push_str(&format!(
+                "fledge_agent_phase_failures_total{{phase=\"{p}\"}} {v}\n"
+            ));
+        }
+        if let Some((m, l)) = &s.requests {
+            out.push_str("# HELP fledge_agent_requests_total Requests sent, by cluster.\n# TYPE fledge_agent_requests_total counter\n");
+            out.push_str(&format!(
+                "fledge_agent_requests_total{{cluster=\"management\"}} {}\nfledge_agent_requests_total{{cluster=\"local\"}} {}\n",
+                m.total(),
+                l.total()
+            ));
+        }
         out.push_str("# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.\n# TYPE fledge_agent_watchdog_pings_total counter\n");
         out.push_str(&format!(
             "fledge_agent_watchdog_pings_total {}\n",
@@ -172,6 +206,15 @@ fn now() -> i64 {
 
 /// A client for the management plane from the agent's token and CA files.
 pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::Client, RunError> {
+    management_client_counted(cfg, opts, Arc::default())
+}
+
+/// The same, counting its requests into `counts`.
+pub fn management_client_counted(
+    cfg: &AgentConfig,
+    opts: &RunOptions,
+    counts: Arc<Counts>,
+) -> Result<kube::Client, RunError> {
     let bad = |message: String| RunError::Client {
         server: cfg.management.server.clone(),
         message,
@@ -191,7 +234,10 @@ pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::C
     config.default_namespace = cfg.cluster.namespace.clone();
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(330));
-    kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| bad(e.to_string()))?
+        .with_layer(&CountLayer::new(counts))
+        .build())
 }
 
 /// Runs the agent until `shutdown` resolves; in-flight work (a store, a status update) finishes.
@@ -205,7 +251,7 @@ pub async fn run<F: Future<Output = ()>>(
     let state_dir = crate::config::rooted(&opts.root, &cfg.state_dir);
     let mut journal = Journal::load(&state_dir)?;
     if !journal.done(Phase::Installed) {
-        journal.record(&state_dir, Phase::Installed, Outcome::Succeeded, None)?;
+        journal.record(&state_dir, Phase::Installed, Outcome::Succeeded, None, None)?;
     }
     let cached = match cache::load(&state_dir) {
         Ok(c) => c,
@@ -263,7 +309,27 @@ pub async fn run<F: Future<Output = ()>>(
             }
         })
     });
-    let client = management_client(&cfg, &opts)?;
+    let (management_counts, local_counts) = (Arc::<Counts>::default(), Arc::<Counts>::default());
+    shared.update(|s| s.requests = Some((management_counts.clone(), local_counts.clone())));
+    let client = management_client_counted(&cfg, &opts, management_counts)?;
+    let spec_changed = Arc::new(tokio::sync::Notify::new());
+    let journal_changed = Arc::new(tokio::sync::Notify::new());
+    let runner = crate::phases::Runner {
+        cfg: cfg.clone(),
+        root: opts.root.clone(),
+        state_dir: state_dir.clone(),
+        management: client.clone(),
+        local_counts,
+        spec_changed: spec_changed.clone(),
+        journal_changed: journal_changed.clone(),
+        report: Arc::new(shared.clone()),
+        backoff_cap: Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1)),
+    };
+    // The phases run beside the spec sync (its own task): a long phase never holds a new spec
+    // back. (The runner is polled here rather than spawned: the pivot engine's futures borrow
+    // across awaits in ways `tokio::spawn`'s `'static + Send` bound cannot express.)
+    let runner_fut = runner.run(stop_rx.clone());
+    tokio::pin!(runner_fut);
     // The status written before a restart keeps its conditions' transition times.
     let last_status = std::fs::read(state_dir.join("status.json"))
         .ok()
@@ -278,6 +344,8 @@ pub async fn run<F: Future<Output = ()>>(
         cached,
         refused: None,
         last_status,
+        spec_changed,
+        journal_changed,
     };
     struct Alive(Arc<std::sync::atomic::AtomicBool>);
     impl Drop for Alive {
@@ -290,7 +358,15 @@ pub async fn run<F: Future<Output = ()>>(
         let _guard = guard;
         sync.run(stop_rx).await;
     });
-    shutdown.await;
+    let mut runner_done = false;
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = &mut runner_fut => {
+            runner_done = true;
+            shutdown.await;
+        }
+    }
     tracing::info!("stopping: finishing in-flight work");
     notifier.send("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -298,7 +374,13 @@ pub async fn run<F: Future<Output = ()>>(
     // longer than systemd waits: after the grace period the agent stops anyway. State files are
     // written atomically, so nothing is left half-written.
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
-    if tokio::time::timeout(grace, sync_task).await.is_err() {
+    let both = async {
+        let _ = sync_task.await;
+        if !runner_done {
+            runner_fut.await;
+        }
+    };
+    if tokio::time::timeout(grace, both).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
             "in-flight work did not finish within the shutdown grace period; stopping anyway"
@@ -346,6 +428,10 @@ struct Sync {
     refused: Option<(&'static str, String)>,
     /// The status last built, for condition transition times.
     last_status: Option<FledgeClusterStatus>,
+    /// Tells the phase runner a new spec is cached.
+    spec_changed: Arc<tokio::sync::Notify>,
+    /// The phase runner wrote the journal: report it.
+    journal_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Sync {
@@ -399,6 +485,7 @@ impl Sync {
                                                                 Err(e) => { self.unreachable(&e); break; }
                                                             },
                                                             _ = beat.tick() => self.beat(),
+                                                            _ = self.journal_changed.notified() => self.push_status().await,
                                                             _ = stop.changed() => return,
                                                         }
                         }
@@ -506,10 +593,12 @@ impl Sync {
                 Ok(()) => {
                     tracing::info!(generation, "accepted spec");
                     self.cached = Some(offered);
+                    self.spec_changed.notify_one();
                     if let Err(e) = self.journal.record(
                         &self.state_dir,
                         Phase::SpecFetched,
                         Outcome::Succeeded,
+                        Some(generation),
                         None,
                     ) {
                         tracing::error!(error = %e, "cannot record the journal");
@@ -577,13 +666,23 @@ impl Sync {
                 "the latest spec passed validation".into(),
             ));
         }
-        if self.journal.done(Phase::Pivoted) {
-            conditions.push(cond(
-                "Pivoted",
-                true,
-                "Moved",
-                "the cluster's Cluster API objects live in the workload cluster".into(),
-            ));
+        // One condition per phase the runner has started, from the journal.
+        for e in &self.journal.phases {
+            if e.phase < Phase::ProvidersInstalled {
+                continue;
+            }
+            let (ok, reason) = match e.outcome {
+                Outcome::Succeeded => (true, "Succeeded"),
+                Outcome::Failed => (false, "Failed"),
+                Outcome::Started => (false, "InProgress"),
+            };
+            let message = match (&e.message, e.generation) {
+                (Some(m), Some(g)) => format!("{m} (spec generation {g})"),
+                (Some(m), None) => m.clone(),
+                (None, Some(g)) => format!("spec generation {g}"),
+                (None, None) => String::new(),
+            };
+            conditions.push(cond(&e.phase.to_string(), ok, reason, message));
         }
         let failure = self.state_dir.join("bootstrap-failure.json");
         if let Ok(text) = std::fs::read_to_string(&failure) {
@@ -618,6 +717,9 @@ impl Sync {
 
     /// Sends the latest status; on failure it stays pending and goes out on the next success.
     async fn push_status(&mut self) {
+        if let Ok(j) = Journal::load(&self.state_dir) {
+            self.journal = j;
+        }
         let status = self.status();
         self.last_status = Some(status.clone());
         if let Err(e) = crate::fsutil::write_atomic(

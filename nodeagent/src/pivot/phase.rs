@@ -43,7 +43,7 @@ pub async fn run(
             ..Summary::default()
         });
     }
-    journal.record(state_dir, Phase::Pivoted, Outcome::Started, None)?;
+    journal.record(state_dir, Phase::Pivoted, Outcome::Started, None, None)?;
     let result = Pivot::new(
         clients.source,
         clients.target,
@@ -60,7 +60,13 @@ pub async fn run(
                 "{} objects moved ({} created, {} deleted from the management cluster)",
                 summary.moved, summary.created, summary.deleted
             );
-            journal.record(state_dir, Phase::Pivoted, Outcome::Succeeded, Some(msg))?;
+            journal.record(
+                state_dir,
+                Phase::Pivoted,
+                Outcome::Succeeded,
+                None,
+                Some(msg),
+            )?;
             Ok(summary)
         }
         Err(e) => {
@@ -71,7 +77,7 @@ pub async fn run(
                 msg.push_str(&s.to_string());
                 src = s.source();
             }
-            journal.record(state_dir, Phase::Pivoted, Outcome::Failed, Some(msg))?;
+            journal.record(state_dir, Phase::Pivoted, Outcome::Failed, None, Some(msg))?;
             Err(e.into())
         }
     }

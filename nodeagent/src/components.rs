@@ -1,0 +1,617 @@
+//! A provider's components as `clusterctl init` prepares them, read from a directory in the
+//! layout of clusterctl's local repository (`<name>/<version>/components.yaml` and
+//! `metadata.yaml`):
+//! - `${VAR}` and `${VAR:=default}` (also `${VAR:-default}`) are substituted in parsed string
+//!   values only, never as text into YAML, so a value cannot change a document's structure; the
+//!   variables without a value are reported at once, in one error;
+//! - every object gets clusterctl's labels (`clusterctl.cluster.x-k8s.io` and
+//!   `cluster.x-k8s.io/provider`, or `clusterctl.cluster.x-k8s.io/core: cert-manager`);
+//! - workloads that do not tolerate the control-plane taint get that toleration, because the
+//!   first control-plane node is the only node when they are installed;
+//! - the inventory object (`providers.clusterctl.cluster.x-k8s.io`) that clusterctl reads later.
+//!
+//! Pure data in, data out; [`crate::phases::providers`] applies the result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+/// Where images bake providers.
+pub const DEFAULT_DIR: &str = "/usr/share/fledge/providers";
+
+/// The taint on control-plane nodes.
+pub const CONTROL_PLANE_TAINT: &str = "node-role.kubernetes.io/control-plane";
+
+/// The provider types clusterctl knows, in its install order (cert-manager first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    /// cert-manager (not a CAPI provider; installed first, as `clusterctl init` does).
+    CertManager,
+    /// `cluster-api`.
+    Core,
+    /// `bootstrap-<name>`.
+    Bootstrap,
+    /// `control-plane-<name>`.
+    ControlPlane,
+    /// `infrastructure-<name>`.
+    Infrastructure,
+}
+
+impl Kind {
+    /// The inventory's `type`.
+    pub fn inventory_type(self) -> &'static str {
+        match self {
+            Kind::CertManager => "",
+            Kind::Core => "CoreProvider",
+            Kind::Bootstrap => "BootstrapProvider",
+            Kind::ControlPlane => "ControlPlaneProvider",
+            Kind::Infrastructure => "InfrastructureProvider",
+        }
+    }
+}
+
+/// One provider to install.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Provider {
+    /// The type.
+    pub kind: Kind,
+    /// clusterctl's provider name (`cluster-api`, `kubeadm`, `docker`, `cert-manager`).
+    pub name: String,
+    /// Version (`v1.13.5`).
+    pub version: String,
+}
+
+impl Provider {
+    /// The `cluster.x-k8s.io/provider` label and the directory name: `bootstrap-kubeadm`.
+    pub fn label(&self) -> String {
+        match self.kind {
+            Kind::CertManager | Kind::Core => self.name.clone(),
+            Kind::Bootstrap => format!("bootstrap-{}", self.name),
+            Kind::ControlPlane => format!("control-plane-{}", self.name),
+            Kind::Infrastructure => format!("infrastructure-{}", self.name),
+        }
+    }
+
+    /// `<dir>/<label>/<version>`.
+    pub fn dir(&self, base: &Path) -> PathBuf {
+        base.join(self.label()).join(&self.version)
+    }
+}
+
+/// Why the components could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentsError {
+    /// A file could not be read.
+    #[error("{path}: cannot read")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A document is not YAML or not an object.
+    #[error("{path}: document {index}: {problem}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document number.
+        index: usize,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Variables without a value (and without a default).
+    #[error(
+        "{path}: no value for the variables {}; set them under providers.variables in the agent configuration",
+        names.join(", ")
+    )]
+    Variables {
+        /// The file.
+        path: PathBuf,
+        /// The names, sorted.
+        names: Vec<String>,
+    },
+    /// The version's contract does not match.
+    #[error("{path}: {problem}")]
+    Metadata {
+        /// metadata.yaml.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// No directory for a provider; names what is there.
+    #[error("{dir}: provider {label} is not baked into this image ({found})")]
+    Missing {
+        /// The providers directory.
+        dir: PathBuf,
+        /// The provider.
+        label: String,
+        /// What versions exist.
+        found: String,
+    },
+}
+
+/// A provider's objects, ready to apply, in apply order.
+#[derive(Debug, Clone)]
+pub struct Components {
+    /// The provider.
+    pub provider: Provider,
+    /// Namespaces and CRDs (applied and established first).
+    pub foundation: Vec<Value>,
+    /// Everything else, webhooks last.
+    pub rest: Vec<Value>,
+    /// The namespace the provider runs in (its Namespace object).
+    pub namespace: Option<String>,
+    /// Workloads that got the control-plane toleration (`kind/namespace/name`).
+    pub tolerated: Vec<String>,
+}
+
+/// Finds `label`'s version under `base`: the configured one, or the only one baked in.
+pub fn resolve_version(
+    base: &Path,
+    label: &str,
+    configured: Option<&str>,
+) -> Result<String, ComponentsError> {
+    let mut found: Vec<String> = std::fs::read_dir(base.join(label))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().join("components.yaml").is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    let missing = |label: String| ComponentsError::Missing {
+        dir: base.to_path_buf(),
+        label,
+        found: if found.is_empty() {
+            "no version found".into()
+        } else {
+            format!("found {}", found.join(", "))
+        },
+    };
+    match configured {
+        Some(v) if found.iter().any(|f| f == v) => Ok(v.to_string()),
+        Some(v) => Err(missing(format!("{label} {v}"))),
+        None if found.len() == 1 => Ok(found[0].clone()),
+        None if found.is_empty() => Err(missing(label.to_string())),
+        None => Err(missing(format!(
+            "{label} (several versions; name one under providers.versions)"
+        ))),
+    }
+}
+
+/// Reads and prepares a provider's components from `base`.
+pub fn load(
+    base: &Path,
+    provider: &Provider,
+    variables: &BTreeMap<String, String>,
+) -> Result<Components, ComponentsError> {
+    let path = provider.dir(base).join("components.yaml");
+    let text = std::fs::read_to_string(&path).map_err(|source| ComponentsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    prepare(&path, &text, provider, variables)
+}
+
+/// Prepares components from text (`path` names it in errors).
+pub fn prepare(
+    path: &Path,
+    text: &str,
+    provider: &Provider,
+    variables: &BTreeMap<String, String>,
+) -> Result<Components, ComponentsError> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let v = Value::deserialize(doc).map_err(|e| ComponentsError::Parse {
+            path: path.to_path_buf(),
+            index: i + 1,
+            problem: e.to_string(),
+        })?;
+        match &v {
+            Value::Null => continue,
+            Value::Object(o) if o.contains_key("kind") && o.contains_key("apiVersion") => {}
+            _ => {
+                return Err(ComponentsError::Parse {
+                    path: path.to_path_buf(),
+                    index: i + 1,
+                    problem: "not a Kubernetes object (needs apiVersion and kind)".into(),
+                });
+            }
+        }
+        docs.push(v);
+    }
+    let mut missing = BTreeSet::new();
+    for d in &mut docs {
+        substitute(d, variables, &mut missing);
+    }
+    if !missing.is_empty() {
+        return Err(ComponentsError::Variables {
+            path: path.to_path_buf(),
+            names: missing.into_iter().collect(),
+        });
+    }
+    let label = provider.label();
+    let mut tolerated = Vec::new();
+    for d in &mut docs {
+        let labels = &mut d["metadata"]["labels"];
+        if !labels.is_object() {
+            *labels = json!({});
+        }
+        labels["clusterctl.cluster.x-k8s.io"] = json!("");
+        if provider.kind == Kind::CertManager {
+            labels["clusterctl.cluster.x-k8s.io/core"] = json!("cert-manager");
+        } else {
+            labels["cluster.x-k8s.io/provider"] = json!(label);
+        }
+        if tolerate_control_plane(d) {
+            tolerated.push(format!(
+                "{}/{}/{}",
+                d["kind"].as_str().unwrap_or(""),
+                d["metadata"]["namespace"].as_str().unwrap_or(""),
+                d["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    let namespace = docs
+        .iter()
+        .find(|d| d["kind"] == "Namespace")
+        .and_then(|d| d["metadata"]["name"].as_str())
+        .map(str::to_string);
+    let (foundation, mut rest): (Vec<Value>, Vec<Value>) = docs
+        .into_iter()
+        .partition(|d| d["kind"] == "Namespace" || d["kind"] == "CustomResourceDefinition");
+    // Webhook configurations last: their services must exist before the apiserver calls them.
+    rest.sort_by_key(|d| {
+        d["kind"]
+            .as_str()
+            .is_some_and(|k| k.ends_with("WebhookConfiguration"))
+    });
+    Ok(Components {
+        provider: provider.clone(),
+        foundation,
+        rest,
+        namespace,
+        tolerated,
+    })
+}
+
+/// Substitutes variables in every string of `v` (keys are left alone).
+fn substitute(v: &mut Value, vars: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) {
+    match v {
+        Value::String(s) if s.contains("${") => *s = expand(s, vars, missing),
+        Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, vars, missing)),
+        Value::Object(o) => o.values_mut().for_each(|x| substitute(x, vars, missing)),
+        _ => {}
+    }
+}
+
+/// Expands `${NAME}`, `${NAME:=default}` and `${NAME:-default}` in one string. A `$` not
+/// followed by a well-formed reference is kept as it is.
+pub fn expand(s: &str, vars: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.find(":=").or_else(|| inner.find(":-")) {
+            Some(i) => (&inner[..i], Some(&inner[i + 2..])),
+            None => (inner, None),
+        };
+        let well_formed = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !well_formed {
+            out.push_str("${");
+            rest = after;
+            continue;
+        }
+        match (vars.get(name), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                missing.insert(name.to_string());
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Adds the control-plane toleration to a Deployment, StatefulSet or DaemonSet whose pods do
+/// not tolerate that taint already; true when it changed the object.
+fn tolerate_control_plane(d: &mut Value) -> bool {
+    let kind = d["kind"].as_str().unwrap_or("");
+    if !matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") {
+        return false;
+    }
+    let spec = &mut d["spec"]["template"]["spec"];
+    if !spec.is_object() {
+        return false;
+    }
+    let tolerations = &mut spec["tolerations"];
+    if !tolerations.is_array() {
+        *tolerations = json!([]);
+    }
+    let list = tolerations.as_array_mut().expect("set above");
+    let covered = list.iter().any(|t| {
+        let key = t["key"].as_str();
+        let effect = t["effect"].as_str();
+        let op_exists = t["operator"] == "Exists";
+        (key.is_none() && op_exists)
+            || (key == Some(CONTROL_PLANE_TAINT) && matches!(effect, None | Some("NoSchedule")))
+    });
+    if covered {
+        return false;
+    }
+    list.push(json!({"key": CONTROL_PLANE_TAINT, "operator": "Exists", "effect": "NoSchedule"}));
+    true
+}
+
+/// The inventory entry clusterctl writes for an installed provider (cert-manager has none).
+pub fn inventory(provider: &Provider, namespace: &str) -> Option<Value> {
+    if provider.kind == Kind::CertManager {
+        return None;
+    }
+    let label = provider.label();
+    Some(json!({
+        "apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3",
+        "kind": "Provider",
+        "metadata": {
+            "name": label,
+            "namespace": namespace,
+            "labels": {
+                "clusterctl.cluster.x-k8s.io": "",
+                "cluster.x-k8s.io/provider": label,
+                "clusterctl.cluster.x-k8s.io/core": "inventory",
+            },
+        },
+        "providerName": provider.name,
+        "type": provider.kind.inventory_type(),
+        "version": provider.version,
+    }))
+}
+
+/// The inventory's CRD, for a cluster that has none yet (clusterctl installs the same group,
+/// version and fields; it replaces this one when it upgrades the inventory).
+pub fn inventory_crd() -> Value {
+    let s = json!({"type": "string"});
+    json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": "providers.clusterctl.cluster.x-k8s.io",
+            "labels": {
+                "clusterctl.cluster.x-k8s.io": "",
+                "clusterctl.cluster.x-k8s.io/core": "inventory",
+            },
+        },
+        "spec": {
+            "group": "clusterctl.cluster.x-k8s.io",
+            "names": {"kind": "Provider", "listKind": "ProviderList", "plural": "providers", "singular": "provider", "categories": ["cluster-api"]},
+            "scope": "Namespaced",
+            "versions": [{
+                "name": "v1alpha3",
+                "served": true,
+                "storage": true,
+                "additionalPrinterColumns": [
+                    {"jsonPath": ".type", "name": "Type", "type": "string"},
+                    {"jsonPath": ".providerName", "name": "Provider", "type": "string"},
+                    {"jsonPath": ".version", "name": "Version", "type": "string"},
+                ],
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {
+                        "apiVersion": s, "kind": s, "metadata": {"type": "object"},
+                        "providerName": s, "type": s, "version": s, "watchedNamespace": s,
+                    },
+                }},
+            }],
+        },
+    })
+}
+
+/// Checks that `version` belongs to a release series in `metadata.yaml` whose contract is
+/// `contract` (`v1beta2`); returns the contract found.
+pub fn check_contract(
+    base: &Path,
+    provider: &Provider,
+    contract: &str,
+) -> Result<String, ComponentsError> {
+    let path = provider.dir(base).join("metadata.yaml");
+    let err = |problem: String| ComponentsError::Metadata {
+        path: path.clone(),
+        problem,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ComponentsError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let meta: Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let (major, minor) = parse_version(&provider.version).ok_or_else(|| {
+        err(format!(
+            "version {:?} is not vMAJOR.MINOR.PATCH",
+            provider.version
+        ))
+    })?;
+    let series = meta["releaseSeries"]
+        .as_array()
+        .ok_or_else(|| err("releaseSeries: missing".into()))?;
+    let found = series
+        .iter()
+        .find(|s| s["major"].as_u64() == Some(major) && s["minor"].as_u64() == Some(minor))
+        .and_then(|s| s["contract"].as_str())
+        .ok_or_else(|| {
+            err(format!(
+                "releaseSeries: no entry for {major}.{minor} (the version {})",
+                provider.version
+            ))
+        })?;
+    if found != contract {
+        return Err(err(format!(
+            "{} {} follows the Cluster API contract {found}; the cluster needs {contract}",
+            provider.label(),
+            provider.version
+        )));
+    }
+    Ok(found.to_string())
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.strip_prefix('v')?.split(['.', '-', '+']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn core() -> Provider {
+        Provider {
+            kind: Kind::Core,
+            name: "cluster-api".into(),
+            version: "v1.13.5".into(),
+        }
+    }
+
+    #[test]
+    fn variables_expand_in_strings_with_defaults_and_all_missing_ones_are_named_at_once() {
+        let mut missing = BTreeSet::new();
+        let v = vars(&[("A", "x: {y}")]);
+        assert_eq!(
+            expand("--a=${A} --b=${B:=false} --c=${C:-1}", &v, &mut missing),
+            "--a=x: {y} --b=false --c=1"
+        );
+        assert!(missing.is_empty());
+        assert_eq!(
+            expand("$1 ${not-a-name} ${", &v, &mut missing),
+            "$1 ${not-a-name} ${"
+        );
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  k: \"${ZED} ${ALPHA}\"\n  j: ${ALPHA}\n";
+        let err = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml: no value for the variables ALPHA, ZED; set them under providers.variables in the agent configuration"
+        );
+    }
+
+    #[test]
+    fn a_value_cannot_change_the_structure_of_a_document() {
+        let v = vars(&[("X", "a\nkind: Secret\n---\nb: c")]);
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: \"${X}\"}\n";
+        let c = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap();
+        assert_eq!(c.rest.len(), 1);
+        assert_eq!(c.rest[0]["kind"], "ConfigMap");
+        assert_eq!(c.rest[0]["data"]["k"], "a\nkind: Secret\n---\nb: c");
+    }
+
+    #[test]
+    fn objects_get_clusterctl_labels_and_workloads_the_control_plane_toleration() {
+        let text = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: capi-system}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: w}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: m, namespace: capi-system, labels: {app: m}}
+spec: {template: {spec: {containers: []}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: t, namespace: capi-system}
+spec: {template: {spec: {tolerations: [{key: node-role.kubernetes.io/control-plane, effect: NoSchedule}]}}}
+"#;
+        let c = prepare(Path::new("c.yaml"), text, &core(), &BTreeMap::new()).unwrap();
+        assert_eq!(c.namespace.as_deref(), Some("capi-system"));
+        assert_eq!(c.foundation.len(), 1);
+        let kinds: Vec<_> = c.rest.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            ["Deployment", "Deployment", "ValidatingWebhookConfiguration"]
+        );
+        let m = &c.rest[0];
+        assert_eq!(m["metadata"]["labels"]["app"], "m");
+        assert_eq!(
+            m["metadata"]["labels"]["cluster.x-k8s.io/provider"],
+            "cluster-api"
+        );
+        assert_eq!(m["metadata"]["labels"]["clusterctl.cluster.x-k8s.io"], "");
+        assert_eq!(
+            m["spec"]["template"]["spec"]["tolerations"][0]["key"],
+            CONTROL_PLANE_TAINT
+        );
+        assert_eq!(c.tolerated, ["Deployment/capi-system/m"]);
+        let cm = Provider {
+            kind: Kind::CertManager,
+            name: "cert-manager".into(),
+            version: "v1.18.2".into(),
+        };
+        let c = prepare(Path::new("c.yaml"), text, &cm, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            c.rest[0]["metadata"]["labels"]["clusterctl.cluster.x-k8s.io/core"],
+            "cert-manager"
+        );
+        assert!(inventory(&cm, "cert-manager").is_none());
+    }
+
+    #[test]
+    fn the_contract_comes_from_metadata_yaml() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = core();
+        std::fs::create_dir_all(p.dir(dir.path())).unwrap();
+        std::fs::write(p.dir(dir.path()).join("components.yaml"), "").unwrap();
+        std::fs::write(
+            p.dir(dir.path()).join("metadata.yaml"),
+            "releaseSeries:\n- {major: 1, minor: 13, contract: v1beta2}\n- {major: 1, minor: 10, contract: v1beta1}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            check_contract(dir.path(), &p, "v1beta2").unwrap(),
+            "v1beta2"
+        );
+        let e = check_contract(dir.path(), &p, "v1beta1").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("follows the Cluster API contract v1beta2; the cluster needs v1beta1"),
+            "{e}"
+        );
+        assert_eq!(
+            resolve_version(dir.path(), "cluster-api", None).unwrap(),
+            "v1.13.5"
+        );
+        let e = resolve_version(dir.path(), "bootstrap-kubeadm", None).unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "provider bootstrap-kubeadm is not baked into this image (no version found)"
+            ),
+            "{e}"
+        );
+        let e = resolve_version(dir.path(), "cluster-api", Some("v1.12.0")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cluster-api v1.12.0 is not baked into this image (found v1.13.5)"),
+            "{e}"
+        );
+    }
+}

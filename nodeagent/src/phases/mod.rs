@@ -1,0 +1,452 @@
+//! The agent's phases after the spec is cached: `ProvidersInstalled`, `Pivoted`, `ScaledOut`.
+//! Each lives in its own module with a plan (pure data: what it would do next and why; `fledge-agent
+//! plan` prints it) and an apply step. [`Runner`] walks the journal: it runs the first phase
+//! that has not succeeded, records each outcome with the spec generation it ran for, and retries
+//! a failure with capped, jittered backoff. It runs beside the spec sync and never blocks it.
+
+pub mod pivoted;
+pub mod providers;
+pub mod scaledout;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use fledge_generator::spec::CheckedCluster;
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::cache;
+use crate::config::AgentConfig;
+use crate::journal::{Journal, JournalError, Outcome, Phase};
+use crate::pivot::count::{CountLayer, Counts};
+
+/// The phases this version of the agent runs, in order.
+pub const RUN: [Phase; 3] = [Phase::ProvidersInstalled, Phase::Pivoted, Phase::ScaledOut];
+
+/// How long to wait before looking again when a phase waits for something outside the agent
+/// (a provider's Deployment becoming available, the control plane initializing).
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Why a phase could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    /// Installing the providers failed.
+    #[error(transparent)]
+    Providers(#[from] providers::ProvidersError),
+    /// The pivot failed.
+    #[error(transparent)]
+    Pivot(#[from] crate::pivot::apply::PivotError),
+    /// Applying the scale-out objects failed.
+    #[error(transparent)]
+    ScaleOut(#[from] scaledout::ScaleOutError),
+    /// A request failed.
+    #[error("cannot {what}")]
+    Request {
+        /// What was asked.
+        what: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The local cluster's kubeconfig is unusable.
+    #[error("local cluster kubeconfig {path}: {message}")]
+    LocalKubeconfig {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The cached spec does not check (it did when it was cached; the rules changed).
+    #[error("the cached spec (generation {generation}) is invalid: {problems}")]
+    Spec {
+        /// Generation.
+        generation: i64,
+        /// The problems.
+        problems: String,
+    },
+    /// The journal could not be written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Everything a phase works with.
+pub struct Context {
+    /// The configuration.
+    pub cfg: AgentConfig,
+    /// Root prefix for configured paths (`/` on a node).
+    pub root: PathBuf,
+    /// State directory (rooted).
+    pub state_dir: PathBuf,
+    /// The management plane (the agent's scoped identity).
+    pub management: kube::Client,
+    /// The local cluster.
+    pub local: kube::Client,
+    /// The cached spec, checked.
+    pub spec: CheckedCluster,
+    /// Its generation.
+    pub generation: i64,
+}
+
+/// What a phase would do next, and why: printable data.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The phase.
+    pub phase: Phase,
+    /// The spec generation it is for.
+    pub generation: i64,
+    /// What it would do, in order.
+    pub steps: Vec<String>,
+    /// Why it cannot act yet, if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "next phase: {} (spec generation {})",
+            self.phase, self.generation
+        )?;
+        if let Some(w) = &self.waiting {
+            writeln!(f, "waiting: {w}")?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            writeln!(f, "{:>3}. {s}", i + 1)?;
+        }
+        Ok(())
+    }
+}
+
+/// How an apply step ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The phase is complete (a summary for the journal).
+    Done(String),
+    /// It made what progress it could and waits for something outside the agent.
+    Waiting(String),
+}
+
+/// Plans `phase`.
+pub async fn plan(ctx: &Context, phase: Phase) -> Result<Plan, PhaseError> {
+    let (steps, waiting) = match phase {
+        Phase::ProvidersInstalled => providers::plan(ctx).await?,
+        Phase::Pivoted => pivoted::plan(ctx).await?,
+        Phase::ScaledOut => scaledout::plan(ctx).await?,
+        other => (
+            vec![format!(
+                "{other} is not run by fledge-agent {}",
+                crate::VERSION
+            )],
+            None,
+        ),
+    };
+    Ok(Plan {
+        phase,
+        generation: ctx.generation,
+        steps,
+        waiting,
+    })
+}
+
+/// Applies `phase`; `progress` gets one line per step.
+pub async fn apply(
+    ctx: &Context,
+    phase: Phase,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    match phase {
+        Phase::ProvidersInstalled => providers::apply(ctx, progress).await,
+        Phase::Pivoted => pivoted::apply(ctx, progress).await,
+        Phase::ScaledOut => scaledout::apply(ctx, progress).await,
+        other => Ok(Step::Waiting(format!(
+            "{other} is not run by fledge-agent {}",
+            crate::VERSION
+        ))),
+    }
+}
+
+/// The error and its causes on one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Runs `work` as `phase` of the journal: `Started` before, `Succeeded` (with the summary) or
+/// `Failed` (with the error chain) after. A phase already succeeded is not run again.
+pub async fn journaled<T, E, F>(
+    state_dir: &std::path::Path,
+    journal: &mut Journal,
+    phase: Phase,
+    generation: Option<i64>,
+    work: F,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<Option<T>, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::error::Error + From<JournalError>,
+{
+    if journal.done(phase) {
+        return Ok(None);
+    }
+    journal.record(state_dir, phase, Outcome::Started, generation, None)?;
+    match work.await {
+        Ok(v) => {
+            journal.record(
+                state_dir,
+                phase,
+                Outcome::Succeeded,
+                generation,
+                Some(summary(&v)),
+            )?;
+            Ok(Some(v))
+        }
+        Err(e) => {
+            journal.record(
+                state_dir,
+                phase,
+                Outcome::Failed,
+                generation,
+                Some(chain(&e)),
+            )?;
+            Err(e)
+        }
+    }
+}
+
+/// A client for the local cluster from its kubeconfig, counting its requests.
+pub async fn local_client(
+    path: &std::path::Path,
+    counts: Arc<Counts>,
+) -> Result<kube::Client, PhaseError> {
+    let bad = |message: String| PhaseError::LocalKubeconfig {
+        path: path.to_path_buf(),
+        message,
+    };
+    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| bad(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(60));
+    Ok(kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| bad(e.to_string()))?
+        .with_layer(&CountLayer::new(counts))
+        .build())
+}
+
+/// Checks the cached spec into the generator's checked type.
+pub fn checked(
+    cfg: &AgentConfig,
+    cached: &cache::CachedSpec,
+) -> Result<CheckedCluster, PhaseError> {
+    let meta = fledge_generator::spec::RequestMeta {
+        name: cfg.cluster.name.clone(),
+        namespace: Some(cfg.cluster.namespace.clone()),
+        labels: Default::default(),
+    };
+    fledge_generator::spec::validate(&meta, &cached.spec).map_err(|p| PhaseError::Spec {
+        generation: cached.generation,
+        problems: p
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
+}
+
+/// What the runner reports to status and metrics.
+pub trait Report: Send + Sync {
+    /// A phase started an attempt, made progress, waits, or finished.
+    fn phase(&self, phase: Phase, state: &str, message: &str);
+}
+
+/// Walks the journal's phases.
+pub struct Runner {
+    /// The configuration.
+    pub cfg: AgentConfig,
+    /// Root prefix.
+    pub root: PathBuf,
+    /// State directory (rooted).
+    pub state_dir: PathBuf,
+    /// The management client.
+    pub management: kube::Client,
+    /// Counts the local client's requests.
+    pub local_counts: Arc<Counts>,
+    /// Woken when a new spec is cached.
+    pub spec_changed: Arc<Notify>,
+    /// Woken after every journal record, for the status.
+    pub journal_changed: Arc<Notify>,
+    /// Progress sink.
+    pub report: Arc<dyn Report>,
+    /// Upper bound of the retry backoff.
+    pub backoff_cap: Duration,
+}
+
+impl Runner {
+    /// Runs phases until `stop` turns true.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut backoff = self.backoff();
+        let mut local: Option<kube::Client> = None;
+        while !*stop.borrow() {
+            let delay = match self.attempt(&mut local).await {
+                Attempt::Progressed => {
+                    backoff = self.backoff();
+                    Duration::ZERO
+                }
+                Attempt::Wait(d) => d,
+                Attempt::Failed => backoff.next().unwrap_or(self.backoff_cap),
+                Attempt::Idle => Duration::from_secs(3600),
+            };
+            if delay.is_zero() {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.spec_changed.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    fn backoff(&self) -> backon::ExponentialBackoff {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(self.backoff_cap)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    async fn attempt(&self, local: &mut Option<kube::Client>) -> Attempt {
+        let mut journal = match Journal::load(&self.state_dir) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal; no phase runs");
+                return Attempt::Failed;
+            }
+        };
+        let Some(phase) = RUN.into_iter().find(|p| !journal.done(*p)) else {
+            return Attempt::Idle;
+        };
+        let cached = match cache::load(&self.state_dir) {
+            Ok(Some(c)) => c,
+            // Nothing to act on before the first spec arrives.
+            Ok(None) | Err(_) => return Attempt::Wait(Duration::from_secs(3600)),
+        };
+        let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation = cached.generation);
+        let _enter = span.enter();
+        let result = self.step(local, &mut journal, phase, &cached).await;
+        self.journal_changed.notify_one();
+        match result {
+            Ok(Step::Done(msg)) => {
+                tracing::info!(%msg, "phase complete");
+                self.report.phase(phase, "Succeeded", &msg);
+                Attempt::Progressed
+            }
+            Ok(Step::Waiting(why)) => {
+                tracing::info!(%why, "phase waiting");
+                self.report.phase(phase, "Waiting", &why);
+                Attempt::Wait(POLL)
+            }
+            Err(e) => {
+                let msg = chain(&e);
+                tracing::warn!(error = %msg, "phase failed; retrying with backoff");
+                self.report.phase(phase, "Failed", &msg);
+                Attempt::Failed
+            }
+        }
+    }
+
+    async fn step(
+        &self,
+        local: &mut Option<kube::Client>,
+        journal: &mut Journal,
+        phase: Phase,
+        cached: &cache::CachedSpec,
+    ) -> Result<Step, PhaseError> {
+        let generation = Some(cached.generation);
+        let spec = checked(&self.cfg, cached)?;
+        let client = match local {
+            Some(c) => c.clone(),
+            None => {
+                let path = crate::config::rooted(&self.root, &self.cfg.local_kubeconfig());
+                let c = local_client(&path, self.local_counts.clone()).await?;
+                *local = Some(c.clone());
+                c
+            }
+        };
+        let ctx = Context {
+            cfg: self.cfg.clone(),
+            root: self.root.clone(),
+            state_dir: self.state_dir.clone(),
+            management: self.management.clone(),
+            local: client,
+            spec,
+            generation: cached.generation,
+        };
+        let started = journal.entry(phase).map(|e| e.outcome);
+        if started != Some(Outcome::Started)
+            || journal.entry(phase).and_then(|e| e.generation) != generation
+        {
+            journal.record(&self.state_dir, phase, Outcome::Started, generation, None)?;
+            self.report.phase(phase, "Started", "");
+        }
+        let report = self.report.clone();
+        let progress = move |line: &str| {
+            tracing::info!(phase = %phase, "{line}");
+            report.phase(phase, "Progressing", line);
+        };
+        match apply(&ctx, phase, &progress).await {
+            Ok(Step::Done(msg)) => {
+                journal.record(
+                    &self.state_dir,
+                    phase,
+                    Outcome::Succeeded,
+                    generation,
+                    Some(msg.clone()),
+                )?;
+                Ok(Step::Done(msg))
+            }
+            Ok(Step::Waiting(why)) => {
+                journal.record(
+                    &self.state_dir,
+                    phase,
+                    Outcome::Started,
+                    generation,
+                    Some(format!("waiting: {why}")),
+                )?;
+                Ok(Step::Waiting(why))
+            }
+            Err(e) => {
+                journal.record(
+                    &self.state_dir,
+                    phase,
+                    Outcome::Failed,
+                    generation,
+                    Some(chain(&e)),
+                )?;
+                Err(e)
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Progressed,
+    Wait(Duration),
+    Failed,
+    Idle,
+}

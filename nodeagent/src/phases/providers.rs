@@ -1,0 +1,433 @@
+//! `ProvidersInstalled`: cert-manager, then the core, kubeadm bootstrap, kubeadm control-plane
+//! and infrastructure providers, from the directory baked into the image, as `clusterctl init`
+//! installs them (see [`crate::components`]), with clusterctl's inventory so that clusterctl
+//! recognises the installation later. Each provider is ready before the next is applied: every
+//! CRD Established, every Deployment Available, every webhook answering a server-side dry-run
+//! create.
+
+use std::time::{Duration, Instant};
+
+use fledge_generator::apply::{ApplyOptions, Target};
+use fledge_generator::spec::{CapiVersion, ProviderKind};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject, PostParams};
+use serde_json::Value;
+
+use super::{Context, PhaseError, Step};
+use crate::components::{self, Components, ComponentsError, Kind, Provider};
+
+/// The field manager of everything the agent applies.
+pub const FIELD_MANAGER: &str = "fledge-agent";
+
+/// How long one attempt waits for a provider to become ready before it reports "waiting".
+const READY_WAIT: Duration = Duration::from_secs(120);
+
+/// Why the providers could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvidersError {
+    /// The components could not be read or prepared.
+    #[error(transparent)]
+    Components(#[from] ComponentsError),
+    /// Applying them failed.
+    #[error("{provider}: cannot apply its components")]
+    Apply {
+        /// The provider's label.
+        provider: String,
+        /// Why.
+        #[source]
+        source: fledge_generator::apply::ApplyError,
+    },
+    /// A readiness check failed (not "not yet": the request itself).
+    #[error("{provider}: cannot check {what}")]
+    Check {
+        /// The provider's label.
+        provider: String,
+        /// What was being checked.
+        what: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// clusterctl's name of the infrastructure provider for `kind`.
+pub fn infrastructure_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Vsphere => "vsphere",
+        ProviderKind::Aws => "aws",
+        ProviderKind::Azure => "azure",
+        ProviderKind::Gcp => "gcp",
+        ProviderKind::Maas => "maas",
+        ProviderKind::Docker => "docker",
+    }
+}
+
+/// The providers the cluster needs, in install order, with their versions resolved against the
+/// providers directory.
+pub fn wanted(ctx: &Context) -> Result<Vec<Provider>, ComponentsError> {
+    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
+    let versions = ctx
+        .cfg
+        .providers
+        .as_ref()
+        .map(|p| p.versions.clone())
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for (kind, name) in [
+        (Kind::CertManager, "cert-manager"),
+        (Kind::Core, "cluster-api"),
+        (Kind::Bootstrap, "kubeadm"),
+        (Kind::ControlPlane, "kubeadm"),
+        (
+            Kind::Infrastructure,
+            infrastructure_name(ctx.spec.provider()),
+        ),
+    ] {
+        let mut p = Provider {
+            kind,
+            name: name.to_string(),
+            version: String::new(),
+        };
+        let label = p.label();
+        p.version =
+            components::resolve_version(&base, &label, versions.get(&label).map(String::as_str))?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
+fn contract(ctx: &Context) -> &'static str {
+    match ctx.spec.capi {
+        CapiVersion::V1beta2 => "v1beta2",
+        CapiVersion::V1beta1 => "v1beta1",
+    }
+}
+
+/// The plan: each provider, and whether the local cluster's inventory already holds it.
+pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
+    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
+    let mut steps = Vec::new();
+    for p in wanted(ctx).map_err(ProvidersError::from)? {
+        let installed = installed_version(ctx, &p).await;
+        let state = match installed.as_deref() {
+            Some(v) if v == p.version => "installed; check it is ready".to_string(),
+            Some(v) => format!("installed at {v}; apply {}", p.version),
+            None => "apply".to_string(),
+        };
+        steps.push(format!(
+            "{} {} from {}: {state}",
+            p.label(),
+            p.version,
+            p.dir(&base).display()
+        ));
+    }
+    Ok((steps, None))
+}
+
+/// The version clusterctl's inventory records for `p` in the local cluster, if any.
+async fn installed_version(ctx: &Context, p: &Provider) -> Option<String> {
+    if p.kind == Kind::CertManager {
+        return None;
+    }
+    let api: Api<DynamicObject> = Api::all_with(ctx.local.clone(), &inventory_resource());
+    let list = api.list(&Default::default()).await.ok()?;
+    list.items
+        .iter()
+        .find(|o| o.metadata.name.as_deref() == Some(p.label().as_str()))
+        .and_then(|o| o.data["version"].as_str().map(str::to_string))
+}
+
+fn inventory_resource() -> ApiResource {
+    ApiResource {
+        group: "clusterctl.cluster.x-k8s.io".into(),
+        version: "v1alpha3".into(),
+        api_version: "clusterctl.cluster.x-k8s.io/v1alpha3".into(),
+        kind: "Provider".into(),
+        plural: "providers".into(),
+    }
+}
+
+/// Installs every provider in order; each must be ready before the next one is applied.
+pub async fn apply(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
+    let variables = ctx
+        .cfg
+        .providers
+        .as_ref()
+        .map(|p| p.variables.clone())
+        .unwrap_or_default();
+    let target = Target {
+        client: ctx.local.clone(),
+        server: "the local cluster".into(),
+    };
+    let providers = wanted(ctx).map_err(ProvidersError::from)?;
+    let mut done = Vec::new();
+    for p in &providers {
+        if p.kind != Kind::CertManager {
+            components::check_contract(&base, p, contract(ctx)).map_err(ProvidersError::from)?;
+        }
+        let c = components::load(&base, p, &variables).map_err(ProvidersError::from)?;
+        for t in &c.tolerated {
+            progress(&format!(
+                "{}: {t} tolerates the control-plane taint (added: the first node is a tainted control-plane node)",
+                p.label()
+            ));
+        }
+        let label = p.label();
+        let opts = ApplyOptions {
+            dry_run: false,
+            force_conflicts: true,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        let apply_err = |source| ProvidersError::Apply {
+            provider: label.clone(),
+            source,
+        };
+        fledge_generator::apply::apply(&target, &c.foundation, &opts, |_| {})
+            .await
+            .map_err(apply_err)?;
+        if let Some(why) = wait(READY_WAIT, || crds_established(ctx, &c)).await? {
+            return Ok(Step::Waiting(format!("{label}: {why}")));
+        }
+        fledge_generator::apply::apply(&target, &c.rest, &opts, |_| {})
+            .await
+            .map_err(apply_err)?;
+        progress(&format!(
+            "{label} {}: {} objects applied",
+            p.version,
+            c.foundation.len() + c.rest.len()
+        ));
+        if let Some(why) = wait(READY_WAIT, || deployments_available(ctx, &c)).await? {
+            return Ok(Step::Waiting(format!("{label}: {why}")));
+        }
+        if let Some(why) = wait(READY_WAIT, || webhooks_answer(ctx, &c)).await? {
+            return Ok(Step::Waiting(format!("{label}: {why}")));
+        }
+        if let Some(ns) = &c.namespace
+            && let Some(inv) = components::inventory(p, ns)
+        {
+            ensure_inventory_crd(ctx, &label).await?;
+            fledge_generator::apply::apply(&target, &[inv], &opts, |_| {})
+                .await
+                .map_err(apply_err)?;
+        }
+        progress(&format!("{label} {}: ready", p.version));
+        done.push(format!("{label} {}", p.version));
+    }
+    Ok(Step::Done(format!(
+        "{} ready (contract {})",
+        done.join(", "),
+        contract(ctx)
+    )))
+}
+
+/// Polls `check` (None = ready, Some(why) = not yet) until it is ready or `within` passes.
+async fn wait<F, Fut>(within: Duration, mut check: F) -> Result<Option<String>, PhaseError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<String>, PhaseError>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await? {
+            None => return Ok(None),
+            Some(why) if Instant::now() >= deadline => return Ok(Some(why)),
+            Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+fn check_err(c: &Components, what: &str) -> impl FnOnce(kube::Error) -> PhaseError {
+    let provider = c.provider.label();
+    let what = what.to_string();
+    move |source| {
+        ProvidersError::Check {
+            provider,
+            what,
+            source,
+        }
+        .into()
+    }
+}
+
+async fn crds_established(ctx: &Context, c: &Components) -> Result<Option<String>, PhaseError> {
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
+    for crd in c
+        .foundation
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+    {
+        let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+        let got = api.get_opt(name).await.map_err(check_err(c, name))?;
+        let established = got
+            .and_then(|g| g.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|x| x.type_ == "Established" && x.status == "True")
+            });
+        if !established {
+            return Ok(Some(format!("CRD {name} is not Established yet")));
+        }
+    }
+    Ok(None)
+}
+
+async fn deployments_available(
+    ctx: &Context,
+    c: &Components,
+) -> Result<Option<String>, PhaseError> {
+    for d in c.rest.iter().filter(|d| d["kind"] == "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let ns = d["metadata"]["namespace"]
+            .as_str()
+            .or(c.namespace.as_deref())
+            .unwrap_or("default");
+        let api: Api<Deployment> = Api::namespaced(ctx.local.clone(), ns);
+        let got = api.get_opt(name).await.map_err(check_err(c, name))?;
+        let available = got.as_ref().is_some_and(|g| {
+            let observed = g.status.as_ref().and_then(|s| s.observed_generation);
+            observed >= g.metadata.generation
+                && g.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|x| x.type_ == "Available" && x.status == "True")
+                    })
+        });
+        if !available {
+            return Ok(Some(format!("Deployment {ns}/{name} is not Available yet")));
+        }
+    }
+    Ok(None)
+}
+
+/// Every webhook with a CREATE rule on one of the provider's own CRDs answers a server-side
+/// dry-run create of an empty object of that kind. A denial or a schema error is an answer;
+/// "failed calling webhook" is not.
+async fn webhooks_answer(ctx: &Context, c: &Components) -> Result<Option<String>, PhaseError> {
+    for (hook, ar, namespaced) in probes(c) {
+        let ns = c.namespace.clone().unwrap_or_else(|| "default".into());
+        let api: Api<DynamicObject> = if namespaced {
+            Api::namespaced_with(ctx.local.clone(), &ns, &ar)
+        } else {
+            Api::all_with(ctx.local.clone(), &ar)
+        };
+        let mut obj = DynamicObject::new("", &ar);
+        obj.metadata.name = None;
+        obj.metadata.generate_name = Some("fledge-probe-".into());
+        let pp = PostParams {
+            dry_run: true,
+            field_manager: Some(FIELD_MANAGER.into()),
+        };
+        match api.create(&pp, &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.message.contains("failed calling webhook") => {
+                return Ok(Some(format!(
+                    "webhook {hook} does not answer yet: {}",
+                    s.message
+                )));
+            }
+            Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(check_err(c, &format!("webhook {hook}"))(e)),
+        }
+    }
+    Ok(None)
+}
+
+/// (webhook name, resource, namespaced) for each webhook that has a CREATE rule on a CRD of
+/// the same components.
+fn probes(c: &Components) -> Vec<(String, ApiResource, bool)> {
+    let crds: Vec<&Value> = c
+        .foundation
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .collect();
+    let mut out = Vec::new();
+    for cfg in c.rest.iter().filter(|d| {
+        d["kind"]
+            .as_str()
+            .is_some_and(|k| k.ends_with("WebhookConfiguration"))
+    }) {
+        for hook in cfg["webhooks"].as_array().into_iter().flatten() {
+            let name = hook["name"].as_str().unwrap_or_default().to_string();
+            let rule = hook["rules"].as_array().into_iter().flatten().find(|r| {
+                r["operations"]
+                    .as_array()
+                    .is_some_and(|ops| ops.iter().any(|o| o == "CREATE" || o == "*"))
+            });
+            let Some(rule) = rule else { continue };
+            let first = |k: &str| rule[k][0].as_str().unwrap_or_default().to_string();
+            let (group, version, plural) =
+                (first("apiGroups"), first("apiVersions"), first("resources"));
+            let Some(crd) = crds.iter().find(|d| {
+                d["spec"]["group"] == group.as_str()
+                    && d["spec"]["names"]["plural"] == plural.as_str()
+            }) else {
+                continue;
+            };
+            let kind = crd["spec"]["names"]["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            out.push((
+                name,
+                ApiResource {
+                    api_version: format!("{group}/{version}"),
+                    group,
+                    version,
+                    kind,
+                    plural,
+                },
+                crd["spec"]["scope"] == "Namespaced",
+            ));
+        }
+    }
+    out
+}
+
+/// Creates clusterctl's inventory CRD when the cluster has none (an existing one is kept).
+async fn ensure_inventory_crd(ctx: &Context, provider: &str) -> Result<(), PhaseError> {
+    let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
+    let crd = components::inventory_crd();
+    let name = crd["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let err = |source| ProvidersError::Check {
+        provider: provider.to_string(),
+        what: "the inventory CRD".into(),
+        source,
+    };
+    if api.get_opt(&name).await.map_err(err)?.is_none() {
+        let body: CustomResourceDefinition =
+            serde_json::from_value(crd).expect("a well-formed CRD");
+        match api.create(&PostParams::default(), &body).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(err(e).into()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = api.get_opt(&name).await.map_err(err)?;
+        if got
+            .and_then(|g| g.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|x| x.type_ == "Established" && x.status == "True")
+            })
+            || Instant::now() >= deadline
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
