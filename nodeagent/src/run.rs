@@ -311,25 +311,53 @@ pub async fn run<F: Future<Output = ()>>(
     });
     let (management_counts, local_counts) = (Arc::<Counts>::default(), Arc::<Counts>::default());
     shared.update(|s| s.requests = Some((management_counts.clone(), local_counts.clone())));
-    let client = management_client_counted(&cfg, &opts, management_counts)?;
+    let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
     let spec_changed = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());
-    let runner = crate::phases::Runner {
-        cfg: cfg.clone(),
-        root: opts.root.clone(),
-        state_dir: state_dir.clone(),
-        management: client.clone(),
-        local_counts,
-        spec_changed: spec_changed.clone(),
-        journal_changed: journal_changed.clone(),
-        report: Arc::new(shared.clone()),
-        backoff_cap: Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1)),
+    // The phases run beside the spec sync, on a thread of their own with its own runtime and
+    // clients: a long phase never holds a new spec back, and the pivot engine's futures (which
+    // borrow across awaits in ways `tokio::spawn`'s bounds cannot express) need not be `Send`.
+    let runner_task = {
+        let (cfg, root, state_dir) = (cfg.clone(), opts.root.clone(), state_dir.clone());
+        let (spec_changed, journal_changed) = (spec_changed.clone(), journal_changed.clone());
+        let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the phase runner");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let management = match management_client_counted(&cfg, &opts, management_counts) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the phase runner");
+                        return;
+                    }
+                };
+                let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
+                crate::phases::Runner {
+                    cfg,
+                    root,
+                    state_dir,
+                    management,
+                    local_counts,
+                    spec_changed,
+                    journal_changed,
+                    report,
+                    backoff_cap,
+                }
+                .run(stop)
+                .await
+            })
+        })
     };
-    // The phases run beside the spec sync (its own task): a long phase never holds a new spec
-    // back. (The runner is polled here rather than spawned: the pivot engine's futures borrow
-    // across awaits in ways `tokio::spawn`'s `'static + Send` bound cannot express.)
-    let runner_fut = runner.run(stop_rx.clone());
-    tokio::pin!(runner_fut);
     // The status written before a restart keeps its conditions' transition times.
     let last_status = std::fs::read(state_dir.join("status.json"))
         .ok()
@@ -358,15 +386,7 @@ pub async fn run<F: Future<Output = ()>>(
         let _guard = guard;
         sync.run(stop_rx).await;
     });
-    let mut runner_done = false;
-    tokio::pin!(shutdown);
-    tokio::select! {
-        _ = &mut shutdown => {}
-        _ = &mut runner_fut => {
-            runner_done = true;
-            shutdown.await;
-        }
-    }
+    shutdown.await;
     tracing::info!("stopping: finishing in-flight work");
     notifier.send("STOPPING=1");
     let _ = stop_tx.send(true);
@@ -376,9 +396,7 @@ pub async fn run<F: Future<Output = ()>>(
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
     let both = async {
         let _ = sync_task.await;
-        if !runner_done {
-            runner_fut.await;
-        }
+        let _ = runner_task.await;
     };
     if tokio::time::timeout(grace, both).await.is_err() {
         tracing::warn!(

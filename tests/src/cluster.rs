@@ -103,7 +103,8 @@ pub struct TestCluster {
 /// The user name of [`TestCluster::user_kubeconfig`].
 pub const USER: &str = "fledge-user";
 
-pub(crate) fn free_port() -> std::io::Result<u16> {
+/// A free TCP port on loopback.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

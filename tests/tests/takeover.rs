@@ -1,0 +1,630 @@
+//! Issue 12: one fledge-agent process, configured as cloud-init configures it, takes a cluster
+//! from "CP-A only" to "scaled-out objects in the local cluster" by itself, against two real
+//! API servers: a management plane holding fledge's rendered objects (the agent reaches it with
+//! the rendered scoped Role), and a local cluster running the real CAPI v1.13.5 managers.
+//!
+//! The providers come from a baked directory in clusterctl's local-repository layout, built
+//! here from the CAPI module's own files: the CRDs and webhook configurations as the harness
+//! serves them (the managers run as processes on loopback, not as pods), the upstream manager
+//! Deployments (with their `${VAR:=default}` arguments) and the upstream `metadata.yaml`.
+//! cert-manager's release manifests are not in the module cache: its component here is a
+//! Namespace and a Deployment without tolerations, like cert-manager's own. No kubelet or
+//! scheduler runs, so the test plays them: it marks every Deployment Available once it exists.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fledge_agent::journal::{Journal, Phase};
+use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
+use fledge_generator::management;
+use fledge_generator::render::Templates;
+use fledge_generator::spec;
+use fledge_tests::capi;
+use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
+use fledge_tests::install::{install_crds, install_fledge_crds};
+use fledge_tests::workspace_root;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const NS: &str = "team-docker";
+const NAME: &str = "docker-demo";
+
+fn api(client: &kube::Client, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &capi::resource(api_version, kind))
+}
+
+/// An object as a components.yaml carries it: no server-set metadata, no status.
+fn as_shipped(mut v: Value) -> Value {
+    let meta = v["metadata"].clone();
+    let mut m = json!({"name": meta["name"]});
+    for k in ["namespace", "labels", "annotations"] {
+        if !meta[k].is_null() {
+            m[k] = meta[k].clone();
+        }
+    }
+    v["metadata"] = m;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("status");
+    }
+    v
+}
+
+async fn list_labelled(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    label: &str,
+) -> Vec<Value> {
+    let ar = capi::resource(api_version, kind);
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+    let lp = ListParams::default().labels(&format!("cluster.x-k8s.io/provider={label}"));
+    api.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|o| {
+            let mut v = serde_json::to_value(&o).unwrap();
+            v["apiVersion"] = json!(api_version);
+            v["kind"] = json!(kind);
+            as_shipped(v)
+        })
+        .collect()
+}
+
+fn write_docs(path: &Path, docs: &[Value]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, fledge_generator::render::yaml::documents(docs)).unwrap();
+}
+
+/// The baked providers directory (see the module comment).
+async fn bake_providers(local: &kube::Client, dir: &Path) {
+    let root = fledge_tests::managers::module_root().unwrap();
+    let metadata = std::fs::read(root.join("metadata.yaml")).unwrap();
+    let version = root
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .to_string();
+    let manager: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root.join("config/manager/manager.yaml")).unwrap(),
+    )
+    .unwrap();
+    for (label, config, prefix, ns) in [
+        ("cluster-api", "config", "capi-", "capi-system"),
+        (
+            "bootstrap-kubeadm",
+            "bootstrap/kubeadm/config",
+            "capi-kubeadm-bootstrap-",
+            "capi-kubeadm-bootstrap-system",
+        ),
+        (
+            "control-plane-kubeadm",
+            "controlplane/kubeadm/config",
+            "capi-kubeadm-control-plane-",
+            "capi-kubeadm-control-plane-system",
+        ),
+    ] {
+        let mut docs =
+            vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})];
+        docs.extend(
+            list_labelled(
+                local,
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                label,
+            )
+            .await,
+        );
+        for kind in [
+            "MutatingWebhookConfiguration",
+            "ValidatingWebhookConfiguration",
+        ] {
+            docs.extend(list_labelled(local, "admissionregistration.k8s.io/v1", kind, label).await);
+        }
+        // The provider's own manager Deployment (CABPK's and KCP's have the same shape).
+        let own: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(root.join(config).join("manager/manager.yaml"))
+                .unwrap_or_else(|_| serde_yaml::to_string(&manager).unwrap()),
+        )
+        .unwrap();
+        let mut d = own;
+        d["metadata"]["name"] = json!(format!(
+            "{prefix}{}",
+            d["metadata"]["name"].as_str().unwrap()
+        ));
+        d["metadata"]["namespace"] = json!(ns);
+        docs.push(d);
+        assert!(
+            docs.iter()
+                .filter(|d| d["kind"] == "CustomResourceDefinition")
+                .count()
+                > 0,
+            "{label}: the harness installed no CRDs labelled for it"
+        );
+        let at = dir.join(label).join(&version);
+        write_docs(&at.join("components.yaml"), &docs);
+        std::fs::write(at.join("metadata.yaml"), &metadata).unwrap();
+    }
+    // The Dev (docker) infrastructure provider: its CRDs from the shared upstream set; no
+    // manager runs for it (the test is that provider).
+    let crds_dir = fledge_tests::crds::crds_dir().join("cluster-api/v1.13.5");
+    let mut docs =
+        vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "capd-system"}})];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&crds_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("infrastructure.cluster.x-k8s.io_d")
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        docs.push(serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap());
+    }
+    let mut d = manager.clone();
+    d["metadata"]["name"] = json!("capd-controller-manager");
+    d["metadata"]["namespace"] = json!("capd-system");
+    docs.push(d);
+    let at = dir.join("infrastructure-docker").join(&version);
+    write_docs(&at.join("components.yaml"), &docs);
+    std::fs::write(at.join("metadata.yaml"), &metadata).unwrap();
+    // cert-manager.
+    let docs = [
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cert-manager"}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "cert-manager", "namespace": "cert-manager"},
+            "spec": {"selector": {"matchLabels": {"app": "cert-manager"}},
+                "template": {"metadata": {"labels": {"app": "cert-manager"}},
+                    "spec": {"containers": [{"name": "cert-manager-controller",
+                        "image": "cert-manager-controller:${CERT_MANAGER_TAG:=v1.18.2}"}]}}}}),
+    ];
+    write_docs(&dir.join("cert-manager/v1.18.2/components.yaml"), &docs);
+}
+
+/// Plays the kube-controller-manager, scheduler and kubelet for Deployments: each one that
+/// exists is marked Available. Stops when the returned handle is dropped (aborted).
+fn play_kubelet(local: kube::Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<Deployment> = Api::all(local.clone());
+        loop {
+            if let Ok(list) = api.list(&Default::default()).await {
+                for d in list.items {
+                    let ns = d.metadata.namespace.clone().unwrap_or_default();
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    let available = d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter()
+                                .any(|x| x.type_ == "Available" && x.status == "True")
+                        });
+                    if available {
+                        continue;
+                    }
+                    let status = json!({"status": {"observedGeneration": d.metadata.generation,
+                        "replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1,
+                        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                            "message": "played by the test", "lastUpdateTime": "2026-01-01T00:00:00Z",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                    let nsapi: Api<Deployment> = Api::namespaced(local.clone(), &ns);
+                    let _ = nsapi
+                        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(config: &Path, log: &Path) -> Agent {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(fledge_tests::binary("fledge-agent"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Agent { child }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The two clusters and a node root as cloud-init leaves it on CP-A.
+struct Fixture {
+    mgmt: TestCluster,
+    local: TestCluster,
+    root: tempfile::TempDir,
+    config: PathBuf,
+    metrics: String,
+}
+
+async fn fixture() -> Option<Fixture> {
+    let local = fledge_tests::managers::start_with_managers_or_skip().await?;
+    let mgmt = start_or_skip(Options::default()).await?;
+    let mc = mgmt.client().await;
+    install_fledge_crds(&mc).await.unwrap();
+    install_crds(&mc, &["cluster-api/v1.13.5"]).await.unwrap();
+    // The request: three control-plane machines and two workers.
+    let mut checked =
+        spec::load_request(&workspace_root().join("tests/cases/docker-v1beta2/input.yaml"))
+            .unwrap();
+    checked.spec.control_plane.replicas = 3;
+    checked.spec.workers[0].replicas = 2;
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+    let target = client_from_kubeconfig(Some(&mgmt.kubeconfig))
+        .await
+        .unwrap();
+    apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    // The agent's identity: the rendered Role, bound to the test user whose token the node holds.
+    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "agent-test-user", "namespace": NS},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
+    apply(&target, &[binding], &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    // CP-A is up: the management plane's KCP reports the control plane initialized (no CAPI
+    // controller runs on this management plane; the test plays it).
+    api(
+        &mc,
+        "controlplane.cluster.x-k8s.io/v1beta2",
+        "KubeadmControlPlane",
+    )
+    .patch_status(
+        &format!("{NAME}-control-plane"),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"initialization": {"controlPlaneInitialized": true}}})),
+    )
+    .await
+    .unwrap();
+
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    std::fs::create_dir_all(r.join("etc/fledge/management")).unwrap();
+    std::fs::create_dir_all(r.join("etc/kubernetes")).unwrap();
+    std::fs::write(r.join("etc/fledge/management/token"), &mgmt.user_token).unwrap();
+    std::fs::write(r.join("etc/fledge/management/ca.crt"), &mgmt.ca_pem).unwrap();
+    std::fs::copy(&local.kubeconfig, r.join("etc/kubernetes/admin.conf")).unwrap();
+    bake_providers(&local.client().await, &r.join("usr/share/fledge/providers")).await;
+    let port = fledge_tests::cluster::free_port().unwrap();
+    let metrics = format!("127.0.0.1:{port}");
+    let p = |s: &str| r.join(s).display().to_string();
+    let cfg = json!({
+        "apiVersion": "fledge.dev/v1alpha1", "kind": "AgentConfig",
+        "cluster": {"name": NAME, "namespace": NS},
+        "management": {"server": mgmt.url, "tokenFile": p("etc/fledge/management/token"), "caFile": p("etc/fledge/management/ca.crt")},
+        "stateDir": p("var/lib/fledge"),
+        "metricsAddress": metrics,
+        "resyncSeconds": 2,
+        "backoffCapSeconds": 2,
+        "localKubeconfig": p("etc/kubernetes/admin.conf"),
+        "providers": {"directory": p("usr/share/fledge/providers")},
+    });
+    let config = r.join("etc/fledge/agent.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    Some(Fixture {
+        mgmt,
+        local,
+        root,
+        config,
+        metrics,
+    })
+}
+
+impl Fixture {
+    fn state(&self) -> PathBuf {
+        self.root.path().join("var/lib/fledge")
+    }
+    fn log(&self) -> PathBuf {
+        self.root.path().join("agent.log")
+    }
+    fn journal(&self) -> Journal {
+        Journal::load(&self.state()).unwrap_or_default()
+    }
+    async fn wait_phase(&self, phase: Phase, limit: Duration) {
+        let start = Instant::now();
+        while !self.journal().done(phase) {
+            assert!(
+                start.elapsed() < limit,
+                "timed out waiting for {phase}; journal {:#?}\nagent log tail:\n{}",
+                self.journal(),
+                fledge_tests::cluster::tail(&self.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    async fn metric(&self, name: &str) -> f64 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// The end state: the management plane keeps only the FledgeCluster and the agent's
+    /// access; the local cluster holds the cluster, KCP at 3 and the MachineDeployment.
+    async fn check_end_state(&self) {
+        let mc = self.mgmt.client().await;
+        let lc = self.local.client().await;
+        for (v, kind) in [
+            ("cluster.x-k8s.io/v1beta2", "Cluster"),
+            (
+                "controlplane.cluster.x-k8s.io/v1beta2",
+                "KubeadmControlPlane",
+            ),
+            ("infrastructure.cluster.x-k8s.io/v1beta2", "DevCluster"),
+            (
+                "infrastructure.cluster.x-k8s.io/v1beta2",
+                "DevMachineTemplate",
+            ),
+        ] {
+            let left = api(&mc, v, kind)
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items;
+            assert!(
+                left.is_empty(),
+                "{kind} left on the management plane: {left:?}"
+            );
+        }
+        assert!(
+            api(&mc, "fledge.dev/v1alpha1", "FledgeCluster")
+                .get_opt(NAME)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(mc.clone(), NS);
+        assert!(
+            sa.get_opt(&format!("{NAME}-fledge-agent"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        let cluster = api(&lc, "cluster.x-k8s.io/v1beta2", "Cluster")
+            .get(NAME)
+            .await
+            .unwrap();
+        assert_ne!(
+            cluster.data["spec"]["paused"], true,
+            "the local Cluster is unpaused"
+        );
+        let kcp = api(
+            &lc,
+            "controlplane.cluster.x-k8s.io/v1beta2",
+            "KubeadmControlPlane",
+        )
+        .get(&format!("{NAME}-control-plane"))
+        .await
+        .unwrap();
+        assert_eq!(kcp.data["spec"]["replicas"], 3);
+        let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+            .get(&format!("{NAME}-md-0"))
+            .await
+            .unwrap();
+        assert_eq!(md.data["spec"]["replicas"], 2);
+        let managers: Vec<String> = md
+            .metadata
+            .managed_fields
+            .iter()
+            .flatten()
+            .filter_map(|f| f.manager.clone())
+            .collect();
+        assert!(
+            managers.contains(&"fledge-agent".to_string()),
+            "{managers:?}"
+        );
+        for (v, kind) in [
+            (
+                "bootstrap.cluster.x-k8s.io/v1beta2",
+                "KubeadmConfigTemplate",
+            ),
+            (
+                "infrastructure.cluster.x-k8s.io/v1beta2",
+                "DevMachineTemplate",
+            ),
+        ] {
+            api(&lc, v, kind)
+                .get(&format!("{NAME}-md-0"))
+                .await
+                .unwrap();
+        }
+        // clusterctl's inventory.
+        let inv: Api<DynamicObject> = Api::all_with(
+            lc.clone(),
+            &capi::resource("clusterctl.cluster.x-k8s.io/v1alpha3", "Provider"),
+        );
+        let mut names: Vec<String> = inv
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}/{} {} {}",
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                    p.data["type"].as_str().unwrap_or(""),
+                    p.data["version"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "capd-system/infrastructure-docker InfrastructureProvider v1.13.5",
+                "capi-kubeadm-bootstrap-system/bootstrap-kubeadm BootstrapProvider v1.13.5",
+                "capi-kubeadm-control-plane-system/control-plane-kubeadm ControlPlaneProvider v1.13.5",
+                "capi-system/cluster-api CoreProvider v1.13.5",
+            ]
+        );
+        // cert-manager got the control-plane toleration and clusterctl's cert-manager label.
+        let deps: Api<Deployment> = Api::namespaced(lc.clone(), "cert-manager");
+        let cm = deps.get("cert-manager").await.unwrap();
+        let labels = cm.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels
+                .get("clusterctl.cluster.x-k8s.io/core")
+                .map(String::as_str),
+            Some("cert-manager")
+        );
+        let tol = cm
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .tolerations
+            .unwrap_or_default();
+        assert!(
+            tol.iter()
+                .any(|t| t.key.as_deref() == Some("node-role.kubernetes.io/control-plane")),
+            "{tol:?}"
+        );
+        // The manager Deployment's ${VAR:=default}s were substituted in its arguments.
+        let deps: Api<Deployment> = Api::namespaced(lc.clone(), "capi-system");
+        let m = deps.get("capi-controller-manager").await.unwrap();
+        let args =
+            serde_json::to_string(&m.spec.unwrap().template.spec.unwrap().containers[0].args)
+                .unwrap();
+        assert!(
+            args.contains("--diagnostics-address=:8443") && !args.contains("${"),
+            "{args}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
+    let Some(f) = fixture().await else {
+        return;
+    };
+    let kubelet = play_kubelet(f.local.client().await);
+    let start = Instant::now();
+    let agent = Agent::start(&f.config, &f.log());
+    f.wait_phase(Phase::ScaledOut, Duration::from_secs(300))
+        .await;
+    let took = start.elapsed();
+    let mgmt_requests = f
+        .metric("fledge_agent_requests_total{cluster=\"management\"}")
+        .await;
+    let local_requests = f
+        .metric("fledge_agent_requests_total{cluster=\"local\"}")
+        .await;
+    eprintln!(
+        "BENCH time-to-ScaledOut {:.1}s; requests: management {mgmt_requests}, local {local_requests}",
+        took.as_secs_f64()
+    );
+    f.check_end_state().await;
+    // The journal recorded each phase with the generation it ran for.
+    let j = f.journal();
+    for p in fledge_agent::phases::RUN {
+        assert_eq!(j.entry(p).unwrap().generation, Some(1), "{j:#?}");
+    }
+    // The status on the management plane says so.
+    let mc = f.mgmt.client().await;
+    let start = Instant::now();
+    loop {
+        let fc = api(&mc, "fledge.dev/v1alpha1", "FledgeCluster")
+            .get(NAME)
+            .await
+            .unwrap();
+        let conds = fc.data["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if conds
+            .iter()
+            .any(|c| c["type"] == "ScaledOut" && c["status"] == "True")
+        {
+            assert_eq!(fc.data["status"]["phase"], "ScaledOut");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no ScaledOut condition: {conds:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What the real CAPI controllers did with the MachineDeployment in the local cluster.
+    let lc = f.local.client().await;
+    let ms = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineSet");
+    let start = Instant::now();
+    let sets = loop {
+        let sets = ms.list(&Default::default()).await.unwrap().items;
+        if !sets.is_empty() || start.elapsed() > Duration::from_secs(60) {
+            break sets;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "CAPI: {} MachineSet(s): {:?}",
+        sets.len(),
+        sets.iter()
+            .map(|s| (s.metadata.name.clone(), s.data["spec"]["replicas"].clone()))
+            .collect::<Vec<_>>()
+    );
+    let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+        .get(&format!("{NAME}-md-0"))
+        .await
+        .unwrap();
+    let cluster = api(&lc, "cluster.x-k8s.io/v1beta2", "Cluster").get(NAME).await.unwrap();
+    assert_eq!(
+        sets.len(),
+        1,
+        "the MachineDeployment controller creates one MachineSet; MachineDeployment {:#}, Cluster status {:#}\nmanager logs: {}",
+        serde_json::to_value(&md).unwrap(),
+        cluster.data["status"],
+        f.local.dir().display()
+    );
+    assert_eq!(sets[0].data["spec"]["replicas"], 2);
+    drop(agent);
+    kubelet.abort();
+}
