@@ -466,6 +466,43 @@ pub fn check_contract(
     Ok(found.to_string())
 }
 
+/// Every CRD of a bootstrap, control-plane or infrastructure provider must carry the contract label
+/// `cluster.x-k8s.io/<contract>` (its served versions for that contract): CAPI finds the
+/// version to read a referenced object at from it, and without it nothing of that kind
+/// reconciles ("cannot find any versions matching contract versions").
+pub fn check_crd_contract_labels(c: &Components, contract: &str) -> Result<(), ComponentsError> {
+    // The core provider's own types are not referenced through contracts.
+    if matches!(c.provider.kind, Kind::CertManager | Kind::Core) {
+        return Ok(());
+    }
+    let key = format!("cluster.x-k8s.io/{contract}");
+    let unlabelled: Vec<&str> = c
+        .foundation
+        .iter()
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .filter(|d| {
+            d["metadata"]["labels"][&key]
+                .as_str()
+                .is_none_or(str::is_empty)
+        })
+        .filter_map(|d| d["metadata"]["name"].as_str())
+        .collect();
+    if unlabelled.is_empty() {
+        return Ok(());
+    }
+    Err(ComponentsError::Metadata {
+        path: PathBuf::from(format!(
+            "{}/{}/components.yaml",
+            c.provider.label(),
+            c.provider.version
+        )),
+        problem: format!(
+            "CRDs without the contract label {key} (Cluster API cannot use them): {}",
+            unlabelled.join(", ")
+        ),
+    })
+}
+
 fn parse_version(v: &str) -> Option<(u64, u64)> {
     let mut it = v.strip_prefix('v')?.split(['.', '-', '+']);
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))

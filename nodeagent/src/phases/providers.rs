@@ -172,6 +172,7 @@ pub async fn apply(
             components::check_contract(&base, p, contract(ctx)).map_err(ProvidersError::from)?;
         }
         let c = components::load(&base, p, &variables).map_err(ProvidersError::from)?;
+        components::check_crd_contract_labels(&c, contract(ctx)).map_err(ProvidersError::from)?;
         for t in &c.tolerated {
             progress(&format!(
                 "{}: {t} tolerates the control-plane taint (added: the first node is a tainted control-plane node)",
