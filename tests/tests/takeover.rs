@@ -646,3 +646,141 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
     drop(agent);
     kubelet.abort();
 }
+
+/// A point at which the test SIGKILLs the agent.
+struct KillPoint {
+    what: &'static str,
+    reached: fn(&Journal, bool) -> bool,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_each_phase_boundary_and_inside_each_phase_resumes_and_scale_out_needs_no_management_plane()
+ {
+    let Some(mut f) = fixture().await else {
+        return;
+    };
+    let kubelet = play_kubelet(f.local.client().await);
+    let lc = f.local.client().await;
+    let local_cluster = api(&lc, "cluster.x-k8s.io/v1beta2", "Cluster");
+    use fledge_agent::journal::Outcome;
+    let state = |j: &Journal, p: Phase| j.entry(p).map(|e| e.outcome);
+    let points = [
+        KillPoint {
+            what: "inside ProvidersInstalled",
+            reached: |j, _| j.entry(Phase::ProvidersInstalled).is_some(),
+        },
+        KillPoint {
+            what: "at the ProvidersInstalled/Pivoted boundary",
+            reached: |j, _| j.done(Phase::ProvidersInstalled),
+        },
+        KillPoint {
+            what: "inside Pivoted (objects already in the local cluster)",
+            reached: |j, in_local| j.entry(Phase::Pivoted).is_some() && in_local,
+        },
+        KillPoint {
+            what: "at the Pivoted/ScaledOut boundary",
+            reached: |j, _| j.done(Phase::Pivoted),
+        },
+    ];
+    let mut killed = Vec::new();
+    for point in &points {
+        let mut agent = Agent::start(&f.config, &f.log());
+        let start = Instant::now();
+        loop {
+            let in_local = local_cluster.get_opt(NAME).await.ok().flatten().is_some();
+            let j = f.journal();
+            if (point.reached)(&j, in_local) {
+                agent.kill();
+                killed.push(format!(
+                    "{}: ProvidersInstalled {:?}, Pivoted {:?}",
+                    point.what,
+                    state(&j, Phase::ProvidersInstalled),
+                    state(&j, Phase::Pivoted)
+                ));
+                break;
+            }
+            assert!(
+                !j.done(Phase::ScaledOut),
+                "finished before the kill point {}",
+                point.what
+            );
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "timed out waiting for {}: {j:#?}\n{}",
+                point.what,
+                fledge_tests::cluster::tail(&f.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    eprintln!("killed: {killed:#?}");
+    let j = f.journal();
+    assert!(
+        j.done(Phase::Pivoted) && !j.done(Phase::ScaledOut),
+        "{j:#?}"
+    );
+    assert_ne!(
+        state(&j, Phase::ScaledOut),
+        Some(Outcome::Succeeded),
+        "{j:#?}"
+    );
+    // While the agent is down, `fledge-agent plan` says what it will do next.
+    let out = Command::new(fledge_tests::binary("fledge-agent"))
+        .args(["plan", "--config"])
+        .arg(&f.config)
+        .output()
+        .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{plan}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        plan.contains("next phase: ScaledOut (spec generation 1)"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!("apply MachineDeployment {NS}/{NAME}-md-0")),
+        "{plan}"
+    );
+    // The management plane goes away after the pivot: the scale-out needs only the local copy
+    // of the spec and the local cluster.
+    f.mgmt.kill_apiserver();
+    let agent = Agent::start(&f.config, &f.log());
+    f.wait_phase(Phase::ScaledOut, Duration::from_secs(120))
+        .await;
+    drop(agent);
+    let kcp = api(
+        &lc,
+        "controlplane.cluster.x-k8s.io/v1beta2",
+        "KubeadmControlPlane",
+    )
+    .get(&format!("{NAME}-control-plane"))
+    .await
+    .unwrap();
+    assert_eq!(kcp.data["spec"]["replicas"], 3);
+    let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+        .get(&format!("{NAME}-md-0"))
+        .await
+        .unwrap();
+    assert_eq!(md.data["spec"]["replicas"], 2);
+    // Every object was moved exactly once: one Cluster, no duplicates by source UID.
+    for (v, kind) in [
+        ("cluster.x-k8s.io/v1beta2", "Cluster"),
+        (
+            "controlplane.cluster.x-k8s.io/v1beta2",
+            "KubeadmControlPlane",
+        ),
+        ("infrastructure.cluster.x-k8s.io/v1beta2", "DevCluster"),
+    ] {
+        let n = api(&lc, v, kind)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len();
+        assert_eq!(n, 1, "{kind} in the local cluster");
+    }
+    kubelet.abort();
+}
