@@ -119,6 +119,12 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
         let kinds: Vec<&str> = workload.iter().filter_map(|o| o["kind"].as_str()).collect();
         assert_eq!(kinds.len(), 3 * pools + 1, "{}: {kinds:?}", dir.display());
         assert_eq!(kinds.last(), Some(&"KubeadmControlPlane"));
+        // In the form the pivot leaves it: only CP-A runs the agent.
+        let kcp = workload.last().unwrap()["spec"]["kubeadmConfigSpec"].to_string();
+        assert!(
+            !kcp.contains("/etc/fledge") && !kcp.contains("fledge-agent"),
+            "{kcp}"
+        );
         assert_eq!(
             workload.last().unwrap()["spec"]["replicas"],
             checked_req.spec.control_plane.replicas

@@ -449,6 +449,13 @@ impl Fixture {
         .await
         .unwrap();
         assert_eq!(kcp.data["spec"]["replicas"], 3);
+        // Only CP-A runs the agent: the scale-out did not put its files back into the KCP (the
+        // machines KCP adds would wait for a token Secret that stays on the management plane).
+        let spec = kcp.data["spec"]["kubeadmConfigSpec"].to_string();
+        assert!(
+            !spec.contains("/etc/fledge") && !spec.contains("fledge-agent"),
+            "{spec}"
+        );
         let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
             .get(&format!("{NAME}-md-0"))
             .await
@@ -553,6 +560,8 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
         return;
     };
     let kubelet = play_kubelet(f.local.client().await);
+    // Built before the clock starts.
+    fledge_tests::binary("fledge-agent");
     let start = Instant::now();
     let agent = Agent::start(&f.config, &f.log());
     f.wait_phase(Phase::ScaledOut, Duration::from_secs(300))
