@@ -503,6 +503,157 @@ pub fn check_crd_contract_labels(c: &Components, contract: &str) -> Result<(), C
     })
 }
 
+/// One provider version baked into a providers directory, as `fledge-agent providers` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Baked {
+    /// `cluster-api`, `bootstrap-kubeadm`, ...
+    pub label: String,
+    /// Version directory.
+    pub version: String,
+    /// The contract `metadata.yaml` gives the version (none for cert-manager).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
+    /// Objects in `components.yaml`.
+    pub objects: usize,
+    /// Container images the workloads run (defaults of `${VAR:=default}` substituted): what an
+    /// image build pre-pulls so that no registry is needed at first boot.
+    pub images: Vec<String>,
+    /// Variables without a default that the agent configuration must set.
+    pub needs: Vec<String>,
+    /// What makes it unusable, if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The provider kind a directory name stands for.
+pub fn kind_of(label: &str) -> Option<(Kind, String)> {
+    match label {
+        "cert-manager" => Some((Kind::CertManager, label.into())),
+        "cluster-api" => Some((Kind::Core, label.into())),
+        _ => [
+            ("bootstrap-", Kind::Bootstrap),
+            ("control-plane-", Kind::ControlPlane),
+            ("infrastructure-", Kind::Infrastructure),
+        ]
+        .into_iter()
+        .find_map(|(prefix, k)| label.strip_prefix(prefix).map(|n| (k, n.to_string()))),
+    }
+}
+
+/// Everything baked under `base`, sorted; each entry checked as the agent would load it.
+pub fn baked(base: &Path, variables: &BTreeMap<String, String>) -> Vec<Baked> {
+    let mut out = Vec::new();
+    let mut labels: Vec<PathBuf> = std::fs::read_dir(base)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    labels.sort();
+    for dir in labels.into_iter().filter(|p| p.is_dir()) {
+        let label = dir
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let mut versions: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        versions.sort();
+        for vdir in versions.into_iter().filter(|p| p.is_dir()) {
+            let version = vdir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let mut b = Baked {
+                label: label.clone(),
+                version: version.clone(),
+                contract: None,
+                objects: 0,
+                images: vec![],
+                needs: vec![],
+                problem: None,
+            };
+            let Some((kind, name)) = kind_of(&label) else {
+                b.problem = Some(format!(
+                    "{label}: not a provider name clusterctl knows (cert-manager, cluster-api, bootstrap-*, control-plane-*, infrastructure-*)"
+                ));
+                out.push(b);
+                continue;
+            };
+            let p = Provider {
+                kind,
+                name,
+                version,
+            };
+            if kind != Kind::CertManager {
+                let read = std::fs::read_to_string(p.dir(base).join("metadata.yaml"))
+                    .map_err(|e| format!("{}: {e}", p.dir(base).join("metadata.yaml").display()))
+                    .and_then(|t| serde_yaml::from_str::<Value>(&t).map_err(|e| e.to_string()));
+                match (read, parse_version(&p.version)) {
+                    (Ok(meta), Some((major, minor))) => {
+                        b.contract = meta["releaseSeries"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|s| {
+                                s["major"].as_u64() == Some(major)
+                                    && s["minor"].as_u64() == Some(minor)
+                            })
+                            .and_then(|s| s["contract"].as_str())
+                            .map(str::to_string);
+                        if b.contract.is_none() {
+                            b.problem = Some(format!(
+                                "metadata.yaml: no release series for {}",
+                                p.version
+                            ));
+                        }
+                    }
+                    (Err(e), _) => b.problem = Some(e),
+                    (_, None) => {
+                        b.problem =
+                            Some(format!("version {:?} is not vMAJOR.MINOR.PATCH", p.version))
+                    }
+                }
+            }
+            let path = p.dir(base).join("components.yaml");
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    b.problem = Some(format!("{}: {e}", path.display()));
+                    out.push(b);
+                    continue;
+                }
+            };
+            let mut missing = BTreeSet::new();
+            let mut images = BTreeSet::new();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let Ok(v) = Value::deserialize(doc) else {
+                    continue;
+                };
+                for key in ["containers", "initContainers"] {
+                    for c in v["spec"]["template"]["spec"][key]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(i) = c["image"].as_str() {
+                            images.insert(expand(i, variables, &mut missing));
+                        }
+                    }
+                }
+            }
+            b.images = images.into_iter().collect();
+            match prepare(&path, &text, &p, variables) {
+                Ok(c) => b.objects = c.foundation.len() + c.rest.len(),
+                Err(ComponentsError::Variables { names, .. }) => b.needs = names,
+                Err(e) => b.problem = Some(e.to_string()),
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
 fn parse_version(v: &str) -> Option<(u64, u64)> {
     let mut it = v.strip_prefix('v')?.split(['.', '-', '+']);
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
@@ -610,6 +761,43 @@ spec: {template: {spec: {tolerations: [{key: node-role.kubernetes.io/control-pla
             "cert-manager"
         );
         assert!(inventory(&cm, "cert-manager").is_none());
+    }
+
+    #[test]
+    fn a_baked_directory_lists_images_needed_variables_and_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        write(
+            "cert-manager/v1.18.2/components.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: cm, namespace: cert-manager}\nspec: {template: {spec: {containers: [{name: c, image: \"q.example/cm:${TAG:=v1.18.2}\"}]}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: \"${KEY}\"}\n",
+        );
+        write("infrastructure-docker/v1.13.5/components.yaml", "");
+        write("bogus/v1/components.yaml", "");
+        let b = baked(dir.path(), &BTreeMap::new());
+        let labels: Vec<_> = b.iter().map(|b| b.label.as_str()).collect();
+        assert_eq!(labels, ["bogus", "cert-manager", "infrastructure-docker"]);
+        assert!(
+            b[0].problem
+                .as_deref()
+                .unwrap()
+                .contains("not a provider name")
+        );
+        assert_eq!(b[1].images, ["q.example/cm:v1.18.2"]);
+        assert_eq!(b[1].needs, ["KEY"]);
+        assert!(b[1].problem.is_none(), "{:?}", b[1].problem);
+        assert!(
+            b[2].problem.as_deref().unwrap().contains("metadata.yaml"),
+            "{:?}",
+            b[2].problem
+        );
+        assert_eq!(
+            kind_of("control-plane-kubeadm"),
+            Some((Kind::ControlPlane, "kubeadm".into()))
+        );
     }
 
     #[test]

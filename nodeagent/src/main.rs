@@ -72,6 +72,22 @@ enum Cmd {
         #[arg(long, short, value_enum, default_value = "table")]
         output: OutputFormat,
     },
+    /// List the providers baked into a providers directory: versions, contracts, images.
+    ///
+    /// Checks each as the agent loads it (layout, metadata.yaml, components.yaml, variables)
+    /// and exits 1 if one is unusable. `--images` prints only the container images, one per
+    /// line, for an image build to pre-pull (see images/bake-providers.sh).
+    Providers {
+        /// The providers directory.
+        #[arg(long, value_name = "DIR", default_value = fledge_agent::components::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print only the container images, one per line.
+        #[arg(long)]
+        images: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
     /// Print the journal and the cached spec's generation and hash, for a person on the node.
     Status {
         /// Configuration file (for the metrics address, to ask the running agent).
@@ -122,6 +138,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pivot(args) => pivot(args),
+        Cmd::Providers {
+            dir,
+            images,
+            output,
+        } => providers(&dir, images, matches!(output, OutputFormat::Json)),
         Cmd::Plan { config, output } => plan(&config, matches!(output, OutputFormat::Json)),
         Cmd::Status {
             config,
@@ -259,6 +280,62 @@ fn pivot(a: PivotArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn providers(dir: &std::path::Path, images: bool, json: bool) -> anyhow::Result<()> {
+    let baked = fledge_agent::components::baked(dir, &Default::default());
+    if baked.is_empty() {
+        anyhow::bail!(
+            "{}: no providers baked (expected <name>/<version>/components.yaml)",
+            dir.display()
+        );
+    }
+    if images {
+        let all: std::collections::BTreeSet<&String> =
+            baked.iter().flat_map(|b| &b.images).collect();
+        for i in all {
+            println!("{i}");
+        }
+    } else if json {
+        println!("{}", serde_json::to_string_pretty(&baked)?);
+    } else {
+        println!(
+            "{:<28} {:<10} {:<9} {:>7}  IMAGES",
+            "PROVIDER", "VERSION", "CONTRACT", "OBJECTS"
+        );
+        for b in &baked {
+            println!(
+                "{:<28} {:<10} {:<9} {:>7}  {}",
+                b.label,
+                b.version,
+                b.contract.as_deref().unwrap_or("-"),
+                b.objects,
+                b.images.join(", ")
+            );
+            if !b.needs.is_empty() {
+                println!("    needs providers.variables: {}", b.needs.join(", "));
+            }
+            if let Some(p) = &b.problem {
+                println!("    unusable: {p}");
+            }
+        }
+    }
+    let bad: Vec<String> = baked
+        .iter()
+        .filter_map(|b| {
+            b.problem
+                .as_ref()
+                .map(|p| format!("{} {}: {p}", b.label, b.version))
+        })
+        .collect();
+    if !bad.is_empty() {
+        anyhow::bail!(
+            "{} unusable provider version(s):\n  {}",
+            bad.len(),
+            bad.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {

@@ -327,7 +327,39 @@ async fn fixture() -> Option<Fixture> {
     std::fs::write(r.join("etc/fledge/management/token"), &mgmt.user_token).unwrap();
     std::fs::write(r.join("etc/fledge/management/ca.crt"), &mgmt.ca_pem).unwrap();
     std::fs::copy(&local.kubeconfig, r.join("etc/kubernetes/admin.conf")).unwrap();
-    bake_providers(&local.client().await, &r.join("usr/share/fledge/providers")).await;
+    // Staged as a release would publish them, then baked with the image recipe.
+    let staging = tempfile::tempdir().unwrap();
+    bake_providers(&local.client().await, staging.path()).await;
+    let mut srcs: Vec<PathBuf> = Vec::new();
+    for label in std::fs::read_dir(staging.path()).unwrap() {
+        for version in std::fs::read_dir(label.unwrap().path()).unwrap() {
+            srcs.push(version.unwrap().path());
+        }
+    }
+    let out = Command::new(workspace_root().join("images/bake-providers.sh"))
+        .arg(r)
+        .args(&srcs)
+        .arg("--agent")
+        .arg(fledge_tests::binary("fledge-agent"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "bake-providers.sh: {said}");
+    assert!(
+        said.contains("baked control-plane-kubeadm v1.13.5"),
+        "{said}"
+    );
+    let images = std::fs::read_to_string(r.join("usr/share/fledge/providers/images.txt")).unwrap();
+    assert!(
+        images
+            .lines()
+            .any(|l| l == "cert-manager-controller:v1.18.2"),
+        "the ${{CERT_MANAGER_TAG:=v1.18.2}} default is substituted: {images}"
+    );
     let port = fledge_tests::cluster::free_port().unwrap();
     let metrics = format!("127.0.0.1:{port}");
     let p = |s: &str| r.join(s).display().to_string();
