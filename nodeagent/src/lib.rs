@@ -4,15 +4,18 @@
 //! status reporting (`run`), and the pivot (`pivot`).
 
 pub mod cache;
+pub mod cli;
 pub mod components;
 pub mod config;
 pub mod fsutil;
 pub mod install;
 pub mod journal;
+pub mod metrics;
 pub mod notify;
 pub mod phases;
 pub mod pivot;
 pub mod run;
+pub mod spec_sync;
 
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

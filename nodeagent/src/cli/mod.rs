@@ -1,0 +1,218 @@
+//! The `fledge-agent` command line: the clap definitions (the doc comments are the help text)
+//! and one function per subcommand. `main.rs` parses, starts logging, calls [`run`] and prints
+//! the error chain.
+
+mod pivot;
+pub use pivot::PivotArgs;
+mod plan;
+mod status;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::install::{self, Target};
+
+/// The fledge node agent: a systemd service on a cluster's first control-plane node that
+/// installs the Cluster API providers, takes the cluster's objects over from the management
+/// plane and scales the cluster out.
+#[derive(Parser, Debug)]
+#[command(name = "fledge-agent", version = crate::VERSION, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// The subcommand.
+    pub command: Cmd,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+/// How to print a result.
+pub enum OutputFormat {
+    /// A table, for people.
+    Table,
+    /// JSON, for programs.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Install this binary, its systemd unit and configuration, and enable (and start) it.
+    ///
+    /// On a live system (root / with systemd running) it runs systemctl daemon-reload, enable and
+    /// start --no-block (safe from inside cloud-init). With --root (image baking) it only writes
+    /// files and the enablement link. A second run reports "up to date" and changes nothing; a
+    /// different binary is an upgrade, followed by a restart.
+    Install {
+        /// Filesystem root to install into.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Configuration to install as /etc/fledge/agent.yaml (mode 0600); default: use the one
+        /// already there. Not needed with --root or --no-start (image baking): the unit then
+        /// waits for the file (ConditionPathExists).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Enable, but do not start or restart, the service.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Run the agent (what the systemd unit starts): keep the spec cached, run the phases, report
+    /// status.
+    ///
+    /// The phases (ProvidersInstalled, Pivoted, ScaledOut) run from the journal in the state
+    /// directory; a restart resumes where the last run stopped (`fledge-agent plan` shows what
+    /// comes next). The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a
+    /// second one exits at once.
+    Run {
+        /// Configuration file.
+        #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Move a cluster's Cluster API objects from one cluster to another (a safer clusterctl move).
+    ///
+    /// Pauses the source Cluster, creates the objects in the target group by group (owners
+    /// first, ownerReferences rewritten, status copied), verifies them, then deletes them from the
+    /// source (finalizers released first, so no provider deletes real infrastructure) and
+    /// unpauses the target. Every created object carries its source UID
+    /// (pivot.fledge.dev/source-uid), so running the same command again after any interruption
+    /// converges: before cutover a failed run rolls back (source unpaused, target clean), after
+    /// cutover it only moves forward, and after success it does nothing.
+    Pivot(PivotArgs),
+    /// Show what the agent would do next and why: the next phase of the journal and its plan.
+    ///
+    /// Reads the journal and the cached spec, and asks the management plane and the local
+    /// cluster what is there; changes nothing.
+    Plan {
+        /// Configuration file.
+        #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// List the providers baked into a providers directory: versions, contracts, images.
+    ///
+    /// Checks each as the agent loads it (layout, metadata.yaml, components.yaml, variables)
+    /// and exits 1 if one is unusable. `--images` prints only the container images, one per
+    /// line, for an image build to pre-pull (see images/bake-providers.sh).
+    Providers {
+        /// The providers directory.
+        #[arg(long, value_name = "DIR", default_value = crate::components::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// Print only the container images, one per line.
+        #[arg(long)]
+        images: bool,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: OutputFormat,
+    },
+    /// Print the journal and the cached spec's generation and hash, for a person on the node.
+    Status {
+        /// Configuration file (for the metrics address, to ask the running agent).
+        #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// State directory.
+        #[arg(long, value_name = "DIR", default_value = "/var/lib/fledge")]
+        state_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop, disable and remove the agent (keeps its configuration and state unless --purge).
+    Uninstall {
+        /// Filesystem root.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: PathBuf,
+        /// Also remove /etc/fledge/agent.yaml and /var/lib/fledge.
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Install {
+            root,
+            config,
+            no_start,
+        } => {
+            let binary = std::env::current_exe()?;
+            let target = Target::new(&root, binary, config, no_start);
+            let actions = install::plan(&target)?;
+            if actions.is_empty() {
+                println!("fledge-agent {}: up to date", crate::VERSION);
+            } else {
+                install::apply(&target, &actions)?;
+                for a in &actions {
+                    println!("{a}");
+                }
+            }
+            if target.config_pending() {
+                println!(
+                    "no configuration at {} yet: the service stays inactive until it exists; deliver it with `fledge-agent install --config FILE` (cloud-init does)",
+                    crate::config::DEFAULT_PATH
+                );
+            }
+            Ok(())
+        }
+        Cmd::Pivot(args) => pivot::pivot(args),
+        Cmd::Providers {
+            dir,
+            images,
+            output,
+        } => plan::providers(&dir, images, matches!(output, OutputFormat::Json)),
+        Cmd::Plan { config, output } => plan::plan(&config, matches!(output, OutputFormat::Json)),
+        Cmd::Status {
+            config,
+            state_dir,
+            json,
+        } => status::status(&config, &state_dir, json),
+        Cmd::Run { config } => {
+            let cfg = crate::config::AgentConfig::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::run::run(
+                cfg,
+                crate::run::RunOptions::default(),
+                crate::run::Shared::default(),
+                shutdown_signal(),
+            ))?;
+            Ok(())
+        }
+        Cmd::Uninstall { root, purge } => {
+            for line in install::uninstall(&root, purge)? {
+                println!("{line}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on the first SIGTERM/SIGINT; a second one exits the process at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

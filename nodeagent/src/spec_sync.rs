@@ -1,0 +1,387 @@
+//! The spec sync: gets the cluster's FledgeCluster from the management plane, watches it,
+//! resyncs, accepts or refuses each offered spec into the cache, and reports status (the
+//! journal's phases as conditions). It backs off while the management plane is unreachable and
+//! keeps the agent running from the cached spec.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fledge_generator::spec::{Condition, FledgeCluster, FledgeClusterStatus};
+use futures::{StreamExt, TryStreamExt};
+use kube::Api;
+use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use tokio::sync::watch;
+
+use crate::cache::{self, CachedSpec, Decision};
+use crate::config::AgentConfig;
+use crate::journal::{Journal, Outcome, Phase};
+use crate::metrics::Shared;
+use crate::notify::Notifier;
+use crate::run::{SYNC_BEAT, now};
+
+/// The kind of a failed management-plane request, as counted in the metrics.
+pub fn error_kind(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => "unauthorized",
+        kube::Error::Api(s) if s.code == 404 => "not_found",
+        kube::Error::Api(_) => "api",
+        kube::Error::SerdeError(_) => "decode",
+        _ => "unreachable",
+    }
+}
+
+/// Validates a fetched spec with the generator's own rules (what `fledge validate` says).
+fn check_spec(obj: &FledgeCluster) -> Result<(), Vec<String>> {
+    let meta = fledge_generator::spec::RequestMeta {
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        namespace: obj.metadata.namespace.clone(),
+        labels: obj.metadata.labels.clone().unwrap_or_default(),
+    };
+    fledge_generator::spec::validate(&meta, &obj.spec)
+        .map(|_| ())
+        .map_err(|p| p.0.iter().map(ToString::to_string).collect())
+}
+
+pub(crate) struct Sync {
+    pub(crate) cfg: AgentConfig,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) api: Api<FledgeCluster>,
+    pub(crate) shared: Shared,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) journal: Journal,
+    pub(crate) cached: Option<CachedSpec>,
+    /// Why the latest offered spec was refused (condition reason, message).
+    pub(crate) refused: Option<(&'static str, String)>,
+    /// The status last built, for condition transition times.
+    pub(crate) last_status: Option<FledgeClusterStatus>,
+    /// Tells the phase runner a new spec is cached.
+    pub(crate) spec_changed: Arc<tokio::sync::Notify>,
+    /// The phase runner wrote the journal: report it.
+    pub(crate) journal_changed: Arc<tokio::sync::Notify>,
+}
+
+impl Sync {
+    pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let cap = Duration::from_secs(self.cfg.backoff_cap_seconds.unwrap_or(60).max(1));
+        let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290) as u32;
+        let mut delay = Duration::from_millis(500);
+        let mut beat = tokio::time::interval(SYNC_BEAT);
+        while !*stop.borrow() {
+            self.beat();
+            // The resync: read the object, accept it, and send status (also the heartbeat).
+            let resume_from = match self.api.get_opt(&self.cfg.cluster.name).await {
+                Ok(Some(obj)) => {
+                    self.reachable(true);
+                    self.accept(&obj);
+                    self.push_status().await;
+                    obj.metadata.resource_version.clone()
+                }
+                Ok(None) => {
+                    self.reachable(true);
+                    tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
+                    self.shared.error("not_found");
+                    None
+                }
+                Err(e) => {
+                    self.unreachable(&e);
+                    None
+                }
+            };
+            if let Some(rv) = resume_from {
+                delay = Duration::from_millis(500);
+                let wp = WatchParams::default()
+                    .fields(&format!("metadata.name={}", self.cfg.cluster.name))
+                    .timeout(resync);
+                // From the version just read: no replay of what was already handled.
+                match self.api.watch(&wp, &rv).await {
+                    Ok(stream) => {
+                        let mut stream = stream.boxed();
+                        loop {
+                            tokio::select! {
+                                                            ev = stream.try_next() => match ev {
+                            Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                                                                    // Status updates (ours included) change nothing here;
+                                                                    // only a new or refused spec is worth reporting.
+                                                                    if self.accept(&obj) != Decision::Unchanged {
+                                                                        self.push_status().await;
+                                                                    }
+                                                                }
+                                                                Ok(Some(_)) => {}
+                                                                Ok(None) => break, // resync
+                                                                Err(e) => { self.unreachable(&e); break; }
+                                                            },
+                                                            _ = beat.tick() => self.beat(),
+                                                            _ = self.journal_changed.notified() => self.push_status().await,
+                                                            _ = stop.changed() => return,
+                                                        }
+                        }
+                    }
+                    Err(e) => self.unreachable(&e),
+                }
+                continue;
+            }
+            // Back off with jitter, up to the cap.
+            let jitter = Duration::from_millis(u64::from(std::process::id() ^ now() as u32) % 250);
+            self.notifier.send(&format!(
+                "STATUS=management unreachable; running from the cached spec; retry in {}s",
+                delay.as_secs()
+            ));
+            let until = tokio::time::Instant::now() + delay + jitter;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    _ = beat.tick() => self.beat(),
+                    _ = stop.changed() => return,
+                }
+            }
+            delay = (delay * 2).min(cap);
+        }
+    }
+
+    fn beat(&self) {
+        self.shared
+            .update(|s| s.sync_beat = Some(std::time::Instant::now()));
+    }
+
+    fn reachable(&self, yes: bool) {
+        self.shared.update(|s| {
+            s.reachable = yes;
+            if yes {
+                s.last_sync = Some(now());
+            }
+        });
+    }
+
+    /// A failed request: counted by kind; only a transport failure means "unreachable" (the
+    /// plane that answered 401, 404 or with something undecodable is reachable).
+    fn unreachable(&self, e: &kube::Error) {
+        let kind = error_kind(e);
+        tracing::warn!(error = %e, kind, "management plane request failed; running from the cached spec");
+        self.shared.error(kind);
+        let transport = kind == "unreachable";
+        self.shared.update(|s| {
+            s.reachable = !transport;
+            if !transport {
+                s.last_sync = Some(now());
+            }
+            s.status_pending = true;
+        });
+    }
+
+    fn accept(&mut self, obj: &FledgeCluster) -> Decision {
+        let generation = obj.metadata.generation.unwrap_or(0);
+        let uid = obj.metadata.uid.clone().unwrap_or_default();
+        let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
+        let replaces = obj
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(cache::REPLACES_UID))
+            .map(String::as_str);
+        let decision = match check_spec(obj) {
+            Err(problems) => Decision::Invalid(problems),
+            Ok(()) => cache::decide(self.cached.as_ref(), &offered, replaces),
+        };
+        self.refused = None;
+        match decision.clone() {
+            Decision::Unchanged => {}
+            Decision::Stale { cached, offered } => {
+                tracing::error!(cached, offered, "refusing a spec older than the cached one");
+                self.shared.error("stale_generation");
+                self.refused = Some((
+                    "StaleGeneration",
+                    format!("generation {offered} is older than the cached generation {cached}"),
+                ));
+            }
+            Decision::Recreated {
+                cached_uid,
+                cached,
+                offered,
+            } => {
+                tracing::error!(%cached_uid, cached, offered, "refusing a re-created FledgeCluster whose generation restarted");
+                self.shared.error("recreated");
+                self.refused = Some((
+                    "Recreated",
+                    format!(
+                        "the FledgeCluster was re-created (generation {offered}, the cached object {cached_uid} was at {cached}); annotate it {}={cached_uid} to replace the cached spec",
+                        cache::REPLACES_UID
+                    ),
+                ));
+            }
+            Decision::Invalid(problems) => {
+                for p in &problems {
+                    tracing::error!(generation, problem = %p, "refusing an invalid spec");
+                }
+                self.shared.error("invalid_spec");
+                self.refused = Some(("InvalidSpec", problems.join("; ")));
+            }
+            Decision::Accept => match cache::store(&self.state_dir, &offered) {
+                Ok(()) => {
+                    tracing::info!(generation, "accepted spec");
+                    self.cached = Some(offered);
+                    self.spec_changed.notify_one();
+                    if let Err(e) = self.journal.record(
+                        &self.state_dir,
+                        Phase::SpecFetched,
+                        Outcome::Succeeded,
+                        Some(generation),
+                        None,
+                    ) {
+                        tracing::error!(error = %e, "cannot record the journal");
+                    }
+                    let phase = self.journal.current();
+                    self.shared.update(|s| {
+                        s.spec_generation = Some(generation);
+                        s.phase = phase;
+                        s.status_pending = true;
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot store the spec");
+                    self.shared.error("cache_write");
+                }
+            },
+        }
+        decision
+    }
+
+    fn status(&self) -> FledgeClusterStatus {
+        let mut status = self.status_now();
+        // A condition's lastTransitionTime changes only when its status does.
+        if let Some(prev) = &self.last_status {
+            for c in &mut status.conditions {
+                if let Some(p) = prev.conditions.iter().find(|p| p.type_ == c.type_)
+                    && p.status == c.status
+                {
+                    c.last_transition_time = p.last_transition_time.clone();
+                }
+            }
+        }
+        status
+    }
+
+    fn status_now(&self) -> FledgeClusterStatus {
+        let now_s = crate::fsutil::now_rfc3339();
+        let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
+            type_: t.to_string(),
+            status: if ok { "True" } else { "False" }.to_string(),
+            reason: Some(reason.to_string()),
+            message: Some(message),
+            last_transition_time: Some(now_s.clone()),
+        };
+        let mut conditions = vec![match &self.cached {
+            Some(c) => cond(
+                "SpecFetched",
+                true,
+                "Cached",
+                format!(
+                    "generation {} cached (sha256 {})",
+                    c.generation,
+                    &c.sha256[..12]
+                ),
+            ),
+            None => cond("SpecFetched", false, "NoSpec", "no spec cached yet".into()),
+        }];
+        if let Some((reason, message)) = &self.refused {
+            conditions.push(cond("SpecAccepted", false, reason, message.clone()));
+        } else if self.cached.is_some() {
+            conditions.push(cond(
+                "SpecAccepted",
+                true,
+                "Valid",
+                "the latest spec passed validation".into(),
+            ));
+        }
+        // One condition per phase the runner has started, from the journal.
+        for e in &self.journal.phases {
+            if e.phase < Phase::ProvidersInstalled {
+                continue;
+            }
+            let (ok, reason) = match e.outcome {
+                Outcome::Succeeded => (true, "Succeeded"),
+                Outcome::Failed => (false, "Failed"),
+                Outcome::Started => (false, "InProgress"),
+            };
+            let message = match (&e.message, e.generation) {
+                (Some(m), Some(g)) => format!("{m} (spec generation {g})"),
+                (Some(m), None) => m.clone(),
+                (None, Some(g)) => format!("spec generation {g}"),
+                (None, None) => String::new(),
+            };
+            conditions.push(cond(&e.phase.to_string(), ok, reason, message));
+        }
+        let failure = self.state_dir.join("bootstrap-failure.json");
+        if let Ok(text) = std::fs::read_to_string(&failure) {
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            conditions.push(cond(
+                "BootstrapSucceeded",
+                false,
+                "BootstrapFailed",
+                format!(
+                    "phase {} exited {}: {}",
+                    v["phase"].as_str().unwrap_or("?"),
+                    v["exitCode"],
+                    v["logTail"]
+                        .as_str()
+                        .unwrap_or("")
+                        .lines()
+                        .last()
+                        .unwrap_or("")
+                ),
+            ));
+        }
+        FledgeClusterStatus {
+            phase: self.journal.current().map(|p| p.to_string()),
+            observed_generation: self.cached.as_ref().map(|c| c.generation),
+            conditions,
+            agent_version: Some(crate::VERSION.to_string()),
+            last_seen: Some(now_s),
+            // Written by the pivot itself; a merge patch without it leaves it alone.
+            pivot: None,
+        }
+    }
+
+    /// Sends the latest status; on failure it stays pending and goes out on the next success.
+    async fn push_status(&mut self) {
+        if let Ok(j) = Journal::load(&self.state_dir) {
+            self.journal = j;
+        }
+        let status = self.status();
+        self.last_status = Some(status.clone());
+        if let Err(e) = crate::fsutil::write_atomic(
+            &self.state_dir.join("status.json"),
+            &serde_json::to_vec_pretty(&status).unwrap_or_default(),
+            0o600,
+        ) {
+            tracing::warn!(error = %e, "cannot write status.json");
+        }
+        let patch = serde_json::json!({"status": status});
+        match self
+            .api
+            .patch_status(
+                &self.cfg.cluster.name,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.shared.update(|s| {
+                s.status_pending = false;
+                s.status_sent += 1;
+            }),
+            Err(e) => {
+                self.unreachable(&e);
+                self.shared.error("status_update");
+            }
+        }
+        self.notifier.send(&format!(
+            "STATUS=phase {}; spec generation {}",
+            self.journal
+                .current()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            self.cached.as_ref().map(|c| c.generation).unwrap_or(0)
+        ));
+    }
+}
