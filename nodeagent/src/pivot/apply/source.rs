@@ -1,0 +1,292 @@
+//! The source side of the pivot: pausing the Cluster (and its ClusterClass), the state marks,
+//! the deletes after cutover (finalizers released first), and the rollback before cutover.
+
+use super::*;
+
+impl<'a> Pivot<'a> {
+    /// The cluster's ClusterClass, when it uses one.
+    pub(super) fn class<'g>(&self, graph: &'g Graph) -> Option<&'g Node> {
+        graph
+            .shared
+            .iter()
+            .map(|u| &graph.nodes[u])
+            .find(|n| n.obj.kind == "ClusterClass")
+    }
+
+    /// Pauses the cluster's ClusterClass in the source (annotation `cluster.x-k8s.io/paused`),
+    /// unless it already is.
+    pub(super) async fn pause_class(&self, graph: &Graph) -> Result<(), PivotError> {
+        let Some(cc) = self.class(graph) else {
+            return Ok(());
+        };
+        if cc.data["metadata"]["annotations"][CLASS_PAUSED].is_string() {
+            return Ok(());
+        }
+        let ar = graph.resource(&cc.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let patch =
+            json!({"metadata": {"annotations": {CLASS_PAUSED: "true", PAUSED_BY: "was-unset"}}});
+        self.merge(&api, &cc.obj.name, &patch, || {
+            format!("pausing the source {}", cc.obj)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Unpauses the ClusterClass in the source if fledge paused it (`only_kept`: only when it
+    /// stays there).
+    pub(super) async fn unpause_class(
+        &self,
+        graph: &Graph,
+        only_kept: bool,
+    ) -> Result<(), PivotError> {
+        let Some(cc) = self.class(graph) else {
+            return Ok(());
+        };
+        if only_kept && !graph.keep.contains_key(&cc.obj.uid) {
+            return Ok(());
+        }
+        let ar = graph.resource(&cc.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let Some(current) = self
+            .retry(
+                || format!("reading the source {}", cc.obj),
+                || async { api.get_opt(&cc.obj.name).await },
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        if current
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PAUSED_BY))
+        {
+            let patch = json!({"metadata": {"annotations": {CLASS_PAUSED: null, PAUSED_BY: null}}});
+            self.merge(&api, &cc.obj.name, &patch, || {
+                format!("unpausing the source {}", cc.obj)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Pauses the source Cluster; returns whether fledge paused it (now or in an earlier run).
+    pub(super) async fn pause_source(&self, graph: &Graph) -> Result<Option<String>, PivotError> {
+        let root = self.root(graph);
+        let paused = root.data["spec"]["paused"].as_bool() == Some(true);
+        let ours = root.data["metadata"]["annotations"][PAUSED_BY]
+            .as_str()
+            .map(str::to_string);
+        if paused {
+            (self.progress)(&Event::Paused { now: false });
+            return Ok(ours);
+        }
+        // Remember what to restore: `false`, or no value at all.
+        let origin = if root.data["spec"]["paused"].is_boolean() {
+            "was-false"
+        } else {
+            "was-unset"
+        };
+        let ar = graph.resource(&root.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let patch =
+            json!({"spec": {"paused": true}, "metadata": {"annotations": {PAUSED_BY: origin}}});
+        self.merge(&api, &root.obj.name, &patch, || {
+            format!("pausing the source {}", root.obj)
+        })
+        .await?;
+        (self.progress)(&Event::Paused { now: true });
+        Ok(Some(origin.to_string()))
+    }
+
+    /// Releases an object's finalizers, then deletes it (only if its UID is still the one
+    /// discovered). Returns whether this call deleted it.
+    pub(super) async fn delete(
+        &self,
+        client: &kube::Client,
+        graph: &Graph,
+        node: &Node,
+    ) -> Result<bool, PivotError> {
+        let ar = graph.resource(&node.obj).expect("listed");
+        let api = self.api(client, ar);
+        let uid = node.data["metadata"]["uid"]
+            .as_str()
+            .unwrap_or(&node.obj.uid)
+            .to_string();
+        let name = node.obj.name.clone();
+        let has_finalizers = node.data["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let release = json!({"metadata": {"finalizers": null, "uid": uid}});
+        if has_finalizers {
+            match self
+                .merge(&api, &name, &release, || {
+                    format!("releasing the finalizers of {}", node.obj)
+                })
+                .await
+            {
+                Ok(_) => {}
+                Err(PivotError::Request { source, .. })
+                    if is_status(&source, 404) || is_status(&source, 409) =>
+                {
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self
+            .retry(
+                || format!("deleting {}", node.obj),
+                || async { api.delete(&name, &dp).await },
+            )
+            .await
+        {
+            Ok(either) => {
+                // Still there: a finalizer came back after the release. Release it again.
+                if let either::Either::Left(obj) = either
+                    && obj.metadata.finalizers.is_some_and(|f| !f.is_empty())
+                {
+                    self.merge(&api, &name, &release, || {
+                        format!("releasing the finalizers of {}", node.obj)
+                    })
+                    .await?;
+                }
+                Ok(true)
+            }
+            Err(PivotError::Request { source, .. })
+                if is_status(&source, 404) || is_status(&source, 409) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records the pivot's state in the source FledgeCluster's status (`status.pivot`), so
+    /// that `fledge apply` on the management plane stops applying the Cluster API objects once
+    /// the pivot has started. Without a FledgeCluster of the cluster's name (a plain Cluster
+    /// API cluster) or the right to write its status, there is nothing to mark.
+    pub(super) async fn mark_source(&self, state: &str) -> Result<(), PivotError> {
+        use fledge_generator::spec::FledgeCluster;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.source.clone(),
+            self.namespace,
+            &ApiResource::erase::<FledgeCluster>(&()),
+        );
+        let patch = json!({"status": {"pivot": {
+            "state": state,
+            "lastTransitionTime": crate::fsutil::now_rfc3339(),
+        }}});
+        let r = self
+            .retry(
+                || {
+                    format!(
+                        "recording pivot state {state} on FledgeCluster {}",
+                        self.cluster
+                    )
+                },
+                || async {
+                    api.patch_status(self.cluster, &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                },
+            )
+            .await;
+        match r {
+            Err(PivotError::Request { source, .. })
+                if is_status(&source, 404) || is_status(&source, 403) =>
+            {
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Undoes a failure before cutover: deletes what this pivot created in the target and
+    /// unpauses the source if fledge paused it. Returns the error to report.
+    pub(super) async fn roll_back(
+        &self,
+        graph: &Graph,
+        plan: &Plan,
+        cause: PivotError,
+    ) -> PivotError {
+        let rolled_back = match self.try_roll_back(graph, plan).await {
+            Ok(deleted) => self
+                .mark_source(pivot_state::ROLLED_BACK)
+                .await
+                .map(|()| deleted),
+            Err(e) => Err(e),
+        };
+        match rolled_back {
+            Ok(deleted) => {
+                (self.progress)(&Event::RolledBack { deleted });
+                PivotError::RolledBack(Box::new(cause))
+            }
+            Err(e) => PivotError::RollbackFailed {
+                cause: Box::new(cause),
+                rollback: e.to_string(),
+            },
+        }
+    }
+
+    pub(super) async fn try_roll_back(
+        &self,
+        graph: &Graph,
+        plan: &Plan,
+    ) -> Result<usize, PivotError> {
+        let existing = self.existing(graph, plan).await?;
+        let mut deleted = 0;
+        for group in plan.groups.iter().rev() {
+            for o in &group.objects {
+                // The ClusterClass and its templates may serve clusters pivoted earlier.
+                let Some(t) = existing
+                    .get(&o.uid)
+                    .filter(|_| !graph.shared.contains(&o.uid))
+                else {
+                    continue;
+                };
+                let node = Node {
+                    obj: ObjRef {
+                        uid: t.metadata.uid.clone().unwrap_or_default(),
+                        ..o.clone()
+                    },
+                    owners: Vec::new(),
+                    data: serde_json::to_value(t).unwrap_or_default(),
+                };
+                deleted += usize::from(self.delete(self.target, graph, &node).await?);
+            }
+        }
+        self.unpause_class(graph, false).await?;
+        let root = self.root(graph);
+        // Read the source Cluster again: the pause may have landed after discovery.
+        let ar = graph.resource(&root.obj).expect("listed");
+        let api = self.api(self.source, ar);
+        let current = self
+            .retry(
+                || format!("reading the source {}", root.obj),
+                || async { api.get(&root.obj.name).await },
+            )
+            .await?;
+        if let Some(origin) = current
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(PAUSED_BY))
+        {
+            let patch = json!({"spec": {"paused": unpaused(origin)}, "metadata": {"annotations": {PAUSED_BY: null}}});
+            self.merge(&api, &root.obj.name, &patch, || {
+                format!("unpausing the source {}", root.obj)
+            })
+            .await?;
+        }
+        Ok(deleted)
+    }
+}
