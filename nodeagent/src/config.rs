@@ -63,6 +63,24 @@ pub struct Providers {
     /// only, but it is not a secret store).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub variables: std::collections::BTreeMap<String, String>,
+    /// Provider versions the image does not carry, fetched once and pinned by sha256.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fetch: Vec<Fetch>,
+}
+
+/// A provider version fetched from a URL (`providers.fetch[]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fetch {
+    /// Provider name as in the directory layout (`infrastructure-vsphere`).
+    pub name: String,
+    /// Version (`v1.16.1`).
+    pub version: String,
+    /// Base URL ending in `/` holding `components.yaml` and `metadata.yaml` (a release's
+    /// download directory).
+    pub url: String,
+    /// sha256 (hex) per file: `components.yaml` always, `metadata.yaml` for CAPI providers.
+    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 /// The cluster's FledgeCluster on the management plane.
@@ -144,6 +162,40 @@ impl AgentConfig {
             return Err(err(format!(
                 "metricsAddress: must be a loopback address (got {addr})"
             )));
+        }
+        for (i, f) in cfg.providers.iter().flat_map(|p| &p.fetch).enumerate() {
+            let at = format!("providers.fetch[{i}]");
+            if crate::components::kind_of(&f.name).is_none() {
+                return Err(err(format!(
+                    "{at}.name: must be cert-manager, cluster-api, bootstrap-*, control-plane-* or infrastructure-* (got {:?})",
+                    f.name
+                )));
+            }
+            if !(f.url.starts_with("https://") || f.url.starts_with("http://"))
+                || !f.url.ends_with('/')
+            {
+                return Err(err(format!(
+                    "{at}.url: must be an http(s) URL of a directory, ending in / (got {:?})",
+                    f.url
+                )));
+            }
+            for (file, h) in &f.sha256 {
+                if !crate::fetch::FILES.contains(&file.as_str()) {
+                    return Err(err(format!(
+                        "{at}.sha256: unknown file {file:?} (components.yaml, metadata.yaml)"
+                    )));
+                }
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err(format!(
+                        "{at}.sha256.{file}: must be 64 hex digits (got {h:?})"
+                    )));
+                }
+            }
+            if !f.sha256.contains_key("components.yaml") {
+                return Err(err(format!(
+                    "{at}.sha256: must pin components.yaml (a fetched file is used only when it matches its pin)"
+                )));
+            }
         }
         Ok(cfg)
     }

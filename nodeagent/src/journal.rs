@@ -174,6 +174,26 @@ impl Journal {
         })
     }
 
+    /// Like [`Journal::record`], but writes (and returns true) only when the outcome, the
+    /// generation or the message differ from the recorded ones: a phase that keeps failing the
+    /// same way, or keeps waiting for the same thing, does not rewrite the file every attempt.
+    pub fn record_if_changed(
+        &mut self,
+        state_dir: &Path,
+        phase: Phase,
+        outcome: Outcome,
+        generation: Option<i64>,
+        message: Option<String>,
+    ) -> Result<bool, JournalError> {
+        if self.entry(phase).is_some_and(|e| {
+            e.outcome == outcome && e.generation == generation && e.message == message
+        }) {
+            return Ok(false);
+        }
+        self.record(state_dir, phase, outcome, generation, message)?;
+        Ok(true)
+    }
+
     /// The entry of `phase`.
     pub fn entry(&self, phase: Phase) -> Option<&Entry> {
         self.phases.iter().find(|e| e.phase == phase)

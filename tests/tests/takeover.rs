@@ -268,6 +268,45 @@ impl Drop for Agent {
     }
 }
 
+/// Serves `dir`'s files over plain HTTP on loopback (a release's download directory); returns
+/// the base URL.
+async fn serve_release(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/releases/v1.13.5/", l.local_addr().unwrap());
+    let dir = dir.to_path_buf();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = req.split_whitespace().nth(1).unwrap_or("");
+                let name = path.rsplit('/').next().unwrap_or("");
+                let body = std::fs::read(dir.join(name))
+                    .ok()
+                    .filter(|_| !name.is_empty());
+                let head = match &body {
+                    Some(b) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        b.len()
+                    ),
+                    None => {
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .into()
+                    }
+                };
+                let _ = s.write_all(head.as_bytes()).await;
+                if let Some(b) = body {
+                    let _ = s.write_all(&b).await;
+                }
+            });
+        }
+    });
+    (url, task)
+}
+
 /// The two clusters and a node root as cloud-init leaves it on CP-A.
 struct Fixture {
     mgmt: TestCluster,
@@ -275,6 +314,8 @@ struct Fixture {
     root: tempfile::TempDir,
     config: PathBuf,
     metrics: String,
+    /// Serves the release the infrastructure provider is fetched from.
+    _release: (tokio::task::JoinHandle<()>, tempfile::TempDir),
 }
 
 async fn fixture() -> Option<Fixture> {
@@ -336,6 +377,16 @@ async fn fixture() -> Option<Fixture> {
             srcs.push(version.unwrap().path());
         }
     }
+    // The infrastructure provider is not baked: the agent fetches it from a release URL
+    // (served here on loopback), pinned by sha256.
+    srcs.retain(|p| !p.to_string_lossy().contains("infrastructure-docker"));
+    let infra = staging.path().join("infrastructure-docker/v1.13.5");
+    let (release_url, server) = serve_release(&infra).await;
+    let pin = |f: &str| {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(std::fs::read(infra.join(f)).unwrap());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let out = Command::new(workspace_root().join("images/bake-providers.sh"))
         .arg(r)
         .args(&srcs)
@@ -372,7 +423,9 @@ async fn fixture() -> Option<Fixture> {
         "resyncSeconds": 2,
         "backoffCapSeconds": 2,
         "localKubeconfig": p("etc/kubernetes/admin.conf"),
-        "providers": {"directory": p("usr/share/fledge/providers")},
+        "providers": {"directory": p("usr/share/fledge/providers"), "fetch": [{
+            "name": "infrastructure-docker", "version": "v1.13.5", "url": release_url,
+            "sha256": {"components.yaml": pin("components.yaml"), "metadata.yaml": pin("metadata.yaml")}}]},
     });
     let config = r.join("etc/fledge/agent.yaml");
     std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
@@ -382,6 +435,7 @@ async fn fixture() -> Option<Fixture> {
         root,
         config,
         metrics,
+        _release: (server, staging),
     })
 }
 
@@ -519,6 +573,12 @@ impl Fixture {
                 .await
                 .unwrap();
         }
+        // The infrastructure provider came from its release URL, verified and kept.
+        assert!(
+            self.state()
+                .join("providers/infrastructure-docker/v1.13.5/components.yaml")
+                .is_file()
+        );
         // clusterctl's inventory.
         let inv: Api<DynamicObject> = Api::all_with(
             lc.clone(),

@@ -349,8 +349,24 @@ impl Runner {
         let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation = cached.generation);
         let _enter = span.enter();
         let result = self.step(local, &mut journal, phase, &cached).await;
-        self.journal_changed.notify_one();
-        match result {
+        // Every failure is journaled (also one before the phase could start, such as an
+        // unreadable local kubeconfig); the status is told only when something changed.
+        let changed = match &result {
+            Ok(step) => step.1,
+            Err(e) => journal
+                .record_if_changed(
+                    &self.state_dir,
+                    phase,
+                    Outcome::Failed,
+                    Some(cached.generation),
+                    Some(chain(e)),
+                )
+                .unwrap_or(true),
+        };
+        if changed {
+            self.journal_changed.notify_one();
+        }
+        match result.map(|s| s.0) {
             Ok(Step::Done(msg)) => {
                 tracing::info!(%msg, "phase complete");
                 self.report.phase(phase, "Succeeded", &msg);
@@ -376,7 +392,7 @@ impl Runner {
         journal: &mut Journal,
         phase: Phase,
         cached: &cache::CachedSpec,
-    ) -> Result<Step, PhaseError> {
+    ) -> Result<(Step, bool), PhaseError> {
         let generation = Some(cached.generation);
         let spec = checked(&self.cfg, cached)?;
         let client = match local {
@@ -397,20 +413,24 @@ impl Runner {
             spec,
             generation: cached.generation,
         };
-        let started = journal.entry(phase).map(|e| e.outcome);
-        if started != Some(Outcome::Started)
-            || journal.entry(phase).and_then(|e| e.generation) != generation
+        // `Started` marks the first attempt for a generation; a retry after a failure keeps the
+        // failure on record (with its reason) until the phase succeeds or fails differently.
+        let mut changed = false;
+        if journal
+            .entry(phase)
+            .is_none_or(|e| e.generation != generation)
         {
             journal.record(&self.state_dir, phase, Outcome::Started, generation, None)?;
             self.report.phase(phase, "Started", "");
+            changed = true;
         }
         let report = self.report.clone();
         let progress = move |line: &str| {
             tracing::info!(phase = %phase, "{line}");
             report.phase(phase, "Progressing", line);
         };
-        match apply(&ctx, phase, &progress).await {
-            Ok(Step::Done(msg)) => {
+        match apply(&ctx, phase, &progress).await? {
+            Step::Done(msg) => {
                 journal.record(
                     &self.state_dir,
                     phase,
@@ -418,27 +438,17 @@ impl Runner {
                     generation,
                     Some(msg.clone()),
                 )?;
-                Ok(Step::Done(msg))
+                Ok((Step::Done(msg), true))
             }
-            Ok(Step::Waiting(why)) => {
-                journal.record(
+            Step::Waiting(why) => {
+                changed |= journal.record_if_changed(
                     &self.state_dir,
                     phase,
                     Outcome::Started,
                     generation,
                     Some(format!("waiting: {why}")),
                 )?;
-                Ok(Step::Waiting(why))
-            }
-            Err(e) => {
-                journal.record(
-                    &self.state_dir,
-                    phase,
-                    Outcome::Failed,
-                    generation,
-                    Some(chain(&e)),
-                )?;
-                Err(e)
+                Ok((Step::Waiting(why), changed))
             }
         }
     }

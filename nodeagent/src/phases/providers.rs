@@ -5,6 +5,7 @@
 //! CRD Established, every Deployment Available, every webhook answering a server-side dry-run
 //! create.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fledge_generator::apply::{ApplyOptions, Target};
@@ -39,6 +40,9 @@ pub enum ProvidersError {
         #[source]
         source: fledge_generator::apply::ApplyError,
     },
+    /// A provider could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
     /// A readiness check failed (not "not yet": the request itself).
     #[error("{provider}: cannot check {what}")]
     Check {
@@ -64,16 +68,12 @@ pub fn infrastructure_name(kind: ProviderKind) -> &'static str {
     }
 }
 
-/// The providers the cluster needs, in install order, with their versions resolved against the
-/// providers directory.
-pub fn wanted(ctx: &Context) -> Result<Vec<Provider>, ComponentsError> {
-    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
-    let versions = ctx
-        .cfg
-        .providers
-        .as_ref()
-        .map(|p| p.versions.clone())
-        .unwrap_or_default();
+/// The providers the cluster needs, in install order, each with the directory it is read
+/// from: the baked directory, else the fetched ones (`providers.fetch`, in the state directory).
+pub fn wanted(ctx: &Context) -> Result<Vec<(Provider, PathBuf)>, ComponentsError> {
+    let baked = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
+    let fetched = crate::fetch::dir(&ctx.state_dir);
+    let providers = ctx.cfg.providers.clone().unwrap_or_default();
     let mut out = Vec::new();
     for (kind, name) in [
         (Kind::CertManager, "cert-manager"),
@@ -91,11 +91,43 @@ pub fn wanted(ctx: &Context) -> Result<Vec<Provider>, ComponentsError> {
             version: String::new(),
         };
         let label = p.label();
-        p.version =
-            components::resolve_version(&base, &label, versions.get(&label).map(String::as_str))?;
-        out.push(p);
+        // A fetched version is named by its entry; otherwise the configured or only baked one.
+        let fetch = providers.fetch.iter().find(|f| f.name == label);
+        let configured = providers
+            .versions
+            .get(&label)
+            .map(String::as_str)
+            .or(fetch.map(|f| f.version.as_str()));
+        let (version, base) = match components::resolve_version(&baked, &label, configured) {
+            Ok(v) => (v, baked.clone()),
+            Err(e) => match fetch {
+                Some(f) if configured == Some(f.version.as_str()) => {
+                    (f.version.clone(), fetched.clone())
+                }
+                _ => return Err(e),
+            },
+        };
+        p.version = version;
+        out.push((p, base));
     }
     Ok(out)
+}
+
+/// Fetches the `providers.fetch` entries not downloaded yet (pinned by sha256).
+async fn fetch_missing(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<(), ProvidersError> {
+    let base = crate::fetch::dir(&ctx.state_dir);
+    for f in ctx.cfg.providers.iter().flat_map(|p| &p.fetch) {
+        if crate::fetch::ensure(&base, f).await? {
+            progress(&format!(
+                "{} {}: fetched from {} (sha256 verified)",
+                f.name, f.version, f.url
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn contract(ctx: &Context) -> &'static str {
@@ -107,9 +139,26 @@ fn contract(ctx: &Context) -> &'static str {
 
 /// The plan: each provider, and whether the local cluster's inventory already holds it.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
     let mut steps = Vec::new();
-    for p in wanted(ctx).map_err(ProvidersError::from)? {
+    let fetched = crate::fetch::dir(&ctx.state_dir);
+    for f in ctx.cfg.providers.iter().flat_map(|p| &p.fetch) {
+        if !crate::fetch::present(&fetched, f) {
+            steps.push(format!(
+                "fetch {} {} from {} (pinned by sha256)",
+                f.name, f.version, f.url
+            ));
+        }
+    }
+    let wanted = match wanted(ctx) {
+        Ok(w) => w,
+        // Before the fetch, a fetched provider's directory does not exist yet.
+        Err(_) if !steps.is_empty() => {
+            steps.push("then install the providers as below once fetched".into());
+            vec![]
+        }
+        Err(e) => return Err(ProvidersError::from(e).into()),
+    };
+    for (p, base) in wanted {
         let installed = installed_version(ctx, &p).await;
         let state = match installed.as_deref() {
             Some(v) if v == p.version => "installed; check it is ready".to_string(),
@@ -154,7 +203,7 @@ pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    let base = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
+    fetch_missing(ctx, progress).await?;
     let variables = ctx
         .cfg
         .providers
@@ -167,11 +216,11 @@ pub async fn apply(
     };
     let providers = wanted(ctx).map_err(ProvidersError::from)?;
     let mut done = Vec::new();
-    for p in &providers {
+    for (p, base) in &providers {
         if p.kind != Kind::CertManager {
-            components::check_contract(&base, p, contract(ctx)).map_err(ProvidersError::from)?;
+            components::check_contract(base, p, contract(ctx)).map_err(ProvidersError::from)?;
         }
-        let c = components::load(&base, p, &variables).map_err(ProvidersError::from)?;
+        let c = components::load(base, p, &variables).map_err(ProvidersError::from)?;
         components::check_crd_contract_labels(&c, contract(ctx)).map_err(ProvidersError::from)?;
         for t in &c.tolerated {
             progress(&format!(
