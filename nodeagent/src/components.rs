@@ -148,21 +148,36 @@ pub struct Components {
     pub tolerated: Vec<String>,
 }
 
+/// The subdirectories of `dir`, sorted (none when it cannot be read).
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// Finds `label`'s version under `base`: the configured one, or the only one baked in.
 pub fn resolve_version(
     base: &Path,
     label: &str,
     configured: Option<&str>,
 ) -> Result<String, ComponentsError> {
-    let mut found: Vec<String> = std::fs::read_dir(base.join(label))
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|e| e.path().join("components.yaml").is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
+    let found: Vec<String> = subdirs(&base.join(label))
+        .into_iter()
+        .filter(|d| d.join("components.yaml").is_file())
+        .map(|d| {
+            d.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
         })
-        .unwrap_or_default();
-    found.sort();
+        .collect();
     let missing = |label: String| ComponentsError::Missing {
         dir: base.to_path_buf(),
         label,
@@ -420,13 +435,8 @@ pub fn inventory_crd() -> Value {
     })
 }
 
-/// Checks that `version` belongs to a release series in `metadata.yaml` whose contract is
-/// `contract` (`v1beta2`); returns the contract found.
-pub fn check_contract(
-    base: &Path,
-    provider: &Provider,
-    contract: &str,
-) -> Result<String, ComponentsError> {
+/// The contract `metadata.yaml` gives `provider`'s version (`v1beta2`).
+pub fn contract_of(base: &Path, provider: &Provider) -> Result<String, ComponentsError> {
     let path = provider.dir(base).join("metadata.yaml");
     let err = |problem: String| ComponentsError::Metadata {
         path: path.clone(),
@@ -446,24 +456,37 @@ pub fn check_contract(
     let series = meta["releaseSeries"]
         .as_array()
         .ok_or_else(|| err("releaseSeries: missing".into()))?;
-    let found = series
+    series
         .iter()
         .find(|s| s["major"].as_u64() == Some(major) && s["minor"].as_u64() == Some(minor))
         .and_then(|s| s["contract"].as_str())
+        .map(str::to_string)
         .ok_or_else(|| {
             err(format!(
                 "releaseSeries: no entry for {major}.{minor} (the version {})",
                 provider.version
             ))
-        })?;
+        })
+}
+
+/// Checks that `provider`'s version follows the cluster's `contract`; returns it.
+pub fn check_contract(
+    base: &Path,
+    provider: &Provider,
+    contract: &str,
+) -> Result<String, ComponentsError> {
+    let found = contract_of(base, provider)?;
     if found != contract {
-        return Err(err(format!(
-            "{} {} follows the Cluster API contract {found}; the cluster needs {contract}",
-            provider.label(),
-            provider.version
-        )));
+        return Err(ComponentsError::Metadata {
+            path: provider.dir(base).join("metadata.yaml"),
+            problem: format!(
+                "{} {} follows the Cluster API contract {found}; the cluster needs {contract}",
+                provider.label(),
+                provider.version
+            ),
+        });
     }
-    Ok(found.to_string())
+    Ok(found)
 }
 
 /// Every CRD of a bootstrap, control-plane or infrastructure provider must carry the contract label
@@ -544,21 +567,13 @@ pub fn kind_of(label: &str) -> Option<(Kind, String)> {
 /// Everything baked under `base`, sorted; each entry checked as the agent would load it.
 pub fn baked(base: &Path, variables: &BTreeMap<String, String>) -> Vec<Baked> {
     let mut out = Vec::new();
-    let mut labels: Vec<PathBuf> = std::fs::read_dir(base)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    labels.sort();
-    for dir in labels.into_iter().filter(|p| p.is_dir()) {
+    for dir in subdirs(base) {
         let label = dir
             .file_name()
             .unwrap_or_default()
             .to_string_lossy()
             .into_owned();
-        let mut versions: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default();
-        versions.sort();
-        for vdir in versions.into_iter().filter(|p| p.is_dir()) {
+        for vdir in subdirs(&dir) {
             let version = vdir
                 .file_name()
                 .unwrap_or_default()
@@ -586,33 +601,9 @@ pub fn baked(base: &Path, variables: &BTreeMap<String, String>) -> Vec<Baked> {
                 version,
             };
             if kind != Kind::CertManager {
-                let read = std::fs::read_to_string(p.dir(base).join("metadata.yaml"))
-                    .map_err(|e| format!("{}: {e}", p.dir(base).join("metadata.yaml").display()))
-                    .and_then(|t| serde_yaml::from_str::<Value>(&t).map_err(|e| e.to_string()));
-                match (read, parse_version(&p.version)) {
-                    (Ok(meta), Some((major, minor))) => {
-                        b.contract = meta["releaseSeries"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|s| {
-                                s["major"].as_u64() == Some(major)
-                                    && s["minor"].as_u64() == Some(minor)
-                            })
-                            .and_then(|s| s["contract"].as_str())
-                            .map(str::to_string);
-                        if b.contract.is_none() {
-                            b.problem = Some(format!(
-                                "metadata.yaml: no release series for {}",
-                                p.version
-                            ));
-                        }
-                    }
-                    (Err(e), _) => b.problem = Some(e),
-                    (_, None) => {
-                        b.problem =
-                            Some(format!("version {:?} is not vMAJOR.MINOR.PATCH", p.version))
-                    }
+                match contract_of(base, &p) {
+                    Ok(c) => b.contract = Some(c),
+                    Err(e) => b.problem = Some(e.to_string()),
                 }
             }
             let path = p.dir(base).join("components.yaml");

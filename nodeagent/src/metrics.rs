@@ -34,9 +34,6 @@ pub struct Snapshot {
     /// When the spec-sync task last showed it is alive (it beats every few seconds, also while
     /// it waits on a watch or a back-off).
     pub sync_beat: Option<std::time::Instant>,
-    /// Per phase run by the runner: its latest state (`Started`, `Progressing`, `Waiting`,
-    /// `Failed`, `Succeeded`) and message.
-    pub phases: BTreeMap<Phase, (String, String)>,
     /// Phase attempts that failed, by phase.
     pub phase_failures: BTreeMap<Phase, u64>,
     /// Requests sent to the management plane and to the local cluster.
@@ -44,14 +41,8 @@ pub struct Snapshot {
 }
 
 impl crate::phases::Report for Shared {
-    fn phase(&self, phase: Phase, state: &str, message: &str) {
-        self.update(|s| {
-            if state == "Failed" {
-                *s.phase_failures.entry(phase).or_default() += 1;
-            }
-            s.phases
-                .insert(phase, (state.to_string(), message.to_string()));
-        });
+    fn failed(&self, phase: Phase) {
+        self.update(|s| *s.phase_failures.entry(phase).or_default() += 1);
     }
 }
 

@@ -307,6 +307,33 @@ async fn serve_release(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
+/// The scale-out in the local cluster: KCP at 3 replicas without the agent's files, the
+/// worker MachineDeployment at 2. Returns both.
+async fn scaled_out(lc: &kube::Client) -> (DynamicObject, DynamicObject) {
+    let kcp = api(
+        lc,
+        "controlplane.cluster.x-k8s.io/v1beta2",
+        "KubeadmControlPlane",
+    )
+    .get(&format!("{NAME}-control-plane"))
+    .await
+    .unwrap();
+    assert_eq!(kcp.data["spec"]["replicas"], 3);
+    // Only CP-A runs the agent: the scale-out did not put its files back into the KCP (the
+    // machines KCP adds would wait for a token Secret that stays on the management plane).
+    let spec = kcp.data["spec"]["kubeadmConfigSpec"].to_string();
+    assert!(
+        !spec.contains("/etc/fledge") && !spec.contains("fledge-agent"),
+        "{spec}"
+    );
+    let md = api(lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+        .get(&format!("{NAME}-md-0"))
+        .await
+        .unwrap();
+    assert_eq!(md.data["spec"]["replicas"], 2);
+    (kcp, md)
+}
+
 /// The two clusters and a node root as cloud-init leaves it on CP-A.
 struct Fixture {
     mgmt: TestCluster,
@@ -526,27 +553,7 @@ impl Fixture {
             cluster.data["spec"]["paused"], true,
             "the local Cluster is unpaused"
         );
-        let kcp = api(
-            &lc,
-            "controlplane.cluster.x-k8s.io/v1beta2",
-            "KubeadmControlPlane",
-        )
-        .get(&format!("{NAME}-control-plane"))
-        .await
-        .unwrap();
-        assert_eq!(kcp.data["spec"]["replicas"], 3);
-        // Only CP-A runs the agent: the scale-out did not put its files back into the KCP (the
-        // machines KCP adds would wait for a token Secret that stays on the management plane).
-        let spec = kcp.data["spec"]["kubeadmConfigSpec"].to_string();
-        assert!(
-            !spec.contains("/etc/fledge") && !spec.contains("fledge-agent"),
-            "{spec}"
-        );
-        let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
-            .get(&format!("{NAME}-md-0"))
-            .await
-            .unwrap();
-        assert_eq!(md.data["spec"]["replicas"], 2);
+        let (_, md) = scaled_out(&lc).await;
         let managers: Vec<String> = md
             .metadata
             .managed_fields
@@ -668,6 +675,11 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
     eprintln!(
         "BENCH time-to-ScaledOut {:.1}s; requests: management {mgmt_requests}, local {local_requests}",
         took.as_secs_f64()
+    );
+    // The counters the benchmark reports are served (NaN when a line is missing).
+    assert!(
+        mgmt_requests > 0.0 && local_requests > 0.0,
+        "request counters: management {mgmt_requests}, local {local_requests}"
     );
     f.check_end_state().await;
     // The journal recorded each phase with the generation it ran for.
@@ -852,20 +864,7 @@ async fn sigkill_at_each_phase_boundary_and_inside_each_phase_resumes_and_scale_
     f.wait_phase(Phase::ScaledOut, Duration::from_secs(120))
         .await;
     drop(agent);
-    let kcp = api(
-        &lc,
-        "controlplane.cluster.x-k8s.io/v1beta2",
-        "KubeadmControlPlane",
-    )
-    .get(&format!("{NAME}-control-plane"))
-    .await
-    .unwrap();
-    assert_eq!(kcp.data["spec"]["replicas"], 3);
-    let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
-        .get(&format!("{NAME}-md-0"))
-        .await
-        .unwrap();
-    assert_eq!(md.data["spec"]["replicas"], 2);
+    scaled_out(&lc).await;
     // Every object was moved exactly once: one Cluster, no duplicates by source UID.
     for (v, kind) in [
         ("cluster.x-k8s.io/v1beta2", "Cluster"),

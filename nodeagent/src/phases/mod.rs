@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use crate::cache;
 use crate::config::AgentConfig;
 use crate::journal::{Journal, JournalError, Outcome, Phase};
-use crate::pivot::count::{CountLayer, Counts};
+use crate::pivot::count::Counts;
 
 /// The phases this version of the agent runs, in order.
 pub const RUN: [Phase; 3] = [Phase::ProvidersInstalled, Phase::Pivoted, Phase::ScaledOut];
@@ -229,21 +229,30 @@ pub async fn local_client(
     path: &std::path::Path,
     counts: Arc<Counts>,
 ) -> Result<kube::Client, PhaseError> {
-    let bad = |message: String| PhaseError::LocalKubeconfig {
-        path: path.to_path_buf(),
-        message,
-    };
-    let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| bad(e.to_string()))?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(60));
-    Ok(kube::client::ClientBuilder::try_from(config)
-        .map_err(|e| bad(e.to_string()))?
-        .with_layer(&CountLayer::new(counts))
-        .build())
+    crate::pivot::count::counted_client(Some(path), counts)
+        .await
+        .map(|(client, _)| client)
+        .map_err(|e| PhaseError::LocalKubeconfig {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
+}
+
+/// A Cluster API type at the cluster's contract version.
+pub fn capi_resource(
+    ctx: &Context,
+    group: &str,
+    kind: &str,
+    plural: &str,
+) -> kube::api::ApiResource {
+    let version = ctx.spec.capi.as_str();
+    kube::api::ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: format!("{group}/{version}"),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
 }
 
 /// Checks the cached spec into the generator's checked type.
@@ -267,10 +276,11 @@ pub fn checked(
     })
 }
 
-/// What the runner reports to status and metrics.
+/// What the runner reports to the metrics. (Outcomes and their messages go to the journal, and
+/// from there to the status; progress lines go to the log.)
 pub trait Report: Send + Sync {
-    /// A phase started an attempt, made progress, waits, or finished.
-    fn phase(&self, phase: Phase, state: &str, message: &str);
+    /// An attempt at `phase` failed (it is retried).
+    fn failed(&self, phase: Phase);
 }
 
 /// Walks the journal's phases.
@@ -287,7 +297,7 @@ pub struct Runner {
     pub local_counts: Arc<Counts>,
     /// Woken when a new spec is cached.
     pub spec_changed: Arc<Notify>,
-    /// Woken after every journal record, for the status.
+    /// Woken when an attempt changed the journal, for the status.
     pub journal_changed: Arc<Notify>,
     /// Progress sink.
     pub report: Arc<dyn Report>,
@@ -369,18 +379,16 @@ impl Runner {
         match result.map(|s| s.0) {
             Ok(Step::Done(msg)) => {
                 tracing::info!(%msg, "phase complete");
-                self.report.phase(phase, "Succeeded", &msg);
                 Attempt::Progressed
             }
             Ok(Step::Waiting(why)) => {
                 tracing::info!(%why, "phase waiting");
-                self.report.phase(phase, "Waiting", &why);
                 Attempt::Wait(POLL)
             }
             Err(e) => {
                 let msg = chain(&e);
                 tracing::warn!(error = %msg, "phase failed; retrying with backoff");
-                self.report.phase(phase, "Failed", &msg);
+                self.report.failed(phase);
                 Attempt::Failed
             }
         }
@@ -421,14 +429,9 @@ impl Runner {
             .is_none_or(|e| e.generation != generation)
         {
             journal.record(&self.state_dir, phase, Outcome::Started, generation, None)?;
-            self.report.phase(phase, "Started", "");
             changed = true;
         }
-        let report = self.report.clone();
-        let progress = move |line: &str| {
-            tracing::info!(phase = %phase, "{line}");
-            report.phase(phase, "Progressing", line);
-        };
+        let progress = move |line: &str| tracing::info!(phase = %phase, "{line}");
         match apply(&ctx, phase, &progress).await? {
             Step::Done(msg) => {
                 journal.record(

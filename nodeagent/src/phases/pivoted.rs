@@ -13,17 +13,12 @@ use crate::pivot::apply::{Options, Pivot};
 use crate::pivot::{discover, plan as pivot_plan};
 
 fn kcp_resource(ctx: &Context) -> ApiResource {
-    let version = match ctx.spec.capi {
-        fledge_generator::spec::CapiVersion::V1beta2 => "v1beta2",
-        fledge_generator::spec::CapiVersion::V1beta1 => "v1beta1",
-    };
-    ApiResource {
-        group: "controlplane.cluster.x-k8s.io".into(),
-        version: version.into(),
-        api_version: format!("controlplane.cluster.x-k8s.io/{version}"),
-        kind: "KubeadmControlPlane".into(),
-        plural: "kubeadmcontrolplanes".into(),
-    }
+    super::capi_resource(
+        ctx,
+        "controlplane.cluster.x-k8s.io",
+        "KubeadmControlPlane",
+        "kubeadmcontrolplanes",
+    )
 }
 
 /// Whether a KubeadmControlPlane reports the control plane initialized: v1beta2
@@ -89,15 +84,5 @@ pub async fn apply(
     )
     .run()
     .await?;
-    Ok(Step::Done(if summary.already_complete {
-        "already pivoted".to_string()
-    } else {
-        format!(
-            "{} objects moved ({} created, {} deleted from the management cluster) in {:.1}s",
-            summary.moved,
-            summary.created,
-            summary.deleted,
-            summary.wall.as_secs_f64()
-        )
-    }))
+    Ok(Step::Done(summary.describe()))
 }

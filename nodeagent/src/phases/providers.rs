@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use fledge_generator::apply::{ApplyOptions, Target};
-use fledge_generator::spec::{CapiVersion, ProviderKind};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
@@ -56,18 +55,6 @@ pub enum ProvidersError {
     },
 }
 
-/// clusterctl's name of the infrastructure provider for `kind`.
-pub fn infrastructure_name(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::Vsphere => "vsphere",
-        ProviderKind::Aws => "aws",
-        ProviderKind::Azure => "azure",
-        ProviderKind::Gcp => "gcp",
-        ProviderKind::Maas => "maas",
-        ProviderKind::Docker => "docker",
-    }
-}
-
 /// The providers the cluster needs, in install order, each with the directory it is read
 /// from: the baked directory, else the fetched ones (`providers.fetch`, in the state directory).
 pub fn wanted(ctx: &Context) -> Result<Vec<(Provider, PathBuf)>, ComponentsError> {
@@ -82,7 +69,8 @@ pub fn wanted(ctx: &Context) -> Result<Vec<(Provider, PathBuf)>, ComponentsError
         (Kind::ControlPlane, "kubeadm"),
         (
             Kind::Infrastructure,
-            infrastructure_name(ctx.spec.provider()),
+            // clusterctl names the infrastructure providers as requests do (`vsphere`, `aws`, ...).
+            ctx.spec.provider().as_str(),
         ),
     ] {
         let mut p = Provider {
@@ -130,13 +118,6 @@ async fn fetch_missing(
     Ok(())
 }
 
-fn contract(ctx: &Context) -> &'static str {
-    match ctx.spec.capi {
-        CapiVersion::V1beta2 => "v1beta2",
-        CapiVersion::V1beta1 => "v1beta1",
-    }
-}
-
 /// The plan: each provider, and whether the local cluster's inventory already holds it.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let mut steps = Vec::new();
@@ -158,9 +139,9 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
         }
         Err(e) => return Err(ProvidersError::from(e).into()),
     };
+    let installed = installed_versions(ctx).await;
     for (p, base) in wanted {
-        let installed = installed_version(ctx, &p).await;
-        let state = match installed.as_deref() {
+        let state = match installed.get(&p.label()).map(String::as_str) {
             Some(v) if v == p.version => "installed; check it is ready".to_string(),
             Some(v) => format!("installed at {v}; apply {}", p.version),
             None => "apply".to_string(),
@@ -175,17 +156,24 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     Ok((steps, None))
 }
 
-/// The version clusterctl's inventory records for `p` in the local cluster, if any.
-async fn installed_version(ctx: &Context, p: &Provider) -> Option<String> {
-    if p.kind == Kind::CertManager {
-        return None;
-    }
+/// The versions clusterctl's inventory records in the local cluster, by provider label (one
+/// list; empty when there is no inventory yet).
+async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String, String> {
     let api: Api<DynamicObject> = Api::all_with(ctx.local.clone(), &inventory_resource());
-    let list = api.list(&Default::default()).await.ok()?;
-    list.items
-        .iter()
-        .find(|o| o.metadata.name.as_deref() == Some(p.label().as_str()))
-        .and_then(|o| o.data["version"].as_str().map(str::to_string))
+    let items = api
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    items
+        .into_iter()
+        .filter_map(|o| {
+            Some((
+                o.metadata.name.clone()?,
+                o.data["version"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
 }
 
 fn inventory_resource() -> ApiResource {
@@ -215,13 +203,18 @@ pub async fn apply(
         server: "the local cluster".into(),
     };
     let providers = wanted(ctx).map_err(ProvidersError::from)?;
+    if let Some(why) = ensure_inventory_crd(ctx).await? {
+        return Ok(Step::Waiting(why));
+    }
     let mut done = Vec::new();
     for (p, base) in &providers {
         if p.kind != Kind::CertManager {
-            components::check_contract(base, p, contract(ctx)).map_err(ProvidersError::from)?;
+            components::check_contract(base, p, ctx.spec.capi.as_str())
+                .map_err(ProvidersError::from)?;
         }
         let c = components::load(base, p, &variables).map_err(ProvidersError::from)?;
-        components::check_crd_contract_labels(&c, contract(ctx)).map_err(ProvidersError::from)?;
+        components::check_crd_contract_labels(&c, ctx.spec.capi.as_str())
+            .map_err(ProvidersError::from)?;
         for t in &c.tolerated {
             progress(&format!(
                 "{}: {t} tolerates the control-plane taint (added: the first node is a tainted control-plane node)",
@@ -261,7 +254,6 @@ pub async fn apply(
         if let Some(ns) = &c.namespace
             && let Some(inv) = components::inventory(p, ns)
         {
-            ensure_inventory_crd(ctx, &label).await?;
             fledge_generator::apply::apply(&target, &[inv], &opts, |_| {})
                 .await
                 .map_err(apply_err)?;
@@ -272,7 +264,7 @@ pub async fn apply(
     Ok(Step::Done(format!(
         "{} ready (contract {})",
         done.join(", "),
-        contract(ctx)
+        ctx.spec.capi.as_str()
     )))
 }
 
@@ -305,6 +297,16 @@ fn check_err(c: &Components, what: &str) -> impl FnOnce(kube::Error) -> PhaseErr
     }
 }
 
+/// Whether a CRD as read reports `Established=True`.
+fn established(crd: Option<CustomResourceDefinition>) -> bool {
+    crd.and_then(|g| g.status)
+        .and_then(|s| s.conditions)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|x| x.type_ == "Established" && x.status == "True")
+        })
+}
+
 async fn crds_established(ctx: &Context, c: &Components) -> Result<Option<String>, PhaseError> {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
     for crd in c
@@ -314,14 +316,7 @@ async fn crds_established(ctx: &Context, c: &Components) -> Result<Option<String
     {
         let name = crd["metadata"]["name"].as_str().unwrap_or_default();
         let got = api.get_opt(name).await.map_err(check_err(c, name))?;
-        let established = got
-            .and_then(|g| g.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|x| x.type_ == "Established" && x.status == "True")
-            });
-        if !established {
+        if !established(got) {
             return Ok(Some(format!("CRD {name} is not Established yet")));
         }
     }
@@ -442,18 +437,22 @@ fn probes(c: &Components) -> Vec<(String, ApiResource, bool)> {
     out
 }
 
-/// Creates clusterctl's inventory CRD when the cluster has none (an existing one is kept).
-async fn ensure_inventory_crd(ctx: &Context, provider: &str) -> Result<(), PhaseError> {
+/// Creates clusterctl's inventory CRD when the cluster has none (an existing one is kept);
+/// None once it is Established, else why not yet.
+async fn ensure_inventory_crd(ctx: &Context) -> Result<Option<String>, PhaseError> {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
     let crd = components::inventory_crd();
     let name = crd["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_string();
-    let err = |source| ProvidersError::Check {
-        provider: provider.to_string(),
-        what: "the inventory CRD".into(),
-        source,
+    let err = |source| -> PhaseError {
+        ProvidersError::Check {
+            provider: "clusterctl inventory".into(),
+            what: format!("CRD {name}"),
+            source,
+        }
+        .into()
     };
     if api.get_opt(&name).await.map_err(err)?.is_none() {
         let body: CustomResourceDefinition =
@@ -461,23 +460,12 @@ async fn ensure_inventory_crd(ctx: &Context, provider: &str) -> Result<(), Phase
         match api.create(&PostParams::default(), &body).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(err(e).into()),
+            Err(e) => return Err(err(e)),
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    wait(READY_WAIT, || async {
         let got = api.get_opt(&name).await.map_err(err)?;
-        if got
-            .and_then(|g| g.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|x| x.type_ == "Established" && x.status == "True")
-            })
-            || Instant::now() >= deadline
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        Ok((!established(got)).then(|| format!("CRD {name} is not Established yet")))
+    })
+    .await
 }

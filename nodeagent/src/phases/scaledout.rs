@@ -8,7 +8,7 @@
 use fledge_generator::apply::{ApplyOptions, Outcome, Target};
 use fledge_generator::render::Templates;
 use kube::Api;
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::DynamicObject;
 
 use super::providers::FIELD_MANAGER;
 use super::{Context, PhaseError, Step};
@@ -98,23 +98,13 @@ pub async fn apply(
 /// (kind, name, desired, ready) per machine owner; ready is None when it cannot be read.
 pub async fn machines(ctx: &Context) -> Vec<(&'static str, String, i64, Option<i64>)> {
     let ns = ctx.spec.namespace.as_str();
-    let version = match ctx.spec.capi {
-        fledge_generator::spec::CapiVersion::V1beta2 => "v1beta2",
-        fledge_generator::spec::CapiVersion::V1beta1 => "v1beta1",
-    };
     let mut out = Vec::new();
     for (kind, name, want) in fledge_generator::workload::desired(&ctx.spec) {
         let (group, plural) = match kind {
             "KubeadmControlPlane" => ("controlplane.cluster.x-k8s.io", "kubeadmcontrolplanes"),
             _ => ("cluster.x-k8s.io", "machinedeployments"),
         };
-        let ar = ApiResource {
-            group: group.into(),
-            version: version.into(),
-            api_version: format!("{group}/{version}"),
-            kind: kind.into(),
-            plural: plural.into(),
-        };
+        let ar = super::capi_resource(ctx, group, kind, plural);
         let api: Api<DynamicObject> = Api::namespaced_with(ctx.local.clone(), ns, &ar);
         let ready = api
             .get_opt(&name)

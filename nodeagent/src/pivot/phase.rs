@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::apply::{Event, Options, Pivot, PivotError, Summary};
-use crate::journal::{Journal, JournalError, Outcome, Phase};
+use crate::journal::{Journal, JournalError, Phase};
 
 /// Why the phase failed.
 #[derive(Debug, thiserror::Error)]
@@ -37,48 +37,30 @@ pub async fn run(
     opts: Options,
     progress: &(dyn Fn(&Event) + Send + Sync),
 ) -> Result<Summary, PhaseError> {
-    if journal.done(Phase::Pivoted) {
-        return Ok(Summary {
-            already_complete: true,
-            ..Summary::default()
-        });
-    }
-    journal.record(state_dir, Phase::Pivoted, Outcome::Started, None, None)?;
-    let result = Pivot::new(
-        clients.source,
-        clients.target,
-        namespace,
-        cluster,
-        opts,
-        progress,
+    let work = async {
+        Pivot::new(
+            clients.source,
+            clients.target,
+            namespace,
+            cluster,
+            opts,
+            progress,
+        )
+        .run()
+        .await
+        .map_err(PhaseError::from)
+    };
+    let done = crate::phases::journaled(
+        state_dir,
+        journal,
+        Phase::Pivoted,
+        None,
+        work,
+        Summary::describe,
     )
-    .run()
-    .await;
-    match result {
-        Ok(summary) => {
-            let msg = format!(
-                "{} objects moved ({} created, {} deleted from the management cluster)",
-                summary.moved, summary.created, summary.deleted
-            );
-            journal.record(
-                state_dir,
-                Phase::Pivoted,
-                Outcome::Succeeded,
-                None,
-                Some(msg),
-            )?;
-            Ok(summary)
-        }
-        Err(e) => {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            journal.record(state_dir, Phase::Pivoted, Outcome::Failed, None, Some(msg))?;
-            Err(e.into())
-        }
-    }
+    .await?;
+    Ok(done.unwrap_or(Summary {
+        already_complete: true,
+        ..Summary::default()
+    }))
 }

@@ -225,6 +225,22 @@ pub struct Summary {
     pub wall: Duration,
 }
 
+impl Summary {
+    /// One line for the journal and the status: what the run moved.
+    pub fn describe(&self) -> String {
+        if self.already_complete {
+            return "already pivoted".to_string();
+        }
+        format!(
+            "{} objects moved ({} created, {} deleted from the management cluster) in {:.1}s",
+            self.moved,
+            self.created,
+            self.deleted,
+            self.wall.as_secs_f64()
+        )
+    }
+}
+
 /// Why a pivot failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PivotError {
