@@ -130,6 +130,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
             "agent_token": names.agent_token,
         },
         "kubernetes_version": c.kubernetes_version.to_string(),
+        "certificates_expiry_days": c.spec.control_plane.certificates_expiry_days(),
         "network": {
             "pods": c.pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "services": c.services.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -172,10 +173,64 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
     docs.extend(templates.render_docs("management/namespace.yaml.j2", &ctx)?);
     docs.push(serde_json::to_value(c.to_object()).unwrap_or(Value::Null));
     docs.extend(templates.render_docs("management/cluster.yaml.j2", &ctx)?);
-    docs.extend(templates.render_docs(&providers::template_name(c.provider()), &ctx)?);
+    let mut ctx = ctx;
+    for mut doc in templates.render_docs(&providers::template_name(c.provider()), &ctx)? {
+        if doc["kind"]
+            == providers::get(c.provider())
+                .api(c.capi)
+                .machine_template_kind
+        {
+            let base = Names::new(c.name.as_str()).control_plane_template;
+            let name = name_by_content(&base, c, &mut doc);
+            ctx["names"]["control_plane_template"] = json!(name);
+        }
+        docs.push(doc);
+    }
     docs.extend(templates.render_docs("management/kubeadmcontrolplane.yaml.j2", &ctx)?);
     docs.extend(templates.render_docs("management/agent-access.yaml.j2", &ctx)?);
     Ok(docs)
+}
+
+/// The annotation on machine and bootstrap templates that records the Kubernetes version they
+/// were rendered for.
+pub const KUBERNETES_VERSION_ANNOTATION: &str = "fledge.dev/kubernetes-version";
+
+/// Names an immutable template by its content. Machine templates cannot be changed in place
+/// (CAPI replaces machines by pointing their owner at a new template), so each template is
+/// named `<base>-<hash>`, the hash taken over its `spec` and the Kubernetes version it is for
+/// (recorded in the `fledge.dev/kubernetes-version` annotation). The same content always gets
+/// the same name: a replayed day-2 step creates nothing new, and a changed spec a new template.
+/// Sets the name in `doc` and returns it.
+pub fn name_by_content(base: &str, c: &CheckedCluster, doc: &mut Value) -> String {
+    use sha2::{Digest, Sha256};
+    let version = c.kubernetes_version.to_string();
+    doc["metadata"]["annotations"][KUBERNETES_VERSION_ANNOTATION] = json!(version);
+    let content = canonical(&json!({"kubernetesVersion": version, "spec": doc["spec"]}));
+    let digest = Sha256::digest(content.as_bytes());
+    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
+    let name = format!("{base}-{hash}");
+    doc["metadata"]["name"] = json!(name);
+    name
+}
+
+/// JSON with object keys sorted at every level (serde_json keeps insertion order here).
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let body: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&m[k])))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        }
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
 }
 
 /// Adds an explicit `null` for every property of `schema` missing from `v`, so that templates

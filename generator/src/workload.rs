@@ -1,6 +1,9 @@
 //! The objects the agent creates in the workload cluster after the pivot (step 5 of the design):
-//! the KubeadmControlPlane at the spec's replica count, and per worker pool an infrastructure
-//! machine template, a KubeadmConfigTemplate and a MachineDeployment. `fledge render` writes
+//! per worker pool an infrastructure machine template, a KubeadmConfigTemplate and a
+//! MachineDeployment, then the control plane's machine template and the KubeadmControlPlane at
+//! the spec's replica count. Templates are named by their content
+//! ([`management::name_by_content`]), so a changed spec yields new templates and the objects
+//! that point at them roll out; the same spec yields the same names. `fledge render` writes
 //! them to `workload.yaml`; the agent applies the same list with server-side apply, so what a
 //! user reads is what the agent creates.
 
@@ -40,17 +43,24 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
             .as_object_mut()
             .map(|m| m.remove("app.kubernetes.io/managed-by"));
         pctx["pool"] = json!({"name": name, "replicas": pool.replicas, "selector": selector});
-        // The provider's template renders the infrastructure cluster too; only its machine
-        // template is the pool's.
-        docs.extend(
-            templates
-                .render_docs(&infra_template, &pctx)?
-                .into_iter()
-                .filter(|d| d["kind"] == api.machine_template_kind),
-        );
-        docs.extend(templates.render_docs("workload/kubeadmconfigtemplate.yaml.j2", &pctx)?);
+        let mut infra =
+            machine_template(templates, &infra_template, api.machine_template_kind, &pctx)?;
+        pctx["pool"]["infrastructure_template"] =
+            json!(management::name_by_content(&name, c, &mut infra));
+        docs.push(infra);
+        for mut bootstrap in
+            templates.render_docs("workload/kubeadmconfigtemplate.yaml.j2", &pctx)?
+        {
+            pctx["pool"]["bootstrap_template"] =
+                json!(management::name_by_content(&name, c, &mut bootstrap));
+            docs.push(bootstrap);
+        }
         docs.extend(templates.render_docs("workload/machinedeployment.yaml.j2", &pctx)?);
     }
+    let mut cp = machine_template(templates, &infra_template, api.machine_template_kind, &ctx)?;
+    let base = management::Names::new(c.name.as_str()).control_plane_template;
+    ctx["names"]["control_plane_template"] = json!(management::name_by_content(&base, c, &mut cp));
+    docs.push(cp);
     ctx["replicas"] = json!(c.spec.control_plane.replicas);
     for mut kcp in templates.render_docs("management/kubeadmcontrolplane.yaml.j2", &ctx)? {
         // In the form the pivot leaves it in: only CP-A runs the agent.
@@ -58,6 +68,24 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
         docs.push(kcp);
     }
     Ok(docs)
+}
+
+/// The provider's machine template rendered with `ctx` (the provider's template file renders
+/// the infrastructure cluster too).
+fn machine_template(
+    templates: &Templates,
+    file: &str,
+    kind: &str,
+    ctx: &Value,
+) -> Result<Value, RenderError> {
+    templates
+        .render_docs(file, ctx)?
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .ok_or_else(|| RenderError::Template {
+            name: file.to_string(),
+            message: format!("renders no {kind}"),
+        })
 }
 
 // Only CP-A runs the agent. The KubeadmControlPlane that fledge renders for the management
@@ -183,5 +211,49 @@ mod tests {
             "postKubeadmCommands": ["/opt/fledge/bin/fledge-agent install --config /etc/fledge/agent.yaml"]}});
         strip_agent("KubeadmConfig", &mut config);
         assert_eq!(config, json!({"spec": {}}));
+    }
+
+    fn checked(version: &str, image: Option<&str>) -> CheckedCluster {
+        let mut req: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../tests/cases/docker-v1beta2/input.yaml"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        req["spec"]["kubernetesVersion"] = json!(version);
+        if let Some(i) = image {
+            req["spec"]["infrastructure"]["docker"] = json!({"customImage": i});
+        }
+        crate::spec::parse_request(
+            "input.yaml",
+            serde_yaml::to_string(&req).unwrap().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn template_names(c: &CheckedCluster) -> Vec<String> {
+        objects(c, &Templates::embedded())
+            .unwrap()
+            .iter()
+            .filter(|o| o["kind"].as_str().unwrap().ends_with("Template"))
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn templates_are_named_by_their_content_and_version() {
+        let base = template_names(&checked("v1.33.4", None));
+        assert!(base.iter().all(|n| n.len() > 11), "{base:?}");
+        // The same spec: the same names (a replay creates nothing new).
+        assert_eq!(template_names(&checked("v1.33.4", None)), base);
+        // A new version: every template is new.
+        let upgraded = template_names(&checked("v1.34.1", None));
+        assert!(upgraded.iter().all(|n| !base.contains(n)), "{upgraded:?}");
+        // A new image: new machine templates, the same bootstrap template.
+        let image = template_names(&checked("v1.33.4", Some("kindest/node:v1.33.4")));
+        let changed: Vec<bool> = image.iter().map(|n| !base.contains(n)).collect();
+        assert_eq!(changed, vec![true, false, true], "{image:?} vs {base:?}");
     }
 }

@@ -113,11 +113,28 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
             "workers are the agent's job"
         );
         // The agent's post-pivot objects: per pool a machine template, a KubeadmConfigTemplate
-        // and a MachineDeployment, then the KCP at the spec's replica count.
+        // and a MachineDeployment, then the control plane's machine template and the KCP at
+        // the spec's replica count. Templates are named by content, and the KCP points at the
+        // same control-plane template as on the management plane.
         let workload = docs(&text("workload.yaml"));
         let pools = checked_req.spec.workers.len();
         let kinds: Vec<&str> = workload.iter().filter_map(|o| o["kind"].as_str()).collect();
-        assert_eq!(kinds.len(), 3 * pools + 1, "{}: {kinds:?}", dir.display());
+        assert_eq!(kinds.len(), 3 * pools + 2, "{}: {kinds:?}", dir.display());
+        let cp_template = |o: &Value| {
+            o["spec"]["machineTemplate"]["spec"]["infrastructureRef"]["name"]
+                .as_str()
+                .or(o["spec"]["machineTemplate"]["infrastructureRef"]["name"].as_str())
+                .map(str::to_string)
+        };
+        let on_management = docs(&text("management.yaml"))
+            .iter()
+            .find(|o| o["kind"] == "KubeadmControlPlane")
+            .and_then(cp_template);
+        assert_eq!(cp_template(workload.last().unwrap()), on_management);
+        assert_eq!(
+            workload[workload.len() - 2]["metadata"]["name"].as_str(),
+            on_management.as_deref()
+        );
         assert_eq!(kinds.last(), Some(&"KubeadmControlPlane"));
         // In the form the pivot leaves it: only CP-A runs the agent.
         let kcp = workload.last().unwrap()["spec"]["kubeadmConfigSpec"].to_string();

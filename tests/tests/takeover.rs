@@ -565,20 +565,23 @@ impl Fixture {
             managers.contains(&"fledge-agent".to_string()),
             "{managers:?}"
         );
-        for (v, kind) in [
+        // The templates the MachineDeployment points at (named by their content) exist.
+        let spec = &md.data["spec"]["template"]["spec"];
+        for (v, kind, r) in [
             (
                 "bootstrap.cluster.x-k8s.io/v1beta2",
                 "KubeadmConfigTemplate",
+                &spec["bootstrap"]["configRef"],
             ),
             (
                 "infrastructure.cluster.x-k8s.io/v1beta2",
                 "DevMachineTemplate",
+                &spec["infrastructureRef"],
             ),
         ] {
-            api(&lc, v, kind)
-                .get(&format!("{NAME}-md-0"))
-                .await
-                .unwrap();
+            let name = r["name"].as_str().unwrap();
+            assert!(name.starts_with(&format!("{NAME}-md-0-")), "{name}");
+            api(&lc, v, kind).get(name).await.unwrap();
         }
         // The infrastructure provider came from its release URL, verified and kept.
         assert!(

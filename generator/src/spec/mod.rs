@@ -205,6 +205,15 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
             format!("must be 1, 3 or 5 (got {})", cp.replicas),
         );
     }
+    if let Some(days) = cp.certificates_expiry_days
+        && !(7..=364).contains(&days)
+    {
+        // KCP's minimum is 7; kubeadm's certificates last a year.
+        p.push(
+            "spec.controlPlane.certificatesExpiryDays",
+            format!("must be between 7 and 364 (got {days})"),
+        );
+    }
     if let Some(ep) = &cp.endpoint {
         p.check("spec.controlPlane.endpoint.host", check_host(&ep.host));
         if let Some(port) = ep.port

@@ -274,6 +274,22 @@ pub struct ControlPlane {
     /// Machine size. Optional for providers that use none of the machine fields (docker).
     #[serde(default)]
     pub machine: Machine,
+    /// Replace a control-plane machine when its certificates expire within this many days
+    /// (KubeadmControlPlane `rollout.before.certificatesExpiryDays`; `rolloutBefore` in
+    /// v1beta1). 7 to 364; 30 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates_expiry_days: Option<i64>,
+}
+
+impl ControlPlane {
+    /// Days before certificate expiry at which KCP replaces a machine when none is set.
+    pub const DEFAULT_CERTIFICATES_EXPIRY_DAYS: i64 = 30;
+
+    /// `certificatesExpiryDays`, or its default.
+    pub fn certificates_expiry_days(&self) -> i64 {
+        self.certificates_expiry_days
+            .unwrap_or(Self::DEFAULT_CERTIFICATES_EXPIRY_DAYS)
+    }
 }
 
 /// An API server endpoint.
