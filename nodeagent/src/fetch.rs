@@ -64,7 +64,8 @@ pub fn dir(state_dir: &Path) -> PathBuf {
     state_dir.join("providers")
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex sha256 of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -84,7 +85,8 @@ pub fn present(base: &Path, f: &Fetch) -> bool {
     })
 }
 
-async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
+/// GETs `url` (http or https, a few redirects followed, the body bounded).
+pub async fn get(url: &str) -> Result<Vec<u8>, FetchError> {
     let err = |message: String| FetchError::Get {
         url: url.to_string(),
         message,

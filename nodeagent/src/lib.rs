@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod components;
 pub mod config;
+pub mod day2;
 pub mod fetch;
 pub mod fsutil;
 pub mod install;

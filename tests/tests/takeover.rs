@@ -25,8 +25,8 @@ use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
 use fledge_tests::install::{install_crds, install_fledge_crds};
 use fledge_tests::workspace_root;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::Api;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 const NS: &str = "team-docker";
@@ -357,6 +357,30 @@ async fn fixture() -> Option<Fixture> {
             .unwrap();
     checked.spec.control_plane.replicas = 3;
     checked.spec.workers[0].replicas = 2;
+    // One inline add-on layer (the example's layer points at a URL that does not resolve).
+    let hello = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fledge-hello, namespace: default}\ndata: {k: v}\n";
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(hello.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    checked.spec.profile = Some(spec::Profile {
+        name: Some("base".into()),
+        layers: vec![spec::Layer {
+            name: "hello".into(),
+            manifests: vec![spec::Manifest {
+                name: "hello".into(),
+                version: "v1".into(),
+                url: None,
+                inline: Some(hello.into()),
+                sha256: sha,
+            }],
+            timeout_seconds: None,
+        }],
+        cluster_profile_ref: None,
+    });
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
     let target = client_from_kubeconfig(Some(&mgmt.kubeconfig))
         .await
@@ -685,6 +709,22 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
         "request counters: management {mgmt_requests}, local {local_requests}"
     );
     f.check_end_state().await;
+    // The add-on layer is applied, then the agent goes on to Steady, and its first reconcile
+    // finds the cluster as the scale-out left it (no field the servers defaulted reads as a
+    // change).
+    f.wait_phase(Phase::Steady, Duration::from_secs(60)).await;
+    let steady = f.journal().entry(Phase::Steady).cloned().unwrap();
+    assert!(
+        steady
+            .message
+            .as_deref()
+            .is_some_and(|m| m.starts_with("generation 1: in sync; layers: hello healthy")),
+        "{steady:?}"
+    );
+    let cm: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(f.local.client().await, "default");
+    let cm = cm.get("fledge-hello").await.unwrap();
+    assert!(cm.labels().contains_key("applyset.kubernetes.io/part-of"));
     // The journal recorded each phase with the generation it ran for.
     let j = f.journal();
     for p in fledge_agent::phases::RUN {
@@ -704,14 +744,16 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
             .unwrap_or_default();
         if conds
             .iter()
-            .any(|c| c["type"] == "ScaledOut" && c["status"] == "True")
+            .filter(|c| c["status"] == "True")
+            .any(|c| c["type"] == "ScaledOut")
+            && fc.data["status"]["phase"] == "Steady"
         {
-            assert_eq!(fc.data["status"]["phase"], "ScaledOut");
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "no ScaledOut condition: {conds:#?}"
+            "no ScaledOut condition or not Steady: {:#?}",
+            fc.data["status"]
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

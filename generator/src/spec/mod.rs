@@ -418,6 +418,14 @@ pub fn validate_layers(p: &mut Problems, path: &str, layers: &[Layer]) {
                 format!("must be unique in the profile (got {:?} twice)", layer.name),
             );
         }
+        if let Some(t) = layer.timeout_seconds
+            && !(1..=3600).contains(&t)
+        {
+            p.push(
+                format!("{lp}.timeoutSeconds"),
+                format!("must be between 1 and 3600 (got {t})"),
+            );
+        }
         if layer.manifests.is_empty() {
             p.push(format!("{lp}.manifests"), "must hold at least one manifest");
         }

@@ -408,6 +408,10 @@ pub struct Layer {
     pub name: String,
     /// Manifests applied in order with server-side apply.
     pub manifests: Vec<Manifest>,
+    /// How long the layer may take to become healthy before the agent reports it failed
+    /// (and keeps retrying); 300 when absent, at most 3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i64>,
 }
 
 /// One manifest of a layer, pinned by version and sha256.

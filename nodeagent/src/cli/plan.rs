@@ -63,13 +63,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let opts = crate::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
-    let Some(phase) = phases::RUN.into_iter().find(|p| !journal.done(*p)) else {
-        println!(
-            "every phase this agent runs has succeeded ({}); nothing to do",
-            journal.current().map(|p| p.to_string()).unwrap_or_default()
-        );
-        return Ok(());
-    };
+    let phase = phases::next(&journal);
     let Some(cached) = crate::cache::load(&state_dir)? else {
         println!(
             "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",

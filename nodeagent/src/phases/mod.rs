@@ -1,12 +1,16 @@
-//! The agent's phases after the spec is cached: `ProvidersInstalled`, `Pivoted`, `ScaledOut`.
+//! The agent's phases after the spec is cached: `ProvidersInstalled`, `Pivoted`, `ScaledOut`,
+//! `AddonsReady`, then `Steady` for good.
 //! Each lives in its own module with a plan (pure data: what it would do next and why; `fledge-agent
 //! plan` prints it) and an apply step. [`Runner`] walks the journal: it runs the first phase
-//! that has not succeeded, records each outcome with the spec generation it ran for, and retries
+//! that has not succeeded (`Steady` once all have: it reconciles on each new generation and
+//! every `resyncSeconds`), records each outcome with the spec generation it ran for, and retries
 //! a failure with capped, jittered backoff. It runs beside the spec sync and never blocks it.
 
+pub mod addons;
 pub mod pivoted;
 pub mod providers;
 pub mod scaledout;
+pub mod steady;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -24,7 +28,20 @@ use crate::journal::{Journal, JournalError, Outcome, Phase};
 use crate::pivot::count::Counts;
 
 /// The phases this version of the agent runs, in order.
-pub const RUN: [Phase; 3] = [Phase::ProvidersInstalled, Phase::Pivoted, Phase::ScaledOut];
+pub const RUN: [Phase; 5] = [
+    Phase::ProvidersInstalled,
+    Phase::Pivoted,
+    Phase::ScaledOut,
+    Phase::AddonsReady,
+    Phase::Steady,
+];
+
+/// The phase the runner works on: the first not yet succeeded, else `Steady`, which never ends.
+pub fn next(journal: &Journal) -> Phase {
+    RUN.into_iter()
+        .find(|p| *p == Phase::Steady || !journal.done(*p))
+        .unwrap_or(Phase::Steady)
+}
 
 /// How long to wait before looking again when a phase waits for something outside the agent
 /// (a provider's Deployment becoming available, the control plane initializing).
@@ -39,6 +56,12 @@ pub enum PhaseError {
     /// The pivot failed.
     #[error(transparent)]
     Pivot(#[from] crate::pivot::apply::PivotError),
+    /// Installing the add-ons failed.
+    #[error(transparent)]
+    Addons(Box<addons::AddonsError>),
+    /// A day-2 change was refused.
+    #[error(transparent)]
+    Refused(#[from] crate::day2::Refused),
     /// Applying the scale-out objects failed.
     #[error(transparent)]
     ScaleOut(#[from] scaledout::ScaleOutError),
@@ -70,6 +93,12 @@ pub enum PhaseError {
     /// The journal could not be written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+}
+
+impl From<addons::AddonsError> for PhaseError {
+    fn from(e: addons::AddonsError) -> Self {
+        PhaseError::Addons(Box::new(e))
+    }
 }
 
 /// Everything a phase works with.
@@ -137,6 +166,8 @@ pub async fn plan(ctx: &Context, phase: Phase) -> Result<Plan, PhaseError> {
         Phase::ProvidersInstalled => providers::plan(ctx).await?,
         Phase::Pivoted => pivoted::plan(ctx).await?,
         Phase::ScaledOut => scaledout::plan(ctx).await?,
+        Phase::AddonsReady => addons::plan(ctx).await?,
+        Phase::Steady => steady::plan(ctx).await?,
         other => (
             vec![format!(
                 "{other} is not run by fledge-agent {}",
@@ -163,6 +194,8 @@ pub async fn apply(
         Phase::ProvidersInstalled => providers::apply(ctx, progress).await,
         Phase::Pivoted => pivoted::apply(ctx, progress).await,
         Phase::ScaledOut => scaledout::apply(ctx, progress).await,
+        Phase::AddonsReady => addons::apply(ctx, progress).await,
+        Phase::Steady => steady::apply(ctx, progress).await,
         other => Ok(Step::Waiting(format!(
             "{other} is not run by fledge-agent {}",
             crate::VERSION
@@ -318,7 +351,6 @@ impl Runner {
                 }
                 Attempt::Wait(d) => d,
                 Attempt::Failed => backoff.next().unwrap_or(self.backoff_cap),
-                Attempt::Idle => Duration::from_secs(3600),
             };
             if delay.is_zero() {
                 continue;
@@ -329,6 +361,11 @@ impl Runner {
                 _ = stop.changed() => {}
             }
         }
+    }
+
+    /// How often `Steady` reconciles without a new spec.
+    fn resync(&self) -> Duration {
+        Duration::from_secs(self.cfg.resync_seconds.unwrap_or(300).max(1))
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
@@ -348,9 +385,7 @@ impl Runner {
                 return Attempt::Failed;
             }
         };
-        let Some(phase) = RUN.into_iter().find(|p| !journal.done(*p)) else {
-            return Attempt::Idle;
-        };
+        let phase = next(&journal);
         let cached = match cache::load(&self.state_dir) {
             Ok(Some(c)) => c,
             // Nothing to act on before the first spec arrives.
@@ -377,6 +412,12 @@ impl Runner {
             self.journal_changed.notify_one();
         }
         match result.map(|s| s.0) {
+            Ok(Step::Done(msg)) if phase == Phase::Steady => {
+                if changed {
+                    tracing::info!(%msg, "reconciled");
+                }
+                Attempt::Wait(self.resync())
+            }
             Ok(Step::Done(msg)) => {
                 tracing::info!(%msg, "phase complete");
                 Attempt::Progressed
@@ -434,14 +475,15 @@ impl Runner {
         let progress = move |line: &str| tracing::info!(phase = %phase, "{line}");
         match apply(&ctx, phase, &progress).await? {
             Step::Done(msg) => {
-                journal.record(
+                // A resync that finds everything as it was writes nothing.
+                changed |= journal.record_if_changed(
                     &self.state_dir,
                     phase,
                     Outcome::Succeeded,
                     generation,
                     Some(msg.clone()),
                 )?;
-                Ok((Step::Done(msg), true))
+                Ok((Step::Done(msg), changed))
             }
             Step::Waiting(why) => {
                 changed |= journal.record_if_changed(
@@ -461,5 +503,4 @@ enum Attempt {
     Progressed,
     Wait(Duration),
     Failed,
-    Idle,
 }

@@ -1,0 +1,837 @@
+//! `AddonsReady`: the profile's add-on layers, applied in order to the local cluster.
+//!
+//! - **Sources.** A layer's manifests are inline in the spec, or fetched from an `https://` URL;
+//!   either way their sha256 is pinned in the spec. A `clusterProfileRef` names a
+//!   `ClusterProfile` on the management plane; its spec is cached in the state directory and the
+//!   cached copy is used while the management plane is unreachable. Manifests are cached under
+//!   `<stateDir>/addons/<sha256>.yaml`, so a cluster whose management plane and download sites
+//!   are both gone still reconciles its add-ons.
+//! - **Order and health.** Layer N+1 is not applied before every object of layer N is healthy:
+//!   Deployments, DaemonSets and StatefulSets rolled out, CRDs Established, Jobs complete,
+//!   APIServices Available (other kinds are healthy once applied). A layer that is not healthy
+//!   within its `timeoutSeconds` (300) fails the attempt; the runner retries.
+//! - **Inventory and pruning (ApplySet, KEP-3659).** Each layer is an ApplySet whose parent is the
+//!   Secret `kube-system/fledge-addons-<layer>`; every member carries the
+//!   `applyset.kubernetes.io/part-of` label, and the parent lists the member kinds, so
+//!   `kubectl apply --prune --applyset` understands it. An object dropped from a layer is deleted
+//!   in the same reconcile; a layer dropped from the profile is deleted whole, parent last.
+//! - **State.** `<stateDir>/addons/status.json` holds each layer's state (what the metrics and
+//!   `fledge-agent status` show) and when it was first applied unhealthy (for the timeout).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use fledge_generator::apply::{ApplyOptions, Target};
+use fledge_generator::spec::{ClusterProfile, Layer};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams};
+use kube::discovery::{ApiCapabilities, Scope};
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::providers::FIELD_MANAGER;
+use super::{Context, PhaseError, Step};
+
+/// The namespace of the layers' ApplySet parents.
+pub const PARENT_NAMESPACE: &str = "kube-system";
+/// Label on a parent naming its layer (how removed layers are found).
+pub const LAYER_LABEL: &str = "fledge.dev/addon-layer";
+/// Default per-layer health timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+const ID_LABEL: &str = "applyset.kubernetes.io/id";
+const PART_OF: &str = "applyset.kubernetes.io/part-of";
+const KINDS: &str = "applyset.kubernetes.io/contains-group-kinds";
+const NAMESPACES: &str = "applyset.kubernetes.io/additional-namespaces";
+const TOOLING: &str = "applyset.kubernetes.io/tooling";
+
+/// Why the add-ons could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum AddonsError {
+    /// A manifest's bytes do not match the pinned hash.
+    #[error("layer {layer}, manifest {manifest}: sha256 is {got}, the spec pins {want}")]
+    Mismatch {
+        /// Layer.
+        layer: String,
+        /// Manifest.
+        manifest: String,
+        /// Pinned.
+        want: String,
+        /// Computed.
+        got: String,
+    },
+    /// A manifest could not be fetched.
+    #[error("layer {layer}, manifest {manifest}")]
+    Fetch {
+        /// Layer.
+        layer: String,
+        /// Manifest.
+        manifest: String,
+        /// Why.
+        #[source]
+        source: crate::fetch::FetchError,
+    },
+    /// A manifest is not a list of Kubernetes objects.
+    #[error("layer {layer}, manifest {manifest}, document {index}: {message}")]
+    Manifest {
+        /// Layer.
+        layer: String,
+        /// Manifest.
+        manifest: String,
+        /// 1-based document number.
+        index: usize,
+        /// Why.
+        message: String,
+    },
+    /// The referenced ClusterProfile is neither readable nor cached.
+    #[error(
+        "ClusterProfile {namespace}/{name}: cannot read it from the management plane ({message}) and no copy is cached"
+    )]
+    Profile {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Why.
+        message: String,
+    },
+    /// A layer stayed unhealthy past its timeout.
+    #[error("layer {layer} is not healthy after {seconds}s: {why}")]
+    Timeout {
+        /// Layer.
+        layer: String,
+        /// Its timeout.
+        seconds: u64,
+        /// What is not ready.
+        why: String,
+    },
+    /// Applying a layer failed.
+    #[error("layer {layer}")]
+    Apply {
+        /// Layer.
+        layer: String,
+        /// Why.
+        #[source]
+        source: fledge_generator::apply::ApplyError,
+    },
+    /// A state file could not be written.
+    #[error("cannot write {path}")]
+    Write {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One layer, resolved: its objects in manifest order.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Layer name.
+    pub name: String,
+    /// Objects, labelled as ApplySet members.
+    pub objects: Vec<Value>,
+    /// Health timeout.
+    pub timeout: Duration,
+}
+
+/// A layer's recorded state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerState {
+    /// `Pending`, `Progressing`, `Healthy` or `Failed`.
+    pub state: String,
+    /// Objects in the layer.
+    pub objects: usize,
+    /// When it was first applied and found unhealthy (unix seconds), for the timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<u64>,
+    /// What is not ready, or why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// `<stateDir>/addons`.
+pub fn dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("addons")
+}
+
+/// Reads the layers' recorded states (empty when none were recorded).
+pub fn states(state_dir: &Path) -> BTreeMap<String, LayerState> {
+    std::fs::read(dir(state_dir).join("status.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn write_states(
+    state_dir: &Path,
+    states: &BTreeMap<String, LayerState>,
+) -> Result<(), AddonsError> {
+    let path = dir(state_dir).join("status.json");
+    let bytes = serde_json::to_vec_pretty(states).unwrap_or_default();
+    write(&path, &bytes)
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<(), AddonsError> {
+    let werr = |source| AddonsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(werr)?;
+    }
+    crate::fsutil::write_atomic(path, bytes, 0o600).map_err(werr)
+}
+
+/// The ApplySet ID of a layer's parent Secret (KEP-3659: `applyset-` + unpadded URL-safe
+/// base64 of the sha256 of `<name>.<namespace>.<kind>.<group>` + `-v1`).
+pub fn applyset_id(layer: &str) -> String {
+    let key = format!("{}.{PARENT_NAMESPACE}.Secret.", parent_name(layer));
+    let digest = Sha256::digest(key.as_bytes());
+    format!(
+        "applyset-{}-v1",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+    )
+}
+
+fn parent_name(layer: &str) -> String {
+    format!("fledge-addons-{layer}")
+}
+
+/// The layers of the spec's profile, in order (empty without a profile).
+async fn spec_layers(ctx: &Context) -> Result<Vec<Layer>, AddonsError> {
+    let Some(profile) = &ctx.spec.spec.profile else {
+        return Ok(Vec::new());
+    };
+    let Some(r) = &profile.cluster_profile_ref else {
+        return Ok(profile.layers.clone());
+    };
+    let ns = ctx.spec.namespace.as_str();
+    let cached = dir(&ctx.state_dir).join(format!("clusterprofile-{}.json", r.name));
+    let api: Api<ClusterProfile> = Api::namespaced(ctx.management.clone(), ns);
+    match tokio::time::timeout(Duration::from_secs(10), api.get(&r.name)).await {
+        Ok(Ok(p)) => {
+            let bytes = serde_json::to_vec(&p.spec).unwrap_or_default();
+            write(&cached, &bytes)?;
+            Ok(p.spec.layers)
+        }
+        Ok(Err(e)) => from_cache(&cached, ns, &r.name, e.to_string()),
+        Err(_) => from_cache(&cached, ns, &r.name, "timed out after 10s".into()),
+    }
+}
+
+fn from_cache(
+    cached: &Path,
+    namespace: &str,
+    name: &str,
+    message: String,
+) -> Result<Vec<Layer>, AddonsError> {
+    let spec: Option<fledge_generator::spec::ClusterProfileSpec> = std::fs::read(cached)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    match spec {
+        Some(s) => {
+            tracing::info!(%message, "ClusterProfile {namespace}/{name} from the local cache");
+            Ok(s.layers)
+        }
+        None => Err(AddonsError::Profile {
+            namespace: namespace.into(),
+            name: name.into(),
+            message,
+        }),
+    }
+}
+
+/// A manifest's bytes: inline, from the cache, or fetched (and then cached); always checked
+/// against the pinned hash.
+async fn manifest_bytes(
+    state_dir: &Path,
+    layer: &str,
+    m: &fledge_generator::spec::Manifest,
+) -> Result<Vec<u8>, AddonsError> {
+    let want = m.sha256.to_ascii_lowercase();
+    let check = |bytes: Vec<u8>| {
+        let got = crate::fetch::hex(&bytes);
+        if got == want {
+            Ok(bytes)
+        } else {
+            Err(AddonsError::Mismatch {
+                layer: layer.into(),
+                manifest: m.name.clone(),
+                want: want.clone(),
+                got,
+            })
+        }
+    };
+    if let Some(inline) = &m.inline {
+        return check(inline.clone().into_bytes());
+    }
+    let cached = dir(state_dir).join(format!("{want}.yaml"));
+    if let Ok(bytes) = std::fs::read(&cached)
+        && crate::fetch::hex(&bytes) == want
+    {
+        return Ok(bytes);
+    }
+    let url = m.url.clone().unwrap_or_default();
+    let bytes = check(
+        crate::fetch::get(&url)
+            .await
+            .map_err(|source| AddonsError::Fetch {
+                layer: layer.into(),
+                manifest: m.name.clone(),
+                source,
+            })?,
+    )?;
+    write(&cached, &bytes)?;
+    Ok(bytes)
+}
+
+/// Parses a manifest into objects and labels them as members of `layer`'s ApplySet.
+pub fn parse_manifest(
+    layer: &str,
+    manifest: &str,
+    bytes: &[u8],
+) -> Result<Vec<Value>, AddonsError> {
+    let text = String::from_utf8_lossy(bytes);
+    let id = applyset_id(layer);
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let err = |message: String| AddonsError::Manifest {
+            layer: layer.into(),
+            manifest: manifest.into(),
+            index: i + 1,
+            message,
+        };
+        let v = Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
+        if v.is_null() {
+            continue;
+        }
+        let mut v = v;
+        for field in ["apiVersion", "kind"] {
+            if !v[field].is_string() {
+                return Err(err(format!("{field} is required")));
+            }
+        }
+        if !v["metadata"]["name"].is_string() {
+            return Err(err("metadata.name is required".into()));
+        }
+        if v["kind"].as_str().is_some_and(|k| k.ends_with("List")) {
+            return Err(err(
+                "List objects are not supported; write one object per document".into(),
+            ));
+        }
+        v["metadata"]["labels"][PART_OF] = json!(id);
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Resolves every layer of the profile: sources fetched or read from the cache, parsed,
+/// labelled.
+pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
+    let mut out = Vec::new();
+    for layer in spec_layers(ctx).await? {
+        let mut objects = Vec::new();
+        for m in &layer.manifests {
+            let bytes = manifest_bytes(&ctx.state_dir, &layer.name, m).await?;
+            objects.extend(parse_manifest(&layer.name, &m.name, &bytes)?);
+        }
+        let timeout = layer
+            .timeout_seconds
+            .and_then(|t| u64::try_from(t).ok())
+            .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
+        out.push(Resolved {
+            name: layer.name.clone(),
+            objects,
+            timeout,
+        });
+    }
+    Ok(out)
+}
+
+/// `Kind.group` (`Kind` for the core group), as ApplySets write group-kinds.
+fn group_kind(o: &Value) -> String {
+    let api_version = o["apiVersion"].as_str().unwrap_or_default();
+    let kind = o["kind"].as_str().unwrap_or_default();
+    match api_version.split_once('/') {
+        Some((group, _)) => format!("{kind}.{group}"),
+        None => kind.to_string(),
+    }
+}
+
+/// The plan: per layer, its state and what it holds.
+pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
+    let layers = resolve(ctx).await?;
+    let states = states(&ctx.state_dir);
+    let mut steps = Vec::new();
+    for l in &layers {
+        let state = states
+            .get(&l.name)
+            .map_or("Pending".to_string(), |s| s.state.clone());
+        steps.push(format!(
+            "layer {}: {} objects ({state}), ApplySet {}",
+            l.name,
+            l.objects.len(),
+            applyset_id(&l.name)
+        ));
+    }
+    if layers.is_empty() {
+        steps.push("the profile has no add-on layers".into());
+    }
+    Ok((steps, None))
+}
+
+/// Applies the layers in order, each once the previous is healthy, and prunes.
+pub async fn apply(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    reconcile(ctx, progress).await
+}
+
+/// One reconcile of the add-ons (AddonsReady, and every Steady resync).
+pub async fn reconcile(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    let layers = resolve(ctx).await?;
+    let mut states = states(&ctx.state_dir);
+    let wanted: BTreeSet<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    states.retain(|k, _| wanted.contains(k.as_str()));
+    let mut kinds = Kinds::default();
+    let mut summary = Vec::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let applied = apply_layer(ctx, &mut kinds, layer).await?;
+        if applied > 0 {
+            progress(&format!("layer {}: {applied} objects changed", layer.name));
+        }
+        let unhealthy = unhealthy(ctx, &mut kinds, &layer.objects).await?;
+        let st = states.entry(layer.name.clone()).or_default();
+        st.objects = layer.objects.len();
+        match unhealthy {
+            None => {
+                st.state = "Healthy".into();
+                st.unhealthy_since = None;
+                st.message = None;
+                summary.push(format!("{} healthy", layer.name));
+            }
+            Some(why) => {
+                let now = now_secs();
+                let since = *st.unhealthy_since.get_or_insert(now);
+                let late = now.saturating_sub(since) >= layer.timeout.as_secs();
+                st.state = if late { "Failed" } else { "Progressing" }.into();
+                st.message = Some(why.clone());
+                for later in &layers[i + 1..] {
+                    states.entry(later.name.clone()).or_default().state = "Pending".into();
+                }
+                write_states(&ctx.state_dir, &states)?;
+                if late {
+                    return Err(AddonsError::Timeout {
+                        layer: layer.name.clone(),
+                        seconds: layer.timeout.as_secs(),
+                        why,
+                    }
+                    .into());
+                }
+                return Ok(Step::Waiting(format!("layer {}: {why}", layer.name)));
+            }
+        }
+    }
+    let pruned = prune_removed_layers(ctx, &mut kinds, &wanted).await?;
+    write_states(&ctx.state_dir, &states)?;
+    let mut msg = if summary.is_empty() {
+        "no add-on layers".to_string()
+    } else {
+        format!("layers: {}", summary.join(", "))
+    };
+    if pruned > 0 {
+        msg.push_str(&format!("; {pruned} objects of removed layers pruned"));
+    }
+    Ok(Step::Done(msg))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Discovered kinds, by `Kind.group`.
+#[derive(Default)]
+struct Kinds(BTreeMap<String, Option<(ApiResource, ApiCapabilities)>>);
+
+impl Kinds {
+    async fn get(
+        &mut self,
+        client: &kube::Client,
+        gk: &str,
+    ) -> Result<Option<(ApiResource, ApiCapabilities)>, PhaseError> {
+        if let Some(found) = self.0.get(gk) {
+            return Ok(found.clone());
+        }
+        let (kind, group) = gk.split_once('.').unwrap_or((gk, ""));
+        let found = match kube::discovery::group(client, group).await {
+            Ok(g) => g.recommended_kind(kind),
+            // A kind whose CRD is gone has nothing left to prune.
+            Err(kube::Error::Api(s)) if s.code == 404 => None,
+            Err(source) => {
+                return Err(PhaseError::Request {
+                    what: format!("discover {gk}"),
+                    source,
+                });
+            }
+        };
+        self.0.insert(gk.to_string(), found.clone());
+        Ok(found)
+    }
+
+    async fn api(
+        &mut self,
+        client: &kube::Client,
+        gk: &str,
+        namespace: Option<&str>,
+    ) -> Result<Option<Api<DynamicObject>>, PhaseError> {
+        Ok(self
+            .get(client, gk)
+            .await?
+            .map(|(ar, caps)| match (caps.scope, namespace) {
+                (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+                _ => Api::all_with(client.clone(), &ar),
+            }))
+    }
+}
+
+fn secrets(ctx: &Context) -> Api<DynamicObject> {
+    let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&());
+    Api::namespaced_with(ctx.local.clone(), PARENT_NAMESPACE, &ar)
+}
+
+/// Applies one layer: the parent (with the union of the old and new member kinds, so an
+/// interrupted prune is finished next time), the members, the prune of dropped members, and
+/// the parent with the new kinds. Returns how many objects changed.
+async fn apply_layer(
+    ctx: &Context,
+    kinds: &mut Kinds,
+    layer: &Resolved,
+) -> Result<usize, PhaseError> {
+    let id = applyset_id(&layer.name);
+    let now: BTreeSet<String> = layer.objects.iter().map(group_kind).collect();
+    let before = secrets(ctx)
+        .get_opt(&parent_name(&layer.name))
+        .await
+        .map_err(|source| PhaseError::Request {
+            what: format!("read the ApplySet parent of layer {}", layer.name),
+            source,
+        })?
+        .map(|p| listed(&p, KINDS))
+        .unwrap_or_default();
+    let namespaces: BTreeSet<String> = layer
+        .objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .filter(|ns| *ns != PARENT_NAMESPACE)
+        .map(str::to_string)
+        .collect();
+    let union: BTreeSet<String> = before.union(&now).cloned().collect();
+    let target = Target {
+        client: ctx.local.clone(),
+        server: "the local cluster".into(),
+    };
+    let opts = ApplyOptions {
+        dry_run: false,
+        force_conflicts: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let apply = |objects: Vec<Value>| {
+        let target = &target;
+        let opts = &opts;
+        let layer = layer.name.clone();
+        async move {
+            fledge_generator::apply::apply(target, &objects, opts, |_| {})
+                .await
+                .map_err(|source| AddonsError::Apply { layer, source })
+        }
+    };
+    apply(vec![parent(&layer.name, &id, &union, &namespaces)]).await?;
+    let results = apply(layer.objects.clone()).await?;
+    let changed = results
+        .iter()
+        .filter(|a| a.outcome != fledge_generator::apply::Outcome::Unchanged)
+        .count();
+    let keep: BTreeSet<(String, String, String)> = layer.objects.iter().map(key).collect();
+    prune(ctx, kinds, &id, &union, &keep).await?;
+    if union != now {
+        apply(vec![parent(&layer.name, &id, &now, &namespaces)]).await?;
+    }
+    Ok(changed)
+}
+
+/// (group-kind, namespace, name).
+fn key(o: &Value) -> (String, String, String) {
+    (
+        group_kind(o),
+        o["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
+fn listed(parent: &DynamicObject, annotation: &str) -> BTreeSet<String> {
+    parent
+        .annotations()
+        .get(annotation)
+        .map(|s| {
+            s.split(',')
+                .filter(|k| !k.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parent(layer: &str, id: &str, kinds: &BTreeSet<String>, namespaces: &BTreeSet<String>) -> Value {
+    let join = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(",");
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": parent_name(layer),
+            "namespace": PARENT_NAMESPACE,
+            "labels": {ID_LABEL: id, LAYER_LABEL: layer},
+            "annotations": {
+                TOOLING: format!("fledge-agent/v{}", crate::VERSION),
+                KINDS: join(kinds),
+                NAMESPACES: join(namespaces),
+            },
+        },
+        "type": "Opaque",
+    })
+}
+
+/// Deletes the members of ApplySet `id` (of the listed kinds) that are not in `keep`.
+async fn prune(
+    ctx: &Context,
+    kinds: &mut Kinds,
+    id: &str,
+    listed: &BTreeSet<String>,
+    keep: &BTreeSet<(String, String, String)>,
+) -> Result<usize, PhaseError> {
+    let mut deleted = 0;
+    for gk in listed {
+        let Some(api) = kinds.api(&ctx.local, gk, None).await? else {
+            continue;
+        };
+        let members = api
+            .list(&ListParams::default().labels(&format!("{PART_OF}={id}")))
+            .await
+            .map_err(|source| PhaseError::Request {
+                what: format!("list the {gk} members of ApplySet {id}"),
+                source,
+            })?;
+        for m in members.items {
+            let ns = m.namespace().unwrap_or_default();
+            let name = m.name_any();
+            if keep.contains(&(gk.clone(), ns.clone(), name.clone())) {
+                continue;
+            }
+            let api = kinds
+                .api(&ctx.local, gk, (!ns.is_empty()).then_some(ns.as_str()))
+                .await?
+                .unwrap_or(api.clone());
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => {
+                    tracing::info!("pruned {gk} {ns}/{name} (no longer in its add-on layer)");
+                    deleted += 1;
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(source) => {
+                    return Err(PhaseError::Request {
+                        what: format!("prune {gk} {ns}/{name}"),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Prunes every layer whose parent exists but which the profile no longer has.
+async fn prune_removed_layers(
+    ctx: &Context,
+    kinds: &mut Kinds,
+    wanted: &BTreeSet<&str>,
+) -> Result<usize, PhaseError> {
+    let parents = secrets(ctx)
+        .list(&ListParams::default().labels(LAYER_LABEL))
+        .await
+        .map_err(|source| PhaseError::Request {
+            what: "list the add-on layers' ApplySet parents".into(),
+            source,
+        })?;
+    let mut deleted = 0;
+    for p in parents.items {
+        let layer = p.labels().get(LAYER_LABEL).cloned().unwrap_or_default();
+        if wanted.contains(layer.as_str()) {
+            continue;
+        }
+        let id = applyset_id(&layer);
+        deleted += prune(ctx, kinds, &id, &listed(&p, KINDS), &BTreeSet::new()).await?;
+        let _ = secrets(ctx)
+            .delete(&p.name_any(), &DeleteParams::default())
+            .await;
+        tracing::info!("layer {layer} removed from the profile: pruned");
+    }
+    Ok(deleted)
+}
+
+/// Why the first unhealthy object of `objects` is not healthy; None when all are.
+async fn unhealthy(
+    ctx: &Context,
+    kinds: &mut Kinds,
+    objects: &[Value],
+) -> Result<Option<String>, PhaseError> {
+    let mut waiting = Vec::new();
+    for o in objects {
+        let gk = group_kind(o);
+        let (_, ns, name) = key(o);
+        let Some(api) = kinds
+            .api(&ctx.local, &gk, (!ns.is_empty()).then_some(ns.as_str()))
+            .await?
+        else {
+            continue;
+        };
+        let live = api
+            .get_opt(&name)
+            .await
+            .map_err(|source| PhaseError::Request {
+                what: format!("read {gk} {ns}/{name}"),
+                source,
+            })?;
+        let why = match live {
+            None => Some("not found".to_string()),
+            Some(l) => health(&gk, &serde_json::to_value(&l).unwrap_or_default()),
+        };
+        if let Some(why) = why {
+            waiting.push(format!(
+                "{gk} {}{name} {why}",
+                if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ns}/")
+                }
+            ));
+        }
+    }
+    Ok((!waiting.is_empty()).then(|| waiting.join("; ")))
+}
+
+fn condition_true(o: &Value, kind: &str) -> bool {
+    o["status"]["conditions"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True"))
+}
+
+/// Why a live object is not healthy yet (None: healthy). Pure.
+pub fn health(group_kind: &str, o: &Value) -> Option<String> {
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let observed = n(&o["status"]["observedGeneration"]) >= n(&o["metadata"]["generation"]);
+    let replicas = o["spec"]["replicas"].as_i64().unwrap_or(1);
+    let s = &o["status"];
+    match group_kind {
+        "Deployment.apps" => {
+            let (up, avail) = (n(&s["updatedReplicas"]), n(&s["availableReplicas"]));
+            (!(observed && up >= replicas && avail >= replicas))
+                .then(|| format!("{avail}/{replicas} available, {up} updated"))
+        }
+        "StatefulSet.apps" => {
+            let (up, ready) = (n(&s["updatedReplicas"]), n(&s["readyReplicas"]));
+            let observed = observed && s.get("observedGeneration").is_some();
+            (!(observed && up >= replicas && ready >= replicas))
+                .then(|| format!("{ready}/{replicas} ready, {up} updated"))
+        }
+        "DaemonSet.apps" => {
+            let want = n(&s["desiredNumberScheduled"]);
+            let (up, avail) = (n(&s["updatedNumberScheduled"]), n(&s["numberAvailable"]));
+            let observed = observed && s.get("observedGeneration").is_some();
+            (!(observed && up >= want && avail >= want))
+                .then(|| format!("{avail}/{want} available, {up} updated"))
+        }
+        "CustomResourceDefinition.apiextensions.k8s.io" => {
+            (!condition_true(o, "Established")).then(|| "not Established".to_string())
+        }
+        "Job.batch" => (!condition_true(o, "Complete")).then(|| "not Complete".to_string()),
+        "APIService.apiregistration.k8s.io" => {
+            (!condition_true(o, "Available")).then(|| "not Available".to_string())
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn applyset_ids_follow_kep_3659() {
+        let id = applyset_id("cni");
+        let digest = Sha256::digest(b"fledge-addons-cni.kube-system.Secret.");
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        assert_eq!(id, format!("applyset-{b64}-v1"));
+        assert!(id.len() <= 63, "a label value: {id}");
+    }
+
+    #[test]
+    fn manifests_are_objects_labelled_as_members() {
+        let objs = parse_manifest(
+            "cni",
+            "m",
+            b"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, namespace: x}\n---\n",
+        )
+        .unwrap();
+        assert_eq!(objs.len(), 1);
+        assert_eq!(objs[0]["metadata"]["labels"][PART_OF], applyset_id("cni"));
+        let err = parse_manifest("cni", "m", b"apiVersion: v1\nkind: ConfigMap\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "layer cni, manifest m, document 1: metadata.name is required"
+        );
+    }
+
+    #[test]
+    fn health_rules() {
+        let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 1}});
+        assert_eq!(
+            health("Deployment.apps", &d).as_deref(),
+            Some("1/2 available, 2 updated")
+        );
+        let d = json!({"metadata": {"generation": 2}, "spec": {"replicas": 2},
+            "status": {"observedGeneration": 2, "updatedReplicas": 2, "availableReplicas": 2}});
+        assert_eq!(health("Deployment.apps", &d), None);
+        assert!(health("Job.batch", &json!({})).is_some());
+        assert!(
+            health(
+                "Job.batch",
+                &json!({"status": {"conditions": [{"type": "Complete", "status": "True"}]}})
+            )
+            .is_none()
+        );
+        assert!(health("ConfigMap", &json!({})).is_none());
+        // A DaemonSet the controller has not looked at yet is not healthy.
+        assert!(health("DaemonSet.apps", &json!({"metadata": {"generation": 1}})).is_some());
+    }
+}
