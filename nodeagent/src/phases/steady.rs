@@ -104,6 +104,8 @@ async fn observe(ctx: &Context, r: &Resources) -> Result<(Observed, Vec<Value>),
         )))?
         .items
         .iter()
+        // One being deleted (its finalizer still held) is already gone as far as the plan goes.
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
         .map(|o| (o.name_any(), to_value(o)))
         .collect();
     let mut templates = BTreeSet::new();
@@ -200,13 +202,18 @@ pub async fn apply(
     }
     // Templates nothing points at any more: not the objects just written, not a deferred
     // MachineDeployment as it is, not a MachineSet still scaling down.
+    let written: BTreeSet<&str> = writes
+        .iter()
+        .filter(|o| o["kind"] == "MachineDeployment")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
     let mut holders = writes.clone();
     holders.extend(machine_sets);
     holders.extend(
         observed
             .machine_deployments
             .iter()
-            .filter(|(n, _)| !plan.deletes.contains(n))
+            .filter(|(n, _)| !plan.deletes.contains(n) && !written.contains(n.as_str()))
             .map(|(_, v)| v.clone()),
     );
     let used = day2::referenced_templates(&holders);
