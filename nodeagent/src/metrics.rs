@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub phase_failures: BTreeMap<Phase, u64>,
     /// Requests sent to the management plane and to the local cluster.
     pub requests: Option<(Arc<Counts>, Arc<Counts>)>,
+    /// The state directory (the add-on layers' states are read from it).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl crate::phases::Report for Shared {
@@ -107,6 +109,19 @@ impl Shared {
                 m.total(),
                 l.total()
             ));
+        }
+        if let Some(dir) = &s.state_dir {
+            let layers = crate::phases::addons::states(dir);
+            if !layers.is_empty() {
+                out.push_str("# HELP fledge_agent_addon_layer_healthy 1 when every object of the add-on layer is healthy.\n# TYPE fledge_agent_addon_layer_healthy gauge\n");
+                for (name, st) in &layers {
+                    out.push_str(&format!(
+                        "fledge_agent_addon_layer_healthy{{layer=\"{name}\",state=\"{}\"}} {}\n",
+                        st.state,
+                        u8::from(st.state == "Healthy")
+                    ));
+                }
+            }
         }
         out.push_str("# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.\n# TYPE fledge_agent_watchdog_pings_total counter\n");
         out.push_str(&format!(

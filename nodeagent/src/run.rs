@@ -197,7 +197,10 @@ pub async fn run<F: Future<Output = ()>>(
         })
     });
     let (management_counts, local_counts) = (Arc::<Counts>::default(), Arc::<Counts>::default());
-    shared.update(|s| s.requests = Some((management_counts.clone(), local_counts.clone())));
+    shared.update(|s| {
+        s.requests = Some((management_counts.clone(), local_counts.clone()));
+        s.state_dir = Some(state_dir.clone());
+    });
     let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
     let spec_changed = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());

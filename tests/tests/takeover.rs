@@ -725,6 +725,11 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
         Api::namespaced(f.local.client().await, "default");
     let cm = cm.get("fledge-hello").await.unwrap();
     assert!(cm.labels().contains_key("applyset.kubernetes.io/part-of"));
+    assert_eq!(
+        f.metric("fledge_agent_addon_layer_healthy{layer=\"hello\",state=\"Healthy\"}")
+            .await,
+        1.0
+    );
     // The journal recorded each phase with the generation it ran for.
     let j = f.journal();
     for p in fledge_agent::phases::RUN {
