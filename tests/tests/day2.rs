@@ -32,7 +32,6 @@ use fledge_tests::workspace_root;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use sha2::Digest;
 
 const NS: &str = "team-docker";
 const NAME: &str = "docker-demo";
@@ -572,10 +571,7 @@ fn layer(name: &str, docs: &[&str]) -> spec::Layer {
                 version: "v1".into(),
                 url: None,
                 inline: Some((*d).into()),
-                sha256: sha2::Sha256::digest(d.as_bytes())
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                sha256: fledge_agent::fetch::hex(d.as_bytes()),
             })
             .collect(),
         timeout_seconds: Some(60),

@@ -359,13 +359,7 @@ async fn fixture() -> Option<Fixture> {
     checked.spec.workers[0].replicas = 2;
     // One inline add-on layer (the example's layer points at a URL that does not resolve).
     let hello = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fledge-hello, namespace: default}\ndata: {k: v}\n";
-    let sha: String = {
-        use sha2::Digest;
-        sha2::Sha256::digest(hello.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
+    let sha = fledge_agent::fetch::hex(hello.as_bytes());
     checked.spec.profile = Some(spec::Profile {
         name: Some("base".into()),
         layers: vec![spec::Layer {

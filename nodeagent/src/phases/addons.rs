@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use fledge_generator::apply::{ApplyOptions, Target};
 use fledge_generator::spec::{ClusterProfile, Layer};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams};
 use kube::discovery::{ApiCapabilities, Scope};
@@ -32,7 +31,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::providers::FIELD_MANAGER;
 use super::{Context, PhaseError, Step};
 
 /// The namespace of the layers' ApplySet parents.
@@ -539,21 +537,10 @@ async fn apply_layer(
         .map(str::to_string)
         .collect();
     let union: BTreeSet<String> = before.union(&now).cloned().collect();
-    let target = Target {
-        client: ctx.local.clone(),
-        server: "the local cluster".into(),
-    };
-    let opts = ApplyOptions {
-        dry_run: false,
-        force_conflicts: true,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
     let apply = |objects: Vec<Value>| {
-        let target = &target;
-        let opts = &opts;
         let layer = layer.name.clone();
         async move {
-            fledge_generator::apply::apply(target, &objects, opts, |_| {})
+            super::apply_local(ctx, &objects, |_| {})
                 .await
                 .map_err(|source| AddonsError::Apply { layer, source })
         }

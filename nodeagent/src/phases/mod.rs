@@ -271,6 +271,25 @@ pub async fn local_client(
         })
 }
 
+/// Server-side applies `objects` to the local cluster as the agent (field manager
+/// `fledge-agent`, forced: the agent owns what it applies there); `progress` gets each outcome.
+pub async fn apply_local(
+    ctx: &Context,
+    objects: &[serde_json::Value],
+    progress: impl FnMut(&fledge_generator::apply::Applied),
+) -> Result<Vec<fledge_generator::apply::Applied>, fledge_generator::apply::ApplyError> {
+    let target = fledge_generator::apply::Target {
+        client: ctx.local.clone(),
+        server: "the local cluster".into(),
+    };
+    let opts = fledge_generator::apply::ApplyOptions {
+        dry_run: false,
+        force_conflicts: true,
+        field_manager: Some(providers::FIELD_MANAGER.into()),
+    };
+    fledge_generator::apply::apply(&target, objects, &opts, progress).await
+}
+
 /// A Cluster API type at the cluster's contract version.
 pub fn capi_resource(
     ctx: &Context,

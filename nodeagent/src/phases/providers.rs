@@ -8,7 +8,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use fledge_generator::apply::{ApplyOptions, Target};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
@@ -198,10 +197,6 @@ pub async fn apply(
         .as_ref()
         .map(|p| p.variables.clone())
         .unwrap_or_default();
-    let target = Target {
-        client: ctx.local.clone(),
-        server: "the local cluster".into(),
-    };
     let providers = wanted(ctx).map_err(ProvidersError::from)?;
     if let Some(why) = ensure_inventory_crd(ctx).await? {
         return Ok(Step::Waiting(why));
@@ -222,22 +217,17 @@ pub async fn apply(
             ));
         }
         let label = p.label();
-        let opts = ApplyOptions {
-            dry_run: false,
-            force_conflicts: true,
-            field_manager: Some(FIELD_MANAGER.into()),
-        };
         let apply_err = |source| ProvidersError::Apply {
             provider: label.clone(),
             source,
         };
-        fledge_generator::apply::apply(&target, &c.foundation, &opts, |_| {})
+        super::apply_local(ctx, &c.foundation, |_| {})
             .await
             .map_err(apply_err)?;
         if let Some(why) = wait(READY_WAIT, || crds_established(ctx, &c)).await? {
             return Ok(Step::Waiting(format!("{label}: {why}")));
         }
-        fledge_generator::apply::apply(&target, &c.rest, &opts, |_| {})
+        super::apply_local(ctx, &c.rest, |_| {})
             .await
             .map_err(apply_err)?;
         progress(&format!(
@@ -254,7 +244,7 @@ pub async fn apply(
         if let Some(ns) = &c.namespace
             && let Some(inv) = components::inventory(p, ns)
         {
-            fledge_generator::apply::apply(&target, &[inv], &opts, |_| {})
+            super::apply_local(ctx, &[inv], |_| {})
                 .await
                 .map_err(apply_err)?;
         }

@@ -5,12 +5,11 @@
 //! templates. CAPI, running in the local cluster, provisions the machines; the phase reports
 //! desired against ready machines and completes once everything is requested.
 
-use fledge_generator::apply::{ApplyOptions, Outcome, Target};
+use fledge_generator::apply::Outcome;
 use fledge_generator::render::Templates;
 use kube::Api;
 use kube::api::DynamicObject;
 
-use super::providers::FIELD_MANAGER;
 use super::{Context, PhaseError, Step};
 
 /// Why the scale-out objects could not be applied.
@@ -59,21 +58,10 @@ pub async fn apply(
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
     let objects = objects(ctx)?;
-    let target = Target {
-        client: ctx.local.clone(),
-        server: "the local cluster".into(),
-    };
-    let opts = ApplyOptions {
-        dry_run: false,
-        // The KCP's replicas were written by the pivot's create; the agent owns them now.
-        force_conflicts: true,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    let results = fledge_generator::apply::apply(&target, &objects, &opts, |a| {
-        progress(&a.to_string());
-    })
-    .await
-    .map_err(ScaleOutError::from)?;
+    // The KCP's replicas were written by the pivot's create; the agent owns them now.
+    let results = super::apply_local(ctx, &objects, |a| progress(&a.to_string()))
+        .await
+        .map_err(ScaleOutError::from)?;
     let changed = results
         .iter()
         .filter(|a| a.outcome != Outcome::Unchanged)

@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 
-use fledge_generator::apply::{ApplyOptions, Target};
 use fledge_generator::management::{KUBERNETES_VERSION_ANNOTATION, Names};
 use fledge_generator::render::Templates;
 use k8s_openapi::api::core::v1::Event;
@@ -21,7 +20,6 @@ use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-use super::providers::FIELD_MANAGER;
 use super::scaledout::ScaleOutError;
 use super::{Context, PhaseError, Step};
 use crate::day2::{self, Observed};
@@ -116,7 +114,10 @@ async fn observe(ctx: &Context, r: &Resources) -> Result<(Observed, Vec<Value>),
             .map_err(request(format!("list the {}s of {ns}/{cluster}", ar.kind)))?
             .items
         {
-            templates.insert((ar.kind.clone(), t.name_any()));
+            // Only templates fledge named by content (never one a user added by hand).
+            if t.annotations().contains_key(KUBERNETES_VERSION_ANNOTATION) {
+                templates.insert((ar.kind.clone(), t.name_any()));
+            }
         }
     }
     let machine_sets = api(&r.ms)
@@ -180,16 +181,7 @@ pub async fn apply(
         }
     }
     let writes: Vec<Value> = plan.writes.iter().map(|i| desired[*i].clone()).collect();
-    let target = Target {
-        client: ctx.local.clone(),
-        server: "the local cluster".into(),
-    };
-    let opts = ApplyOptions {
-        dry_run: false,
-        force_conflicts: true,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
-    fledge_generator::apply::apply(&target, &writes, &opts, |_| {})
+    super::apply_local(ctx, &writes, |_| {})
         .await
         .map_err(ScaleOutError::from)?;
     let ns = ctx.spec.namespace.as_str();
@@ -200,7 +192,7 @@ pub async fn apply(
             "deleted MachineDeployment {ns}/{md} (pool removed)"
         ));
     }
-    // Templates nothing points at any more: not the objects just written, not a deferred
+    // Templates (of fledge's, see `observe`) nothing points at any more: not the objects just written, not a deferred
     // MachineDeployment as it is, not a MachineSet still scaling down.
     let written: BTreeSet<&str> = writes
         .iter()
@@ -223,13 +215,9 @@ pub async fn apply(
             if used.contains(&(kind.clone(), name.clone())) {
                 continue;
             }
-            let t = api(ar).get_opt(name).await.ok().flatten();
-            // Only templates fledge named by content (never one a user added by hand).
-            if t.is_some_and(|t| t.annotations().contains_key(KUBERNETES_VERSION_ANNOTATION)) {
-                delete(&api(ar), name).await?;
-                progress(&format!("deleted unused {kind} {ns}/{name}"));
-                removed += 1;
-            }
+            delete(&api(ar), name).await?;
+            progress(&format!("deleted unused {kind} {ns}/{name}"));
+            removed += 1;
         }
     }
     if drift {
