@@ -23,11 +23,16 @@ pub enum Phase {
     AddonsReady,
     /// Reconciling from the local spec.
     Steady,
+    /// The cluster's CAPI objects were moved back to a management plane (the FledgeCluster's
+    /// deletion, or `fledge-agent unpivot`); the agent no longer manages the cluster.
+    Unpivoted,
+    /// The management plane deleted the cluster and the agent released its finalizer.
+    Released,
 }
 
 impl Phase {
     /// All phases in order.
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Installed,
         Phase::SpecFetched,
         Phase::ProvidersInstalled,
@@ -35,6 +40,8 @@ impl Phase {
         Phase::ScaledOut,
         Phase::AddonsReady,
         Phase::Steady,
+        Phase::Unpivoted,
+        Phase::Released,
     ];
 }
 
@@ -206,9 +213,18 @@ impl Journal {
             .any(|e| e.phase == phase && e.outcome == Outcome::Succeeded)
     }
 
-    /// The phase to run next: the first that has not succeeded (`None` when Steady is reached).
+    /// The phase to run next: the first that has not succeeded (`None` when Steady is reached;
+    /// the phases after Steady run only on a deletion or by hand).
     pub fn next(&self) -> Option<Phase> {
-        Phase::ALL.into_iter().find(|p| !self.done(*p))
+        Phase::ALL
+            .into_iter()
+            .take_while(|p| *p != Phase::Unpivoted)
+            .find(|p| !self.done(*p))
+    }
+
+    /// True when `phase` has an entry, whatever its outcome.
+    pub fn started(&self, phase: Phase) -> bool {
+        self.phases.iter().any(|e| e.phase == phase)
     }
 
     /// The latest phase that succeeded.

@@ -169,9 +169,30 @@ impl Sync {
         });
     }
 
+    /// A FledgeCluster being deleted (the one whose spec is cached): recorded once, durably,
+    /// for the phase runner, which then unpivots and deletes the cluster.
+    fn note_deletion(&self, obj: &FledgeCluster, uid: &str) {
+        let Some(when) = &obj.metadata.deletion_timestamp else {
+            return;
+        };
+        if self.cached.as_ref().is_some_and(|c| c.uid != uid) {
+            return;
+        }
+        let when = when.0.to_string();
+        match crate::phases::unpivoted::request_deletion(&self.state_dir, uid, &when) {
+            Ok(true) => {
+                tracing::warn!(%when, "the FledgeCluster is being deleted: moving the cluster's objects back to the management plane, which then deletes the cluster");
+                self.spec_changed.notify_one();
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record the deletion request"),
+        }
+    }
+
     fn accept(&mut self, obj: &FledgeCluster) -> Decision {
         let generation = obj.metadata.generation.unwrap_or(0);
         let uid = obj.metadata.uid.clone().unwrap_or_default();
+        self.note_deletion(obj, &uid);
         let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
         let replaces = obj
             .metadata

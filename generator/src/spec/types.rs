@@ -506,6 +506,11 @@ pub mod pivot_state {
     pub const COMPLETE: &str = "Complete";
     /// The pivot failed before cutover and put everything back.
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// An unpivot has started writing: the cluster's objects are coming back to the
+    /// management plane.
+    pub const UNPIVOTING: &str = "Unpivoting";
+    /// The cluster's objects are back on the management plane, which manages it again.
+    pub const UNPIVOTED: &str = "Unpivoted";
 }
 
 /// The prefix of the annotations the pivot puts on the objects it moves.

@@ -3,7 +3,7 @@
 //! the error chain.
 
 mod pivot;
-pub use pivot::PivotArgs;
+pub use pivot::{PivotArgs, UnpivotArgs};
 mod plan;
 mod status;
 
@@ -77,6 +77,18 @@ pub enum Cmd {
     /// converges: before cutover a failed run rolls back (source unpaused, target clean), after
     /// cutover it only moves forward, and after success it does nothing.
     Pivot(PivotArgs),
+    /// Move the cluster's Cluster API objects from the local cluster back to a management plane
+    /// (the pivot in reverse): to delete the cluster from there, or to re-home it.
+    ///
+    /// Run on the node. Before any write it checks that the target serves every type and runs
+    /// every provider of the local cluster (clusterctl's inventory) at the same or a newer
+    /// version. Then the same engine as `pivot`, with the same guarantees: rollback before
+    /// cutover, only forward after, converges when run again. At the end the objects carry no
+    /// pivot.fledge.dev annotations, so they read as before the pivot, and the FledgeCluster (if
+    /// the target has it) records status.pivot.state Unpivoted. The journal records the unpivot,
+    /// and the running agent stops managing the cluster. Deleting the FledgeCluster does the same
+    /// automatically, followed by the cluster's deletion.
+    Unpivot(UnpivotArgs),
     /// Show what the agent would do next and why: the next phase of the journal and its plan.
     ///
     /// Reads the journal and the cached spec, and asks the management plane and the local
@@ -156,6 +168,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pivot(args) => pivot::pivot(args),
+        Cmd::Unpivot(args) => pivot::unpivot(args),
         Cmd::Providers {
             dir,
             images,

@@ -35,7 +35,115 @@ pub struct PivotArgs {
     no_status: bool,
 }
 
+/// One move, from either subcommand.
+struct Move {
+    from: PathBuf,
+    to: Option<PathBuf>,
+    namespace: String,
+    cluster: String,
+    dry_run: bool,
+    output: OutputFormat,
+    opts: crate::pivot::apply::Options,
+    /// The agent's state directory, to journal an unpivot in.
+    journal: Option<PathBuf>,
+}
+
 pub(super) fn pivot(a: PivotArgs) -> anyhow::Result<()> {
+    run_move(Move {
+        from: a.from,
+        to: a.to,
+        namespace: a.namespace,
+        cluster: a.cluster,
+        dry_run: a.dry_run,
+        output: a.output,
+        opts: crate::pivot::apply::Options {
+            parallelism: usize::from(a.parallelism),
+            copy_status: !a.no_status,
+            ..crate::pivot::apply::Options::default()
+        },
+        journal: None,
+    })
+}
+
+/// `fledge-agent unpivot`'s arguments.
+#[derive(clap::Args, Debug)]
+pub struct UnpivotArgs {
+    /// Kubeconfig of the management plane that takes the cluster back (this one, or another
+    /// for re-homing). Its identity needs to create, patch and delete the cluster's objects in
+    /// the namespace, and to read CRDs and clusterctl's provider inventory.
+    #[arg(long, value_name = "KUBECONFIG")]
+    to: PathBuf,
+    /// Kubeconfig of the local cluster; default: the agent's (localKubeconfig in --config).
+    #[arg(long, value_name = "KUBECONFIG")]
+    from: Option<PathBuf>,
+    /// The agent's configuration: the defaults of --from, --namespace and --cluster, and the
+    /// state directory whose journal records the unpivot (so that the running agent stops
+    /// managing the cluster). Not needed when all three are given.
+    #[arg(long, value_name = "FILE", default_value = crate::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Namespace of the cluster's objects; default: the agent's.
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Name of the Cluster object; default: the agent's.
+    #[arg(long, value_name = "NAME")]
+    cluster: Option<String>,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Output format: of the plan with --dry-run; otherwise of the progress lines (stderr)
+    /// and the final summary (stdout).
+    #[arg(long, short, value_enum, default_value = "table")]
+    output: OutputFormat,
+    /// Requests in flight at once within a group.
+    #[arg(long, value_name = "N", default_value_t = crate::pivot::apply::DEFAULT_PARALLELISM as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    parallelism: u16,
+}
+
+pub(super) fn unpivot(a: UnpivotArgs) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    // The agent's configuration supplies what the command line leaves out.
+    let cfg = match crate::config::AgentConfig::load(&a.config) {
+        Ok(cfg) => Some(cfg),
+        Err(_) if a.from.is_some() && a.namespace.is_some() && a.cluster.is_some() => None,
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(
+                "the agent's configuration gives the defaults of --from, --namespace and --cluster; pass all three without it",
+            ));
+        }
+    };
+    let pick = |given: Option<String>, configured: Option<&str>, flag: &str| {
+        given
+            .or(configured.map(str::to_string))
+            .with_context(|| format!("{flag} is required"))
+    };
+    let namespace = pick(a.namespace, cfg.as_ref().map(|c| c.cluster.namespace.as_str()), "--namespace")?;
+    let cluster = pick(a.cluster, cfg.as_ref().map(|c| c.cluster.name.as_str()), "--cluster")?;
+    let from = match (a.from, &cfg) {
+        (Some(f), _) => f,
+        (None, Some(c)) => c.local_kubeconfig(),
+        (None, None) => anyhow::bail!("--from is required"),
+    };
+    run_move(Move {
+        from,
+        to: Some(a.to),
+        namespace,
+        cluster,
+        dry_run: a.dry_run,
+        output: a.output,
+        opts: crate::pivot::apply::Options {
+            direction: crate::pivot::apply::Direction::Unpivot,
+            parallelism: usize::from(a.parallelism),
+            ..crate::pivot::apply::Options::default()
+        },
+        journal: cfg.map(|c| c.state_dir),
+    })
+}
+
+fn run_move(a: Move) -> anyhow::Result<()> {
+    use crate::journal::{Journal, Outcome, Phase};
+    use crate::pivot::apply::Direction;
+    let noun = a.opts.direction.noun();
+    // Only the side the objects leave from needs to be read for a dry run.
     use crate::pivot::{apply, count, discover, plan};
     use std::sync::Arc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -45,6 +153,7 @@ pub(super) fn pivot(a: PivotArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let counts = Arc::new(count::Counts::default());
         let (source, source_url) = count::counted_client(Some(&a.from), counts.clone()).await?;
+        let from_side = if a.opts.direction == Direction::Pivot { "source cluster" } else { "local cluster" };
         let check = async |client: &kube::Client, server: String| {
             fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
                 client: client.clone(),
@@ -54,7 +163,7 @@ pub(super) fn pivot(a: PivotArgs) -> anyhow::Result<()> {
         };
         check(&source, source_url)
             .await
-            .map_err(|e| anyhow::Error::new(e).context(format!("source cluster (--from {})", a.from.display())))?;
+            .map_err(|e| anyhow::Error::new(e).context(format!("{from_side} (--from {})", a.from.display())))?;
         if a.dry_run {
             let graph = discover::discover(&source, &a.namespace, &a.cluster).await?;
             let plan = plan::plan(&graph, &a.namespace, &a.cluster);
@@ -77,14 +186,27 @@ pub(super) fn pivot(a: PivotArgs) -> anyhow::Result<()> {
                 eprintln!("{e}");
             }
         };
-        let opts = apply::Options {
-            parallelism: usize::from(a.parallelism),
-            copy_status: !a.no_status,
-            ..apply::Options::default()
+        // An unpivot is journaled in the agent's state directory before its first write: the
+        // running agent sees it and stops reconciling the cluster.
+        let mut journal = match &a.journal {
+            Some(dir) if a.opts.direction == Direction::Unpivot => {
+                let mut j = Journal::load(dir)?;
+                j.record(dir, Phase::Unpivoted, Outcome::Started, None, Some(format!("to {}", to.display())))?;
+                Some((dir.clone(), j))
+            }
+            _ => None,
         };
-        let summary = apply::Pivot::new(&source, &target, &a.namespace, &a.cluster, opts, &progress)
+        let result = apply::Pivot::new(&source, &target, &a.namespace, &a.cluster, a.opts, &progress)
             .run()
-            .await?;
+            .await;
+        if let Some((dir, j)) = journal.as_mut() {
+            let (outcome, message) = match &result {
+                Ok(s) => (Outcome::Succeeded, format!("to {}: {}", to.display(), s.describe())),
+                Err(e) => (Outcome::Failed, crate::phases::chain(e)),
+            };
+            j.record(dir, Phase::Unpivoted, outcome, None, Some(message))?;
+        }
+        let summary = result?;
         let requests = counts.total();
         if json {
             let mut v = serde_json::to_value(&summary)?;
@@ -93,14 +215,15 @@ pub(super) fn pivot(a: PivotArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else if summary.already_complete {
             println!(
-                "Cluster {}/{} was already pivoted; nothing to do ({requests} requests, {:.1}s)",
+                "Cluster {}/{} was already {noun}ed; nothing to do ({requests} requests, {:.1}s)",
                 a.namespace,
                 a.cluster,
                 summary.wall.as_secs_f64()
             );
         } else {
             println!(
-                "Pivoted cluster {}/{}: {} objects moved ({} created, {} statuses copied, {} deleted from the source), {requests} requests ({:.1} per object), {:.1}s",
+                "{} cluster {}/{}: {} objects moved ({} created, {} statuses copied, {} deleted from the source), {requests} requests ({:.1} per object), {:.1}s",
+                if a.opts.direction == Direction::Pivot { "Pivoted" } else { "Unpivoted" },
                 a.namespace,
                 a.cluster,
                 summary.moved,

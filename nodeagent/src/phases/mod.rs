@@ -11,6 +11,7 @@ pub mod pivoted;
 pub mod providers;
 pub mod scaledout;
 pub mod steady;
+pub mod unpivoted;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -37,7 +38,22 @@ pub const RUN: [Phase; 5] = [
 ];
 
 /// The phase the runner works on: the first not yet succeeded, else `Steady`, which never ends.
-pub fn next(journal: &Journal) -> Phase {
+/// Once the FledgeCluster's deletion is requested (`deleting`): a pivot under way is finished
+/// first (the engine converges it), then `Unpivoted`, then `Released`. An unpivot without a
+/// deletion (`fledge-agent unpivot`) leaves the runner at `Unpivoted`, which it does not run.
+pub fn next(journal: &Journal, deleting: bool) -> Phase {
+    if deleting {
+        return if journal.started(Phase::Pivoted) && !journal.done(Phase::Pivoted) {
+            Phase::Pivoted
+        } else if !journal.done(Phase::Unpivoted) {
+            Phase::Unpivoted
+        } else {
+            Phase::Released
+        };
+    }
+    if journal.started(Phase::Unpivoted) {
+        return Phase::Unpivoted;
+    }
     RUN.into_iter()
         .find(|p| *p == Phase::Steady || !journal.done(*p))
         .unwrap_or(Phase::Steady)
@@ -168,6 +184,10 @@ pub async fn plan(ctx: &Context, phase: Phase) -> Result<Plan, PhaseError> {
         Phase::ScaledOut => scaledout::plan(ctx).await?,
         Phase::AddonsReady => addons::plan(ctx).await?,
         Phase::Steady => steady::plan(ctx).await?,
+        Phase::Unpivoted if unpivoted::deletion_requested(&ctx.state_dir) => {
+            unpivoted::plan(ctx).await?
+        }
+        Phase::Released => unpivoted::plan_release(ctx).await?,
         other => (
             vec![format!(
                 "{other} is not run by fledge-agent {}",
@@ -196,6 +216,10 @@ pub async fn apply(
         Phase::ScaledOut => scaledout::apply(ctx, progress).await,
         Phase::AddonsReady => addons::apply(ctx, progress).await,
         Phase::Steady => steady::apply(ctx, progress).await,
+        Phase::Unpivoted if unpivoted::deletion_requested(&ctx.state_dir) => {
+            unpivoted::apply(ctx, progress).await
+        }
+        Phase::Released => unpivoted::apply_release(ctx, progress).await,
         other => Ok(Step::Waiting(format!(
             "{other} is not run by fledge-agent {}",
             crate::VERSION
@@ -404,7 +428,16 @@ impl Runner {
                 return Attempt::Failed;
             }
         };
-        let phase = next(&journal);
+        let deleting = unpivoted::deletion_requested(&self.state_dir);
+        let phase = next(&journal, deleting);
+        if phase == Phase::Unpivoted && !deleting {
+            // `fledge-agent unpivot` moved the cluster (or is moving it): hands off.
+            tracing::info!("the cluster was unpivoted by hand (fledge-agent unpivot); this agent no longer manages it");
+            return Attempt::Wait(Duration::from_secs(3600));
+        }
+        if phase == Phase::Released && journal.done(Phase::Released) {
+            return Attempt::Wait(Duration::from_secs(3600));
+        }
         let cached = match cache::load(&self.state_dir) {
             Ok(Some(c)) => c,
             // Nothing to act on before the first spec arrives.

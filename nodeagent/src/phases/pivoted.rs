@@ -73,6 +73,8 @@ pub async fn apply(
     if let Some(why) = gate(ctx).await? {
         return Ok(Step::Waiting(why));
     }
+    // From here on deleting the FledgeCluster needs the agent: it moves the objects back.
+    super::unpivoted::hold(ctx).await?;
     let events = |e: &crate::pivot::apply::Event| progress(&e.to_string());
     let summary = Pivot::new(
         &ctx.management,

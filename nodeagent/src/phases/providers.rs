@@ -158,7 +158,7 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
 /// The versions clusterctl's inventory records in the local cluster, by provider label (one
 /// list; empty when there is no inventory yet).
 async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String, String> {
-    let api: Api<DynamicObject> = Api::all_with(ctx.local.clone(), &inventory_resource());
+    let api: Api<DynamicObject> = Api::all_with(ctx.local.clone(), &crate::pivot::providers::inventory_resource());
     let items = api
         .list(&Default::default())
         .await
@@ -175,15 +175,6 @@ async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String,
         .collect()
 }
 
-fn inventory_resource() -> ApiResource {
-    ApiResource {
-        group: "clusterctl.cluster.x-k8s.io".into(),
-        version: "v1alpha3".into(),
-        api_version: "clusterctl.cluster.x-k8s.io/v1alpha3".into(),
-        kind: "Provider".into(),
-        plural: "providers".into(),
-    }
-}
 
 /// Installs every provider in order; each must be ready before the next one is applied.
 pub async fn apply(

@@ -9,6 +9,7 @@ pub mod crds;
 pub mod discover;
 pub mod phase;
 pub mod plan;
+pub mod providers;
 
 use serde::Serialize;
 

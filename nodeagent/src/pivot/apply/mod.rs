@@ -10,6 +10,13 @@
 //! 5. delete from the source, dependants first and the Cluster last, releasing finalizers first;
 //! 6. unpause the target Cluster and mark it `complete`.
 //!
+//! The same engine runs in reverse for an unpivot ([`Direction::Unpivot`]: the local cluster is
+//! the source and a management plane the target), with the same guarantees. Before any write it
+//! also checks that the target runs every provider of the source at the same or a newer version;
+//! the state is then marked on the target's FledgeCluster (where the management plane reads it),
+//! and once the source is empty the pivot's annotations are removed from the target objects, so
+//! that they read as before the pivot.
+//!
 //! The clusters themselves are the journal: a second run reads both, and from any interrupted
 //! state it converges to the same end state. Before cutover a run that fails for good rolls back
 //! (deletes what it created in the target, unpauses the source); after cutover it only moves
@@ -35,6 +42,7 @@ use super::plan::{Plan, plan};
 
 mod source;
 mod target;
+mod unpivot;
 
 /// Annotation on every object created in the target: the object's UID in the source.
 pub const SOURCE_UID: &str = "pivot.fledge.dev/source-uid";
@@ -47,6 +55,14 @@ pub const PAUSED_BY: &str = "pivot.fledge.dev/paused";
 
 /// The annotation that pauses a ClusterClass (and any Cluster API object).
 pub const CLASS_PAUSED: &str = "cluster.x-k8s.io/paused";
+
+/// A state the move records on the management plane's FledgeCluster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark {
+    InProgress,
+    Complete,
+    RolledBack,
+}
 
 /// Retry policy for transient errors (connection failures, 429, 5xx, optimistic-lock conflicts).
 #[derive(Debug, Clone, Copy)]
@@ -69,9 +85,35 @@ impl Default for Retry {
     }
 }
 
+/// Which way the objects go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Direction {
+    /// Management plane -> local cluster.
+    #[default]
+    Pivot,
+    /// Local cluster -> a management plane (deletion, re-homing).
+    Unpivot,
+}
+
+impl Direction {
+    /// The word for the move, in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Direction::Pivot => "pivot",
+            Direction::Unpivot => "unpivot",
+        }
+    }
+}
+
 /// How to pivot.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
+    /// Which way.
+    pub direction: Direction,
+    /// Delete the target Cluster just before it is unpaused (an unpivot for deletion: the
+    /// target's Cluster API then deletes the cluster, and never reconciles it as live first).
+    pub delete_target_cluster: bool,
     /// Requests in flight at once within a group.
     pub parallelism: usize,
     /// Copy status through the status subresource.
@@ -86,6 +128,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
+            direction: Direction::Pivot,
+            delete_target_cluster: false,
             parallelism: DEFAULT_PARALLELISM,
             copy_status: true,
             retry: Retry::default(),
@@ -151,6 +195,18 @@ pub enum Event {
         /// Objects deleted by this run.
         objects: usize,
     },
+    /// The source's providers are in the target at the same or newer versions (unpivot).
+    ProvidersChecked {
+        /// Providers compared.
+        providers: usize,
+    },
+    /// The pivot's annotations were removed from the target objects (unpivot).
+    Unmarked {
+        /// Objects changed by this run.
+        objects: usize,
+    },
+    /// The target Cluster was deleted (an unpivot for deletion).
+    ClusterDeleted,
     /// The target Cluster is unpaused and marked complete.
     Completed,
     /// A failure before cutover was rolled back.
@@ -195,7 +251,19 @@ impl std::fmt::Display for Event {
             Event::Deleted { group, objects } => {
                 write!(f, "group {}: {objects} deleted from the source", group + 1)
             }
-            Event::Completed => write!(f, "target Cluster unpaused; pivot complete"),
+            Event::ProvidersChecked { providers } => write!(
+                f,
+                "the target runs the source's {providers} providers at the same or newer versions"
+            ),
+            Event::Unmarked { objects } => write!(
+                f,
+                "pivot annotations removed from {objects} objects in the target"
+            ),
+            Event::ClusterDeleted => write!(
+                f,
+                "target Cluster deleted: its Cluster API deletes the cluster once it is unpaused"
+            ),
+            Event::Completed => write!(f, "target Cluster unpaused; move complete"),
             Event::RolledBack { deleted } => write!(
                 f,
                 "rolled back: {deleted} objects deleted from the target, source Cluster unpaused"
@@ -273,6 +341,22 @@ pub enum PivotError {
     /// The target does not hold what was created.
     #[error("verification failed: {0}")]
     Verify(String),
+    /// The target's providers are missing or older than the source's (checked before any
+    /// write).
+    #[error(
+        "the target cannot take the cluster's objects; nothing was changed: {}; upgrade the target's providers (clusterctl upgrade) or install them (clusterctl init) and run again",
+        .0.join("; ")
+    )]
+    Providers(Vec<String>),
+    /// A provider inventory could not be read (checked before any write).
+    #[error("cannot read clusterctl's provider inventory in the {side}; nothing was changed: {}", describe(source))]
+    Inventory {
+        /// `source` or `target`.
+        side: &'static str,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
     /// Objects the pivot cannot move correctly (checked before any write).
     #[error("the pivot cannot move this cluster as it is; nothing was changed: {}", .0.join("; "))]
     Refused(Vec<String>),
@@ -321,6 +405,8 @@ impl PivotError {
             PivotError::Discover(_)
                 | PivotError::Refused(_)
                 | PivotError::MissingTypes(_)
+                | PivotError::Providers(_)
+                | PivotError::Inventory { .. }
                 | PivotError::Conflict { .. }
                 | PivotError::RolledBack(_)
         )
@@ -469,6 +555,9 @@ impl<'a> Pivot<'a> {
             };
             resumed.map_err(|e| PivotError::Incomplete(Box::new(e)))?;
         } else {
+            if self.opts.direction == Direction::Unpivot {
+                self.check_providers().await?;
+            }
             // Pause first, wait for the providers' block-move to clear, then discover again:
             // what is moved is what exists once nothing reconciles it any more.
             let (graph, plan, served, existing) = match self.settled(&graph).await {
@@ -498,7 +587,7 @@ impl<'a> Pivot<'a> {
         graph: &Graph,
     ) -> Result<(Graph, Plan, HashMap<(String, String), Served>, Existing), PivotError> {
         self.ensure_namespace().await?;
-        self.mark_source(pivot_state::IN_PROGRESS).await?;
+        self.mark(Mark::InProgress).await?;
         self.pause_source(graph).await?;
         self.pause_class(graph).await?;
         let start = Instant::now();
@@ -897,6 +986,12 @@ impl<'a> Pivot<'a> {
                 objects: n,
             });
         }
+        if self.opts.direction == Direction::Unpivot {
+            // The source is empty: the source UIDs have served their purpose. The target's
+            // objects are discovered again, since a resumed run's graph lacks what an earlier
+            // run already deleted from the source.
+            self.unmark_discovered().await?;
+        }
         let target_root = &existing[&root.obj.uid];
         self.complete(graph.resource(&root.obj).expect("listed"), target_root)
             .await
@@ -913,18 +1008,36 @@ impl<'a> Pivot<'a> {
             .annotations
             .as_ref()
             .and_then(|a| a.get(PAUSED_BY));
-        let patch = if let Some(origin) = ours {
-            json!({"spec": {"paused": unpaused(origin)}, "metadata": {"annotations": {STATE: "complete", PAUSED_BY: null}}})
-        } else {
-            json!({"metadata": {"annotations": {STATE: "complete"}}})
+        // A pivot marks its end on the target Cluster; an unpivot leaves the Cluster as it was
+        // before it was ever pivoted (its end is marked on the FledgeCluster).
+        let state = match self.opts.direction {
+            Direction::Pivot => json!("complete"),
+            Direction::Unpivot => Value::Null,
         };
+        let mut patch = json!({"metadata": {"annotations": {STATE: state, PAUSED_BY: null}}});
+        if let Some(origin) = ours {
+            patch["spec"] = json!({"paused": unpaused(origin)});
+        }
+        if self.opts.direction == Direction::Unpivot {
+            patch["metadata"]["annotations"][SOURCE_UID] = Value::Null;
+        }
         let name = target_root.metadata.name.clone().unwrap_or_default();
         let api = self.api(self.target, ar);
+        if self.opts.delete_target_cluster {
+            self.delete_target_cluster(&api, target_root).await?;
+        }
+        // An unpivot marks the FledgeCluster before it unmarks the Cluster: once the Cluster is
+        // unmarked, a second run finds nothing left to do, and must find the mark in place.
+        if self.opts.direction == Direction::Unpivot {
+            self.mark(Mark::Complete).await?;
+        }
         self.merge(&api, &name, &patch, || {
             format!("unpausing the target Cluster {name}")
         })
         .await?;
-        self.mark_source(pivot_state::COMPLETE).await?;
+        if self.opts.direction == Direction::Pivot {
+            self.mark(Mark::Complete).await?;
+        }
         (self.progress)(&Event::Completed);
         Ok(())
     }
@@ -961,16 +1074,33 @@ impl<'a> Pivot<'a> {
             .as_ref()
             .and_then(|a| a.get(STATE))
             .cloned();
-        match state.as_deref() {
-            Some("complete") => {
+        match (self.opts.direction, state.as_deref()) {
+            (Direction::Pivot, Some("complete")) => {
                 summary.already_complete = true;
                 Ok(())
             }
-            Some(_) => self
+            (Direction::Pivot, Some(_)) => self
                 .complete(ar, &c)
                 .await
                 .map_err(|e| PivotError::Incomplete(Box::new(e))),
-            None => Err(no_cluster()),
+            (Direction::Pivot, None) => Err(no_cluster()),
+            // The cluster is in the target and was never pivoted from here, or an unpivot
+            // finished (and removed its marks): nothing to move. An unpivot for deletion still
+            // deletes it.
+            (Direction::Unpivot, None) => {
+                summary.already_complete = true;
+                if self.opts.delete_target_cluster {
+                    self.delete_target_cluster(&api, &c).await?;
+                }
+                Ok(())
+            }
+            (Direction::Unpivot, Some(_)) => {
+                let finish = async {
+                    self.unmark_discovered().await?;
+                    self.complete(ar, &c).await
+                };
+                finish.await.map_err(|e| PivotError::Incomplete(Box::new(e)))
+            }
         }
     }
 }

@@ -171,14 +171,24 @@ impl<'a> Pivot<'a> {
         }
     }
 
-    /// Records the pivot's state in the source FledgeCluster's status (`status.pivot`), so
-    /// that `fledge apply` on the management plane stops applying the Cluster API objects once
-    /// the pivot has started. Without a FledgeCluster of the cluster's name (a plain Cluster
-    /// API cluster) or the right to write its status, there is nothing to mark.
-    pub(super) async fn mark_source(&self, state: &str) -> Result<(), PivotError> {
+    /// Records the move's state in the management plane's FledgeCluster (`status.pivot`): the
+    /// source's for a pivot, the target's for an unpivot. `fledge apply` reads it there: it
+    /// stops applying the Cluster API objects once a pivot has started, and applies them again
+    /// once an unpivot has completed. Without a FledgeCluster of the cluster's name (a plain
+    /// Cluster API cluster) or the right to write its status, there is nothing to mark.
+    pub(super) async fn mark(&self, mark: Mark) -> Result<(), PivotError> {
         use fledge_generator::spec::FledgeCluster;
+        let (client, state) = match (self.opts.direction, mark) {
+            (Direction::Pivot, Mark::InProgress) => (self.source, pivot_state::IN_PROGRESS),
+            (Direction::Pivot, Mark::Complete) => (self.source, pivot_state::COMPLETE),
+            (Direction::Pivot, Mark::RolledBack) => (self.source, pivot_state::ROLLED_BACK),
+            (Direction::Unpivot, Mark::InProgress) => (self.target, pivot_state::UNPIVOTING),
+            (Direction::Unpivot, Mark::Complete) => (self.target, pivot_state::UNPIVOTED),
+            // Rolled back: the cluster still lives where the pivot put it.
+            (Direction::Unpivot, Mark::RolledBack) => (self.target, pivot_state::COMPLETE),
+        };
         let api: Api<DynamicObject> = Api::namespaced_with(
-            self.source.clone(),
+            client.clone(),
             self.namespace,
             &ApiResource::erase::<FledgeCluster>(&()),
         );
@@ -220,7 +230,7 @@ impl<'a> Pivot<'a> {
     ) -> PivotError {
         let rolled_back = match self.try_roll_back(graph, plan).await {
             Ok(deleted) => self
-                .mark_source(pivot_state::ROLLED_BACK)
+                .mark(Mark::RolledBack)
                 .await
                 .map(|()| deleted),
             Err(e) => Err(e),

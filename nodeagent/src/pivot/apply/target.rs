@@ -117,6 +117,9 @@ impl<'a> Pivot<'a> {
                 .or_insert_with(|| json!({}))
                 .as_object_mut();
             if let Some(ann) = ann {
+                // An object pivoted before (an unpivot's source) carries the marks of that
+                // move: they are replaced, never copied.
+                ann.remove(STATE);
                 ann.insert(SOURCE_UID.into(), Value::String(node.obj.uid.clone()));
                 if let (true, Some(origin)) = (is_root, we_paused) {
                     ann.insert(PAUSED_BY.into(), Value::String(origin.into()));
