@@ -151,3 +151,41 @@ pub fn module_crds(which: &str, subdirs: &[&str], provider: &str) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// clusterctl's inventory as `clusterctl init` leaves it: its CRD and one Provider (in
+/// `capi-system`) for each of the core, kubeadm bootstrap and control-plane, and docker
+/// infrastructure providers, all at `version`.
+pub async fn clusterctl_inventory(client: &kube::Client, version: &str) -> Result<(), String> {
+    use kube::api::DynamicObject;
+    create_and_wait(client, vec![fledge_agent::components::inventory_crd()]).await?;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns = serde_json::from_value(json!({"metadata": {"name": "capi-system"}}))
+        .map_err(|e| e.to_string())?;
+    match namespaces.create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(format!("namespace capi-system: {e}")),
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "capi-system",
+        &fledge_agent::pivot::providers::inventory_resource(),
+    );
+    for (name, kind, provider) in [
+        ("cluster-api", "CoreProvider", "cluster-api"),
+        ("bootstrap-kubeadm", "BootstrapProvider", "kubeadm"),
+        ("control-plane-kubeadm", "ControlPlaneProvider", "kubeadm"),
+        ("infrastructure-docker", "InfrastructureProvider", "docker"),
+    ] {
+        let body = json!({"apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
+            "metadata": {"name": name, "labels": {"clusterctl.cluster.x-k8s.io": "", "cluster.x-k8s.io/provider": name}},
+            "providerName": provider, "type": kind, "version": version});
+        let obj = serde_json::from_value(body).map_err(|e| e.to_string())?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(format!("inventory {name}: {e}")),
+        }
+    }
+    Ok(())
+}

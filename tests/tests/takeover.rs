@@ -22,7 +22,7 @@ use fledge_generator::render::Templates;
 use fledge_generator::spec;
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
-use fledge_tests::install::{install_crds, install_fledge_crds};
+use fledge_tests::install::{clusterctl_inventory, install_crds, install_fledge_crds};
 use fledge_tests::workspace_root;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
@@ -388,9 +388,22 @@ async fn fixture() -> Option<Fixture> {
         "metadata": {"name": "agent-test-user", "namespace": NS},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
-    apply(&target, &[binding], &ApplyOptions::default(), |_| {})
-        .await
-        .unwrap();
+    // And the rendered ClusterRole (the reads an unpivot checks before writing).
+    let cluster_role = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
+    let cluster_binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "agent-test-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role["metadata"]["name"]},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
+    apply(
+        &target,
+        &[binding, cluster_binding],
+        &ApplyOptions::default(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    // clusterctl init's inventory, at the versions the agent installs locally.
+    clusterctl_inventory(&mc, "v1.13.5").await.unwrap();
     // CP-A is up: the management plane's KCP reports the control plane initialized (no CAPI
     // controller runs on this management plane; the test plays it).
     api(
@@ -925,6 +938,131 @@ async fn sigkill_at_each_phase_boundary_and_inside_each_phase_resumes_and_scale_
             .items
             .len();
         assert_eq!(n, 1, "{kind} in the local cluster");
+    }
+    kubelet.abort();
+}
+
+/// The kinds of the cluster's objects, to check both sides are empty at the end.
+const CLUSTER_KINDS: [(&str, &str); 9] = [
+    ("cluster.x-k8s.io/v1beta2", "Cluster"),
+    ("cluster.x-k8s.io/v1beta2", "MachineDeployment"),
+    ("cluster.x-k8s.io/v1beta2", "MachineSet"),
+    ("cluster.x-k8s.io/v1beta2", "Machine"),
+    (
+        "controlplane.cluster.x-k8s.io/v1beta2",
+        "KubeadmControlPlane",
+    ),
+    ("bootstrap.cluster.x-k8s.io/v1beta2", "KubeadmConfig"),
+    (
+        "bootstrap.cluster.x-k8s.io/v1beta2",
+        "KubeadmConfigTemplate",
+    ),
+    ("infrastructure.cluster.x-k8s.io/v1beta2", "DevCluster"),
+    (
+        "infrastructure.cluster.x-k8s.io/v1beta2",
+        "DevMachineTemplate",
+    ),
+];
+
+async fn cluster_objects(client: &kube::Client) -> Vec<String> {
+    let mut out = Vec::new();
+    for (v, kind) in CLUSTER_KINDS {
+        let list =
+            Api::<DynamicObject>::namespaced_with(client.clone(), NS, &capi::resource(v, kind))
+                .list(&Default::default())
+                .await
+                .unwrap();
+        for o in list.items {
+            out.push(format!(
+                "{kind}/{} finalizers {:?}",
+                o.name_any(),
+                o.finalizers()
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_the_fledge_cluster_moves_the_cluster_back_and_the_management_plane_deletes_it() {
+    let Some(mut f) = fixture().await else {
+        return;
+    };
+    let kubelet = play_kubelet(f.local.client().await);
+    let _agent = Agent::start(&f.config, &f.log());
+    f.wait_phase(Phase::Steady, Duration::from_secs(300)).await;
+    let (mc, lc) = (f.mgmt.client().await, f.local.client().await);
+    let fcs = api(&mc, "fledge.dev/v1alpha1", "FledgeCluster");
+    let fc = fcs.get(NAME).await.unwrap();
+    assert!(
+        fc.finalizers()
+            .iter()
+            .any(|x| x == fledge_agent::phases::unpivoted::FINALIZER),
+        "the agent holds its finalizer from the pivot on: {:?}",
+        fc.finalizers()
+    );
+    let local_before = cluster_objects(&lc).await;
+    assert!(
+        local_before.iter().any(|o| o.starts_with("Cluster/"))
+            && local_before
+                .iter()
+                .any(|o| o.starts_with("MachineDeployment/")),
+        "{local_before:#?}"
+    );
+    // From here on the management plane runs Cluster API, which deletes the machines, and the
+    // garbage collector, which deletes what the Cluster owns (the templates).
+    f.mgmt.start_capi_managers(&[]).await.unwrap();
+    f.mgmt.start_controller_manager().unwrap();
+
+    let start = Instant::now();
+    fcs.delete(NAME, &Default::default()).await.unwrap();
+    // The FledgeCluster goes last: once it is gone, nothing of the cluster is left anywhere.
+    loop {
+        if fcs.get_opt(NAME).await.unwrap().is_none() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the FledgeCluster was not released: journal {:#?}\nmanagement: {:#?}\nagent log:\n{}",
+            f.journal(),
+            cluster_objects(&mc).await,
+            fledge_tests::cluster::tail(&f.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let took = start.elapsed();
+    let j = f.journal();
+    let unpivoted = j
+        .entry(Phase::Unpivoted)
+        .cloned()
+        .expect("Unpivoted journaled");
+    let released = j
+        .entry(Phase::Released)
+        .cloned()
+        .expect("Released journaled");
+    eprintln!(
+        "deletion took {:.1}s; {}; {}",
+        took.as_secs_f64(),
+        unpivoted.message.unwrap_or_default(),
+        released.message.unwrap_or_default()
+    );
+    assert!(
+        j.done(Phase::Unpivoted) && j.done(Phase::Released),
+        "{j:#?}"
+    );
+    // Released only once the Cluster was gone or its control plane was being deleted; either
+    // way the management plane's Cluster API finishes the deletion.
+    let start = Instant::now();
+    loop {
+        let (m, l) = (cluster_objects(&mc).await, cluster_objects(&lc).await);
+        if m.is_empty() && l.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "objects left (none may be held by a finalizer): management {m:#?}, local {l:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     kubelet.abort();
 }

@@ -14,7 +14,7 @@ use fledge_agent::pivot::apply::{
 use fledge_tests::capi::{self, Key, Seen};
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
 use fledge_tests::fault::{Fault, Mode, client_with};
-use fledge_tests::install::{create_and_wait, install_crds};
+use fledge_tests::install::{clusterctl_inventory, install_crds};
 use kube::Api;
 use kube::api::{DynamicObject, PostParams};
 use serde_json::{Value, json};
@@ -29,35 +29,10 @@ async fn pair(mgmt: &str, local: &str) -> Option<(TestCluster, TestCluster)> {
     for (c, version) in [(&mut m, mgmt), (&mut l, local)] {
         let client = c.client().await;
         install_crds(&client, &[F.crd_dir]).await.unwrap();
-        inventory(&client, version).await;
+        clusterctl_inventory(&client, version).await.unwrap();
         c.start_controller_manager().unwrap();
     }
     Some((m, l))
-}
-
-/// clusterctl's inventory with the core, kubeadm and docker providers at `version`.
-async fn inventory(client: &kube::Client, version: &str) {
-    create_and_wait(client, vec![fledge_agent::components::inventory_crd()])
-        .await
-        .unwrap();
-    namespace(client, "capi-system").await;
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        "capi-system",
-        &fledge_agent::pivot::providers::inventory_resource(),
-    );
-    for (name, kind, provider) in [
-        ("cluster-api", "CoreProvider", "cluster-api"),
-        ("bootstrap-kubeadm", "BootstrapProvider", "kubeadm"),
-        ("control-plane-kubeadm", "ControlPlaneProvider", "kubeadm"),
-        ("infrastructure-docker", "InfrastructureProvider", "docker"),
-    ] {
-        let body = json!({"apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
-            "metadata": {"name": name}, "providerName": provider, "type": kind, "version": version});
-        api.create(&PostParams::default(), &serde_json::from_value(body).unwrap())
-            .await
-            .unwrap();
-    }
 }
 
 async fn namespace(client: &kube::Client, ns: &str) {
@@ -159,7 +134,12 @@ async fn a_pivot_then_an_unpivot_gives_back_exactly_the_original_objects() {
 
     let (r, _) = run(&mc, &lc, ns, PivotOptions::default()).await;
     let pivoted = r.unwrap();
-    assert!(capi::list_types(&mc, ns, &keys).await.keys().all(|k| !keys.contains(k)));
+    assert!(
+        capi::list_types(&mc, ns, &keys)
+            .await
+            .keys()
+            .all(|k| !keys.contains(k))
+    );
     // What the local cluster holds now, as the agent would hand it back.
     let local = full(&lc, ns, &keys).await;
 
@@ -208,7 +188,10 @@ async fn a_pivot_then_an_unpivot_gives_back_exactly_the_original_objects() {
     let other_after = capi::snapshot(&mc, ns, &other).await;
     for (k, was) in &other_before {
         assert_eq!(was.uid, other_after[k].uid, "{k} of the other cluster");
-        assert_eq!(was.content, other_after[k].content, "{k} of the other cluster");
+        assert_eq!(
+            was.content, other_after[k].content,
+            "{k} of the other cluster"
+        );
     }
     // And the unpivot's own end state mirrors the pivot's: the local snapshot, moved.
     for (k, (s, ..)) in &local {
@@ -218,7 +201,10 @@ async fn a_pivot_then_an_unpivot_gives_back_exactly_the_original_objects() {
     // The garbage collector collected nothing: read again after it had time to act.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let problems = differences(&before, &full(&mc, ns, &keys).await);
-    assert!(problems.is_empty(), "after garbage collection: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "after garbage collection: {problems:#?}"
+    );
 
     // A second run finds nothing to move and writes nothing.
     let again = Fault::never();
@@ -228,7 +214,12 @@ async fn a_pivot_then_an_unpivot_gives_back_exactly_the_original_objects() {
     );
     let (r, _) = run(&a, &b, ns, unpivot()).await;
     assert!(r.unwrap().already_complete);
-    assert_eq!(again.writes(), 0, "a second run wrote: {:?}", again.write_log());
+    assert_eq!(
+        again.writes(),
+        0,
+        "a second run wrote: {:?}",
+        again.write_log()
+    );
 
     // And the cluster can be pivoted again (re-homing is the same engine both ways).
     let on_management = capi::snapshot(&mc, ns, &keys).await;
@@ -259,8 +250,14 @@ async fn a_target_with_older_or_missing_providers_is_refused_before_any_write() 
     let err = r.expect_err("older providers must be refused");
     let msg = err.to_string();
     println!("{msg}");
-    assert!(matches!(err, PivotError::Providers(ref p) if p.len() == 4), "{err:#}");
-    assert!(msg.contains("cluster-api is v1.13.4 in the target, older than v1.13.5 in the source"), "{msg}");
+    assert!(
+        matches!(err, PivotError::Providers(ref p) if p.len() == 4),
+        "{err:#}"
+    );
+    assert!(
+        msg.contains("cluster-api is v1.13.4 in the target, older than v1.13.5 in the source"),
+        "{msg}"
+    );
     assert!(msg.contains("nothing was changed"), "{msg}");
     assert!(err.source_untouched());
     assert_eq!(counts.writes(), 0, "{:?}", counts.write_log());
@@ -284,7 +281,9 @@ async fn a_target_with_older_or_missing_providers_is_refused_before_any_write() 
         .await
         .unwrap();
     let (r, _) = run(&lc, &mc, ns, unpivot()).await;
-    let msg = r.expect_err("a missing provider must be refused").to_string();
+    let msg = r
+        .expect_err("a missing provider must be refused")
+        .to_string();
     assert!(
         msg.contains("infrastructure-docker v1.13.5 is not installed in the target"),
         "{msg}"
@@ -362,7 +361,11 @@ async fn an_unpivot_converges_after_a_crash_at_every_write() {
                     assert_eq!(was.content, now[key].content, "k={k}: {key}");
                 }
                 let left = capi::list_types(&mc, &ns, &keys).await;
-                assert!(left.is_empty(), "k={k}: target not clean: {:?}", left.keys());
+                assert!(
+                    left.is_empty(),
+                    "k={k}: target not clean: {:?}",
+                    left.keys()
+                );
             } else {
                 assert!(kind != "other", "k={k} {mode:?}: unexpected error {err:#}");
             }

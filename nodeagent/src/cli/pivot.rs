@@ -116,8 +116,16 @@ pub(super) fn unpivot(a: UnpivotArgs) -> anyhow::Result<()> {
             .or(configured.map(str::to_string))
             .with_context(|| format!("{flag} is required"))
     };
-    let namespace = pick(a.namespace, cfg.as_ref().map(|c| c.cluster.namespace.as_str()), "--namespace")?;
-    let cluster = pick(a.cluster, cfg.as_ref().map(|c| c.cluster.name.as_str()), "--cluster")?;
+    let namespace = pick(
+        a.namespace,
+        cfg.as_ref().map(|c| c.cluster.namespace.as_str()),
+        "--namespace",
+    )?;
+    let cluster = pick(
+        a.cluster,
+        cfg.as_ref().map(|c| c.cluster.name.as_str()),
+        "--cluster",
+    )?;
     let from = match (a.from, &cfg) {
         (Some(f), _) => f,
         (None, Some(c)) => c.local_kubeconfig(),

@@ -63,10 +63,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let opts = crate::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
-    let phase = phases::next(
-        &journal,
-        phases::unpivoted::deletion_requested(&state_dir),
-    );
+    let phase = phases::next(&journal, phases::unpivoted::deletion_requested(&state_dir));
     let Some(cached) = crate::cache::load(&state_dir)? else {
         println!(
             "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",

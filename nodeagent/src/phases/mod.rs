@@ -432,7 +432,9 @@ impl Runner {
         let phase = next(&journal, deleting);
         if phase == Phase::Unpivoted && !deleting {
             // `fledge-agent unpivot` moved the cluster (or is moving it): hands off.
-            tracing::info!("the cluster was unpivoted by hand (fledge-agent unpivot); this agent no longer manages it");
+            tracing::info!(
+                "the cluster was unpivoted by hand (fledge-agent unpivot); this agent no longer manages it"
+            );
             return Attempt::Wait(Duration::from_secs(3600));
         }
         if phase == Phase::Released && journal.done(Phase::Released) {

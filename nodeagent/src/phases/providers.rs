@@ -158,7 +158,10 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
 /// The versions clusterctl's inventory records in the local cluster, by provider label (one
 /// list; empty when there is no inventory yet).
 async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String, String> {
-    let api: Api<DynamicObject> = Api::all_with(ctx.local.clone(), &crate::pivot::providers::inventory_resource());
+    let api: Api<DynamicObject> = Api::all_with(
+        ctx.local.clone(),
+        &crate::pivot::providers::inventory_resource(),
+    );
     let items = api
         .list(&Default::default())
         .await
@@ -174,7 +177,6 @@ async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String,
         })
         .collect()
 }
-
 
 /// Installs every provider in order; each must be ready before the next one is applied.
 pub async fn apply(

@@ -81,7 +81,9 @@ pub async fn hold(ctx: &Context) -> Result<(), PhaseError> {
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": fc.metadata.resource_version}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(request(format!("add finalizer {FINALIZER} to FledgeCluster {name}")))?;
+        .map_err(request(format!(
+            "add finalizer {FINALIZER} to FledgeCluster {name}"
+        )))?;
     Ok(())
 }
 
@@ -101,14 +103,17 @@ async fn release(ctx: &Context) -> Result<(), PhaseError> {
         return Ok(());
     }
     let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": fc.metadata.resource_version}});
+    let patch =
+        json!({"metadata": {"finalizers": kept, "resourceVersion": fc.metadata.resource_version}});
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(request(format!("release finalizer {FINALIZER} of FledgeCluster {name}"))(e)),
+        Err(e) => Err(request(format!(
+            "release finalizer {FINALIZER} of FledgeCluster {name}"
+        ))(e)),
     }
 }
 
@@ -175,10 +180,9 @@ async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
         ns,
         &super::capi_resource(ctx, "cluster.x-k8s.io", "Cluster", "clusters"),
     );
-    let Some(c) = clusters
-        .get_opt(name)
-        .await
-        .map_err(request(format!("read Cluster {ns}/{name} on the management plane")))?
+    let Some(c) = clusters.get_opt(name).await.map_err(request(format!(
+        "read Cluster {ns}/{name} on the management plane"
+    )))?
     else {
         return Ok(None);
     };
@@ -206,11 +210,15 @@ async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
     let lp = ListParams::default().labels(&format!(
         "cluster.x-k8s.io/cluster-name={name},cluster.x-k8s.io/control-plane"
     ));
-    let cp = machines
-        .list(&lp)
-        .await
-        .map_err(request(format!("list the control-plane Machines of {ns}/{name}")))?;
-    if !cp.items.is_empty() && cp.items.iter().all(|m| m.metadata.deletion_timestamp.is_some()) {
+    let cp = machines.list(&lp).await.map_err(request(format!(
+        "list the control-plane Machines of {ns}/{name}"
+    )))?;
+    if !cp.items.is_empty()
+        && cp
+            .items
+            .iter()
+            .all(|m| m.metadata.deletion_timestamp.is_some())
+    {
         return Ok(None);
     }
     Ok(Some(format!(
@@ -223,7 +231,10 @@ async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
 pub async fn plan_release(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let waiting = deletion_pending(ctx).await?;
     Ok((
-        vec![format!("release finalizer {FINALIZER} of FledgeCluster {}", ctx.spec.name)],
+        vec![format!(
+            "release finalizer {FINALIZER} of FledgeCluster {}",
+            ctx.spec.name
+        )],
         waiting,
     ))
 }

@@ -19,15 +19,15 @@ pub fn inventory_resource() -> ApiResource {
 
 /// Provider versions by inventory name (`cluster-api`, `infrastructure-docker`, ...). `None`
 /// when the cluster has no inventory (the CRD is not served).
-pub async fn inventory(client: &kube::Client) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
+pub async fn inventory(
+    client: &kube::Client,
+) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &inventory_resource());
     match api.list(&ListParams::default()).await {
         Ok(list) => Ok(Some(
             list.items
                 .into_iter()
-                .filter_map(|o| {
-                    Some((o.metadata.name?, o.data["version"].as_str()?.to_string()))
-                })
+                .filter_map(|o| Some((o.metadata.name?, o.data["version"].as_str()?.to_string())))
                 .collect(),
         )),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
@@ -42,7 +42,10 @@ fn parse(v: &str) -> Option<semver::Version> {
 
 /// What keeps `target` from taking the source's objects: each source provider the target lacks,
 /// runs older, or records a version that is not a semantic version. Empty when all is well.
-pub fn compare(source: &BTreeMap<String, String>, target: &BTreeMap<String, String>) -> Vec<String> {
+pub fn compare(
+    source: &BTreeMap<String, String>,
+    target: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, want) in source {
         let Some(have) = target.get(name) else {
@@ -67,12 +70,18 @@ mod tests {
     use super::*;
 
     fn inv(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
     fn the_target_needs_every_source_provider_at_the_same_or_a_newer_version() {
-        let source = inv(&[("cluster-api", "v1.13.5"), ("infrastructure-docker", "v1.13.5")]);
+        let source = inv(&[
+            ("cluster-api", "v1.13.5"),
+            ("infrastructure-docker", "v1.13.5"),
+        ]);
         let newer = inv(&[
             ("cluster-api", "v1.14.0"),
             ("infrastructure-docker", "v1.13.5"),
@@ -81,7 +90,10 @@ mod tests {
         assert!(compare(&source, &newer).is_empty());
         let problems = compare(
             &source,
-            &inv(&[("cluster-api", "v1.13.4"), ("infrastructure-docker", "nightly")]),
+            &inv(&[
+                ("cluster-api", "v1.13.4"),
+                ("infrastructure-docker", "nightly"),
+            ]),
         );
         assert_eq!(
             problems,
@@ -96,7 +108,11 @@ mod tests {
         );
         // A pre-release is older than its release.
         assert_eq!(
-            compare(&inv(&[("cluster-api", "v1.13.5")]), &inv(&[("cluster-api", "v1.13.5-rc.1")])).len(),
+            compare(
+                &inv(&[("cluster-api", "v1.13.5")]),
+                &inv(&[("cluster-api", "v1.13.5-rc.1")])
+            )
+            .len(),
             1
         );
     }

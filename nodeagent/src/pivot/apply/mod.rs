@@ -349,7 +349,10 @@ pub enum PivotError {
     )]
     Providers(Vec<String>),
     /// A provider inventory could not be read (checked before any write).
-    #[error("cannot read clusterctl's provider inventory in the {side}; nothing was changed: {}", describe(source))]
+    #[error(
+        "cannot read clusterctl's provider inventory in the {side}; nothing was changed: {}",
+        describe(source)
+    )]
     Inventory {
         /// `source` or `target`.
         side: &'static str,
@@ -1099,7 +1102,9 @@ impl<'a> Pivot<'a> {
                     self.unmark_discovered().await?;
                     self.complete(ar, &c).await
                 };
-                finish.await.map_err(|e| PivotError::Incomplete(Box::new(e)))
+                finish
+                    .await
+                    .map_err(|e| PivotError::Incomplete(Box::new(e)))
             }
         }
     }

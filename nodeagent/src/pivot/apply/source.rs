@@ -229,10 +229,7 @@ impl<'a> Pivot<'a> {
         cause: PivotError,
     ) -> PivotError {
         let rolled_back = match self.try_roll_back(graph, plan).await {
-            Ok(deleted) => self
-                .mark(Mark::RolledBack)
-                .await
-                .map(|()| deleted),
+            Ok(deleted) => self.mark(Mark::RolledBack).await.map(|()| deleted),
             Err(e) => Err(e),
         };
         match rolled_back {

@@ -21,7 +21,9 @@ impl<'a> Pivot<'a> {
             })
         };
         let Some(source) = read("source", self.source).await? else {
-            tracing::warn!("the source has no clusterctl inventory; the target's providers cannot be compared with it");
+            tracing::warn!(
+                "the source has no clusterctl inventory; the target's providers cannot be compared with it"
+            );
             return Ok(());
         };
         let target = read("target", self.target).await?.unwrap_or_default();
@@ -62,9 +64,7 @@ impl<'a> Pivot<'a> {
                         .await
                     {
                         Ok(_) => Ok(1),
-                        Err(PivotError::Request { source, .. }) if is_status(&source, 404) => {
-                            Ok(0)
-                        }
+                        Err(PivotError::Request { source, .. }) if is_status(&source, 404) => Ok(0),
                         Err(e) => Err(e),
                     }
                 }
