@@ -321,11 +321,18 @@ pub async fn pivoted(
     if let Some(fc) = soft(fc.get_opt(name).await)? {
         let status = &fc.data["status"];
         let state = status["pivot"]["state"].as_str().unwrap_or_default();
-        if [pivot_state::IN_PROGRESS, pivot_state::COMPLETE].contains(&state) {
+        if [
+            pivot_state::IN_PROGRESS,
+            pivot_state::COMPLETE,
+            pivot_state::UNPIVOTING,
+        ]
+        .contains(&state)
+        {
             return Ok(Some(format!("its FledgeCluster says the pivot is {state}")));
         }
+        // Unpivoted: the objects are back here, whatever phase the agent last reported.
         let phase = status["phase"].as_str().unwrap_or_default();
-        if POST_PIVOT_PHASES.contains(&phase) {
+        if state != pivot_state::UNPIVOTED && POST_PIVOT_PHASES.contains(&phase) {
             return Ok(Some(format!("its agent reports phase {phase}")));
         }
     }

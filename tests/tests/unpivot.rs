@@ -391,3 +391,97 @@ async fn an_unpivot_converges_after_a_failure_at_every_write() {
         assert!(outcomes.contains_key(o), "no {o} outcome: {outcomes:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journals_it() {
+    // Pivoted from management plane A; `fledge-agent unpivot` on the node moves it to B.
+    let Some((a, l)) = pair("v1.13.5", "v1.13.5").await else {
+        return;
+    };
+    let Some(mut b) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let bc = b.client().await;
+    install_crds(&bc, &[F.crd_dir]).await.unwrap();
+    clusterctl_inventory(&bc, "v1.14.0").await.unwrap();
+    b.start_controller_manager().unwrap();
+    let (ac, lc) = (a.client().await, l.client().await);
+    let ns = "fleet";
+    namespace(&ac, ns).await;
+    namespace(&bc, ns).await;
+    let keys = capi::cluster(&ac, ns, "c", F, 1).await;
+    let before = full(&ac, ns, &keys).await;
+    run(&ac, &lc, ns, PivotOptions::default()).await.0.unwrap();
+
+    // The agent's configuration gives --from, --namespace and --cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(dir.path().join("token"), "unused").unwrap();
+    std::fs::write(dir.path().join("ca.crt"), &a.ca_pem).unwrap();
+    let d = |p: &std::path::Path| p.display().to_string();
+    let cfg = json!({"apiVersion": "fledge.dev/v1alpha1", "kind": "AgentConfig",
+        "cluster": {"name": "c", "namespace": ns},
+        "management": {"server": a.url, "tokenFile": d(&dir.path().join("token")), "caFile": d(&dir.path().join("ca.crt"))},
+        "stateDir": d(&state), "localKubeconfig": d(&l.kubeconfig)});
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let unpivot = |extra: &[&str]| {
+        let out = std::process::Command::new(fledge_tests::binary("fledge-agent"))
+            .args(["unpivot", "--config"])
+            .arg(&config)
+            .arg("--to")
+            .arg(&b.kubeconfig)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = unpivot(&["--dry-run"]);
+    assert!(ok, "{out}\n{err}");
+    assert!(
+        out.contains("Cluster/c"),
+        "the plan names the objects: {out}"
+    );
+    assert!(
+        capi::list_types(&bc, ns, &keys).await.is_empty(),
+        "a dry run wrote"
+    );
+
+    let (ok, out, err) = unpivot(&[]);
+    assert!(ok, "{out}\n{err}");
+    println!("{err}{out}");
+    assert!(err.contains("same or newer versions"), "{err}");
+    assert!(out.starts_with("Unpivoted cluster fleet/c"), "{out}");
+    let problems = differences(&before, &full(&bc, ns, &keys).await);
+    assert!(
+        problems.is_empty(),
+        "on the new management plane: {problems:#?}"
+    );
+    assert!(capi::list_types(&lc, ns, &keys).await.is_empty());
+    assert!(capi::list_types(&ac, ns, &keys).await.is_empty());
+    let journal = fledge_agent::journal::Journal::load(&state).unwrap();
+    let e = journal
+        .entry(fledge_agent::journal::Phase::Unpivoted)
+        .expect("the unpivot is journaled");
+    assert_eq!(e.outcome, fledge_agent::journal::Outcome::Succeeded);
+    assert!(
+        e.message
+            .as_deref()
+            .is_some_and(|m| m.contains(&b.kubeconfig.display().to_string())),
+        "{e:?}"
+    );
+    // The runner leaves a cluster unpivoted by hand alone.
+    assert_eq!(
+        fledge_agent::phases::next(&journal, false),
+        fledge_agent::journal::Phase::Unpivoted
+    );
+
+    let (ok, out, err) = unpivot(&[]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("already unpivoted"), "{out}");
+}

@@ -58,9 +58,10 @@ pub enum Cmd {
     /// Run the agent (what the systemd unit starts): keep the spec cached, run the phases, report
     /// status.
     ///
-    /// The phases (ProvidersInstalled, Pivoted, ScaledOut) run from the journal in the state
-    /// directory; a restart resumes where the last run stopped (`fledge-agent plan` shows what
-    /// comes next). The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a
+    /// The phases (ProvidersInstalled, Pivoted, ScaledOut, AddonsReady, then Steady for good)
+    /// run from the journal in the state directory; a restart resumes where the last run stopped
+    /// (`fledge-agent plan` shows what comes next). Deleting the FledgeCluster makes the agent
+    /// unpivot into the management plane, which deletes the cluster (Unpivoted, Released). The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a
     /// second one exits at once.
     Run {
         /// Configuration file.

@@ -558,3 +558,57 @@ enum Attempt {
     Wait(Duration),
     Failed,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn journal(entries: &[(Phase, Outcome)]) -> Journal {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        for (p, o) in entries {
+            j.record(dir.path(), *p, *o, Some(1), None).unwrap();
+        }
+        j
+    }
+
+    #[test]
+    fn a_deletion_finishes_the_pivot_then_unpivots_then_releases() {
+        use Outcome::*;
+        let setup = [
+            (Phase::ProvidersInstalled, Succeeded),
+            (Phase::Pivoted, Succeeded),
+            (Phase::ScaledOut, Succeeded),
+            (Phase::AddonsReady, Succeeded),
+            (Phase::Steady, Succeeded),
+        ];
+        assert_eq!(next(&journal(&setup), false), Phase::Steady);
+        assert_eq!(next(&journal(&setup), true), Phase::Unpivoted);
+        let mut j = setup.to_vec();
+        j.push((Phase::Unpivoted, Failed));
+        assert_eq!(next(&journal(&j), true), Phase::Unpivoted);
+        // Unpivoted by hand (no deletion): the runner stays there and runs nothing.
+        assert_eq!(next(&journal(&j), false), Phase::Unpivoted);
+        j.push((Phase::Unpivoted, Succeeded));
+        assert_eq!(next(&journal(&j), true), Phase::Released);
+        // A pivot under way is finished before the unpivot; one never started is not run.
+        let midway = [
+            (Phase::ProvidersInstalled, Succeeded),
+            (Phase::Pivoted, Failed),
+        ];
+        assert_eq!(next(&journal(&midway), true), Phase::Pivoted);
+        let early = [(Phase::ProvidersInstalled, Started)];
+        assert_eq!(next(&journal(&early), true), Phase::Unpivoted);
+    }
+
+    #[test]
+    fn a_deletion_request_is_recorded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!unpivoted::deletion_requested(dir.path()));
+        assert!(unpivoted::request_deletion(dir.path(), "u", "2026-12-03T00:00:00Z").unwrap());
+        assert!(!unpivoted::request_deletion(dir.path(), "u", "later").unwrap());
+        assert!(unpivoted::deletion_requested(dir.path()));
+        let text = std::fs::read_to_string(unpivoted::request_path(dir.path())).unwrap();
+        assert!(text.contains("2026-12-03T00:00:00Z"), "{text}");
+    }
+}

@@ -79,12 +79,24 @@ pub async fn hold(ctx: &Context) -> Result<(), PhaseError> {
     }
     finalizers.push(FINALIZER.into());
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": fc.metadata.resource_version}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(request(format!(
+    {
+        Ok(_) => Ok(()),
+        // A Role rendered by an older fledge: the pivot goes on, but deleting the FledgeCluster
+        // will not bring the cluster back. Say so rather than block the cluster.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(
+                finalizer = FINALIZER,
+                "the agent may not patch its FledgeCluster (render and apply its Role again): deleting the FledgeCluster will not unpivot and delete the cluster"
+            );
+            Ok(())
+        }
+        Err(e) => Err(request(format!(
             "add finalizer {FINALIZER} to FledgeCluster {name}"
-        )))?;
-    Ok(())
+        ))(e)),
+    }
 }
 
 /// Removes [`FINALIZER`] from the FledgeCluster (gone already: nothing to do).

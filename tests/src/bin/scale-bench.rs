@@ -34,6 +34,9 @@ use kube::api::{DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
 struct Args {
+    /// The agents' `resyncSeconds` (their spec sync re-reads the FledgeCluster and reports
+    /// status this often); `None`: the agent's default (300).
+    resync: Option<u64>,
     clusters: usize,
     workers: Vec<usize>,
     settle: Duration,
@@ -42,10 +45,11 @@ struct Args {
 
 fn args() -> anyhow::Result<Args> {
     let mut a = Args {
+        resync: None,
         clusters: 20,
         workers: vec![3, 10, 50],
         settle: Duration::from_secs(30),
-        window: Duration::from_secs(60),
+        window: Duration::from_secs(120),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -63,12 +67,16 @@ fn args() -> anyhow::Result<Args> {
             }
             "--settle" => a.settle = Duration::from_secs(value()?.parse()?),
             "--window" => a.window = Duration::from_secs(value()?.parse()?),
+            "--resync" => a.resync = Some(value()?.parse()?),
             other => anyhow::bail!(
-                "unknown argument {other}; usage: scale-bench [--clusters N] [--workers K,K,..] [--settle S] [--window S]"
+                "unknown argument {other}; usage: scale-bench [--clusters N] [--workers K,K,..] [--settle S] [--window S] [--resync S]"
             ),
         }
     }
-    anyhow::ensure!(a.clusters >= 1 && !a.workers.is_empty(), "need N >= 1 and at least one K");
+    anyhow::ensure!(
+        a.clusters >= 1 && !a.workers.is_empty(),
+        "need N >= 1 and at least one K"
+    );
     Ok(a)
 }
 
@@ -134,17 +142,26 @@ fn rss_mib(pid: u32) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// The sum of `apiserver_resource_objects` over every resource (the apiserver counts them about
-/// once a minute).
+/// Objects stored: every listable resource the apiserver serves, counted with one
+/// `limit=1` list each (the page's item plus `remainingItemCount`).
 async fn stored_objects(client: &kube::Client) -> anyhow::Result<f64> {
-    let req = http::Request::get("/metrics").body(Vec::new())?;
-    let text = client.request_text(req).await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with("apiserver_resource_objects{"))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .filter(|v| *v >= 0.0)
-        .sum())
+    use kube::api::ListParams;
+    use kube::discovery::{Discovery, verbs};
+    let discovery = Discovery::new(client.clone()).run().await?;
+    let mut total = 0u64;
+    for group in discovery.groups() {
+        for (ar, caps) in group.recommended_resources() {
+            if !caps.supports_operation(verbs::LIST) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+            if let Ok(list) = api.list_metadata(&ListParams::default().limit(1)).await {
+                total += list.items.len() as u64
+                    + list.metadata.remaining_item_count.unwrap_or(0).max(0) as u64;
+            }
+        }
+    }
+    Ok(total as f64)
 }
 
 /// Audit events after byte `from`: (all, by the agents' user).
@@ -201,7 +218,12 @@ async fn namespace(client: &kube::Client, ns: &str) -> anyhow::Result<()> {
 
 /// The centralized model: every cluster's objects on the management plane, kubeconfigs
 /// pointing at the shared workload apiserver.
-async fn centralized(mgmt: &TestCluster, workload: &TestCluster, n: usize, k: usize) -> anyhow::Result<()> {
+async fn centralized(
+    mgmt: &TestCluster,
+    workload: &TestCluster,
+    n: usize,
+    k: usize,
+) -> anyhow::Result<()> {
     let mc = mgmt.client().await;
     let kubeconfig = kubeconfig_yaml(&workload.url, &workload.ca_pem, &workload.token);
     use base64::Engine;
@@ -238,7 +260,13 @@ impl Drop for Agent {
 
 /// The fledge model: per cluster the FledgeCluster and the agent's access on the management
 /// plane, and one agent process past every phase but Steady.
-async fn fledge(mgmt: &TestCluster, local: &TestCluster, n: usize, k: usize) -> anyhow::Result<Vec<Agent>> {
+async fn fledge(
+    mgmt: &TestCluster,
+    local: &TestCluster,
+    n: usize,
+    k: usize,
+    resync: Option<u64>,
+) -> anyhow::Result<Vec<Agent>> {
     let target = client_from_kubeconfig(Some(&mgmt.kubeconfig)).await?;
     let lc = local.client().await;
     let mut agents = Vec::new();
@@ -267,12 +295,17 @@ async fn fledge(mgmt: &TestCluster, local: &TestCluster, n: usize, k: usize) -> 
         let mut all = objects;
         all.push(binding);
         apply(&target, &all, &ApplyOptions::default(), |_| {}).await?;
-        agents.push(start_agent(mgmt, local, &checked)?);
+        agents.push(start_agent(mgmt, local, &checked, resync)?);
     }
     Ok(agents)
 }
 
-fn start_agent(mgmt: &TestCluster, local: &TestCluster, checked: &spec::CheckedCluster) -> anyhow::Result<Agent> {
+fn start_agent(
+    mgmt: &TestCluster,
+    local: &TestCluster,
+    checked: &spec::CheckedCluster,
+    resync: Option<u64>,
+) -> anyhow::Result<Agent> {
     let root = tempfile::tempdir()?;
     let r = root.path();
     let state = r.join("state");
@@ -300,6 +333,10 @@ fn start_agent(mgmt: &TestCluster, local: &TestCluster, checked: &spec::CheckedC
         "metricsAddress": format!("127.0.0.1:{port}"),
         "localKubeconfig": d(&local.kubeconfig),
     });
+    let mut cfg = cfg;
+    if let Some(r) = resync {
+        cfg["resyncSeconds"] = json!(r);
+    }
     let config = r.join("agent.yaml");
     std::fs::write(&config, serde_yaml::to_string(&cfg)?)?;
     let log = std::fs::File::create(r.join("agent.log"))?;
@@ -337,7 +374,7 @@ async fn measure(model: Model, n: usize, k: usize, a: &Args) -> anyhow::Result<R
             centralized(&mgmt, &local, n, k).await?;
             Vec::new()
         }
-        Model::Fledge => fledge(&mgmt, &local, n, k).await?,
+        Model::Fledge => fledge(&mgmt, &local, n, k, a.resync).await?,
     };
     eprintln!(
         "{} N={n} K={k}: populated in {:.1}s; settling {}s, measuring {}s",
@@ -371,7 +408,10 @@ async fn measure(model: Model, n: usize, k: usize, a: &Args) -> anyhow::Result<R
     };
     if let Some(agent) = _agents.first() {
         let log = agent._root.path().join("agent.log");
-        eprintln!("first agent's log, last lines:\n{}", fledge_tests::cluster::tail(&log, 8));
+        eprintln!(
+            "first agent's log, last lines:\n{}",
+            fledge_tests::cluster::tail(&log, 8)
+        );
     }
     mgmt.stop();
     Ok(row)
@@ -379,9 +419,7 @@ async fn measure(model: Model, n: usize, k: usize, a: &Args) -> anyhow::Result<R
 
 fn print(n: usize, rows: &[Row]) {
     let per = |v: f64| v / n as f64;
-    println!(
-        "\nmanagement-plane cost, N={n} clusters (per cluster = total / N)\n"
-    );
+    println!("\nmanagement-plane cost, N={n} clusters (per cluster = total / N)\n");
     println!("idle window:\n");
     println!(
         "| model | K | req/s | req/s per cluster | of which agents | objects stored | objects per cluster | apiserver+etcd mcores per cluster | apiserver+etcd MiB | CAPI managers mcores per cluster | CAPI managers MiB |"
@@ -404,7 +442,9 @@ fn print(n: usize, rows: &[Row]) {
         );
     }
     println!("\nbuilding (objects created, or agents started) and settling, per cluster:\n");
-    println!("| model | K | requests per cluster | apiserver+etcd CPU-s per cluster | CAPI managers CPU-s per cluster |");
+    println!(
+        "| model | K | requests per cluster | apiserver+etcd CPU-s per cluster | CAPI managers CPU-s per cluster |"
+    );
     println!("|---|---|---|---|---|");
     for r in rows {
         println!(
@@ -417,9 +457,17 @@ fn print(n: usize, rows: &[Row]) {
         );
     }
     println!("\nratio centralized / fledge, same K:\n");
-    println!("| K | idle req/s | objects | idle apiserver+etcd CPU | idle CAPI managers CPU | apiserver+etcd memory | CAPI managers memory | build requests | build CAPI managers CPU |");
+    println!(
+        "| K | idle req/s | objects | idle apiserver+etcd CPU | idle CAPI managers CPU | apiserver+etcd memory | CAPI managers memory | build requests | build CAPI managers CPU |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
-    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.1}x", a / b) } else { "n/a".into() };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.1}x", a / b)
+        } else {
+            "n/a".into()
+        }
+    };
     for c in rows.iter().filter(|r| r.model == Model::Centralized) {
         if let Some(f) = rows.iter().find(|r| r.model == Model::Fledge && r.k == c.k) {
             println!(
