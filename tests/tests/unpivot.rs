@@ -423,7 +423,8 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
     let cfg = json!({"apiVersion": "fledge.dev/v1alpha1", "kind": "AgentConfig",
         "cluster": {"name": "c", "namespace": ns},
         "management": {"server": a.url, "tokenFile": d(&dir.path().join("token")), "caFile": d(&dir.path().join("ca.crt"))},
-        "stateDir": d(&state), "localKubeconfig": d(&l.kubeconfig)});
+        "stateDir": d(&state), "metricsAddress": "127.0.0.1:9440",
+        "localKubeconfig": d(&l.kubeconfig)});
     let config = dir.path().join("agent.yaml");
     std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
     let unpivot = |extra: &[&str]| {
@@ -444,7 +445,12 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
     let (ok, out, err) = unpivot(&["--dry-run"]);
     assert!(ok, "{out}\n{err}");
     assert!(
-        out.contains("Cluster/c"),
+        out.starts_with("Unpivot plan for cluster fleet/c: 17 objects"),
+        "the plan names the move: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.split_whitespace().take(3).eq(["0", "Cluster", "c"])),
         "the plan names the objects: {out}"
     );
     assert!(

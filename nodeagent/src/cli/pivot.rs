@@ -176,7 +176,10 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             let graph = discover::discover(&source, &a.namespace, &a.cluster).await?;
             let plan = plan::plan(&graph, &a.namespace, &a.cluster);
             match a.output {
-                OutputFormat::Table => print!("{plan}"),
+                OutputFormat::Table => {
+                    let title = if a.opts.direction == Direction::Pivot { "Pivot" } else { "Unpivot" };
+                    print!("{}", plan::Titled(&plan, title))
+                }
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
             }
             return Ok(());

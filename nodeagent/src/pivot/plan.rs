@@ -128,11 +128,27 @@ pub fn plan(g: &Graph, namespace: &str, cluster: &str) -> Plan {
     }
 }
 
+/// A plan printed under a title other than "Pivot" (`Titled(&plan, "Unpivot")`).
+pub struct Titled<'a>(pub &'a Plan, pub &'a str);
+
 impl std::fmt::Display for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Titled(self, "Pivot").fmt(f)
+    }
+}
+
+impl std::fmt::Display for Titled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Titled(plan, title) = *self;
+        plan.table(f, title)
+    }
+}
+
+impl Plan {
+    fn table(&self, f: &mut std::fmt::Formatter<'_>, title: &str) -> std::fmt::Result {
         writeln!(
             f,
-            "Pivot plan for cluster {}/{}: {} objects in {} groups",
+            "{title} plan for cluster {}/{}: {} objects in {} groups",
             self.namespace,
             self.cluster,
             self.total,
