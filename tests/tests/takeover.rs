@@ -989,18 +989,43 @@ async fn deleting_the_fledge_cluster_moves_the_cluster_back_and_the_management_p
         return;
     };
     let kubelet = play_kubelet(f.local.client().await);
-    let _agent = Agent::start(&f.config, &f.log());
+    let mut agent = Agent::start(&f.config, &f.log());
     f.wait_phase(Phase::Steady, Duration::from_secs(300)).await;
     let (mc, lc) = (f.mgmt.client().await, f.local.client().await);
     let fcs = api(&mc, "fledge.dev/v1alpha1", "FledgeCluster");
-    let fc = fcs.get(NAME).await.unwrap();
-    assert!(
-        fc.finalizers()
+    let holds = async || {
+        fcs.get(NAME)
+            .await
+            .unwrap()
+            .finalizers()
             .iter()
-            .any(|x| x == fledge_agent::phases::unpivoted::FINALIZER),
-        "the agent holds its finalizer from the pivot on: {:?}",
-        fc.finalizers()
+            .any(|x| x == fledge_agent::phases::unpivoted::FINALIZER)
+    };
+    assert!(
+        holds().await,
+        "the agent holds its finalizer from the pivot on"
     );
+    // A cluster whose finalizer is missing (pivoted by an agent that did not take it, or
+    // removed by hand): the agent, restarted, takes it again in Steady.
+    agent.kill();
+    fcs.patch(
+        NAME,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
+    assert!(!holds().await);
+    let _agent = Agent::start(&f.config, &f.log());
+    let start = Instant::now();
+    while !holds().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "a restarted agent in Steady did not take its finalizer again:\n{}",
+            fledge_tests::cluster::tail(&f.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let local_before = cluster_objects(&lc).await;
     assert!(
         local_before.iter().any(|o| o.starts_with("Cluster/"))

@@ -386,8 +386,10 @@ impl Runner {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = self.backoff();
         let mut local: Option<kube::Client> = None;
+        // Whether this process has made sure the agent's finalizer is on its FledgeCluster.
+        let mut held = false;
         while !*stop.borrow() {
-            let delay = match self.attempt(&mut local).await {
+            let delay = match self.attempt(&mut local, &mut held).await {
                 Attempt::Progressed => {
                     backoff = self.backoff();
                     Duration::ZERO
@@ -420,7 +422,7 @@ impl Runner {
             .build()
     }
 
-    async fn attempt(&self, local: &mut Option<kube::Client>) -> Attempt {
+    async fn attempt(&self, local: &mut Option<kube::Client>, held: &mut bool) -> Attempt {
         let mut journal = match Journal::load(&self.state_dir) {
             Ok(j) => j,
             Err(e) => {
@@ -447,7 +449,7 @@ impl Runner {
         };
         let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation = cached.generation);
         let _enter = span.enter();
-        let result = self.step(local, &mut journal, phase, &cached).await;
+        let result = self.step(local, held, &mut journal, phase, &cached).await;
         // Every failure is journaled (also one before the phase could start, such as an
         // unreadable local kubeconfig); the status is told only when something changed.
         let changed = match &result {
@@ -492,6 +494,7 @@ impl Runner {
     async fn step(
         &self,
         local: &mut Option<kube::Client>,
+        held: &mut bool,
         journal: &mut Journal,
         phase: Phase,
         cached: &cache::CachedSpec,
@@ -525,6 +528,16 @@ impl Runner {
         {
             journal.record(&self.state_dir, phase, Outcome::Started, generation, None)?;
             changed = true;
+        }
+        if phase == Phase::Steady && !*held {
+            // Once per process: a cluster pivoted by an agent that did not take the finalizer
+            // (an older one), or whose finalizer was removed, is deletable from here on.
+            match unpivoted::hold(&ctx).await {
+                Ok(()) => *held = true,
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "cannot make sure the agent's finalizer is on its FledgeCluster; trying again next attempt")
+                }
+            }
         }
         let progress = move |line: &str| tracing::info!(phase = %phase, "{line}");
         match apply(&ctx, phase, &progress).await? {

@@ -62,7 +62,9 @@ fn request(what: String) -> impl FnOnce(kube::Error) -> PhaseError {
 }
 
 /// Puts [`FINALIZER`] on the FledgeCluster unless it is there or the object is being deleted
-/// (an optimistic-lock patch: a concurrent change makes it fail and be retried).
+/// (an optimistic-lock patch: a concurrent change makes it fail and be retried). Called when
+/// the pivot commits, and once per agent process in Steady, so that a cluster pivoted by an
+/// agent that did not take it, or whose finalizer was removed by hand, is deletable again.
 pub async fn hold(ctx: &Context) -> Result<(), PhaseError> {
     let name = ctx.spec.name.as_str();
     let api = fledge_clusters(ctx);
