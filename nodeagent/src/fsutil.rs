@@ -12,3 +12,18 @@ pub fn now_rfc3339() -> String {
         .unwrap_or(0);
     rfc3339(secs)
 }
+
+/// Opens (creating it and its directory) the empty lock file `path`, mode 0600, for
+/// `File::lock`/`File::try_lock` (`flock(2)`: the kernel releases a dead holder's lock).
+pub fn open_lock_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+}

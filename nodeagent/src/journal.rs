@@ -84,6 +84,29 @@ pub struct Entry {
 /// sync records SpecFetched while the phase runner records the later phases).
 static WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The lock file next to the journal (`journal.lock`, empty, mode 0600).
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal.lock")
+}
+
+/// Takes the exclusive lock that serializes the read-merge-write of the journal between
+/// processes (the service, and `fledge-agent unpivot` run by hand), held until the returned
+/// file is dropped.
+fn lock_file(state_dir: &Path) -> Result<std::fs::File, JournalError> {
+    let path = lock_path(state_dir);
+    let file = crate::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
+        path: path.clone(),
+        op: "open",
+        source,
+    })?;
+    file.lock().map_err(|source| JournalError::Io {
+        path,
+        op: "lock",
+        source,
+    })?;
+    Ok(file)
+}
+
 /// Errors reading or writing the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -154,6 +177,7 @@ impl Journal {
         message: Option<String>,
     ) -> Result<(), JournalError> {
         let _guard = WRITE.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = lock_file(state_dir)?;
         if let Ok(on_disk) = Journal::load(state_dir) {
             *self = on_disk;
         }

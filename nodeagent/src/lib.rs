@@ -17,6 +17,7 @@ pub mod notify;
 pub mod phases;
 pub mod pivot;
 pub mod run;
+pub mod runlock;
 pub mod spec_sync;
 
 /// The agent's version.

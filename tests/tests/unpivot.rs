@@ -458,8 +458,67 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
         "a dry run wrote"
     );
 
-    let (ok, out, err) = unpivot(&[]);
-    assert!(ok, "{out}\n{err}");
+    // While the service's runner is mid-attempt (it holds the run lock), the unpivot waits,
+    // before it journals or writes anything.
+    let attempt = fledge_agent::runlock::try_acquire(&state)
+        .unwrap()
+        .expect("the run lock is free");
+    let mut child = std::process::Command::new(fledge_tests::binary("fledge-agent"))
+        .args(["unpivot", "--config"])
+        .arg(&config)
+        .arg("--to")
+        .arg(&b.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines, stderr_lines) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut err = String::new();
+    let waiting = loop {
+        match stderr_lines.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => {
+                err.push_str(&line);
+                err.push('\n');
+                if line.contains("waiting for the agent's current attempt to finish") {
+                    break true;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(waiting, "the unpivot did not wait for the run lock:\n{err}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the unpivot ended while the lock was held:\n{err}"
+    );
+    assert!(
+        capi::list_types(&bc, ns, &keys).await.is_empty(),
+        "the unpivot wrote while the agent's attempt held the run lock"
+    );
+    assert!(
+        fledge_agent::journal::Journal::load(&state)
+            .unwrap()
+            .entry(fledge_agent::journal::Phase::Unpivoted)
+            .is_none(),
+        "the unpivot journaled while the agent's attempt held the run lock"
+    );
+    drop(attempt);
+    let done = child.wait_with_output().unwrap();
+    reader.join().unwrap();
+    err.extend(stderr_lines.try_iter().map(|l| l + "\n"));
+    let out = String::from_utf8_lossy(&done.stdout).to_string();
+    assert!(done.status.success(), "{out}\n{err}");
     println!("{err}{out}");
     assert!(err.contains("same or newer versions"), "{err}");
     assert!(out.starts_with("Unpivoted cluster fleet/c"), "{out}");

@@ -198,9 +198,18 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             }
         };
         // An unpivot is journaled in the agent's state directory before its first write: the
-        // running agent sees it and stops reconciling the cluster.
+        // running agent sees it and stops reconciling the cluster. The run lock, held until
+        // the outcome is journaled, keeps the agent's attempts and this move apart.
+        let mut _run = None;
         let mut journal = match &a.journal {
             Some(dir) if a.opts.direction == Direction::Unpivot => {
+                _run = Some(
+                    crate::runlock::acquire(dir, |p| {
+                        eprintln!("waiting for the agent's current attempt to finish (it holds {})", p.display())
+                    })
+                    .await
+                    .map_err(|e| anyhow::Error::new(e).context(format!("run lock {}", crate::runlock::path(dir).display())))?,
+                );
                 let mut j = Journal::load(dir)?;
                 j.record(dir, Phase::Unpivoted, Outcome::Started, None, Some(format!("to {}", to.display())))?;
                 Some((dir.clone(), j))

@@ -423,6 +423,22 @@ impl Runner {
     }
 
     async fn attempt(&self, local: &mut Option<kube::Client>, held: &mut bool) -> Attempt {
+        // Held until the attempt ends: `fledge-agent unpivot` run by hand waits for it, and
+        // while it holds the lock (moving the cluster away) no attempt starts.
+        let _run = match crate::runlock::try_acquire(&self.state_dir) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                tracing::info!(
+                    lock = %crate::runlock::path(&self.state_dir).display(),
+                    "fledge-agent unpivot, run by hand, holds the run lock; waiting"
+                );
+                return Attempt::Wait(POLL);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, lock = %crate::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
+                return Attempt::Failed;
+            }
+        };
         let mut journal = match Journal::load(&self.state_dir) {
             Ok(j) => j,
             Err(e) => {
@@ -575,6 +591,53 @@ enum Attempt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoReport;
+    impl Report for NoReport {
+        fn failed(&self, _: Phase) {}
+    }
+
+    #[tokio::test]
+    async fn no_attempt_starts_while_an_unpivot_by_hand_holds_the_run_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let cfg = format!(
+            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: c\n  namespace: fleet\nmanagement:\n  server: https://127.0.0.1:1\n  tokenFile: /t\n  caFile: /ca\nstateDir: {}\nmetricsAddress: \"127.0.0.1:9440\"\n",
+            state.display()
+        );
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, cfg).unwrap();
+        let runner = Runner {
+            cfg: AgentConfig::load(&path).unwrap(),
+            root: PathBuf::from("/"),
+            state_dir: state.clone(),
+            management: kube::Client::try_from(kube::Config::new(
+                "https://127.0.0.1:1".parse().unwrap(),
+            ))
+            .unwrap(),
+            local_counts: Arc::new(Counts::default()),
+            spec_changed: Arc::new(Notify::new()),
+            journal_changed: Arc::new(Notify::new()),
+            report: Arc::new(NoReport),
+            backoff_cap: Duration::from_secs(1),
+        };
+        // With the lock free, this attempt finds no cached spec and waits an hour for one;
+        // with it held, the attempt reads nothing and checks the lock again after POLL.
+        let mut j = Journal::load(&state).unwrap();
+        j.record(&state, Phase::Installed, Outcome::Succeeded, None, None)
+            .unwrap();
+        let before = std::fs::read(crate::journal::path(&state)).unwrap();
+        let held = crate::runlock::try_acquire(&state).unwrap().unwrap();
+        let (mut local, mut finalizer) = (None, false);
+        let a = runner.attempt(&mut local, &mut finalizer).await;
+        assert!(matches!(a, Attempt::Wait(d) if d == POLL));
+        assert_eq!(std::fs::read(crate::journal::path(&state)).unwrap(), before);
+        // The attempt held the lock only while it ran; with the lock free it runs again.
+        drop(held);
+        let a = runner.attempt(&mut local, &mut finalizer).await;
+        assert!(matches!(a, Attempt::Wait(d) if d == Duration::from_secs(3600)));
+        assert!(crate::runlock::try_acquire(&state).unwrap().is_some());
+    }
 
     fn journal(entries: &[(Phase, Outcome)]) -> Journal {
         let dir = tempfile::tempdir().unwrap();
