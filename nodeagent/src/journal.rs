@@ -80,18 +80,16 @@ pub struct Entry {
     pub generation: Option<i64>,
 }
 
-/// Serializes the read-merge-write of the journal file between the agent's tasks (the spec
-/// sync records SpecFetched while the phase runner records the later phases).
-static WRITE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The lock file next to the journal (`journal.lock`, empty, mode 0600).
 pub fn lock_path(state_dir: &Path) -> PathBuf {
     state_dir.join("journal.lock")
 }
 
-/// Takes the exclusive lock that serializes the read-merge-write of the journal between
-/// processes (the service, and `fledge-agent unpivot` run by hand), held until the returned
-/// file is dropped.
+/// Takes the exclusive lock that serializes the read-merge-write of the journal, held until the
+/// returned file is dropped. Each call opens the file anew, and a `flock(2)` lock belongs to the
+/// open file description, so it keeps apart the agent's own tasks (the spec sync records
+/// SpecFetched while the phase runner records the later phases) as well as processes (the
+/// service, and `fledge-agent unpivot` run by hand).
 fn lock_file(state_dir: &Path) -> Result<std::fs::File, JournalError> {
     let path = lock_path(state_dir);
     let file = crate::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
@@ -176,7 +174,6 @@ impl Journal {
         generation: Option<i64>,
         message: Option<String>,
     ) -> Result<(), JournalError> {
-        let _guard = WRITE.lock().unwrap_or_else(|e| e.into_inner());
         let _lock = lock_file(state_dir)?;
         if let Ok(on_disk) = Journal::load(state_dir) {
             *self = on_disk;
@@ -310,6 +307,36 @@ mod tests {
         assert!(j.done(Phase::SpecFetched), "{j:?}");
         assert_eq!(j.phases.len(), 2);
         assert_eq!(runner, j);
+    }
+
+    #[test]
+    fn two_threads_recording_phases_keep_each_others_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        std::thread::scope(|s| {
+            for phase in [Phase::SpecFetched, Phase::Steady] {
+                let dir = dir.path();
+                s.spawn(move || {
+                    let mut j = Journal::load(dir).unwrap();
+                    for round in 0..200 {
+                        j.record(dir, phase, Outcome::Started, None, Some(round.to_string()))
+                            .unwrap();
+                        let seen = Journal::load(dir).unwrap().entry(phase).cloned();
+                        assert_eq!(
+                            seen.and_then(|e| e.message),
+                            Some(round.to_string()),
+                            "{phase}: round {round} was overwritten by the other thread"
+                        );
+                    }
+                });
+            }
+        });
+        let j = Journal::load(dir.path()).unwrap();
+        for phase in [Phase::SpecFetched, Phase::Steady] {
+            assert_eq!(
+                j.entry(phase).and_then(|e| e.message.as_deref()),
+                Some("199")
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The lock file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -31,16 +30,14 @@ pub fn try_acquire(state_dir: &Path) -> std::io::Result<Option<RunLock>> {
 
 /// Takes the run lock, waiting for its holder; `waiting` is called once, when it has to wait.
 pub async fn acquire(state_dir: &Path, waiting: impl FnOnce(&Path)) -> std::io::Result<RunLock> {
-    let mut waiting = Some(waiting);
-    loop {
-        if let Some(lock) = try_acquire(state_dir)? {
-            return Ok(lock);
-        }
-        if let Some(w) = waiting.take() {
-            w(&path(state_dir));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Some(lock) = try_acquire(state_dir)? {
+        return Ok(lock);
     }
+    waiting(&path(state_dir));
+    let file = crate::fsutil::open_lock_file(&path(state_dir))?;
+    tokio::task::spawn_blocking(move || file.lock().map(|()| RunLock { _file: file }))
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 #[cfg(test)]
