@@ -3,6 +3,13 @@
 //!
 //! [`plan`] compares the wanted files with what is on disk and returns the actions; [`apply`]
 //! carries them out. An empty plan means "up to date".
+//!
+//! Every path under `--root` is resolved inside the root the way the image's own system will see
+//! it, as after `chroot(root)` ([`crate::fsutil::resolve_in_root`]): an image's symbolic link
+//! `/usr/local/bin -> /tmp/x` or `/etc/systemd/system -> /etc/systemd/system` is followed to
+//! `<root>/tmp/x` or `<root>/etc/systemd/system`, never to the build host's files. Refusing such
+//! links would reject ordinary images (merged `/usr`, `/etc/systemd/system` links); resolving
+//! them as a chroot does writes where the booted image reads.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -10,7 +17,9 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::config::{AgentConfig, ConfigError, rooted};
+use serde::Deserialize;
+
+use crate::config::{AgentConfig, ConfigError};
 
 /// The unit file installed.
 pub const UNIT: &str = include_str!("../../templates/agent/fledge-agent.service");
@@ -39,6 +48,28 @@ pub enum InstallError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// A path cannot be resolved inside the root (a symbolic link loop, an unreadable
+    /// directory).
+    #[error("cannot resolve {path} inside {root}")]
+    Resolve {
+        /// The path, as the image sees it.
+        path: PathBuf,
+        /// The root.
+        root: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `--purge` cannot tell which secret files the configuration names; nothing was removed.
+    #[error(
+        "{config}: cannot tell which management token and CA files to purge ({problem}); nothing was removed (fix the file, or remove the files it names and then the file by hand)"
+    )]
+    PurgeSecrets {
+        /// The configuration.
+        config: PathBuf,
+        /// Why.
+        problem: String,
     },
     /// The copied binary does not match the running one.
     #[error("{0}: the installed binary's sha256 does not match the running executable")]
@@ -132,8 +163,9 @@ impl Target {
             live,
         }
     }
-    fn path(&self, p: &str) -> PathBuf {
-        rooted(&self.root, Path::new(p))
+    /// `p` inside the root, symbolic links resolved inside it.
+    fn path(&self, p: &str) -> Result<PathBuf, InstallError> {
+        in_root(&self.root, Path::new(p), true)
     }
 
     /// True when installing without a configuration (none given, none in place) where that is
@@ -141,8 +173,22 @@ impl Target {
     pub fn config_pending(&self) -> bool {
         self.config.is_none()
             && (!self.live || self.no_start)
-            && !self.path(crate::config::DEFAULT_PATH).exists()
+            && !self
+                .path(crate::config::DEFAULT_PATH)
+                .is_ok_and(|p| p.exists())
     }
+}
+
+/// `path` inside `root`, symbolic links resolved inside it (the last one only when
+/// `follow_last`).
+fn in_root(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf, InstallError> {
+    crate::fsutil::resolve_in_root(root, path, follow_last).map_err(|source| {
+        InstallError::Resolve {
+            path: path.to_path_buf(),
+            root: root.to_path_buf(),
+            source,
+        }
+    })
 }
 
 fn sha256_file(path: &Path) -> Option<[u8; 32]> {
@@ -153,7 +199,7 @@ fn sha256_file(path: &Path) -> Option<[u8; 32]> {
 pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
     let mut actions = Vec::new();
     // The configuration must be valid before anything changes.
-    let config_dest = t.path(crate::config::DEFAULT_PATH);
+    let config_dest = t.path(crate::config::DEFAULT_PATH)?;
     let config_src = t.config.clone().unwrap_or_else(|| config_dest.clone());
     // Baking an image (or enabling without starting) needs no configuration: the unit's
     // ConditionPathExists keeps it inactive until cloud-init delivers one.
@@ -170,7 +216,7 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
         path: t.binary.clone(),
         source: std::io::Error::other("the running executable is not readable"),
     })?;
-    let bin = t.path(BIN_PATH);
+    let bin = t.path(BIN_PATH)?;
     let upgrade = match sha256_file(&bin) {
         Some(have) if have == want => None,
         Some(_) => Some(true),
@@ -179,7 +225,7 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
     if let Some(upgrade) = upgrade {
         actions.push(Action::WriteBinary { upgrade });
     }
-    let unit_changed = std::fs::read_to_string(t.path(UNIT_PATH)).ok().as_deref() != Some(UNIT);
+    let unit_changed = std::fs::read_to_string(t.path(UNIT_PATH)?).ok().as_deref() != Some(UNIT);
     if unit_changed {
         actions.push(Action::WriteUnit);
     }
@@ -202,7 +248,9 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
                 actions.push(Action::Restart);
             }
         }
-    } else if std::fs::read_link(t.path(WANTS_LINK)).ok() != Some(PathBuf::from(UNIT_PATH)) {
+    } else if std::fs::read_link(in_root(&t.root, Path::new(WANTS_LINK), false)?).ok()
+        != Some(PathBuf::from(UNIT_PATH))
+    {
         actions.push(Action::Link);
     }
     Ok(actions)
@@ -233,19 +281,19 @@ pub fn apply(t: &Target, actions: &[Action]) -> Result<(), InstallError> {
         match a {
             Action::WriteConfig { from } => {
                 let bytes = std::fs::read(from).map_err(io("read", from))?;
-                write_atomic(&t.path(crate::config::DEFAULT_PATH), &bytes, 0o600)?;
+                write_atomic(&t.path(crate::config::DEFAULT_PATH)?, &bytes, 0o600)?;
             }
             Action::WriteBinary { .. } => {
                 let bytes = std::fs::read(&t.binary).map_err(io("read", &t.binary))?;
-                let dest = t.path(BIN_PATH);
+                let dest = t.path(BIN_PATH)?;
                 write_atomic(&dest, &bytes, 0o755)?;
                 if sha256_file(&dest) != Some(Sha256::digest(&bytes).into()) {
                     return Err(InstallError::Verify(dest));
                 }
             }
-            Action::WriteUnit => write_atomic(&t.path(UNIT_PATH), UNIT.as_bytes(), 0o644)?,
+            Action::WriteUnit => write_atomic(&t.path(UNIT_PATH)?, UNIT.as_bytes(), 0o644)?,
             Action::Link => {
-                let link = t.path(WANTS_LINK);
+                let link = in_root(&t.root, Path::new(WANTS_LINK), false)?;
                 let dir = link.parent().unwrap_or(Path::new("/"));
                 std::fs::create_dir_all(dir).map_err(io("create", dir))?;
                 let _ = std::fs::remove_file(&link);
@@ -264,32 +312,75 @@ pub fn apply(t: &Target, actions: &[Action]) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// The part of the configuration `--purge` needs: the secret files it names. Deliberately not
+/// [`AgentConfig::load`]: a configuration that an older or newer agent wrote, or that no longer
+/// passes validation, still names its token and CA.
+#[derive(Deserialize)]
+struct Secrets {
+    management: SecretFiles,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretFiles {
+    token_file: PathBuf,
+    ca_file: PathBuf,
+}
+
+/// The management token and CA files that the installed configuration names (none when there is
+/// no configuration).
+fn secret_files(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    let config = in_root(root, Path::new(crate::config::DEFAULT_PATH), true)?;
+    let problem = |problem: String| InstallError::PurgeSecrets {
+        config: config.clone(),
+        problem,
+    };
+    let text = match std::fs::read_to_string(&config) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(problem(format!("cannot read it: {e}"))),
+    };
+    let s: Secrets = serde_yaml::from_str(&text).map_err(|e| problem(e.to_string()))?;
+    Ok(vec![s.management.token_file, s.management.ca_file])
+}
+
 /// Reverses an install: stops and disables the service, removes the link, unit and binary.
-/// The configuration and `/var/lib/fledge` are kept unless `purge`.
+/// With `purge` also the configuration, the management token and CA files it names, and
+/// `/var/lib/fledge`. Returns what was done, one line per change, naming paths as the image
+/// sees them. A name that is a symbolic link is removed, not what it points to.
 pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<String>, InstallError> {
     let live = root == Path::new("/") && Path::new("/run/systemd/system").is_dir();
+    // Read before anything changes: a purge that cannot tell where the secrets are removes
+    // nothing.
+    let secrets = if purge { secret_files(root)? } else { vec![] };
     let mut done = Vec::new();
     if live {
         let _ = systemctl(&["disable", "--now", "--no-block", UNIT_NAME]);
         done.push(format!("disabled and stopped {UNIT_NAME}"));
     }
-    let mut paths = vec![WANTS_LINK, UNIT_PATH, BIN_PATH];
+    let mut paths: Vec<PathBuf> = [WANTS_LINK, UNIT_PATH, BIN_PATH]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     if purge {
-        paths.push(crate::config::DEFAULT_PATH);
+        paths.extend(secrets);
+        paths.push(PathBuf::from(crate::config::DEFAULT_PATH));
     }
     for p in paths {
-        let path = rooted(root, Path::new(p));
+        let path = in_root(root, &p, false)?;
         match std::fs::remove_file(&path) {
-            Ok(()) => done.push(format!("removed {p}")),
+            Ok(()) => done.push(format!("removed {}", p.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io("remove", &path)(e)),
         }
     }
     if purge {
-        let state = rooted(root, Path::new("/var/lib/fledge"));
-        if state.exists() {
-            std::fs::remove_dir_all(&state).map_err(io("remove", &state))?;
-            done.push("removed /var/lib/fledge".into());
+        let state = in_root(root, Path::new("/var/lib/fledge"), false)?;
+        // remove_dir_all removes a symbolic link itself, never its target's contents.
+        match std::fs::remove_dir_all(&state) {
+            Ok(()) => done.push("removed /var/lib/fledge".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("remove", &state)(e)),
         }
     }
     if live {

@@ -1,5 +1,6 @@
 //! The agent's durable journal (`/var/lib/fledge/journal.json`): each phase with its outcome and
-//! time. A restart resumes from the first phase that has not succeeded.
+//! time. A restart resumes from the first phase that has not succeeded; a corrupt journal is set
+//! aside (kept, never overwritten) and the phases run again from the first.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -108,13 +109,14 @@ fn lock_file(state_dir: &Path) -> Result<std::fs::File, JournalError> {
 /// Errors reading or writing the journal.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// The file exists but is not a journal.
-    #[error("{path}: journal is corrupt ({problem}); it was left in place, nothing was changed")]
-    Corrupt {
-        /// The file.
+    /// A corrupt journal could not be set aside (it is still in place, unchanged).
+    #[error("{path}: journal is corrupt and cannot be set aside")]
+    SetAside {
+        /// The journal file.
         path: PathBuf,
-        /// The parse error.
-        problem: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// Reading or writing failed.
     #[error("{path}: cannot {op}")]
@@ -143,24 +145,122 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join("journal.json")
 }
 
-impl Journal {
-    /// Loads the journal; a missing file is an empty journal.
-    pub fn load(state_dir: &Path) -> Result<Journal, JournalError> {
-        let p = path(state_dir);
-        match std::fs::read(&p) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt {
-                path: p,
-                problem: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Journal {
-                version: 1,
-                phases: vec![],
-            }),
-            Err(source) => Err(JournalError::Io {
-                path: p,
-                op: "read",
+/// A corrupt journal that was set aside: its bytes kept under a new name next to it, never
+/// overwritten or deleted, for whoever investigates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAside {
+    /// The journal file (`journal.json`), now free.
+    pub journal: PathBuf,
+    /// Where its bytes are kept (`journal.json.corrupt-<unix seconds>`, with `.1`, `.2`, … when
+    /// that name is taken).
+    pub kept: PathBuf,
+    /// Why it is not a journal (the parse error).
+    pub problem: String,
+}
+
+impl fmt::Display for SetAside {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: journal was corrupt ({}); kept as {}, the journal starts empty",
+            self.journal.display(),
+            self.problem,
+            self.kept.display()
+        )
+    }
+}
+
+/// What the journal file holds.
+enum OnDisk {
+    Missing,
+    Valid(Journal),
+    Corrupt(String),
+}
+
+fn read(state_dir: &Path) -> Result<OnDisk, JournalError> {
+    let p = path(state_dir);
+    match std::fs::read(&p) {
+        Ok(bytes) => Ok(match serde_json::from_slice(&bytes) {
+            Ok(j) => OnDisk::Valid(j),
+            Err(e) => OnDisk::Corrupt(e.to_string()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(OnDisk::Missing),
+        Err(source) => Err(JournalError::Io {
+            path: p,
+            op: "read",
+            source,
+        }),
+    }
+}
+
+/// Moves the corrupt journal to `journal.json.corrupt-<secs>` (never replacing an earlier
+/// copy); the caller holds the journal lock.
+fn set_aside(state_dir: &Path, problem: String, secs: u64) -> Result<SetAside, JournalError> {
+    let journal = path(state_dir);
+    let kept =
+        crate::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(|source| {
+            JournalError::SetAside {
+                path: journal.clone(),
                 source,
-            }),
+            }
+        })?;
+    Ok(SetAside {
+        journal,
+        kept,
+        problem,
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Journal {
+    fn empty() -> Journal {
+        Journal {
+            version: 1,
+            phases: vec![],
+        }
+    }
+
+    /// Loads the journal; a missing file is an empty journal, and so is a corrupt one, which is
+    /// set aside first (see [`Journal::load_recovering`]).
+    pub fn load(state_dir: &Path) -> Result<Journal, JournalError> {
+        Ok(Journal::load_recovering(state_dir)?.0)
+    }
+
+    /// Loads the journal, and says whether a corrupt one was set aside.
+    ///
+    /// A journal that does not parse must not stop the agent (a restart loop that only a person
+    /// can end): it is moved aside to `journal.json.corrupt-<unix seconds>` (atomically, never
+    /// replacing an earlier copy), logged as an error naming both files, and the journal starts
+    /// empty. Starting over is safe: every phase is idempotent and re-checks the cluster, and the
+    /// cached spec next to the journal is kept. Only a file that is still corrupt once the
+    /// journal lock is held is moved, so a fresh journal another process wrote meanwhile is
+    /// never taken for it.
+    pub fn load_recovering(state_dir: &Path) -> Result<(Journal, Option<SetAside>), JournalError> {
+        match read(state_dir)? {
+            OnDisk::Missing => return Ok((Journal::empty(), None)),
+            OnDisk::Valid(j) => return Ok((j, None)),
+            OnDisk::Corrupt(_) => {}
+        }
+        let _lock = lock_file(state_dir)?;
+        match read(state_dir)? {
+            OnDisk::Missing => Ok((Journal::empty(), None)),
+            OnDisk::Valid(j) => Ok((j, None)),
+            OnDisk::Corrupt(problem) => {
+                let aside = set_aside(state_dir, problem, unix_now())?;
+                tracing::error!(
+                    journal = %aside.journal.display(),
+                    kept = %aside.kept.display(),
+                    problem = %aside.problem,
+                    "the journal is corrupt: it was set aside and the journal starts empty; the agent runs its phases again from the first (each re-checks the cluster)"
+                );
+                Ok((Journal::empty(), Some(aside)))
+            }
         }
     }
 
@@ -175,8 +275,21 @@ impl Journal {
         message: Option<String>,
     ) -> Result<(), JournalError> {
         let _lock = lock_file(state_dir)?;
-        if let Ok(on_disk) = Journal::load(state_dir) {
-            *self = on_disk;
+        match read(state_dir) {
+            Ok(OnDisk::Valid(on_disk)) => *self = on_disk,
+            Ok(OnDisk::Missing) => *self = Journal::empty(),
+            // Never overwritten: set aside, and this copy (the best record left) is written.
+            Ok(OnDisk::Corrupt(problem)) => {
+                let aside = set_aside(state_dir, problem, unix_now())?;
+                tracing::error!(
+                    journal = %aside.journal.display(),
+                    kept = %aside.kept.display(),
+                    problem = %aside.problem,
+                    "the journal is corrupt: it was set aside and replaced by this process's copy"
+                );
+            }
+            // Unreadable: the write below says why if it fails too.
+            Err(_) => {}
         }
         let entry = Entry {
             phase,
@@ -339,12 +452,104 @@ mod tests {
         }
     }
 
+    /// Names in `dir` that start with `journal.json.corrupt-`, sorted.
+    fn set_aside_files(dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("journal.json.corrupt-")
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn a_corrupt_journal_is_reported_and_left_alone() {
+    fn a_corrupt_journal_is_set_aside_and_the_agent_starts_from_an_empty_journal() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(path(dir.path()), b"{not json").unwrap();
-        let err = Journal::load(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("journal is corrupt"), "{err}");
-        assert_eq!(std::fs::read(path(dir.path())).unwrap(), b"{not json");
+        let (j, aside) = Journal::load_recovering(dir.path()).unwrap();
+        assert_eq!(j.next(), Some(Phase::Installed), "{j:?}");
+        assert!(j.phases.is_empty(), "{j:?}");
+        let aside = aside.expect("the corrupt journal is reported");
+        assert_eq!(aside.journal, path(dir.path()));
+        assert_eq!(set_aside_files(dir.path()), vec![aside.kept.clone()]);
+        assert_eq!(std::fs::read(&aside.kept).unwrap(), b"{not json");
+        assert!(!path(dir.path()).exists(), "the corrupt name is free");
+        let shown = aside.to_string();
+        assert!(
+            shown.contains(&path(dir.path()).display().to_string())
+                && shown.contains(&aside.kept.display().to_string()),
+            "{shown}"
+        );
+        // The next load finds no journal: nothing more is set aside.
+        let (j, again) = Journal::load_recovering(dir.path()).unwrap();
+        assert!(j.phases.is_empty() && again.is_none());
+    }
+
+    #[test]
+    fn plain_load_of_a_corrupt_journal_sets_it_aside_too() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(path(dir.path()), b"\0\0\0").unwrap();
+        let j = Journal::load(dir.path()).unwrap();
+        assert_eq!(j.next(), Some(Phase::Installed));
+        let kept = set_aside_files(dir.path());
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), b"\0\0\0");
+    }
+
+    #[test]
+    fn setting_aside_never_overwrites_an_earlier_corrupt_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut kept = Vec::new();
+        for (i, bytes) in [&b"first"[..], b"second", b"third"].into_iter().enumerate() {
+            std::fs::write(path(dir.path()), bytes).unwrap();
+            // The same second each time: the names must still differ.
+            let aside = set_aside(dir.path(), "bad".into(), 1_700_000_000).unwrap();
+            assert_eq!(std::fs::read(&aside.kept).unwrap(), bytes, "copy {i}");
+            kept.push(aside.kept);
+        }
+        assert_eq!(set_aside_files(dir.path()).len(), 3, "{kept:?}");
+        for (k, bytes) in kept.iter().zip([&b"first"[..], b"second", b"third"]) {
+            assert_eq!(std::fs::read(k).unwrap(), bytes, "{}", k.display());
+        }
+        assert!(
+            kept[0]
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal.json.corrupt-1700000000")
+        );
+    }
+
+    #[test]
+    fn record_sets_a_corrupt_journal_aside_instead_of_overwriting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::load(dir.path()).unwrap();
+        j.record(dir.path(), Phase::Installed, Outcome::Succeeded, None, None)
+            .unwrap();
+        std::fs::write(path(dir.path()), b"garbage").unwrap();
+        j.record(
+            dir.path(),
+            Phase::SpecFetched,
+            Outcome::Succeeded,
+            Some(2),
+            None,
+        )
+        .unwrap();
+        let kept = set_aside_files(dir.path());
+        assert_eq!(kept.len(), 1, "the corrupt file was overwritten");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), b"garbage");
+        // The writer's own copy is the best record left: it is kept, with the new entry.
+        let on_disk = Journal::load(dir.path()).unwrap();
+        assert!(
+            on_disk.done(Phase::Installed) && on_disk.done(Phase::SpecFetched),
+            "{on_disk:?}"
+        );
+        assert_eq!(on_disk, j);
     }
 }

@@ -561,3 +561,237 @@ fn black_hole() -> u16 {
     });
     port
 }
+
+#[test]
+fn run_sets_a_corrupt_journal_aside_and_starts_from_the_first_phase() {
+    let d = tempfile::tempdir().unwrap();
+    let (state, cfg_path) = agent_config(d.path(), free_port(), free_port());
+    std::fs::create_dir_all(&state).unwrap();
+    let journal = state.join("journal.json");
+    let corrupt = b"{\"version\": 1, \"phases\": [{\"phase\": \"Pivo";
+    std::fs::write(&journal, corrupt).unwrap();
+    let log = d.path().join("agent.log");
+    let mut guard = Guard(
+        Command::new(AGENT)
+            .args(["run", "--config", cfg_path.to_str().unwrap()])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The agent keeps running and writes a fresh journal, starting from the first phase.
+    let start = std::time::Instant::now();
+    let fresh = loop {
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            panic!(
+                "the agent exited ({s}) on a corrupt journal:\n{}",
+                log_text()
+            );
+        }
+        let parsed = std::fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<fledge_agent::journal::Journal>(&b).ok());
+        if let Some(j) = parsed {
+            break j;
+        }
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "no fresh journal after 10 s:\n{}",
+            log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        fresh.done(fledge_agent::journal::Phase::Installed),
+        "{fresh:?}"
+    );
+    assert!(
+        !fresh.done(fledge_agent::journal::Phase::Pivoted),
+        "{fresh:?}"
+    );
+    // The corrupt bytes are kept next to it, and the log names both files.
+    let kept: Vec<PathBuf> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("journal.json.corrupt-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), corrupt);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(guard.0.try_wait().unwrap().is_none(), "{}", log_text());
+    let text = log_text();
+    assert!(
+        text.contains("ERROR")
+            && text.contains(journal.to_str().unwrap())
+            && text.contains(kept[0].to_str().unwrap()),
+        "{text}"
+    );
+}
+
+/// A configuration whose token and CA live somewhere other than the examples' paths, so a test
+/// proves the paths come from the configuration.
+fn config_with_secrets_at(token: &str, ca: &str) -> String {
+    CONFIG
+        .replace("/etc/fledge/management/token", token)
+        .replace("/etc/fledge/management/ca.crt", ca)
+}
+
+#[test]
+fn purge_removes_the_management_token_and_ca_named_by_the_configuration() {
+    let (d, root, _) = setup();
+    let cfg = d.path().join("secrets.yaml");
+    std::fs::write(
+        &cfg,
+        config_with_secrets_at("/srv/fledge-secrets/token", "/opt/pki/mgmt-ca.pem"),
+    )
+    .unwrap();
+    let r = root.to_str().unwrap();
+    let (ok, _, err) = agent(
+        AGENT,
+        &["install", "--root", r, "--config", cfg.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    for (p, text) in [
+        ("srv/fledge-secrets/token", "t0ken"),
+        ("opt/pki/mgmt-ca.pem", "-----BEGIN CERTIFICATE-----\n"),
+        ("var/lib/fledge/journal.json", "{}"),
+    ] {
+        std::fs::create_dir_all(root.join(p).parent().unwrap()).unwrap();
+        std::fs::write(root.join(p), text).unwrap();
+    }
+    // Without --purge the secrets stay.
+    let (ok, out, err) = agent(AGENT, &["uninstall", "--root", r]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("token"), "{out}");
+    assert!(root.join("srv/fledge-secrets/token").exists());
+
+    let (ok, out, err) = agent(AGENT, &["uninstall", "--root", r, "--purge"]);
+    assert!(ok, "{err}");
+    for p in [
+        "srv/fledge-secrets/token",
+        "opt/pki/mgmt-ca.pem",
+        "etc/fledge/agent.yaml",
+        "var/lib/fledge",
+    ] {
+        assert!(!root.join(p).exists(), "{p} remains after --purge");
+    }
+    for line in [
+        "removed /srv/fledge-secrets/token",
+        "removed /opt/pki/mgmt-ca.pem",
+        "removed /etc/fledge/agent.yaml",
+        "removed /var/lib/fledge",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+    // A second purge has nothing left to do and says nothing was removed.
+    let (ok, out, err) = agent(AGENT, &["uninstall", "--root", r, "--purge"]);
+    assert!(ok && !out.contains("removed"), "{out}{err}");
+}
+
+#[test]
+fn purge_with_an_unreadable_configuration_fails_before_removing_anything() {
+    let (_d, root, cfg) = setup();
+    let r = root.to_str().unwrap();
+    assert!(
+        agent(
+            AGENT,
+            &["install", "--root", r, "--config", cfg.to_str().unwrap()]
+        )
+        .0
+    );
+    std::fs::write(root.join("etc/fledge/agent.yaml"), "management: [").unwrap();
+    let before = walk(&root);
+    let (ok, _, err) = agent(AGENT, &["uninstall", "--root", r, "--purge"]);
+    assert!(
+        !ok,
+        "a purge that cannot tell where the secrets are must fail"
+    );
+    assert!(
+        err.contains("etc/fledge/agent.yaml") && err.contains("token"),
+        "{err}"
+    );
+    assert_eq!(walk(&root), before, "nothing was removed");
+}
+
+#[test]
+fn install_and_purge_stay_inside_the_root_when_image_symlinks_point_out_of_it() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("rootfs");
+    let outside = d.path().join("outside");
+    for p in ["bin", "systemd", "fledge-etc/management", "lib/fledge"] {
+        std::fs::create_dir_all(outside.join(p)).unwrap();
+    }
+    std::fs::write(outside.join("fledge-etc/management/token"), "host-token").unwrap();
+    std::fs::write(outside.join("lib/fledge/journal.json"), "host state").unwrap();
+    for p in ["usr/local", "etc/systemd", "var"] {
+        std::fs::create_dir_all(root.join(p)).unwrap();
+    }
+    let link = |target: &Path, at: &str| std::os::unix::fs::symlink(target, root.join(at)).unwrap();
+    // Absolute links, as a host path would be, and one relative link climbing above the root.
+    link(&outside.join("bin"), "usr/local/bin");
+    link(&outside.join("systemd"), "etc/systemd/system");
+    link(&outside.join("lib"), "var/lib");
+    link(Path::new("../../outside/fledge-etc"), "etc/fledge");
+    assert!(
+        root.join("etc/fledge/management/token").exists(),
+        "the test's links work"
+    );
+    let outside_before = walk(&outside);
+
+    let cfg = d.path().join("agent.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let r = root.to_str().unwrap();
+    let (ok, out, err) = agent(
+        AGENT,
+        &["install", "--root", r, "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(
+        walk(&outside),
+        outside_before,
+        "install wrote outside the root"
+    );
+    assert!(ok, "{err}");
+    // The links are followed the way a chroot would: an absolute target is taken inside the
+    // root, and `..` stops at the root.
+    let inside = |abs: &Path| root.join(abs.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(inside(&outside.join("bin/fledge-agent"))).unwrap(),
+        std::fs::read(AGENT).unwrap(),
+        "{out}"
+    );
+    assert!(inside(&outside.join("systemd/fledge-agent.service")).is_file());
+    assert_eq!(
+        std::fs::read_link(inside(
+            &outside.join("systemd/multi-user.target.wants/fledge-agent.service")
+        ))
+        .unwrap(),
+        Path::new("/etc/systemd/system/fledge-agent.service")
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("outside/fledge-etc/agent.yaml")).unwrap(),
+        CONFIG
+    );
+    let (ok, out, _) = agent(
+        AGENT,
+        &["install", "--root", r, "--config", cfg.to_str().unwrap()],
+    );
+    assert!(ok && out.contains("up to date"), "{out}");
+
+    let (ok, out, err) = agent(AGENT, &["uninstall", "--root", r, "--purge"]);
+    assert_eq!(
+        walk(&outside),
+        outside_before,
+        "uninstall changed files outside the root"
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("removed /usr/local/bin/fledge-agent"), "{out}");
+    assert!(!inside(&outside.join("bin/fledge-agent")).exists());
+    assert!(!root.join("outside/fledge-etc/agent.yaml").exists());
+}

@@ -43,7 +43,9 @@ pub enum Cmd {
     /// files and the enablement link. A second run reports "up to date" and changes nothing; a
     /// different binary is an upgrade, followed by a restart.
     Install {
-        /// Filesystem root to install into.
+        /// Filesystem root to install into. Symbolic links in it are resolved inside it, as after
+        /// chroot (an image's /usr/local/bin -> /tmp/x means DIR/tmp/x): nothing is written
+        /// outside DIR.
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
         /// Configuration to install as /etc/fledge/agent.yaml (mode 0600); default: use the one
@@ -130,12 +132,15 @@ pub enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Stop, disable and remove the agent (keeps its configuration and state unless --purge).
+    /// Stop, disable and remove the agent (keeps its configuration, secrets and state unless
+    /// --purge); prints each path it removed.
     Uninstall {
-        /// Filesystem root.
+        /// Filesystem root (symbolic links in it are resolved inside it, as for install).
         #[arg(long, value_name = "DIR", default_value = "/")]
         root: PathBuf,
-        /// Also remove /etc/fledge/agent.yaml and /var/lib/fledge.
+        /// Also remove /etc/fledge/agent.yaml, the management token and CA files it names
+        /// (management.tokenFile, management.caFile) and /var/lib/fledge. Fails, removing
+        /// nothing, when the configuration cannot be read to find them.
         #[arg(long)]
         purge: bool,
     },
