@@ -81,6 +81,14 @@ pub enum ApplyError {
         /// The server's message (names the field and the rule).
         message: String,
     },
+    /// The caller's guard refused to apply an object (the live object belongs to someone else).
+    #[error("{object}: refused: {reason}")]
+    Refused {
+        /// `kind/name`.
+        object: String,
+        /// Why.
+        reason: String,
+    },
     /// A request failed for another reason.
     #[error("{object}: request failed")]
     Request {
@@ -112,6 +120,10 @@ pub struct Applied {
     pub outcome: Outcome,
     /// The server's resourceVersion afterwards (absent under dry run for new objects).
     pub resource_version: Option<String>,
+    /// The namespace the object was applied in: the manifest's, the client's default for a
+    /// namespaced object without one, `None` for a cluster-scoped object (whose manifest's
+    /// namespace, if any, is ignored, as kubectl does).
+    pub namespace: Option<String>,
 }
 
 impl fmt::Display for Applied {
@@ -200,6 +212,23 @@ pub async fn apply(
     target: &Target,
     objects: &[Value],
     opts: &ApplyOptions,
+    progress: impl FnMut(&Applied),
+) -> Result<Vec<Applied>, ApplyError> {
+    apply_guarded(target, objects, opts, &|_, _| Ok(()), progress).await
+}
+
+/// What [`apply_guarded`] asks before each object: the object as it will be sent (namespace
+/// normalised by the kind's scope) and the live object, if any. `Err(reason)` stops the apply
+/// with [`ApplyError::Refused`] before that object is written.
+pub type Guard<'a> =
+    dyn Fn(&Value, Option<&DynamicObject>) -> Result<(), String> + Send + Sync + 'a;
+
+/// [`apply`], asking `guard` before each write.
+pub async fn apply_guarded(
+    target: &Target,
+    objects: &[Value],
+    opts: &ApplyOptions,
+    guard: &Guard<'_>,
     mut progress: impl FnMut(&Applied),
 ) -> Result<Vec<Applied>, ApplyError> {
     check_reachable(target).await?;
@@ -216,7 +245,10 @@ pub async fn apply(
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let namespace = obj["metadata"]["namespace"].as_str().map(str::to_string);
+        let manifest_namespace = obj["metadata"]["namespace"]
+            .as_str()
+            .filter(|ns| !ns.is_empty())
+            .map(str::to_string);
         let key = (api_version.clone(), kind.clone());
         if !kinds.contains_key(&key) {
             let (group, version) = api_version
@@ -237,10 +269,31 @@ pub async fn apply(
         }
         let (ar, caps) = &kinds[&key];
         let label = label(&ar.kind, &ar.group, &name);
-        let api: Api<DynamicObject> = match (&caps.scope, &namespace) {
-            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
-            (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), ar),
-            (Scope::Cluster, _) => Api::all_with(client.clone(), ar),
+        // The namespace by the kind's scope: a namespaced object without one goes to the
+        // client's default namespace, and says so in its body; a cluster-scoped object's body
+        // carries none (published manifests often set one).
+        let namespace = match caps.scope {
+            Scope::Namespaced => Some(
+                manifest_namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_string()),
+            ),
+            Scope::Cluster => None,
+        };
+        let mut body = obj.clone();
+        if let Some(meta) = body.get_mut("metadata").and_then(Value::as_object_mut) {
+            match &namespace {
+                Some(ns) => {
+                    meta.insert("namespace".into(), Value::String(ns.clone()));
+                }
+                None => {
+                    meta.remove("namespace");
+                }
+            }
+        }
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+            None => Api::all_with(client.clone(), ar),
         };
         let request_err = |source: kube::Error| match source {
             kube::Error::Api(s)
@@ -273,8 +326,12 @@ pub async fn apply(
             },
         };
         let before = api.get_opt(&name).await.map_err(request_err)?;
+        guard(&body, before.as_ref()).map_err(|reason| ApplyError::Refused {
+            object: label.clone(),
+            reason,
+        })?;
         let after = api
-            .patch(&name, &pp, &Patch::Apply(obj))
+            .patch(&name, &pp, &Patch::Apply(&body))
             .await
             .map_err(request_err)?;
         let outcome = match &before {
@@ -295,6 +352,7 @@ pub async fn apply(
             object: label,
             outcome,
             resource_version: after.metadata.resource_version.clone(),
+            namespace,
         };
         progress(&applied);
         results.push(applied);

@@ -251,16 +251,22 @@ pub fn prepare(
     }
     let label = provider.label();
     let mut tolerated = Vec::new();
-    for d in &mut docs {
-        let labels = &mut d["metadata"]["labels"];
-        if !labels.is_object() {
-            *labels = json!({});
-        }
-        labels["clusterctl.cluster.x-k8s.io"] = json!("");
+    for (i, d) in docs.iter_mut().enumerate() {
+        let labels = crate::json::object_mut(d, &["metadata", "labels"]).map_err(|problem| {
+            ComponentsError::Parse {
+                path: path.to_path_buf(),
+                index: i + 1,
+                problem,
+            }
+        })?;
+        labels.insert("clusterctl.cluster.x-k8s.io".into(), json!(""));
         if provider.kind == Kind::CertManager {
-            labels["clusterctl.cluster.x-k8s.io/core"] = json!("cert-manager");
+            labels.insert(
+                "clusterctl.cluster.x-k8s.io/core".into(),
+                json!("cert-manager"),
+            );
         } else {
-            labels["cluster.x-k8s.io/provider"] = json!(label);
+            labels.insert("cluster.x-k8s.io/provider".into(), json!(label));
         }
         if tolerate_control_plane(d) {
             tolerated.push(format!(
@@ -349,15 +355,19 @@ fn tolerate_control_plane(d: &mut Value) -> bool {
     if !matches!(kind, "Deployment" | "StatefulSet" | "DaemonSet") {
         return false;
     }
-    let spec = &mut d["spec"]["template"]["spec"];
-    if !spec.is_object() {
+    let Some(spec) = d
+        .pointer_mut("/spec/template/spec")
+        .and_then(Value::as_object_mut)
+    else {
         return false;
-    }
-    let tolerations = &mut spec["tolerations"];
+    };
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     if !tolerations.is_array() {
         *tolerations = json!([]);
     }
-    let list = tolerations.as_array_mut().expect("set above");
+    let Value::Array(list) = tolerations else {
+        return false;
+    };
     let covered = list.iter().any(|t| {
         let key = t["key"].as_str();
         let effect = t["effect"].as_str();
@@ -687,6 +697,42 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "c.yaml: no value for the variables ALPHA, ZED; set them under providers.variables in the agent configuration"
+        );
+    }
+
+    #[test]
+    fn malformed_fields_in_a_release_are_errors_naming_the_document_not_panics() {
+        let v = vars(&[]);
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, labels: [x]}\n";
+        let err = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml: document 2: metadata.labels must be a mapping (got a list)"
+        );
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: text\n";
+        let err = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "c.yaml: document 1: metadata must be a mapping (got a string)"
+        );
+        // A workload whose pod template is not a mapping gets no toleration, and no panic.
+        for spec in [
+            "spec: x",
+            "spec: {template: [a]}",
+            "spec: {template: {spec: 1}}",
+        ] {
+            let text =
+                format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: d}}\n{spec}\n");
+            let c = prepare(Path::new("c.yaml"), &text, &core(), &v).unwrap();
+            assert!(c.tolerated.is_empty(), "{spec}");
+        }
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {template: {spec: {tolerations: bad}}}\n";
+        assert_eq!(
+            prepare(Path::new("c.yaml"), text, &core(), &v)
+                .unwrap()
+                .tolerated
+                .len(),
+            1
         );
     }
 

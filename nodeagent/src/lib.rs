@@ -12,6 +12,7 @@ pub mod fetch;
 pub mod fsutil;
 pub mod install;
 pub mod journal;
+pub mod json;
 pub mod metrics;
 pub mod notify;
 pub mod phases;

@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub requests: Option<(Arc<Counts>, Arc<Counts>)>,
     /// The state directory (the add-on layers' states are read from it).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Tasks of the agent that ended (returned or panicked); `/healthz` fails while any has.
+    pub tasks_ended: Vec<&'static str>,
 }
 
 impl crate::phases::Report for Shared {
@@ -64,6 +66,19 @@ impl Shared {
     }
     pub(crate) fn error(&self, kind: &'static str) {
         self.update(|s| *s.errors.entry(kind).or_default() += 1);
+    }
+
+    /// `/healthz`: ok while every task of the agent runs.
+    pub fn healthz(&self) -> (&'static str, String) {
+        let ended = self.snapshot().tasks_ended;
+        if ended.is_empty() {
+            ("200 OK", "ok\n".to_string())
+        } else {
+            (
+                "503 Service Unavailable",
+                format!("task ended: {}\n", ended.join(", ")),
+            )
+        }
     }
 
     /// Prometheus text exposition.
@@ -154,7 +169,7 @@ pub(crate) async fn serve_metrics(
             let req = String::from_utf8_lossy(&buf[..n]);
             let path = req.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = match path {
-                "/healthz" => ("200 OK", "ok\n".to_string()),
+                "/healthz" => shared.healthz(),
                 "/metrics" => ("200 OK", shared.metrics()),
                 _ => ("404 Not Found", "not found\n".to_string()),
             };

@@ -40,6 +40,15 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// One of the agent's tasks ended (or panicked) before the stop signal: the agent exits
+    /// non-zero so that systemd restarts it, rather than run on without it.
+    #[error("the agent's {task} task ended unexpectedly: {why}")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// How it ended.
+        why: String,
+    },
     /// The management client cannot be built.
     #[error("cannot build the management client for {server}: {message}")]
     Client {
@@ -57,13 +66,93 @@ pub(crate) const SYNC_BEAT: Duration = Duration::from_secs(5);
 /// read 30 s).
 pub const SYNC_STALL: Duration = Duration::from_secs(90);
 
-/// Whether to feed systemd's watchdog: only while the spec-sync task runs and beats.
+/// Whether to feed systemd's watchdog: only while every task runs (`all_alive`) and the
+/// spec-sync task beats.
 pub fn watchdog_feeds(
-    sync_alive: bool,
+    all_alive: bool,
     beat: Option<std::time::Instant>,
     now: std::time::Instant,
 ) -> bool {
-    sync_alive && beat.is_some_and(|b| now.saturating_duration_since(b) < SYNC_STALL)
+    all_alive && beat.is_some_and(|b| now.saturating_duration_since(b) < SYNC_STALL)
+}
+
+/// The agent's long-running tasks, by name: whether each still runs. A task's [`TaskGuard`]
+/// marks it ended when the task returns or panics, and records it in the snapshot, so that the
+/// watchdog stops being fed and `/healthz` fails.
+#[derive(Debug, Clone, Default)]
+pub struct Tasks(Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, bool>>>);
+
+impl Tasks {
+    /// Registers `task` as running; the guard marks it ended when dropped.
+    pub fn start(&self, task: &'static str, shared: &Shared) -> TaskGuard {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(task, true);
+        }
+        TaskGuard {
+            tasks: self.clone(),
+            shared: shared.clone(),
+            task,
+        }
+    }
+
+    /// True while every registered task runs.
+    pub fn all_alive(&self) -> bool {
+        self.0
+            .lock()
+            .map(|m| m.values().all(|a| *a))
+            .unwrap_or(false)
+    }
+}
+
+/// Held by a running task (see [`Tasks`]).
+#[derive(Debug)]
+pub struct TaskGuard {
+    tasks: Tasks,
+    shared: Shared,
+    task: &'static str,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.tasks.0.lock() {
+            m.insert(self.task, false);
+        }
+        let task = self.task;
+        self.shared.update(|s| s.tasks_ended.push(task));
+    }
+}
+
+/// Waits for `shutdown`, or for the first of `tasks` to end before it. `Ok` on shutdown;
+/// [`RunError::TaskEnded`] naming the task, and whether it returned or panicked, otherwise.
+pub async fn supervise<F: Future<Output = ()>>(
+    tasks: &mut [(&'static str, tokio::task::JoinHandle<()>)],
+    shutdown: F,
+) -> Result<(), RunError> {
+    let first = futures::future::select_all(
+        tasks
+            .iter_mut()
+            .enumerate()
+            .map(|(i, (_, handle))| Box::pin(async move { (i, handle.await) })),
+    );
+    tokio::select! {
+        () = shutdown => Ok(()),
+        ((i, result), _, _) = first => Err(RunError::TaskEnded {
+            task: tasks[i].0,
+            why: match result {
+                Ok(()) => "it returned".to_string(),
+                Err(e) if e.is_panic() => format!("it panicked: {}", panic_message(e.into_panic())),
+                Err(e) => e.to_string(),
+            },
+        }),
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// How to run (seams for tests: the root for credential files and the watchdog interval).
@@ -136,7 +225,12 @@ pub async fn run<F: Future<Output = ()>>(
 ) -> Result<(), RunError> {
     cfg.check_credentials(&opts.root)?;
     let state_dir = crate::config::rooted(&opts.root, &cfg.state_dir);
-    let mut journal = Journal::load(&state_dir)?;
+    // A corrupt journal is set aside (its path logged) and the phases start from the first:
+    // each re-checks the cluster, so nothing is redone that is done.
+    let (mut journal, set_aside) = Journal::load_recovering(&state_dir)?;
+    if set_aside.is_some() {
+        shared.error("journal_corrupt");
+    }
     if !journal.done(Phase::Installed) {
         journal.record(&state_dir, Phase::Installed, Outcome::Succeeded, None, None)?;
     }
@@ -168,27 +262,36 @@ pub async fn run<F: Future<Output = ()>>(
     tracing::info!(cluster = %cfg.cluster.name, namespace = %cfg.cluster.namespace, phase = ?journal.current(), "agent started");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let metrics_task = tokio::spawn(serve_metrics(listener, shared.clone(), stop_rx.clone()));
-    // Set while the spec-sync task runs; a guard clears it when the task ends, panics included.
-    let sync_alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Every long-running task holds a guard: when one ends or panics, the watchdog stops being
+    // fed, `/healthz` fails, and (below) the agent exits non-zero for systemd to restart it.
+    let tasks = Tasks::default();
+    let metrics_task = {
+        let guard = tasks.start("metrics", &shared);
+        let serve = serve_metrics(listener, shared.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            serve.await;
+        })
+    };
     shared.update(|s| s.sync_beat = Some(std::time::Instant::now()));
+    let sync_guard = tasks.start("spec sync", &shared);
+    let runner_guard = tasks.start("phase runner", &shared);
     let watchdog_task = opts.watchdog.map(|every| {
         let (shared, notifier, mut stop) = (shared.clone(), notifier.clone(), stop_rx.clone());
-        let alive = sync_alive.clone();
+        let tasks = tasks.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             let mut silent = false;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let alive = alive.load(std::sync::atomic::Ordering::SeqCst);
-                        if watchdog_feeds(alive, shared.snapshot().sync_beat, std::time::Instant::now()) {
+                        if watchdog_feeds(tasks.all_alive(), shared.snapshot().sync_beat, std::time::Instant::now()) {
                             notifier.send("WATCHDOG=1");
                             shared.update(|s| s.watchdog_pings += 1);
                             silent = false;
                         } else if !silent {
                             silent = true;
-                            tracing::error!("the spec-sync task is not running or is wedged; no longer feeding the watchdog, so systemd restarts the agent");
+                            tracing::error!("a task of the agent is not running, or the spec sync is wedged; no longer feeding the watchdog, so systemd restarts the agent");
                         }
                     }
                     _ = stop.changed() => break,
@@ -213,6 +316,7 @@ pub async fn run<F: Future<Output = ()>>(
         let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
         let opts = opts.clone();
         tokio::task::spawn_blocking(move || {
+            let _guard = runner_guard;
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -242,6 +346,7 @@ pub async fn run<F: Future<Output = ()>>(
                     journal_changed,
                     report,
                     backoff_cap,
+                    layer_clock: Default::default(),
                 }
                 .run(stop)
                 .await
@@ -265,40 +370,45 @@ pub async fn run<F: Future<Output = ()>>(
         spec_changed,
         journal_changed,
     };
-    struct Alive(Arc<std::sync::atomic::AtomicBool>);
-    impl Drop for Alive {
-        fn drop(&mut self) {
-            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    let guard = Alive(sync_alive.clone());
     let sync_task = tokio::spawn(async move {
-        let _guard = guard;
+        let _guard = sync_guard;
         sync.run(stop_rx).await;
     });
-    shutdown.await;
-    tracing::info!("stopping: finishing in-flight work");
+    let mut running = [
+        ("spec sync", sync_task),
+        ("phase runner", runner_task),
+        ("metrics", metrics_task),
+    ];
+    let outcome = supervise(&mut running, shutdown).await;
+    match &outcome {
+        Ok(()) => tracing::info!("stopping: finishing in-flight work"),
+        Err(e) => {
+            tracing::error!(error = %e, "stopping: a task ended; exiting non-zero so that systemd restarts the agent")
+        }
+    }
     notifier.send("STOPPING=1");
     let _ = stop_tx.send(true);
     // A request in flight (a watch, a read with a long timeout) must not hold the stop for
     // longer than systemd waits: after the grace period the agent stops anyway. State files are
     // written atomically, so nothing is left half-written.
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
-    let both = async {
-        let _ = sync_task.await;
-        let _ = runner_task.await;
+    let all = async {
+        for (_, t) in &mut running {
+            if !t.is_finished() {
+                let _ = t.await;
+            }
+        }
     };
-    if tokio::time::timeout(grace, both).await.is_err() {
+    if tokio::time::timeout(grace, all).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
             "in-flight work did not finish within the shutdown grace period; stopping anyway"
         );
     }
-    let _ = metrics_task.await;
     if let Some(t) = watchdog_task {
         let _ = t.await;
     }
-    Ok(())
+    outcome
 }
 
 #[cfg(test)]
@@ -313,8 +423,61 @@ mod tests {
         assert!(watchdog_feeds(true, now.checked_sub(SYNC_STALL / 2), now));
         // Wedged: no beat for longer than SYNC_STALL.
         assert!(!watchdog_feeds(true, now.checked_sub(SYNC_STALL), now));
-        // Ended (returned or panicked).
+        // A task ended (returned or panicked).
         assert!(!watchdog_feeds(false, Some(now), now));
         assert!(!watchdog_feeds(true, None, now));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_ends_supervision_with_an_error_naming_it() {
+        let shared = Shared::default();
+        let tasks = Tasks::default();
+        let (g1, g2) = (
+            tasks.start("spec sync", &shared),
+            tasks.start("phase runner", &shared),
+        );
+        assert!(tasks.all_alive());
+        let mut running = [
+            (
+                "spec sync",
+                tokio::spawn(async move {
+                    let _g = g1;
+                    std::future::pending::<()>().await
+                }),
+            ),
+            (
+                "phase runner",
+                tokio::spawn(async move {
+                    let _g = g2;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    panic!("index out of range");
+                }),
+            ),
+        ];
+        let e = supervise(&mut running, std::future::pending())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the agent's phase runner task ended unexpectedly: it panicked: index out of range"
+        );
+        // The watchdog stops being fed, and /healthz says which task ended.
+        assert!(!tasks.all_alive());
+        assert_eq!(shared.snapshot().tasks_ended, vec!["phase runner"]);
+        running[0].1.abort();
+    }
+
+    #[tokio::test]
+    async fn a_task_that_returns_early_ends_supervision_and_shutdown_does_not() {
+        let mut running = [("metrics", tokio::spawn(async {}))];
+        let e = supervise(&mut running, std::future::pending())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the agent's metrics task ended unexpectedly: it returned"
+        );
+        let mut running = [("metrics", tokio::spawn(std::future::pending::<()>()))];
+        supervise(&mut running, async {}).await.unwrap();
     }
 }

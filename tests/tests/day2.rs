@@ -208,6 +208,7 @@ impl Fixture {
             local,
             spec: checked,
             generation,
+            layer_clock: Default::default(),
         }
     }
 

@@ -191,12 +191,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(crate::run::run(
+            let result = runtime.block_on(crate::run::run(
                 cfg,
                 crate::run::RunOptions::default(),
                 crate::run::Shared::default(),
                 shutdown_signal(),
-            ))?;
+            ));
+            // A task wedged past the shutdown grace period (the phase runner's thread) must not
+            // keep the process alive: systemd restarts it on the non-zero exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result?;
             Ok(())
         }
         Cmd::Uninstall { root, purge } => {

@@ -86,6 +86,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
             local,
             spec,
             generation: cached.generation,
+            layer_clock: Default::default(),
         };
         let plan = phases::plan(&ctx, phase).await?;
         if json {

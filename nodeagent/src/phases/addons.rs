@@ -39,6 +39,38 @@ pub const PARENT_NAMESPACE: &str = "kube-system";
 pub const LAYER_LABEL: &str = "fledge.dev/addon-layer";
 /// Default per-layer health timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The field manager add-on layers are applied with (forced): apart from the one
+/// (`fledge-agent`) that installs the providers and writes the cluster's own objects, so a
+/// layer's fields are told apart from fledge's own.
+pub const FIELD_MANAGER: &str = "fledge-addons";
+/// Namespaces a layer may not take over (pruning the layer would delete them).
+const SYSTEM_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// When each layer was first seen unhealthy, on the monotonic clock (a wall clock that jumps,
+/// as on a node that boots before its time is synchronised, must not fail a layer early or
+/// late). Kept by the runner across attempts; a restarted agent gives a layer its full timeout
+/// again.
+#[derive(Debug, Clone, Default)]
+pub struct LayerClock(std::sync::Arc<std::sync::Mutex<BTreeMap<String, std::time::Instant>>>);
+
+impl LayerClock {
+    /// How long `layer` has been unhealthy (zero on the first call since it was healthy).
+    pub fn unhealthy_for(&self, layer: &str, now: std::time::Instant) -> Duration {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        now.saturating_duration_since(*m.entry(layer.to_string()).or_insert(now))
+    }
+
+    /// `layer` is healthy (or gone): its timer stops.
+    pub fn healthy(&self, layer: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(layer);
+    }
+}
 
 const ID_LABEL: &str = "applyset.kubernetes.io/id";
 const PART_OF: &str = "applyset.kubernetes.io/part-of";
@@ -96,6 +128,18 @@ pub enum AddonsError {
         /// Why.
         message: String,
     },
+    /// The referenced ClusterProfile breaks the rules inline profiles follow.
+    #[error(
+        "ClusterProfile {namespace}/{name} is invalid, so none of it is fetched or applied: {problems}"
+    )]
+    InvalidProfile {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Every problem, `field: rule`, separated by `; `.
+        problems: String,
+    },
     /// A layer stayed unhealthy past its timeout.
     #[error("layer {layer} is not healthy after {seconds}s: {why}")]
     Timeout {
@@ -135,6 +179,8 @@ pub struct Resolved {
     pub objects: Vec<Value>,
     /// Health timeout.
     pub timeout: Duration,
+    /// The sha256 of its manifests that come from a URL (their cache files).
+    pub cached: BTreeSet<String>,
 }
 
 /// A layer's recorded state.
@@ -214,6 +260,8 @@ async fn spec_layers(ctx: &Context) -> Result<Vec<Layer>, AddonsError> {
     let api: Api<ClusterProfile> = Api::namespaced(ctx.management.clone(), ns);
     match tokio::time::timeout(Duration::from_secs(10), api.get(&r.name)).await {
         Ok(Ok(p)) => {
+            // Checked before anything of it is cached, fetched or applied.
+            check_profile(ns, &r.name, &p.spec.layers)?;
             let bytes = serde_json::to_vec(&p.spec).unwrap_or_default();
             write(&cached, &bytes)?;
             Ok(p.spec.layers)
@@ -235,6 +283,7 @@ fn from_cache(
     match spec {
         Some(s) => {
             tracing::info!(%message, "ClusterProfile {namespace}/{name} from the local cache");
+            check_profile(namespace, name, &s.layers)?;
             Ok(s.layers)
         }
         None => Err(AddonsError::Profile {
@@ -243,6 +292,26 @@ fn from_cache(
             message,
         }),
     }
+}
+
+/// A ClusterProfile's layers, checked by the rules of an inline profile (https URLs, hex
+/// sha256, DNS-label names, unique layer names, timeouts in range).
+pub fn check_profile(namespace: &str, name: &str, layers: &[Layer]) -> Result<(), AddonsError> {
+    let mut problems = fledge_generator::spec::Problems::default();
+    fledge_generator::spec::validate_layers(&mut problems, "spec.layers", layers);
+    if problems.0.is_empty() {
+        return Ok(());
+    }
+    Err(AddonsError::InvalidProfile {
+        namespace: namespace.into(),
+        name: name.into(),
+        problems: problems
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+    })
 }
 
 /// A manifest's bytes: inline, from the cache, or fetched (and then cached); always checked
@@ -289,7 +358,11 @@ async fn manifest_bytes(
     Ok(bytes)
 }
 
-/// Parses a manifest into objects and labels them as members of `layer`'s ApplySet.
+/// Parses a manifest into objects and labels them as members of `layer`'s ApplySet. A
+/// `List` document (`kind: List`, or any `...List` kind with `items`, as `kubectl get -o yaml`
+/// writes) stands for its items. Every value is read without panicking: a document that is not
+/// a mapping, or whose `metadata` or `metadata.labels` is not one, is an error naming the
+/// document and the field.
 pub fn parse_manifest(
     layer: &str,
     manifest: &str,
@@ -310,30 +383,59 @@ pub fn parse_manifest(
             continue;
         }
         let mut v = v;
-        for field in ["apiVersion", "kind"] {
-            if !v[field].is_string() {
-                return Err(err(format!("{field} is required")));
+        let is_list =
+            v["kind"].as_str().is_some_and(|k| k.ends_with("List")) && v["items"].is_array();
+        let items: Vec<(Option<usize>, Value)> = if is_list {
+            match v.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, item)| (Some(j), item))
+                    .collect(),
+                _ => Vec::new(),
             }
+        } else {
+            vec![(None, v)]
+        };
+        for (j, mut item) in items {
+            let at = |message: String| match j {
+                Some(j) => err(format!("items[{j}]: {message}")),
+                None => err(message),
+            };
+            member(&mut item, &id).map_err(at)?;
+            out.push(item);
         }
-        if !v["metadata"]["name"].is_string() {
-            return Err(err("metadata.name is required".into()));
-        }
-        if v["kind"].as_str().is_some_and(|k| k.ends_with("List")) {
-            return Err(err(
-                "List objects are not supported; write one object per document".into(),
-            ));
-        }
-        v["metadata"]["labels"][PART_OF] = json!(id);
-        out.push(v);
     }
     Ok(out)
+}
+
+/// Checks one object of a manifest and labels it as a member of ApplySet `id`.
+fn member(v: &mut Value, id: &str) -> Result<(), String> {
+    if !v.is_object() {
+        return Err(
+            "must be a Kubernetes object (a mapping with apiVersion, kind and metadata)".into(),
+        );
+    }
+    for field in ["apiVersion", "kind"] {
+        if v[field].as_str().is_none_or(str::is_empty) {
+            return Err(format!("{field} is required"));
+        }
+    }
+    if v["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+        return Err("metadata.name is required".into());
+    }
+    if v["kind"].as_str().is_some_and(|k| k.ends_with("List")) && v["items"].is_array() {
+        return Err("a List inside a List is not supported".into());
+    }
+    crate::json::object_mut(v, &["metadata", "labels"])?.insert(PART_OF.into(), json!(id));
+    Ok(())
 }
 
 /// Resolves every layer of the profile: sources fetched or read from the cache, parsed,
 /// labelled.
 pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
     let mut out = Vec::new();
-    for layer in spec_layers(ctx).await? {
+    for layer in &spec_layers(ctx).await? {
         let mut objects = Vec::new();
         for m in &layer.manifests {
             let bytes = manifest_bytes(&ctx.state_dir, &layer.name, m).await?;
@@ -347,9 +449,53 @@ pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
             name: layer.name.clone(),
             objects,
             timeout,
+            cached: layer
+                .manifests
+                .iter()
+                .filter(|m| m.url.is_some())
+                .map(|m| m.sha256.to_ascii_lowercase())
+                .collect(),
         });
     }
     Ok(out)
+}
+
+/// Removes cached manifests (`<sha256>.yaml`) that are not in `referenced`, and cached
+/// ClusterProfiles other than `profile`. Best effort: a file that cannot be removed is logged.
+pub fn collect_cache(state_dir: &Path, referenced: &BTreeSet<String>, profile: Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir(state_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let stale = match (
+            name.strip_suffix(".yaml"),
+            name.strip_prefix("clusterprofile-"),
+        ) {
+            (Some(hash), _) if is_sha256(hash) => !referenced.contains(hash),
+            (_, Some(rest)) => rest
+                .strip_suffix(".json")
+                .is_some_and(|p| Some(p) != profile),
+            _ => false,
+        };
+        if !stale {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::info!(file = %e.path().display(), "removed a cached add-on file the profile no longer references")
+            }
+            Err(error) => {
+                tracing::warn!(file = %e.path().display(), %error, "cannot remove a stale cached add-on file")
+            }
+        }
+    }
+}
+
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// `Kind.group` (`Kind` for the core group), as ApplySets write group-kinds.
@@ -404,24 +550,34 @@ pub async fn reconcile(
     let mut kinds = Kinds::default();
     let mut summary = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
-        let applied = apply_layer(ctx, &mut kinds, layer).await?;
+        let others: BTreeSet<String> = layers
+            .iter()
+            .filter(|l| l.name != layer.name)
+            .map(|l| applyset_id(&l.name))
+            .collect();
+        let (applied, members) = apply_layer(ctx, &mut kinds, layer, &others).await?;
         if applied > 0 {
             progress(&format!("layer {}: {applied} objects changed", layer.name));
         }
-        let unhealthy = unhealthy(ctx, &mut kinds, &layer.objects).await?;
+        let unhealthy = unhealthy(ctx, &mut kinds, &members).await?;
         let st = states.entry(layer.name.clone()).or_default();
         st.objects = layer.objects.len();
         match unhealthy {
             None => {
+                ctx.layer_clock.healthy(&layer.name);
                 st.state = "Healthy".into();
                 st.unhealthy_since = None;
                 st.message = None;
                 summary.push(format!("{} healthy", layer.name));
             }
             Some(why) => {
-                let now = now_secs();
-                let since = *st.unhealthy_since.get_or_insert(now);
-                let late = now.saturating_sub(since) >= layer.timeout.as_secs();
+                let late = ctx
+                    .layer_clock
+                    .unhealthy_for(&layer.name, std::time::Instant::now())
+                    >= layer.timeout;
+                // For people (status, metrics): when, on the wall clock; the timeout itself
+                // runs on the monotonic clock above.
+                st.unhealthy_since.get_or_insert_with(now_secs);
                 st.state = if late { "Failed" } else { "Progressing" }.into();
                 st.message = Some(why.clone());
                 for later in &layers[i + 1..] {
@@ -442,6 +598,15 @@ pub async fn reconcile(
     }
     let pruned = prune_removed_layers(ctx, &mut kinds, &wanted).await?;
     write_states(&ctx.state_dir, &states)?;
+    let referenced: BTreeSet<String> = layers.iter().flat_map(|l| l.cached.clone()).collect();
+    let profile = ctx
+        .spec
+        .spec
+        .profile
+        .as_ref()
+        .and_then(|p| p.cluster_profile_ref.as_ref())
+        .map(|r| r.name.as_str());
+    collect_cache(&ctx.state_dir, &referenced, profile);
     let mut msg = if summary.is_empty() {
         "no add-on layers".to_string()
     } else {
@@ -512,12 +677,16 @@ fn secrets(ctx: &Context) -> Api<DynamicObject> {
 
 /// Applies one layer: the parent (with the union of the old and new member kinds, so an
 /// interrupted prune is finished next time), the members, the prune of dropped members, and
-/// the parent with the new kinds. Returns how many objects changed.
+/// the parent with the new kinds and namespaces. Returns how many objects changed, and the
+/// members as applied: each with the namespace its kind's scope gives it (a namespaced object
+/// without one is in the default namespace; a cluster-scoped one has none, whatever its
+/// manifest says), which is what the prune keeps and the health check reads.
 async fn apply_layer(
     ctx: &Context,
     kinds: &mut Kinds,
     layer: &Resolved,
-) -> Result<usize, PhaseError> {
+    others: &BTreeSet<String>,
+) -> Result<(usize, Vec<Value>), PhaseError> {
     let id = applyset_id(&layer.name);
     let now: BTreeSet<String> = layer.objects.iter().map(group_kind).collect();
     let before = secrets(ctx)
@@ -526,37 +695,146 @@ async fn apply_layer(
         .map_err(|source| PhaseError::Request {
             what: format!("read the ApplySet parent of layer {}", layer.name),
             source,
-        })?
-        .map(|p| listed(&p, KINDS))
+        })?;
+    let (kinds_before, namespaces_before) = before
+        .as_ref()
+        .map(|p| (listed(p, KINDS), listed(p, NAMESPACES)))
         .unwrap_or_default();
-    let namespaces: BTreeSet<String> = layer
+    let union: BTreeSet<String> = kinds_before.union(&now).cloned().collect();
+    let namespaces_union: BTreeSet<String> = layer
         .objects
+        .iter()
+        .filter_map(|o| o["metadata"]["namespace"].as_str())
+        .filter(|ns| !ns.is_empty() && *ns != PARENT_NAMESPACE)
+        .map(str::to_string)
+        .chain(namespaces_before)
+        .collect();
+    let parent_err = |source| AddonsError::Apply {
+        layer: layer.name.clone(),
+        source,
+    };
+    super::apply_local(
+        ctx,
+        &[parent(&layer.name, &id, &union, &namespaces_union)],
+        |_| {},
+    )
+    .await
+    .map_err(parent_err)?;
+    let target = fledge_generator::apply::Target {
+        client: ctx.local.clone(),
+        server: "the local cluster".into(),
+    };
+    let opts = fledge_generator::apply::ApplyOptions {
+        dry_run: false,
+        force_conflicts: true,
+        field_manager: Some(FIELD_MANAGER.into()),
+    };
+    let guard =
+        |body: &Value, live: Option<&DynamicObject>| owned_elsewhere(&id, others, body, live);
+    let results =
+        fledge_generator::apply::apply_guarded(&target, &layer.objects, &opts, &guard, |_| {})
+            .await
+            .map_err(|source| AddonsError::Apply {
+                layer: layer.name.clone(),
+                source,
+            })?;
+    let changed = results
+        .iter()
+        .filter(|a| a.outcome != fledge_generator::apply::Outcome::Unchanged)
+        .count();
+    let members: Vec<Value> = layer
+        .objects
+        .iter()
+        .zip(&results)
+        .map(|(o, applied)| {
+            let mut o = o.clone();
+            if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                match &applied.namespace {
+                    Some(ns) => meta.insert("namespace".into(), json!(ns)),
+                    None => meta.remove("namespace"),
+                };
+            }
+            o
+        })
+        .collect();
+    let keep: BTreeSet<(String, String, String)> = members.iter().map(key).collect();
+    prune(ctx, kinds, &id, &union, &keep).await?;
+    let namespaces: BTreeSet<String> = members
         .iter()
         .filter_map(|o| o["metadata"]["namespace"].as_str())
         .filter(|ns| *ns != PARENT_NAMESPACE)
         .map(str::to_string)
         .collect();
-    let union: BTreeSet<String> = before.union(&now).cloned().collect();
-    let apply = |objects: Vec<Value>| {
-        let layer = layer.name.clone();
-        async move {
-            super::apply_local(ctx, &objects, |_| {})
-                .await
-                .map_err(|source| AddonsError::Apply { layer, source })
-        }
-    };
-    apply(vec![parent(&layer.name, &id, &union, &namespaces)]).await?;
-    let results = apply(layer.objects.clone()).await?;
-    let changed = results
-        .iter()
-        .filter(|a| a.outcome != fledge_generator::apply::Outcome::Unchanged)
-        .count();
-    let keep: BTreeSet<(String, String, String)> = layer.objects.iter().map(key).collect();
-    prune(ctx, kinds, &id, &union, &keep).await?;
-    if union != now {
-        apply(vec![parent(&layer.name, &id, &now, &namespaces)]).await?;
+    if union != now || namespaces != namespaces_union {
+        super::apply_local(ctx, &[parent(&layer.name, &id, &now, &namespaces)], |_| {})
+            .await
+            .map_err(parent_err)?;
     }
-    Ok(changed)
+    Ok((changed, members))
+}
+
+/// Why a layer (ApplySet `id`) may not manage this object, if it may not: the object is one of
+/// fledge's own (a provider's component, the cluster's Cluster API objects, an ApplySet parent
+/// of the layers), a system namespace, or a member of another layer of the profile (`others`:
+/// their ApplySet IDs; two layers holding one object would prune it from each other). Pure.
+pub fn owned_elsewhere(
+    id: &str,
+    others: &BTreeSet<String>,
+    body: &Value,
+    live: Option<&DynamicObject>,
+) -> Result<(), String> {
+    let api_version = body["apiVersion"].as_str().unwrap_or_default();
+    let kind = body["kind"].as_str().unwrap_or_default();
+    let name = body["metadata"]["name"].as_str().unwrap_or_default();
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    if (group == "cluster.x-k8s.io" || group.ends_with(".cluster.x-k8s.io"))
+        && group != "addons.cluster.x-k8s.io"
+    {
+        return Err(format!(
+            "{kind} is a Cluster API object; the agent manages the cluster's Cluster API objects from spec.controlPlane and spec.workers, and add-on layers may not"
+        ));
+    }
+    if kind == "Namespace" && group.is_empty() && SYSTEM_NAMESPACES.contains(&name) {
+        return Err(format!(
+            "namespace {name} is a system namespace; a layer that owned it would delete it when the layer is removed"
+        ));
+    }
+    let labels = &body["metadata"]["labels"];
+    if !labels[ID_LABEL].is_null() || !labels[LAYER_LABEL].is_null() {
+        return Err("an ApplySet parent (it carries applyset.kubernetes.io/id or fledge.dev/addon-layer) is fledge's own bookkeeping".into());
+    }
+    let Some(live) = live else {
+        return Ok(());
+    };
+    let live_labels = live.labels();
+    if live_labels.contains_key(ID_LABEL) || live_labels.contains_key(LAYER_LABEL) {
+        return Err("it is an ApplySet parent of fledge's add-on layers".into());
+    }
+    match live_labels.get(PART_OF) {
+        Some(member) if member == id => return Ok(()),
+        Some(member) if others.contains(member) => {
+            return Err(format!(
+                "it belongs to another add-on layer of the profile (ApplySet {member}); an object may be in one layer only"
+            ));
+        }
+        _ => {}
+    }
+    if live_labels.contains_key("clusterctl.cluster.x-k8s.io") {
+        return Err("it is a component of a Cluster API provider or of cert-manager, which the agent installs".into());
+    }
+    let by_agent = live
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .any(|f| f.manager.as_deref() == Some(super::providers::FIELD_MANAGER));
+    if by_agent {
+        return Err(format!(
+            "it is managed by {} (the agent's own objects: providers and the cluster's Cluster API objects)",
+            super::providers::FIELD_MANAGER
+        ));
+    }
+    Ok(())
 }
 
 /// (group-kind, namespace, name).
@@ -697,6 +975,7 @@ async fn unhealthy(
             .api(&ctx.local, &gk, (!ns.is_empty()).then_some(ns.as_str()))
             .await?
         else {
+            waiting.push(format!("{gk} {name}: the kind is not served"));
             continue;
         };
         let live = api
@@ -796,6 +1075,230 @@ mod tests {
             err,
             "layer cni, manifest m, document 1: metadata.name is required"
         );
+    }
+
+    #[test]
+    fn list_documents_stand_for_their_items_and_bad_fields_are_errors_not_panics() {
+        let objs = parse_manifest(
+            "net",
+            "m",
+            b"apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n---\napiVersion: v1\nkind: ConfigMapList\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = objs
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        assert!(
+            objs.iter()
+                .all(|o| o["metadata"]["labels"][PART_OF] == applyset_id("net"))
+        );
+        for (doc, want) in [
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: x}\n",
+                "layer net, manifest m, document 1: metadata.labels must be a mapping (got a string)",
+            ),
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a, labels: [x]}\n",
+                "layer net, manifest m, document 1: metadata.labels must be a mapping (got a list)",
+            ),
+            (
+                "- a\n- b\n",
+                "layer net, manifest m, document 1: must be a Kubernetes object (a mapping with apiVersion, kind and metadata)",
+            ),
+            (
+                "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: a, labels: 7}}\n",
+                "layer net, manifest m, document 1: items[0]: metadata.labels must be a mapping (got a number)",
+            ),
+            (
+                "apiVersion: v1\nkind: List\nitems: [{kind: ConfigMap}]\n",
+                "layer net, manifest m, document 1: items[0]: apiVersion is required",
+            ),
+        ] {
+            let e = parse_manifest("net", "m", doc.as_bytes()).unwrap_err();
+            assert_eq!(e.to_string(), want, "{doc}");
+        }
+    }
+
+    fn live(labels: &[(&str, &str)], manager: Option<&str>) -> DynamicObject {
+        let mut o = DynamicObject::new(
+            "x",
+            &ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
+        );
+        o.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        o.metadata.managed_fields = manager.map(|m| {
+            vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                    manager: Some(m.into()),
+                    ..Default::default()
+                },
+            ]
+        });
+        o
+    }
+
+    #[test]
+    fn layers_may_not_manage_what_fledge_or_another_layer_owns() {
+        let id = applyset_id("mine");
+        let others: BTreeSet<String> = [applyset_id("theirs")].into();
+        let ok = |body: Value, l: Option<&DynamicObject>| owned_elsewhere(&id, &others, &body, l);
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}});
+        assert!(ok(cm.clone(), None).is_ok());
+        // Its own member, also one an older agent applied as fledge-agent.
+        assert!(
+            ok(
+                cm.clone(),
+                Some(&live(&[(PART_OF, &id)], Some("fledge-agent")))
+            )
+            .is_ok()
+        );
+        // A label edited by hand is drift, corrected by the apply.
+        assert!(ok(cm.clone(), Some(&live(&[(PART_OF, "edited")], None))).is_ok());
+        let refused = |body: Value, l: Option<&DynamicObject>| {
+            owned_elsewhere(&id, &others, &body, l).unwrap_err()
+        };
+        assert!(
+            refused(
+                json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "MachineDeployment", "metadata": {"name": "md"}}),
+                None
+            )
+            .contains("Cluster API object")
+        );
+        assert!(
+            refused(
+                json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DockerMachineTemplate", "metadata": {"name": "t"}}),
+                None
+            )
+            .contains("Cluster API object")
+        );
+        assert!(
+            refused(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}}),
+                None
+            )
+            .contains("system namespace")
+        );
+        // The cert-manager namespace the providers phase applied.
+        assert!(
+            refused(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cert-manager"}}),
+                Some(&live(&[("clusterctl.cluster.x-k8s.io", "")], Some("fledge-agent")))
+            )
+            .contains("provider")
+        );
+        assert!(
+            refused(cm.clone(), Some(&live(&[], Some("fledge-agent")))).contains("fledge-agent")
+        );
+        assert!(
+            refused(
+                cm.clone(),
+                Some(&live(&[(PART_OF, &applyset_id("theirs"))], None))
+            )
+            .contains("another add-on layer")
+        );
+        assert!(
+            refused(
+                cm.clone(),
+                Some(&live(
+                    &[(LAYER_LABEL, "theirs"), (ID_LABEL, &applyset_id("theirs"))],
+                    Some("fledge-agent")
+                ))
+            )
+            .contains("ApplySet parent")
+        );
+    }
+
+    #[test]
+    fn the_layer_timeout_runs_on_the_monotonic_clock() {
+        let clock = LayerClock::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(clock.unhealthy_for("net", t0), Duration::ZERO);
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(clock.unhealthy_for("net", later), Duration::from_secs(30));
+        clock.healthy("net");
+        assert_eq!(clock.unhealthy_for("net", later), Duration::ZERO);
+    }
+
+    #[test]
+    fn cached_manifests_the_profile_no_longer_references_are_removed() {
+        let state = tempfile::tempdir().unwrap();
+        let d = dir(state.path());
+        std::fs::create_dir_all(&d).unwrap();
+        let (keep, old) = ("a".repeat(64), "b".repeat(64));
+        for f in [
+            format!("{keep}.yaml"),
+            format!("{old}.yaml"),
+            "clusterprofile-base.json".into(),
+            "clusterprofile-old.json".into(),
+            "status.json".into(),
+        ] {
+            std::fs::write(d.join(f), b"x").unwrap();
+        }
+        collect_cache(state.path(), &[keep.clone()].into(), Some("base"));
+        let mut left: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                format!("{keep}.yaml"),
+                "clusterprofile-base.json".into(),
+                "status.json".into()
+            ]
+        );
+    }
+
+    #[test]
+    fn cluster_profiles_are_checked_like_inline_profiles() {
+        let m = |url: &str, sha: &str| fledge_generator::spec::Manifest {
+            name: "m".into(),
+            version: "v1".into(),
+            url: Some(url.into()),
+            inline: None,
+            sha256: sha.into(),
+        };
+        let layer = |name: &str, m| Layer {
+            name: name.into(),
+            manifests: vec![m],
+            timeout_seconds: None,
+        };
+        let good = "a".repeat(64);
+        assert!(
+            check_profile(
+                "ns",
+                "p",
+                &[layer("net", m("https://example.org/x.yaml", &good))]
+            )
+            .is_ok()
+        );
+        let e = check_profile(
+            "ns",
+            "p",
+            &[
+                layer("net", m("http://169.254.169.254/latest/meta-data", &good)),
+                layer("net", m("https://example.org/x.yaml", "not-hex")),
+                layer("../x", m("https://example.org/x.yaml", &good)),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "ClusterProfile ns/p is invalid",
+            "spec.layers[0].manifests[0].url",
+            "spec.layers[1].name",
+            "spec.layers[1].manifests[0].sha256",
+            "spec.layers[2].name",
+        ] {
+            assert!(e.contains(want), "{want} in {e}");
+        }
     }
 
     #[test]

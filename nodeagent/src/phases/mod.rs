@@ -133,6 +133,8 @@ pub struct Context {
     pub spec: CheckedCluster,
     /// Its generation.
     pub generation: i64,
+    /// How long each add-on layer has been unhealthy (monotonic; kept across attempts).
+    pub layer_clock: addons::LayerClock,
 }
 
 /// What a phase would do next, and why: printable data.
@@ -379,6 +381,8 @@ pub struct Runner {
     pub report: Arc<dyn Report>,
     /// Upper bound of the retry backoff.
     pub backoff_cap: Duration,
+    /// The add-on layers' health timers, kept across attempts.
+    pub layer_clock: addons::LayerClock,
 }
 
 impl Runner {
@@ -534,6 +538,7 @@ impl Runner {
             local: client,
             spec,
             generation: cached.generation,
+            layer_clock: self.layer_clock.clone(),
         };
         // `Started` marks the first attempt for a generation; a retry after a failure keeps the
         // failure on record (with its reason) until the phase succeeds or fails differently.
@@ -620,6 +625,7 @@ mod tests {
             journal_changed: Arc::new(Notify::new()),
             report: Arc::new(NoReport),
             backoff_cap: Duration::from_secs(1),
+            layer_clock: Default::default(),
         };
         // With the lock free, this attempt finds no cached spec and waits an hour for one;
         // with it held, the attempt reads nothing and checks the lock again after POLL.
