@@ -165,12 +165,8 @@ impl AgentConfig {
         }
         for (i, f) in cfg.providers.iter().flat_map(|p| &p.fetch).enumerate() {
             let at = format!("providers.fetch[{i}]");
-            if crate::components::kind_of(&f.name).is_none() {
-                return Err(err(format!(
-                    "{at}.name: must be cert-manager, cluster-api, bootstrap-*, control-plane-* or infrastructure-* (got {:?})",
-                    f.name
-                )));
-            }
+            check_provider_name(&f.name).map_err(|r| err(format!("{at}.name: {r}")))?;
+            check_provider_version(&f.version).map_err(|r| err(format!("{at}.version: {r}")))?;
             if !(f.url.starts_with("https://") || f.url.starts_with("http://"))
                 || !f.url.ends_with('/')
             {
@@ -222,10 +218,26 @@ impl AgentConfig {
             file: token.clone(),
             problem: format!("cannot read the management token: {e}"),
         })?;
-        if text.trim().is_empty() || text.trim().contains(char::is_whitespace) {
+        let word = text.trim();
+        if word.is_empty() || word.contains(char::is_whitespace) {
             return Err(ConfigError {
                 file: token,
                 problem: "must hold one service-account token".into(),
+            });
+        }
+        // The Kubernetes client sends the file's bytes as they are (and rereads it every
+        // minute): a newline would make every request fail before it leaves, which looks like
+        // an unreachable management plane.
+        if word != text {
+            let problem = format!(
+                "the management token has whitespace or a newline around it, which the Kubernetes \
+                 client would send as part of the token; write the file without it, e.g. \
+                 `printf %s \"$TOKEN\" > {0}` or `tr -d '[:space:]' < {0} > {0}.new && mv {0}.new {0}`",
+                self.management.token_file.display()
+            );
+            return Err(ConfigError {
+                file: token,
+                problem,
             });
         }
         let ca = rooted(root, &self.management.ca_file);
@@ -243,10 +255,169 @@ impl AgentConfig {
     }
 }
 
+/// Checks a provider name that names a directory (`providers.fetch[].name`): `cert-manager`,
+/// `cluster-api`, `bootstrap-*`, `control-plane-*` or `infrastructure-*`, and a DNS-1123 label.
+pub fn check_provider_name(name: &str) -> Result<(), String> {
+    if crate::components::kind_of(name).is_some()
+        && fledge_generator::spec::check_dns_label(name, 63).is_ok()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be cert-manager, cluster-api, bootstrap-*, control-plane-* or infrastructure-*, \
+             a DNS-1123 label (lower-case letters, digits and '-', at most 63) (got {name:?})"
+        ))
+    }
+}
+
+/// Checks a provider version that names a directory (`providers.fetch[].version`): `v` and a
+/// semantic version (`v1.16.1`, `v1.17.0-rc.1`), which holds no `/` and no `..`.
+pub fn check_provider_version(version: &str) -> Result<(), String> {
+    let semver = version
+        .strip_prefix('v')
+        .is_some_and(|v| semver::Version::parse(v).is_ok());
+    if semver && version.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be v and a semantic version such as v1.16.1 or v1.17.0-rc.1, \
+             at most 128 characters, no '/' or '..' (got {version:?})"
+        ))
+    }
+}
+
 /// `path` under `root` (`/` leaves it as is).
 pub fn rooted(root: &Path, path: &Path) -> PathBuf {
     match path.strip_prefix("/") {
         Ok(rel) => root.join(rel),
         Err(_) => root.join(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a valid configuration with `providers` appended and loads it.
+    fn load_with(providers: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        let text = format!(
+            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster: {{name: c, namespace: fleet}}\n\
+             management: {{server: 'https://10.0.0.1:6443', tokenFile: /etc/fledge/token, caFile: /etc/fledge/ca.crt}}\n\
+             stateDir: /var/lib/fledge\nmetricsAddress: '127.0.0.1:9440'\n{providers}"
+        );
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path)
+    }
+
+    fn fetch_entries(entries: &[(&str, &str)]) -> String {
+        let pin = "0".repeat(64);
+        let mut out = "providers:\n  fetch:\n".to_string();
+        for (name, version) in entries {
+            out += &format!(
+                "    - {{name: '{name}', version: '{version}', url: 'https://example.com/r/', sha256: {{components.yaml: '{pin}'}}}}\n"
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn fetch_names_and_versions_that_are_not_plain_path_segments_are_refused_naming_the_field() {
+        let good = [
+            ("infrastructure-vsphere", "v1.16.1"),
+            ("cert-manager", "v1.18.2"),
+            ("cluster-api", "v1.13.0-rc.1"),
+            ("bootstrap-kubeadm", "v1.13.5+build.7"),
+        ];
+        load_with(&fetch_entries(&good)).unwrap();
+        for (name, version, field) in [
+            (
+                "infrastructure-docker",
+                "../../etc",
+                "providers.fetch[1].version",
+            ),
+            (
+                "infrastructure-docker",
+                "v1.2.3/../../x",
+                "providers.fetch[1].version",
+            ),
+            (
+                "infrastructure-docker",
+                "v1.2.3/",
+                "providers.fetch[1].version",
+            ),
+            (
+                "infrastructure-docker",
+                "1.2.3",
+                "providers.fetch[1].version",
+            ),
+            (
+                "infrastructure-docker",
+                "v1..2",
+                "providers.fetch[1].version",
+            ),
+            ("infrastructure-docker", "", "providers.fetch[1].version"),
+            (
+                "infrastructure-../../x",
+                "v1.2.3",
+                "providers.fetch[1].name",
+            ),
+            ("infrastructure-Docker", "v1.2.3", "providers.fetch[1].name"),
+            ("infrastructure-a/b", "v1.2.3", "providers.fetch[1].name"),
+            ("infrastructure-", "v1.2.3", "providers.fetch[1].name"),
+        ] {
+            let cfg = fetch_entries(&[good[0], (name, version)]);
+            let e = load_with(&cfg).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{field}: must be")),
+                "{name} {version}: {e}"
+            );
+            assert!(
+                e.contains(&format!(
+                    "{:?}",
+                    if field.ends_with("name") {
+                        name
+                    } else {
+                        version
+                    }
+                )),
+                "{e}"
+            );
+        }
+    }
+
+    fn with_token(token: &str) -> (tempfile::TempDir, Result<(), ConfigError>) {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("etc/fledge")).unwrap();
+        std::fs::write(root.path().join("etc/fledge/token"), token).unwrap();
+        std::fs::write(
+            root.path().join("etc/fledge/ca.crt"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let cfg = load_with("").unwrap();
+        let got = cfg.check_credentials(root.path());
+        (root, got)
+    }
+
+    #[test]
+    fn a_token_file_with_a_trailing_newline_is_refused_naming_the_file_and_the_fix() {
+        let (_root, got) = with_token("eyJhbGciOi.payload.sig");
+        got.unwrap();
+        for token in [
+            "eyJhbGciOi.payload.sig\n",
+            "eyJhbGciOi.payload.sig\r\n",
+            " eyJhbGciOi.payload.sig",
+        ] {
+            let (root, got) = with_token(token);
+            let e = got.unwrap_err();
+            assert_eq!(e.file, root.path().join("etc/fledge/token"), "{token:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("whitespace") && text.contains("printf"),
+                "{text}"
+            );
+        }
     }
 }
