@@ -65,6 +65,7 @@ fn install_into_a_root_writes_files_modes_and_link_and_is_idempotent() {
         "Type=notify",
         "WatchdogSec=",
         "Restart=on-failure",
+        "MemoryMax=512M",
         "StateDirectory=fledge",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
