@@ -181,18 +181,25 @@ pub fn redirect_refusal(from: &reqwest::Url, to: &reqwest::Url) -> Option<String
         ));
     }
     let host = to.host_str()?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let refused = match bare.parse::<IpAddr>() {
-        Ok(ip) => refused_ip(ip),
-        Err(_) => {
-            METADATA_NAMES.contains(&bare.trim_end_matches('.').to_ascii_lowercase().as_str())
-        }
-    };
-    refused.then(|| {
+    refused_host(to).then(|| {
         format!(
             "redirect to {to} refused: {host} is a link-local or cloud metadata-service address"
         )
     })
+}
+
+/// True when `url`'s host is a link-local or metadata-service address or name.
+pub fn refused_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => refused_ip(ip),
+        Err(_) => {
+            METADATA_NAMES.contains(&bare.trim_end_matches('.').to_ascii_lowercase().as_str())
+        }
+    }
 }
 
 /// The addresses `host` resolved to that a download may reach; an error when it resolved only
@@ -288,6 +295,15 @@ pub async fn get_with(url: &str, limits: &Limits) -> Result<Vec<u8>, FetchError>
         url: url.to_string(),
         message,
     };
+    // The first URL too, not only redirects: a spec or a ClusterProfile may name one.
+    if let Ok(parsed) = reqwest::Url::parse(url)
+        && refused_host(&parsed)
+    {
+        return Err(err(format!(
+            "{} is a link-local or cloud metadata-service address: refused",
+            parsed.host_str().unwrap_or_default()
+        )));
+    }
     let client = client(limits).map_err(err)?;
     let too_big = || {
         err(format!(
@@ -561,6 +577,22 @@ mod tests {
             e.contains("169.254.169.254") && e.contains("refused"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_first_url_on_a_metadata_or_link_local_host_is_refused_before_connecting() {
+        for url in [
+            "https://169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "https://[fe80::1]/x.yaml",
+        ] {
+            let e = get(url).await.unwrap_err().to_string();
+            assert!(e.contains("refused"), "{url}: {e}");
+            assert!(
+                !e.contains("timed out") && !e.contains("connect"),
+                "{url}: {e}"
+            );
+        }
     }
 
     #[test]
