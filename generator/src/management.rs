@@ -62,6 +62,13 @@ impl Names {
     }
 }
 
+/// The name of the agent's ClusterRole and ClusterRoleBinding on the management plane:
+/// `fledge:<namespace>:<cluster>-fledge-agent`. Cluster-scoped, so the namespace is part of it
+/// (two clusters of the same name in different namespaces get their own).
+pub fn agent_cluster_role(namespace: &str, cluster: &str) -> String {
+    format!("fledge:{namespace}:{}", Names::new(cluster).agent)
+}
+
 /// The template context shared by the management objects and CP-A's cloud-init.
 pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, RenderError> {
     let provider = providers::get(c.provider());
@@ -128,6 +135,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
             "control_plane_template": names.control_plane_template,
             "agent": names.agent,
             "agent_token": names.agent_token,
+            "agent_cluster_role": agent_cluster_role(c.namespace.as_str(), c.name.as_str()),
         },
         "kubernetes_version": c.kubernetes_version.to_string(),
         "certificates_expiry_days": c.spec.control_plane.certificates_expiry_days(),

@@ -419,3 +419,40 @@ fn readme_machine_field_table_matches_the_providers() {
     }
     assert_eq!(seen, ProviderKind::ALL.len(), "one README row per provider");
 }
+
+/// The agent's cluster-scoped RBAC objects are named `fledge:<namespace>:<cluster>-fledge-agent`
+/// (no quotes from the template's escaping inside the name), and the binding points at the role.
+#[test]
+fn the_agents_cluster_role_is_named_after_namespace_and_cluster() {
+    for dir in case_dirs() {
+        let req = spec::load_request(&dir.join("input.yaml")).unwrap();
+        let want = format!("fledge:{}:{}-fledge-agent", req.namespace, req.name);
+        assert_eq!(
+            fledge_generator::management::agent_cluster_role(
+                req.namespace.as_str(),
+                req.name.as_str()
+            ),
+            want
+        );
+        let files = render_files(&dir.join("input.yaml"), &Default::default()).unwrap();
+        let f = files
+            .iter()
+            .find(|f| f.path == Path::new("management.yaml"))
+            .unwrap();
+        let objects = docs(std::str::from_utf8(&f.contents).unwrap());
+        let named = |kind: &str| {
+            let o = objects
+                .iter()
+                .find(|o| o["kind"] == kind)
+                .unwrap_or_else(|| panic!("{}: no {kind}", dir.display()));
+            o["metadata"]["name"].as_str().unwrap().to_string()
+        };
+        assert_eq!(named("ClusterRole"), want, "{}", dir.display());
+        assert_eq!(named("ClusterRoleBinding"), want, "{}", dir.display());
+        let binding = objects
+            .iter()
+            .find(|o| o["kind"] == "ClusterRoleBinding")
+            .unwrap();
+        assert_eq!(binding["roleRef"]["name"], want.as_str());
+    }
+}
