@@ -1,9 +1,10 @@
 //! A provider's components as `clusterctl init` prepares them, read from a directory in the
 //! layout of clusterctl's local repository (`<name>/<version>/components.yaml` and
 //! `metadata.yaml`):
-//! - `${VAR}` and `${VAR:=default}` (also `${VAR:-default}`) are substituted in parsed string
-//!   values only, never as text into YAML, so a value cannot change a document's structure; the
-//!   variables without a value are reported at once, in one error;
+//! - variables are substituted as `clusterctl init` substitutes them (its syntax, defaults and
+//!   required variables: [`envsubst`]; the variables without a value are reported at once, in
+//!   one error), with one difference: clusterctl puts values into the text before it parses
+//!   the YAML, so a value can change a document; here a value never does (see [`substitute`]);
 //! - every object gets clusterctl's labels (`clusterctl.cluster.x-k8s.io` and
 //!   `cluster.x-k8s.io/provider`, or `clusterctl.cluster.x-k8s.io/core: cert-manager`);
 //! - workloads that do not tolerate the control-plane taint get that toleration, because the
@@ -17,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+pub mod envsubst;
 
 /// Where images bake providers.
 pub const DEFAULT_DIR: &str = "/usr/share/fledge/providers";
@@ -101,6 +104,25 @@ pub enum ComponentsError {
         index: usize,
         /// What is wrong.
         problem: String,
+    },
+    /// The text is not valid variable syntax (clusterctl refuses it too).
+    #[error("{path}: not valid variable syntax")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// Where and what.
+        #[source]
+        source: envsubst::SyntaxError,
+    },
+    /// Two keys of a mapping are the same after substitution.
+    #[error("{path}: document {index}: two keys are {key:?} after substitution")]
+    DuplicateKey {
+        /// The file.
+        path: PathBuf,
+        /// 1-based document number.
+        index: usize,
+        /// The key.
+        key: String,
     },
     /// Variables without a value (and without a default).
     #[error(
@@ -220,12 +242,7 @@ pub fn prepare(
     variables: &BTreeMap<String, String>,
 ) -> Result<Components, ComponentsError> {
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let v = Value::deserialize(doc).map_err(|e| ComponentsError::Parse {
-            path: path.to_path_buf(),
-            index: i + 1,
-            problem: e.to_string(),
-        })?;
+    for (i, v) in substitute(path, text, variables)?.into_iter().enumerate() {
         match &v {
             Value::Null => continue,
             Value::Object(o) if o.contains_key("kind") && o.contains_key("apiVersion") => {}
@@ -238,16 +255,6 @@ pub fn prepare(
             }
         }
         docs.push(v);
-    }
-    let mut missing = BTreeSet::new();
-    for d in &mut docs {
-        substitute(d, variables, &mut missing);
-    }
-    if !missing.is_empty() {
-        return Err(ComponentsError::Variables {
-            path: path.to_path_buf(),
-            names: missing.into_iter().collect(),
-        });
     }
     let label = provider.label();
     let mut tolerated = Vec::new();
@@ -300,51 +307,220 @@ pub fn prepare(
     })
 }
 
-/// Substitutes variables in every string of `v` (keys are left alone).
-fn substitute(v: &mut Value, vars: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) {
-    match v {
-        Value::String(s) if s.contains("${") => *s = expand(s, vars, missing),
-        Value::Array(a) => a.iter_mut().for_each(|x| substitute(x, vars, missing)),
-        Value::Object(o) => o.values_mut().for_each(|x| substitute(x, vars, missing)),
-        _ => {}
+/// The documents of `text` with `variables` substituted (null for empty documents), equal to
+/// what clusterctl parses from its substituted text wherever a value does not hold YAML syntax.
+///
+/// clusterctl substitutes into the text, then parses it. Defaults are part of the components, so
+/// they go into the text here too: `${X:=""}` in a plain scalar is the YAML `""`, an empty
+/// string, and `${X:=false}` a boolean, as for clusterctl. Values do not: each goes in as a
+/// placeholder, so the text parsed (and with it every document's structure) is the same
+/// whatever the values are. The placeholders are then replaced in the parsed strings (keys
+/// included) by the values as they are, so quotes, `#`, `: `, line breaks or `---` in a value stay
+/// characters of that string. The one thing a value takes from YAML is the type of a plain
+/// scalar it makes up: the text is parsed a second time with `1` for every placeholder, and a
+/// scalar that reads as a number there is plain and made of references only; its value is then
+/// read as YAML 1.2 reads a plain scalar (null, boolean, number), as clusterctl's parse of
+/// `replicas: ${N}` gives a number. A value that is not a single plain scalar stays a string.
+///
+/// fledge reads YAML 1.2 here as everywhere: the YAML 1.1 forms clusterctl's parser also
+/// resolves (`yes`, `on`, `y`, `0755`, `1_000`) are strings, in the components' own text as in
+/// values and defaults.
+pub fn substitute(
+    path: &Path,
+    text: &str,
+    variables: &BTreeMap<String, String>,
+) -> Result<Vec<Value>, ComponentsError> {
+    let text = envsubst::convert_legacy(text);
+    let nodes = envsubst::parse(&text).map_err(|source| ComponentsError::Syntax {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let names = envsubst::required(&nodes, variables);
+    if !names.is_empty() {
+        return Err(ComponentsError::Variables {
+            path: path.to_path_buf(),
+            names,
+        });
+    }
+    // Letters and digits only: the same in every scalar style, never split by folding.
+    let mut base = String::from("zfledgevalue");
+    while text.contains(&base) {
+        base.push('z');
+    }
+    let mut values = Vec::new();
+    let mut with_placeholders = String::with_capacity(text.len());
+    envsubst::evaluate(&nodes, variables, &mut with_placeholders, &mut |v, out| {
+        out.push_str(&format!("{base}{}z", values.len()));
+        values.push(v.to_string());
+    });
+    let docs = parse_all(path, &with_placeholders)?;
+    if values.is_empty() {
+        return Ok(docs);
+    }
+    let placeholders = Placeholders {
+        base: &base,
+        values: &values,
+    };
+    let probed = {
+        let mut ones = String::with_capacity(text.len());
+        envsubst::evaluate(&nodes, variables, &mut ones, &mut |_, out| {
+            out.push_str(PROBE)
+        });
+        parse_all(path, &ones)
+            .ok()
+            .filter(|p| p.len() == docs.len())
+    };
+    let mut out = Vec::with_capacity(docs.len());
+    for (i, mut d) in docs.into_iter().enumerate() {
+        let probe = probed.as_ref().map(|p| &p[i]);
+        placeholders
+            .replace(&mut d, probe)
+            .map_err(|key| ComponentsError::DuplicateKey {
+                path: path.to_path_buf(),
+                index: i + 1,
+                key,
+            })?;
+        out.push(d);
+    }
+    Ok(out)
+}
+
+/// Every document of `text`, null for an empty one.
+fn parse_all(path: &Path, text: &str) -> Result<Vec<Value>, ComponentsError> {
+    serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .map(|(i, doc)| {
+            Value::deserialize(doc).map_err(|e| ComponentsError::Parse {
+                path: path.to_path_buf(),
+                index: i + 1,
+                problem: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What stands for every value in the second parse: a plain scalar made only of it reads as a
+/// number (`1`, `11`, `-1`, `1.1`, `0x1`; YAML 1.2 reads `00` as a string), a quoted or block
+/// one as a string.
+const PROBE: &str = "1";
+
+/// The values standing behind `<base><index>z` in parsed documents.
+struct Placeholders<'a> {
+    base: &'a str,
+    values: &'a [String],
+}
+
+impl Placeholders<'_> {
+    /// `s` with every placeholder replaced by `with(value)`.
+    fn fill(&self, s: &str, with: impl Fn(&str) -> String) -> String {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(at) = rest.find(self.base) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + self.base.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let value = after[..digits]
+                .parse::<usize>()
+                .ok()
+                .filter(|_| after[digits..].starts_with('z'))
+                .and_then(|i| self.values.get(i));
+            match value {
+                Some(v) => {
+                    out.push_str(&with(v));
+                    rest = &after[digits + 1..];
+                }
+                None => {
+                    out.push_str(self.base);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Replaces the placeholders in `v`; `probe` is the same place parsed with `1` for every
+    /// placeholder. Err(key) when two keys of a mapping become the same.
+    fn replace(&self, v: &mut Value, probe: Option<&Value>) -> Result<(), String> {
+        match v {
+            Value::String(s) if s.contains(self.base) => {
+                let text = self.fill(s, str::to_string);
+                *v = match probe {
+                    Some(Value::Number(_)) => plain_scalar(&text),
+                    _ => None,
+                }
+                .unwrap_or(Value::String(text));
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    self.replace(x, probe.and_then(|p| p.get(i)))?;
+                }
+            }
+            Value::Object(o) if o.keys().any(|k| k.contains(self.base)) => {
+                let probe_keys: Vec<String> =
+                    o.keys().map(|k| self.fill(k, |_| PROBE.into())).collect();
+                let mut filled = serde_json::Map::new();
+                for (k, mut x) in std::mem::take(o) {
+                    let pk = self.fill(&k, |_| PROBE.into());
+                    // Keys that meet in the probe cannot tell their subtrees apart.
+                    let unique = probe_keys.iter().filter(|q| **q == pk).count() == 1;
+                    let child = probe.filter(|_| unique).and_then(|p| p.get(&pk));
+                    self.replace(&mut x, child)?;
+                    let key = self.fill(&k, str::to_string);
+                    if filled.contains_key(&key) {
+                        return Err(key);
+                    }
+                    filled.insert(key, x);
+                }
+                *o = filled;
+            }
+            Value::Object(o) => {
+                for (k, x) in o.iter_mut() {
+                    self.replace(x, probe.and_then(|p| p.get(k)))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
-/// Expands `${NAME}`, `${NAME:=default}` and `${NAME:-default}` in one string. A `$` not
-/// followed by a well-formed reference is kept as it is.
-pub fn expand(s: &str, vars: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find("${") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 2..];
-        let Some(end) = after.find('}') else {
-            out.push_str(&rest[at..]);
-            return out;
-        };
-        let inner = &after[..end];
-        let (name, default) = match inner.find(":=").or_else(|| inner.find(":-")) {
-            Some(i) => (&inner[..i], Some(&inner[i + 2..])),
-            None => (inner, None),
-        };
-        let well_formed = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && !name.as_bytes()[0].is_ascii_digit();
-        if !well_formed {
-            out.push_str("${");
-            rest = after;
-            continue;
-        }
-        match (vars.get(name), default) {
-            (Some(v), _) => out.push_str(v),
-            (None, Some(d)) => out.push_str(d),
-            (None, None) => {
-                missing.insert(name.to_string());
-            }
-        }
-        rest = &after[end + 1..];
+/// The null, boolean or number YAML 1.2 reads `text` as when it is a whole plain scalar; None
+/// when it is a string or not one plain scalar (a comment, a `: `, quotes, a flow collection,
+/// leading or trailing blanks, several lines).
+fn plain_scalar(text: &str) -> Option<Value> {
+    let first = text.chars().next()?;
+    let second = text.chars().nth(1);
+    let indicator = ",[]{}#&*!|>'\"%@`".contains(first)
+        || (matches!(first, '-' | '?' | ':') && second.is_none_or(|c| c == ' '));
+    if indicator
+        || text.trim() != text
+        || text.contains(['\n', '\r', '\t'])
+        || text.contains(" #")
+        || text.contains(": ")
+        || text.ends_with(':')
+    {
+        return None;
     }
-    out.push_str(rest);
+    let parsed: Value = serde_yaml::from_str(&format!("k: {text}")).ok()?;
+    let obj = parsed.as_object().filter(|o| o.len() == 1)?;
+    match obj.get("k")? {
+        v @ (Value::Null | Value::Bool(_) | Value::Number(_)) => Some(v.clone()),
+        _ => None,
+    }
+}
+
+/// `s` with values and defaults put in as text (what clusterctl's text substitution makes of
+/// the one string), for listing images; `missing` gets the required variables without a value.
+/// A string that is not valid variable syntax is kept as it is.
+fn expand(s: &str, vars: &BTreeMap<String, String>, missing: &mut BTreeSet<String>) -> String {
+    let text = envsubst::convert_legacy(s);
+    let Ok(nodes) = envsubst::parse(&text) else {
+        return s.to_string();
+    };
+    missing.extend(envsubst::required(&nodes, vars));
+    let mut out = String::with_capacity(s.len());
+    envsubst::evaluate(&nodes, vars, &mut out, &mut |v, out| out.push_str(v));
     out
 }
 
@@ -479,50 +655,83 @@ pub fn contract_of(base: &Path, provider: &Provider) -> Result<String, Component
         })
 }
 
-/// Checks that `provider`'s version follows the cluster's `contract`; returns it.
+/// The contracts a Cluster API core of contract `core` works with, newest first: its own and,
+/// for v1beta2, v1beta1 as well (until v1beta1 is end-of-life). This is Cluster API v1.13's
+/// `GetCompatibleVersions` (`internal/contract/version.go`).
+pub fn compatible_contracts(core: &str) -> Vec<&str> {
+    let mut out = vec![core];
+    if core == "v1beta2" {
+        out.push("v1beta1");
+    }
+    out
+}
+
+/// Checks that `provider`'s version works with the cluster's `contract`; returns the contract
+/// its `metadata.yaml` gives it. Cluster API's rule (clusterctl's `providerInstaller.Validate`
+/// in `cmd/clusterctl/client/cluster/installer.go`): the core provider's contract is the
+/// management cluster's, and every other provider must follow a contract compatible with it
+/// ([`compatible_contracts`]). The cluster's `contract` is what the agent writes Cluster API
+/// objects at, so the core must follow it exactly; a bootstrap, control-plane or
+/// infrastructure provider may follow v1beta1 under a v1beta2 core.
 pub fn check_contract(
     base: &Path,
     provider: &Provider,
     contract: &str,
 ) -> Result<String, ComponentsError> {
     let found = contract_of(base, provider)?;
-    if found != contract {
+    let accepted = if provider.kind == Kind::Core {
+        vec![contract]
+    } else {
+        compatible_contracts(contract)
+    };
+    if !accepted.contains(&found.as_str()) {
         return Err(ComponentsError::Metadata {
             path: provider.dir(base).join("metadata.yaml"),
             problem: format!(
-                "{} {} follows the Cluster API contract {found}; the cluster needs {contract}",
+                "{} {} follows the Cluster API contract {found}; the cluster needs {}",
                 provider.label(),
-                provider.version
+                provider.version,
+                accepted.join(" or ")
             ),
         });
     }
     Ok(found)
 }
 
-/// Every CRD of a bootstrap, control-plane or infrastructure provider must carry the contract label
-/// `cluster.x-k8s.io/<contract>` (its served versions for that contract): CAPI finds the
-/// version to read a referenced object at from it, and without it nothing of that kind
-/// reconciles ("cannot find any versions matching contract versions").
+/// Every CRD of a bootstrap, control-plane or infrastructure provider must carry a non-empty
+/// contract label `cluster.x-k8s.io/<contract>` (its API versions for that contract, joined by
+/// `_`) for one of the contracts compatible with the cluster's: Cluster API reads a referenced
+/// object at the newest version the newest such label names, and finds none without one
+/// ("cannot find any versions matching contract versions"; `GetLatestContractAndAPIVersionFromContract`
+/// in Cluster API's `internal/contract/version.go`).
 pub fn check_crd_contract_labels(c: &Components, contract: &str) -> Result<(), ComponentsError> {
     // The core provider's own types are not referenced through contracts.
     if matches!(c.provider.kind, Kind::CertManager | Kind::Core) {
         return Ok(());
     }
-    let key = format!("cluster.x-k8s.io/{contract}");
-    let unlabelled: Vec<&str> = c
+    let compatible = compatible_contracts(contract);
+    let mut unlabelled = Vec::new();
+    for crd in c
         .foundation
         .iter()
         .filter(|d| d["kind"] == "CustomResourceDefinition")
-        .filter(|d| {
-            d["metadata"]["labels"][&key]
+    {
+        let labelled = compatible.iter().any(|v| {
+            crd["metadata"]["labels"][format!("cluster.x-k8s.io/{v}")]
                 .as_str()
-                .is_none_or(str::is_empty)
-        })
-        .filter_map(|d| d["metadata"]["name"].as_str())
-        .collect();
+                .is_some_and(|s| !s.is_empty())
+        });
+        if !labelled {
+            unlabelled.push(crd["metadata"]["name"].as_str().unwrap_or_default());
+        }
+    }
     if unlabelled.is_empty() {
         return Ok(());
     }
+    let keys: Vec<String> = compatible
+        .iter()
+        .map(|v| format!("cluster.x-k8s.io/{v}"))
+        .collect();
     Err(ComponentsError::Metadata {
         path: PathBuf::from(format!(
             "{}/{}/components.yaml",
@@ -530,7 +739,9 @@ pub fn check_crd_contract_labels(c: &Components, contract: &str) -> Result<(), C
             c.provider.version
         )),
         problem: format!(
-            "CRDs without the contract label {key} (Cluster API cannot use them): {}",
+            "CRDs without a contract label for {} ({}; Cluster API cannot use them): {}",
+            compatible.join(" or "),
+            keys.join(" or "),
             unlabelled.join(", ")
         ),
     })
@@ -737,6 +948,55 @@ mod tests {
     }
 
     #[test]
+    fn a_default_is_yaml_text_and_a_value_only_types_a_plain_scalar() {
+        let text = r#"apiVersion: v1
+kind: Case
+metadata: {name: a}
+spec:
+  sync: ${AZURE_SYNC_PERIOD:=""}
+  flag: ${F:=false}
+  quoted: "${F:=false}"
+  n: ${N}
+  qn: "${N}"
+  arg: --n=${N}
+  k-${N}: x
+  text: ${T}
+"#;
+        let v = vars(&[("N", "3"), ("T", "a: b # c")]);
+        let c = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap();
+        assert_eq!(
+            c.rest[0]["spec"],
+            json!({"sync": "", "flag": false, "quoted": "false", "n": 3, "qn": "3",
+                "arg": "--n=3", "k-3": "x", "text": "a: b # c"})
+        );
+    }
+
+    #[test]
+    fn bad_variable_syntax_and_keys_that_meet_are_errors() {
+        let text =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: ${not-a-name}}\n";
+        let e = prepare(Path::new("c.yaml"), text, &core(), &vars(&[])).unwrap_err();
+        assert_eq!(e.to_string(), "c.yaml: not valid variable syntax");
+        assert_eq!(
+            std::error::Error::source(&e).unwrap().to_string(),
+            "line 4: missing closing brace"
+        );
+        let text =
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {${A}: 1, ${B}: 2}\n";
+        let e = prepare(
+            Path::new("c.yaml"),
+            text,
+            &core(),
+            &vars(&[("A", "x"), ("B", "x")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.yaml: document 1: two keys are \"x\" after substitution"
+        );
+    }
+
+    #[test]
     fn a_value_cannot_change_the_structure_of_a_document() {
         let v = vars(&[("X", "a\nkind: Secret\n---\nb: c")]);
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: \"${X}\"}\n";
@@ -875,5 +1135,143 @@ spec: {template: {spec: {tolerations: [{key: node-role.kubernetes.io/control-pla
                 .contains("cluster-api v1.12.0 is not baked into this image (found v1.13.5)"),
             "{e}"
         );
+    }
+
+    /// A provider directory under a temporary base with `metadata.yaml` declaring `contract`
+    /// for the provider's minor version.
+    fn with_metadata(p: &Provider, contract: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let (major, minor) = parse_version(&p.version).unwrap();
+        std::fs::create_dir_all(p.dir(dir.path())).unwrap();
+        std::fs::write(p.dir(dir.path()).join("components.yaml"), "").unwrap();
+        std::fs::write(
+            p.dir(dir.path()).join("metadata.yaml"),
+            format!("releaseSeries:\n- {{major: {major}, minor: {minor}, contract: {contract}}}\n"),
+        )
+        .unwrap();
+        dir
+    }
+
+    fn infra(name: &str, version: &str) -> Provider {
+        Provider {
+            kind: Kind::Infrastructure,
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+
+    /// Components of `p` with one CRD labelled `labels`.
+    fn with_crd(p: &Provider, labels: &[(&str, &str)]) -> Components {
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        Components {
+            provider: p.clone(),
+            foundation: vec![json!({
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": "awsclusters.infrastructure.cluster.x-k8s.io", "labels": labels},
+            })],
+            rest: vec![],
+            namespace: None,
+            tolerated: vec![],
+        }
+    }
+
+    #[test]
+    fn a_v1beta1_provider_is_accepted_under_a_v1beta2_core() {
+        for (name, version) in [("aws", "v2.11.1"), ("azure", "v1.26.0"), ("gcp", "v1.12.0")] {
+            let p = infra(name, version);
+            let dir = with_metadata(&p, "v1beta1");
+            assert_eq!(
+                check_contract(dir.path(), &p, "v1beta2").unwrap(),
+                "v1beta1",
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn crds_labelled_only_for_v1beta1_are_accepted_under_a_v1beta2_core() {
+        let p = infra("aws", "v2.11.1");
+        let c = with_crd(&p, &[("cluster.x-k8s.io/v1beta1", "v1beta1_v1beta2")]);
+        check_crd_contract_labels(&c, "v1beta2").unwrap();
+        let c = with_crd(&p, &[("cluster.x-k8s.io/v1beta2", "v1beta2")]);
+        check_crd_contract_labels(&c, "v1beta2").unwrap();
+    }
+
+    #[test]
+    fn a_v1alpha4_provider_is_refused_under_either_core() {
+        let p = infra("aws", "v0.7.0");
+        let dir = with_metadata(&p, "v1alpha4");
+        for core in ["v1beta2", "v1beta1"] {
+            let e = check_contract(dir.path(), &p, core).unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "infrastructure-aws v0.7.0 follows the Cluster API contract v1alpha4"
+                ),
+                "{e}"
+            );
+        }
+        let c = with_crd(&p, &[("cluster.x-k8s.io/v1alpha4", "v1alpha4")]);
+        let e = check_crd_contract_labels(&c, "v1beta2").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("awsclusters.infrastructure.cluster.x-k8s.io"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_v1beta2_provider_is_refused_under_a_v1beta1_core() {
+        // Compatibility goes one way: a v1beta1 core accepts v1beta1 providers only.
+        let p = infra("docker", "v1.13.5");
+        let dir = with_metadata(&p, "v1beta2");
+        let e = check_contract(dir.path(), &p, "v1beta1").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("follows the Cluster API contract v1beta2"),
+            "{e}"
+        );
+        let c = with_crd(&p, &[("cluster.x-k8s.io/v1beta2", "v1beta2")]);
+        assert!(check_crd_contract_labels(&c, "v1beta1").is_err());
+    }
+
+    #[test]
+    fn the_core_provider_must_follow_the_clusters_contract_itself() {
+        // The core's contract is the management cluster's (clusterctl), and the agent writes
+        // Cluster API objects at it: a v1beta1 core cannot serve a v1beta2 cluster.
+        let p = Provider {
+            kind: Kind::Core,
+            name: "cluster-api".into(),
+            version: "v1.10.0".into(),
+        };
+        let dir = with_metadata(&p, "v1beta1");
+        assert!(check_contract(dir.path(), &p, "v1beta2").is_err());
+        assert_eq!(
+            check_contract(dir.path(), &p, "v1beta1").unwrap(),
+            "v1beta1"
+        );
+    }
+
+    #[test]
+    fn crds_without_a_compatible_non_empty_contract_label_are_refused() {
+        let p = infra("aws", "v2.11.1");
+        for labels in [
+            &[][..],
+            &[("cluster.x-k8s.io/v1beta1", "")][..],
+            &[("cluster.x-k8s.io/v1alpha4", "v1alpha4")][..],
+        ] {
+            let e = check_crd_contract_labels(&with_crd(&p, labels), "v1beta2").unwrap_err();
+            assert!(
+                e.to_string().contains(
+                    "CRDs without a contract label for v1beta2 or v1beta1 (cluster.x-k8s.io/v1beta2 or cluster.x-k8s.io/v1beta1; Cluster API cannot use them): awsclusters.infrastructure.cluster.x-k8s.io"
+                ),
+                "{labels:?}: {e}"
+            );
+        }
+        assert_eq!(compatible_contracts("v1beta2"), ["v1beta2", "v1beta1"]);
+        assert_eq!(compatible_contracts("v1beta1"), ["v1beta1"]);
     }
 }
