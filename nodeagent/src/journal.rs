@@ -335,6 +335,41 @@ impl Journal {
         Ok(true)
     }
 
+    /// Removes `phase`'s entry and writes the journal durably (false, nothing written, when it
+    /// had none): a cancelled deletion forgets the `Unpivoted` it never finished, so that the
+    /// runner resumes `Steady` instead of leaving the cluster to a hand-run unpivot.
+    pub fn forget(&mut self, state_dir: &Path, phase: Phase) -> Result<bool, JournalError> {
+        let _lock = lock_file(state_dir)?;
+        match read(state_dir) {
+            Ok(OnDisk::Valid(on_disk)) => *self = on_disk,
+            Ok(OnDisk::Missing) => *self = Journal::empty(),
+            // Never overwritten: set aside, and this copy (the best record left) is written.
+            Ok(OnDisk::Corrupt(problem)) => {
+                let aside = set_aside(state_dir, problem, unix_now())?;
+                tracing::error!(
+                    journal = %aside.journal.display(),
+                    kept = %aside.kept.display(),
+                    problem = %aside.problem,
+                    "the journal is corrupt: it was set aside and replaced by this process's copy"
+                );
+            }
+            // Unreadable: the write below says why if it fails too.
+            Err(_) => {}
+        }
+        if !self.started(phase) {
+            return Ok(false);
+        }
+        self.phases.retain(|e| e.phase != phase);
+        let p = path(state_dir);
+        let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
+        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
+            path: p,
+            op: "write",
+            source,
+        })?;
+        Ok(true)
+    }
+
     /// The entry of `phase`.
     pub fn entry(&self, phase: Phase) -> Option<&Entry> {
         self.phases.iter().find(|e| e.phase == phase)

@@ -1,7 +1,10 @@
 //! The spec sync: gets the cluster's FledgeCluster from the management plane, watches it,
 //! resyncs, accepts or refuses each offered spec into the cache, and reports status (the
 //! journal's phases as conditions). It backs off while the management plane is unreachable and
-//! keeps the agent running from the cached spec.
+//! keeps the agent running from the cached spec. It also decides whether a deletion of the
+//! FledgeCluster is an order to delete the cluster ([`crate::phases::unpivoted::decide`]):
+//! it records an order, declines a deletion that comes from the namespace's, cancels an order
+//! that no longer holds, and settles a cancellation so that the runner is back in `Steady`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::config::AgentConfig;
 use crate::journal::{Journal, Outcome, Phase};
 use crate::metrics::Shared;
 use crate::notify::Notifier;
+use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
 use crate::run::{SYNC_BEAT, now};
 
 /// The kind of a failed management-plane request, as counted in the metrics.
@@ -73,7 +77,7 @@ impl Sync {
             let resume_from = match self.api.get_opt(&self.cfg.cluster.name).await {
                 Ok(Some(obj)) => {
                     self.reachable(true);
-                    self.accept(&obj);
+                    self.observe(&obj).await;
                     self.push_status().await;
                     obj.metadata.resource_version.clone()
                 }
@@ -81,6 +85,9 @@ impl Sync {
                     self.reachable(true);
                     tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
                     self.shared.error("not_found");
+                    if self.deletion(None).await {
+                        self.push_status().await;
+                    }
                     None
                 }
                 Err(e) => {
@@ -99,22 +106,28 @@ impl Sync {
                         let mut stream = stream.boxed();
                         loop {
                             tokio::select! {
-                                                            ev = stream.try_next() => match ev {
-                            Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
-                                                                    // Status updates (ours included) change nothing here;
-                                                                    // only a new or refused spec is worth reporting.
-                                                                    if self.accept(&obj) != Decision::Unchanged {
-                                                                        self.push_status().await;
-                                                                    }
-                                                                }
-                                                                Ok(Some(_)) => {}
-                                                                Ok(None) => break, // resync
-                                                                Err(e) => { self.unreachable(&e); break; }
-                                                            },
-                                                            _ = beat.tick() => self.beat(),
-                                                            _ = self.journal_changed.notified() => self.push_status().await,
-                                                            _ = stop.changed() => return,
-                                                        }
+                                ev = stream.try_next() => match ev {
+                                    Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
+                                        // Status updates (ours included) change nothing here;
+                                        // only a new or refused spec, or a step of a deletion,
+                                        // is worth reporting.
+                                        if self.observe(&obj).await {
+                                            self.push_status().await;
+                                        }
+                                    }
+                                    Ok(Some(WatchEvent::Deleted(_))) => {
+                                        if self.deletion(None).await {
+                                            self.push_status().await;
+                                        }
+                                    }
+                                    Ok(Some(_)) => {}
+                                    Ok(None) => break, // resync
+                                    Err(e) => { self.unreachable(&e); break; }
+                                },
+                                _ = beat.tick() => self.beat(),
+                                _ = self.journal_changed.notified() => self.push_status().await,
+                                _ = stop.changed() => return,
+                            }
                         }
                     }
                     Err(e) => self.unreachable(&e),
@@ -142,6 +155,25 @@ impl Sync {
     fn beat(&self) {
         self.shared
             .update(|s| s.sync_beat = Some(std::time::Instant::now()));
+        self.settle_deletion();
+    }
+
+    /// Settles a cancelled deletion request once no runner attempt is in flight (tried on every
+    /// beat): the runner is woken and back in `Steady`, and the status is sent.
+    fn settle_deletion(&self) -> bool {
+        match unpivoted::settle(&self.state_dir) {
+            Ok(Some(why)) => {
+                tracing::warn!(reason = ?why, "deletion request cancelled; the agent is back in Steady: {}", why.explain(&self.cfg.cluster.namespace));
+                self.spec_changed.notify_one();
+                self.journal_changed.notify_one();
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot settle the cancelled deletion request");
+                false
+            }
+        }
     }
 
     fn reachable(&self, yes: bool) {
@@ -169,30 +201,142 @@ impl Sync {
         });
     }
 
-    /// A FledgeCluster being deleted (the one whose spec is cached): recorded once, durably,
-    /// for the phase runner, which then unpivots and deletes the cluster.
-    fn note_deletion(&self, obj: &FledgeCluster, uid: &str) {
-        let Some(when) = &obj.metadata.deletion_timestamp else {
-            return;
-        };
-        if self.cached.as_ref().is_some_and(|c| c.uid != uid) {
-            return;
-        }
-        let when = when.0.to_string();
-        match crate::phases::unpivoted::request_deletion(&self.state_dir, uid, &when) {
-            Ok(true) => {
-                tracing::warn!(%when, "the FledgeCluster is being deleted: moving the cluster's objects back to the management plane, which then deletes the cluster");
-                self.spec_changed.notify_one();
+    /// Handles one look at the FledgeCluster: the spec offered (accepted or refused), the
+    /// agent's finalizer on a re-created FledgeCluster whose spec it accepted, and its deletion.
+    /// True when the status is worth sending.
+    async fn observe(&mut self, obj: &FledgeCluster) -> bool {
+        let before = self.cached.as_ref().map(|c| c.uid.clone());
+        let decision = self.accept(obj);
+        let after = self.cached.as_ref().map(|c| c.uid.clone());
+        if before.is_some() && before != after && self.pivoted() {
+            // The runner holds the finalizer once per process: a re-created FledgeCluster
+            // accepted since is held here, so that deleting it is an order again.
+            let api = unpivoted::fledge_cluster_api(
+                kube::Client::from(self.api.clone()),
+                &self.cfg.cluster.namespace,
+            );
+            if let Err(e) = unpivoted::hold_on(&api, &self.cfg.cluster.name).await {
+                tracing::warn!(error = %crate::phases::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
             }
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "cannot record the deletion request"),
+        }
+        let acted = self.deletion(Some(obj)).await;
+        decision != Decision::Unchanged || acted
+    }
+
+    fn pivoted(&self) -> bool {
+        Journal::load(&self.state_dir).is_ok_and(|j| j.done(Phase::Pivoted))
+    }
+
+    /// Decides what the FledgeCluster (`None`: gone) says about deleting the cluster, and acts:
+    /// records an order (the runner then unpivots), declines a deletion that comes from the
+    /// namespace's (releasing the finalizer, so that the namespace can go), or cancels an
+    /// order that no longer holds. True when something changed.
+    async fn deletion(&mut self, obj: Option<&FledgeCluster>) -> bool {
+        let seen = match obj {
+            None => Seen::Gone,
+            Some(o) => Seen::Present {
+                uid: o.metadata.uid.as_deref().unwrap_or_default(),
+                deleting: o.metadata.deletion_timestamp.is_some(),
+            },
+        };
+        let request = match unpivoted::load_request(&self.state_dir) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, path = %unpivoted::request_path(&self.state_dir).display(), "cannot read the deletion request");
+                return false;
+            }
+        };
+        if seen == Seen::Gone && request.is_none() {
+            return false;
+        }
+        let ns = self.cfg.cluster.namespace.clone();
+        let client = kube::Client::from(self.api.clone());
+        let namespace = if unpivoted::needs_namespace(seen) {
+            unpivoted::namespace_state(&client, &ns).await
+        } else {
+            NamespaceState::Unknown
+        };
+        let journal = Journal::load(&self.state_dir).unwrap_or_default();
+        let progress = request
+            .as_ref()
+            .and_then(|r| unpivoted::progress(r, &journal));
+        let cached_uid = self.cached.as_ref().map(|c| c.uid.as_str());
+        let when = obj
+            .and_then(|o| o.metadata.deletion_timestamp.as_ref())
+            .map(|t| t.0.to_string());
+        match unpivoted::decide(seen, namespace, cached_uid, request.as_ref(), progress) {
+            Verdict::Nothing => false,
+            Verdict::Order => {
+                let (Seen::Present { uid, .. }, Some(when)) = (seen, when) else {
+                    return false;
+                };
+                match unpivoted::request_deletion(&self.state_dir, uid, &when) {
+                    Ok(true) => {
+                        tracing::warn!(%when, "the FledgeCluster is being deleted: moving the cluster's objects back to the management plane, which then deletes the cluster");
+                        self.spec_changed.notify_one();
+                        true
+                    }
+                    Ok(false) => false,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record the deletion request");
+                        false
+                    }
+                }
+            }
+            Verdict::Undecided => {
+                tracing::warn!(namespace = %ns, "the FledgeCluster is being deleted, but whether its namespace is being deleted is not known yet: nothing is done until it is");
+                false
+            }
+            Verdict::Deferred(why) => {
+                tracing::warn!(reason = ?why, "{}; but an unpivot is under way: it is finished or rolled back first, and the deletion request is cancelled only if it is rolled back", why.explain(&ns));
+                false
+            }
+            Verdict::Cancel(why) => {
+                let (uid, when) = match (seen, request.as_ref()) {
+                    (Seen::Present { uid, .. }, _) => (uid.to_string(), when.unwrap_or_default()),
+                    (Seen::Gone, Some(r)) => (r.uid.clone(), r.deletion_timestamp.clone()),
+                    (Seen::Gone, None) => return false,
+                };
+                let changed = match unpivoted::cancel(&self.state_dir, &uid, &when, why) {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot record that the deletion is not an order");
+                        false
+                    }
+                };
+                if changed {
+                    tracing::warn!(reason = ?why, "{}", why.explain(&ns));
+                }
+                if why == Cancel::NamespaceTerminating
+                    && obj.is_some_and(|o| {
+                        o.metadata
+                            .finalizers
+                            .as_ref()
+                            .is_some_and(|f| f.iter().any(|f| f == unpivoted::FINALIZER))
+                    })
+                {
+                    let api = unpivoted::fledge_cluster_api(client, &ns);
+                    match unpivoted::release_on(&api, &self.cfg.cluster.name).await {
+                        Ok(true) => tracing::warn!(
+                            finalizer = unpivoted::FINALIZER,
+                            namespace = %ns,
+                            "finalizer released: the namespace can go; the cluster keeps running"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %crate::phases::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
+                        }
+                    }
+                }
+                let settled = self.settle_deletion();
+                changed || settled
+            }
         }
     }
 
     fn accept(&mut self, obj: &FledgeCluster) -> Decision {
         let generation = obj.metadata.generation.unwrap_or(0);
         let uid = obj.metadata.uid.clone().unwrap_or_default();
-        self.note_deletion(obj, &uid);
         let offered = CachedSpec::new(generation, &uid, obj.spec.clone());
         let replaces = obj
             .metadata
@@ -332,6 +476,9 @@ impl Sync {
             };
             conditions.push(cond(&e.phase.to_string(), ok, reason, message));
         }
+        if let Some(c) = self.deletion_condition(&cond) {
+            conditions.push(c);
+        }
         let failure = self.state_dir.join("bootstrap-failure.json");
         if let Ok(text) = std::fs::read_to_string(&failure) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -361,6 +508,42 @@ impl Sync {
             // Written by the pivot itself; a merge patch without it leaves it alone.
             pivot: None,
         }
+    }
+
+    /// `DeletionRequested`, from the recorded request: True while an order is carried out,
+    /// False (with the reason) when a deletion was declined or cancelled.
+    fn deletion_condition(
+        &self,
+        cond: &dyn Fn(&str, bool, &str, String) -> Condition,
+    ) -> Option<Condition> {
+        let r = unpivoted::load_request(&self.state_dir).ok().flatten()?;
+        let ns = self.cfg.cluster.namespace.as_str();
+        Some(match &r.cancelled {
+            None => cond(
+                "DeletionRequested",
+                true,
+                "Ordered",
+                format!(
+                    "FledgeCluster {} deleted at {}: the cluster's objects go back to the management plane, which deletes the cluster",
+                    r.uid, r.deletion_timestamp
+                ),
+            ),
+            Some(c) => cond(
+                "DeletionRequested",
+                false,
+                match c.reason {
+                    Cancel::NamespaceTerminating => "NamespaceTerminating",
+                    Cancel::Gone => "FledgeClusterGone",
+                    Cancel::Replaced => "FledgeClusterReplaced",
+                },
+                format!(
+                    "FledgeCluster {} deleted at {}: {}",
+                    r.uid,
+                    r.deletion_timestamp,
+                    c.reason.explain(ns)
+                ),
+            ),
+        })
     }
 
     /// Sends the latest status; on failure it stays pending and goes out on the next success.

@@ -1,7 +1,7 @@
 //! Deleting a cluster that runs itself: `Unpivoted`, then `Released`.
 //!
 //! The agent holds a finalizer ([`FINALIZER`]) on its FledgeCluster from the pivot on. When the
-//! FledgeCluster is deleted, the spec sync records the request in the state directory
+//! FledgeCluster alone is deleted, the spec sync records the order in the state directory
 //! ([`request_deletion`]) and the runner stops reconciling the cluster:
 //! 1. `Unpivoted`: the pivot engine in reverse moves the cluster's Cluster API objects from the
 //!    local cluster back to the management plane (the agent's scoped identity), deleting the
@@ -11,17 +11,30 @@
 //!    machines, this one among them, are being deleted: from then on Cluster API needs nothing
 //!    from this node, which is about to go), the finalizer is released, last.
 //!
+//! Not every deletion is an order ([`decide`]): a FledgeCluster deleted because its namespace is
+//! being deleted is not (nothing can be created in a terminating namespace, and deleting a
+//! namespace is cleanup of the management plane, not of the cluster): the agent releases its
+//! finalizer, so that the namespace goes, and keeps the cluster running. A recorded order is
+//! cancelled when it no longer holds (the namespace is being deleted, the FledgeCluster is gone
+//! without the agent releasing it, or another object of the same name stands in its place),
+//! unless its unpivot has gone past the point where it can be rolled back: the cancellation is
+//! marked in the request ([`Cancelled`]), and the spec sync settles it ([`settle`]: the journal
+//! forgets the unfinished `Unpivoted`), after which the runner is back in `Steady`.
+//!
 //! `fledge-agent unpivot --to KUBECONFIG` runs the same engine by hand (re-homing into another
 //! management plane); the runner then leaves the cluster alone.
 
 use std::path::{Path, PathBuf};
 
 use fledge_generator::spec::FledgeCluster;
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Context, PhaseError, Step};
+use crate::journal::{Journal, JournalError, Phase};
 use crate::pivot::apply::{Direction, Options, Pivot};
 
 /// The agent's finalizer on its FledgeCluster.
@@ -32,29 +45,382 @@ pub fn request_path(state_dir: &Path) -> PathBuf {
     state_dir.join("deletion-requested")
 }
 
-/// Whether the FledgeCluster's deletion was requested.
-pub fn deletion_requested(state_dir: &Path) -> bool {
-    request_path(state_dir).exists()
+/// The lock that serializes changes of the request file (the spec sync and the phase runner
+/// both change it).
+fn request_lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("deletion-requested.lock")
 }
 
-/// Records that the FledgeCluster (`uid`) is being deleted (since `when`), durably, once.
-pub fn request_deletion(state_dir: &Path, uid: &str, when: &str) -> std::io::Result<bool> {
-    let path = request_path(state_dir);
-    if path.exists() {
-        return Ok(false);
+/// A deletion request, as recorded in [`request_path`] (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request {
+    /// UID of the FledgeCluster being deleted.
+    pub uid: String,
+    /// Its `deletionTimestamp`.
+    pub deletion_timestamp: String,
+    /// How far the unpivot for it went (absent: not started, or recorded by an older agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpivot: Option<Progress>,
+    /// Set when the deletion is not (or no longer) an order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled: Option<Cancelled>,
+}
+
+impl Request {
+    /// True while the request is an order the runner carries out (or, cancelled, has not yet
+    /// been settled).
+    pub fn in_force(&self) -> bool {
+        self.cancelled.as_ref().is_none_or(|c| !c.settled)
     }
-    let body = serde_json::to_vec_pretty(&json!({"uid": uid, "deletionTimestamp": when}))
-        .unwrap_or_default();
-    crate::fsutil::write_atomic(&path, &body, 0o600)?;
-    Ok(true)
+}
+
+/// How far the unpivot of a deletion went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Progress {
+    /// It started and its outcome is not known, or it failed after cutover: it is run again,
+    /// which completes it or (before cutover) rolls it back. Not cancellable meanwhile.
+    Running,
+    /// It failed before any write, or was rolled back: the local cluster is whole.
+    RolledBack,
+    /// It completed: the cluster's objects are on the management plane.
+    Done,
+}
+
+/// Why a deletion is not (or no longer) an order to delete the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cancel {
+    /// The FledgeCluster is deleted because its namespace is being deleted.
+    NamespaceTerminating,
+    /// The FledgeCluster is gone, without the agent releasing it (its finalizer was removed by
+    /// hand, or its namespace was deleted).
+    Gone,
+    /// Another FledgeCluster of the same name (another UID) stands in its place.
+    Replaced,
+}
+
+impl Cancel {
+    /// What it means, for the log and the status.
+    pub fn explain(self, namespace: &str) -> String {
+        match self {
+            Cancel::NamespaceTerminating => format!(
+                "namespace {namespace} is being deleted on the management plane: that is not an order to delete the cluster (and nothing can be created in a terminating namespace); the agent releases its finalizer and keeps the cluster running from its cached spec"
+            ),
+            Cancel::Gone => "the FledgeCluster is gone from the management plane without the agent releasing it: the deletion is cancelled and the agent keeps the cluster running from its cached spec".into(),
+            Cancel::Replaced => "another FledgeCluster of the same name replaced the one being deleted: the deletion is cancelled and the agent keeps the cluster running".into(),
+        }
+    }
+}
+
+/// A cancelled deletion request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cancelled {
+    /// Why.
+    pub reason: Cancel,
+    /// When (RFC 3339).
+    pub time: String,
+    /// True once the agent no longer acts on the request (the journal's unfinished `Unpivoted`
+    /// is forgotten); until then the runner waits.
+    pub settled: bool,
+}
+
+/// The recorded request; `Ok(None)` when there is none.
+pub fn load_request(state_dir: &Path) -> std::io::Result<Option<Request>> {
+    match std::fs::read(request_path(state_dir)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Changes the recorded request under its lock; `change` returns whether to write it back.
+fn update_request<T>(
+    state_dir: &Path,
+    change: impl FnOnce(&mut Option<Request>) -> (bool, T),
+) -> std::io::Result<T> {
+    let lock = crate::fsutil::open_lock_file(&request_lock_path(state_dir))?;
+    lock.lock()?;
+    let mut request = load_request(state_dir)?;
+    let (write, out) = change(&mut request);
+    if write && let Some(r) = &request {
+        let body = serde_json::to_vec_pretty(r).unwrap_or_default();
+        crate::fsutil::write_atomic(&request_path(state_dir), &body, 0o600)?;
+    }
+    Ok(out)
+}
+
+/// Whether the runner acts on a deletion: an order is recorded, or a cancelled one is not yet
+/// settled (an unreadable record counts as an order, as its existence always did).
+pub fn deletion_requested(state_dir: &Path) -> bool {
+    match load_request(state_dir) {
+        Ok(r) => r.is_some_and(|r| r.in_force()),
+        Err(_) => request_path(state_dir).exists(),
+    }
+}
+
+/// Records the order to delete the cluster: the FledgeCluster `uid` is being deleted (since
+/// `when`). Durable; false when a request for `uid` is recorded already, or another one is in
+/// force (it is cancelled and settled first). A settled cancellation of another deletion is
+/// replaced.
+pub fn request_deletion(state_dir: &Path, uid: &str, when: &str) -> std::io::Result<bool> {
+    update_request(state_dir, |r| {
+        if r.as_ref().is_some_and(|r| r.uid == uid || r.in_force()) {
+            return (false, false);
+        }
+        *r = Some(Request {
+            uid: uid.into(),
+            deletion_timestamp: when.into(),
+            unpivot: None,
+            cancelled: None,
+        });
+        (true, true)
+    })
+}
+
+/// How far the unpivot of `request` went: its record, else the journal (a request recorded by
+/// an older agent: an `Unpivoted` entry not succeeded may have written anything, so it is run
+/// again before anything is cancelled).
+pub fn progress(request: &Request, journal: &Journal) -> Option<Progress> {
+    if journal.done(Phase::Unpivoted) {
+        return Some(Progress::Done);
+    }
+    request.unpivot.or_else(|| {
+        journal
+            .started(Phase::Unpivoted)
+            .then_some(Progress::Running)
+    })
+}
+
+/// What the agent sees of its FledgeCluster on the management plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen<'a> {
+    /// It is not there (404).
+    Gone,
+    /// It is there.
+    Present {
+        /// Its UID.
+        uid: &'a str,
+        /// Whether it has a `deletionTimestamp`.
+        deleting: bool,
+    },
+}
+
+/// The FledgeCluster's namespace on the management plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceState {
+    /// Neither terminating nor gone.
+    Active,
+    /// `deletionTimestamp` set (`status.phase: Terminating`).
+    Terminating,
+    /// Not there.
+    Gone,
+    /// Not read (not needed), or the read failed.
+    Unknown,
+}
+
+/// Whether [`decide`] needs the namespace's state for `seen` (only a FledgeCluster being
+/// deleted makes the agent read its namespace).
+pub fn needs_namespace(seen: Seen<'_>) -> bool {
+    matches!(seen, Seen::Present { deleting: true, .. })
+}
+
+/// What to do about deleting the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing changes.
+    Nothing,
+    /// The FledgeCluster alone is being deleted: an order to unpivot and delete the cluster.
+    Order,
+    /// The FledgeCluster is being deleted, and whether its namespace is could not be read:
+    /// decided at the next look.
+    Undecided,
+    /// Not (or no longer) an order: a recorded request is cancelled, the finalizer of a
+    /// FledgeCluster being deleted is released, the cluster keeps running.
+    Cancel(Cancel),
+    /// The request no longer holds, but its unpivot is under way: that is run again first,
+    /// and the request cancelled once it is rolled back (not if it completes).
+    Deferred(Cancel),
+}
+
+/// Decides, from what the agent sees, whether a deletion is an order (the pure core of the
+/// deletion flow). `cached_uid` is the UID of the FledgeCluster whose spec the agent runs (the
+/// deletion of another object is no order); `request` and `progress` are what is recorded.
+pub fn decide(
+    seen: Seen<'_>,
+    namespace: NamespaceState,
+    cached_uid: Option<&str>,
+    request: Option<&Request>,
+    progress: Option<Progress>,
+) -> Verdict {
+    let order = request.filter(|r| r.cancelled.is_none());
+    if order.is_some() && progress == Some(Progress::Done) {
+        // The objects are back on the management plane: `Released` finishes the deletion.
+        return Verdict::Nothing;
+    }
+    let cancel = |why| match (order, progress) {
+        (None, _) | (_, None | Some(Progress::RolledBack)) => Verdict::Cancel(why),
+        (Some(_), Some(_)) => Verdict::Deferred(why),
+    };
+    let (uid, deleting) = match seen {
+        Seen::Gone if order.is_some() => return cancel(Cancel::Gone),
+        Seen::Gone => return Verdict::Nothing,
+        Seen::Present { uid, deleting } => (uid, deleting),
+    };
+    if order.is_some_and(|r| r.uid != uid) {
+        return cancel(Cancel::Replaced);
+    }
+    if !deleting || cached_uid.is_some_and(|c| c != uid) {
+        return Verdict::Nothing;
+    }
+    match namespace {
+        NamespaceState::Terminating | NamespaceState::Gone => cancel(Cancel::NamespaceTerminating),
+        _ if order.is_some() => Verdict::Nothing,
+        NamespaceState::Active => Verdict::Order,
+        NamespaceState::Unknown => Verdict::Undecided,
+    }
+}
+
+/// Marks the recorded request cancelled (`why`), unless its unpivot is under way or done, or
+/// it is cancelled already; when there is no request for `uid` (a deletion that was never an
+/// order), records one already cancelled and settled, for the status. Returns whether it
+/// changed anything.
+pub fn cancel(
+    state_dir: &Path,
+    uid: &str,
+    deletion_timestamp: &str,
+    why: Cancel,
+) -> std::io::Result<bool> {
+    let journal = Journal::load(state_dir).unwrap_or_default();
+    update_request(state_dir, |r| match r {
+        Some(req) if req.cancelled.is_none() => {
+            if matches!(
+                progress(req, &journal),
+                Some(Progress::Running | Progress::Done)
+            ) {
+                return (false, false);
+            }
+            req.cancelled = Some(Cancelled {
+                reason: why,
+                time: crate::fsutil::now_rfc3339(),
+                settled: false,
+            });
+            (true, true)
+        }
+        // Cancelled already (or a cancellation of another request is still being settled).
+        Some(req) if req.uid == uid || req.in_force() => (false, false),
+        _ => {
+            *r = Some(Request {
+                uid: uid.into(),
+                deletion_timestamp: deletion_timestamp.into(),
+                unpivot: None,
+                cancelled: Some(Cancelled {
+                    reason: why,
+                    time: crate::fsutil::now_rfc3339(),
+                    settled: true,
+                }),
+            });
+            (true, true)
+        }
+    })
+}
+
+/// A failed read or write of the request file, reported as the agent's durable state.
+fn request_error(state_dir: &Path, source: std::io::Error) -> JournalError {
+    JournalError::Io {
+        path: request_path(state_dir),
+        op: "read or write",
+        source,
+    }
+}
+
+/// Settles a cancelled request: takes the run lock (no attempt is in flight, none starts), has
+/// the journal forget the unfinished `Unpivoted` (so that the runner is back in `Steady`, not
+/// "unpivoted by hand") and marks the request settled. `Ok(None)` when there is nothing to
+/// settle or the runner holds the lock (then again later); else the reason settled.
+pub fn settle(state_dir: &Path) -> Result<Option<Cancel>, JournalError> {
+    let io = |source| request_error(state_dir, source);
+    let pending = |r: &Request| {
+        r.cancelled
+            .as_ref()
+            .filter(|c| !c.settled)
+            .map(|c| c.reason)
+    };
+    if load_request(state_dir)
+        .map_err(io)?
+        .as_ref()
+        .and_then(pending)
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let Some(_run) = crate::runlock::try_acquire(state_dir).map_err(|source| JournalError::Io {
+        path: crate::runlock::path(state_dir),
+        op: "lock",
+        source,
+    })?
+    else {
+        return Ok(None);
+    };
+    let mut journal = Journal::load(state_dir)?;
+    if !journal.done(Phase::Unpivoted) {
+        journal.forget(state_dir, Phase::Unpivoted)?;
+    }
+    update_request(state_dir, |r| match r.as_mut() {
+        Some(req) => match req.cancelled.as_mut().filter(|c| !c.settled) {
+            Some(c) => {
+                c.settled = true;
+                (true, Some(c.reason))
+            }
+            None => (false, None),
+        },
+        None => (false, None),
+    })
+    .map_err(io)
+}
+
+/// Records how far the unpivot went; false (nothing written) when the request is cancelled
+/// (or gone): the unpivot must then not start.
+fn set_progress(state_dir: &Path, to: Progress) -> std::io::Result<bool> {
+    update_request(state_dir, |r| match r.as_mut() {
+        Some(req) if req.cancelled.is_none() => {
+            req.unpivot = Some(to);
+            (true, true)
+        }
+        _ => (false, false),
+    })
+}
+
+/// The state of namespace `ns` on the management plane (the agent's ClusterRole may read its
+/// own namespace); a failed read is logged and `Unknown`.
+pub async fn namespace_state(client: &kube::Client, ns: &str) -> NamespaceState {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(ns).await {
+        Ok(None) => NamespaceState::Gone,
+        Ok(Some(n))
+            if n.metadata.deletion_timestamp.is_some()
+                || n.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") =>
+        {
+            NamespaceState::Terminating
+        }
+        Ok(Some(_)) => NamespaceState::Active,
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "cannot read the FledgeCluster's namespace on the management plane");
+            NamespaceState::Unknown
+        }
+    }
+}
+
+/// The FledgeClusters of namespace `ns` on the management plane, as dynamic objects.
+pub(crate) fn fledge_cluster_api(client: kube::Client, ns: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client, ns, &ApiResource::erase::<FledgeCluster>(&()))
 }
 
 fn fledge_clusters(ctx: &Context) -> Api<DynamicObject> {
-    Api::namespaced_with(
-        ctx.management.clone(),
-        ctx.spec.namespace.as_str(),
-        &ApiResource::erase::<FledgeCluster>(&()),
-    )
+    fledge_cluster_api(ctx.management.clone(), ctx.spec.namespace.as_str())
 }
 
 fn request(what: String) -> impl FnOnce(kube::Error) -> PhaseError {
@@ -66,8 +432,11 @@ fn request(what: String) -> impl FnOnce(kube::Error) -> PhaseError {
 /// the pivot commits, and once per agent process in Steady, so that a cluster pivoted by an
 /// agent that did not take it, or whose finalizer was removed by hand, is deletable again.
 pub async fn hold(ctx: &Context) -> Result<(), PhaseError> {
-    let name = ctx.spec.name.as_str();
-    let api = fledge_clusters(ctx);
+    hold_on(&fledge_clusters(ctx), ctx.spec.name.as_str()).await
+}
+
+/// [`hold`] on the FledgeCluster `name` of `api` (the spec sync holds a re-created one).
+pub(crate) async fn hold_on(api: &Api<DynamicObject>, name: &str) -> Result<(), PhaseError> {
     let Some(fc) = api
         .get_opt(name)
         .await
@@ -103,18 +472,23 @@ pub async fn hold(ctx: &Context) -> Result<(), PhaseError> {
 
 /// Removes [`FINALIZER`] from the FledgeCluster (gone already: nothing to do).
 async fn release(ctx: &Context) -> Result<(), PhaseError> {
-    let name = ctx.spec.name.as_str();
-    let api = fledge_clusters(ctx);
+    release_on(&fledge_clusters(ctx), ctx.spec.name.as_str())
+        .await
+        .map(|_| ())
+}
+
+/// [`release`] on the FledgeCluster `name` of `api`; true when this call removed it.
+pub(crate) async fn release_on(api: &Api<DynamicObject>, name: &str) -> Result<bool, PhaseError> {
     let Some(fc) = api
         .get_opt(name)
         .await
         .map_err(request(format!("read FledgeCluster {name}")))?
     else {
-        return Ok(());
+        return Ok(false);
     };
     let finalizers = fc.metadata.finalizers.clone().unwrap_or_default();
     if !finalizers.iter().any(|f| f == FINALIZER) {
-        return Ok(());
+        return Ok(false);
     }
     let kept: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
     let patch =
@@ -123,8 +497,8 @@ async fn release(ctx: &Context) -> Result<(), PhaseError> {
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(request(format!(
             "release finalizer {FINALIZER} of FledgeCluster {name}"
         ))(e)),
@@ -143,9 +517,22 @@ fn options() -> Options {
 /// `Unpivoted`'s plan.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let (ns, cluster) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
+    let recorded = load_request(&ctx.state_dir).ok().flatten();
+    if let Some(c) = recorded.as_ref().and_then(|r| r.cancelled.as_ref()) {
+        return Ok((
+            vec![format!(
+                "the deletion is cancelled: {}; then back to Steady",
+                c.reason.explain(ns)
+            )],
+            Some("the spec sync settles the cancellation".into()),
+        ));
+    }
     Ok((
         vec![
             format!("FledgeCluster {ns}/{cluster} is being deleted"),
+            format!(
+                "check that it is an order: the FledgeCluster is still the one deleted and namespace {ns} is not being deleted"
+            ),
             format!(
                 "move {ns}/{cluster}'s Cluster API objects from the local cluster back to the management plane"
             ),
@@ -157,22 +544,103 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     ))
 }
 
-/// Runs (or resumes) the unpivot for deletion.
+/// Why the recorded order no longer holds, from the management plane (before an unpivot
+/// starts: one never starts into a terminating namespace); `None` while it holds.
+async fn no_longer_ordered(
+    ctx: &Context,
+    recorded: &Request,
+) -> Result<Option<Cancel>, PhaseError> {
+    let (ns, name) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
+    let fc = fledge_clusters(ctx)
+        .get_opt(name)
+        .await
+        .map_err(request(format!("read FledgeCluster {ns}/{name}")))?;
+    let seen = match &fc {
+        None => Seen::Gone,
+        Some(o) => Seen::Present {
+            uid: o.metadata.uid.as_deref().unwrap_or_default(),
+            deleting: o.metadata.deletion_timestamp.is_some(),
+        },
+    };
+    let namespace = if needs_namespace(seen) {
+        namespace_state(&ctx.management, ns).await
+    } else {
+        NamespaceState::Unknown
+    };
+    let journal = Journal::load(&ctx.state_dir)?;
+    Ok(
+        match decide(
+            seen,
+            namespace,
+            Some(&recorded.uid),
+            Some(recorded),
+            progress(recorded, &journal),
+        ) {
+            Verdict::Cancel(why) => Some(why),
+            _ => None,
+        },
+    )
+}
+
+/// Runs (or resumes) the unpivot for deletion. A new start (none under way) is made only while
+/// the order holds; otherwise the request is marked cancelled and the phase waits for the spec
+/// sync to settle it. Its progress is recorded in the request, so that a cancellation never
+/// leaves a half-moved cluster behind.
 pub async fn apply(
     ctx: &Context,
-    progress: &(dyn Fn(&str) + Send + Sync),
+    progress_line: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    let events = |e: &crate::pivot::apply::Event| progress(&e.to_string());
-    let summary = Pivot::new(
+    let (state_dir, ns) = (&ctx.state_dir, ctx.spec.namespace.as_str());
+    let io = |source| PhaseError::Journal(request_error(state_dir, source));
+    let Some(recorded) = load_request(state_dir).map_err(io)? else {
+        return Ok(Step::Waiting("no deletion request is recorded".into()));
+    };
+    let cancelled = |why: Cancel| {
+        Step::Waiting(format!(
+            "{}; waiting for the spec sync to settle it",
+            why.explain(ns)
+        ))
+    };
+    if let Some(c) = &recorded.cancelled {
+        return Ok(cancelled(c.reason));
+    }
+    let journal = Journal::load(state_dir)?;
+    if progress(&recorded, &journal) != Some(Progress::Running) {
+        if let Some(why) = no_longer_ordered(ctx, &recorded).await? {
+            tracing::warn!(reason = ?why, "{}", why.explain(ns));
+            cancel(state_dir, &recorded.uid, &recorded.deletion_timestamp, why).map_err(io)?;
+            if why == Cancel::NamespaceTerminating {
+                release(ctx).await?;
+            }
+            return Ok(cancelled(why));
+        }
+        if !set_progress(state_dir, Progress::Running).map_err(io)? {
+            return Ok(Step::Waiting(
+                "the deletion request was cancelled meanwhile".into(),
+            ));
+        }
+    }
+    let events = |e: &crate::pivot::apply::Event| progress_line(&e.to_string());
+    let outcome = Pivot::new(
         &ctx.local,
         &ctx.management,
-        ctx.spec.namespace.as_str(),
+        ns,
         ctx.spec.name.as_str(),
         options(),
         &events,
     )
     .run()
-    .await?;
+    .await;
+    let summary = match outcome {
+        Ok(s) => s,
+        Err(e) => {
+            if e.source_untouched() {
+                set_progress(state_dir, Progress::RolledBack).map_err(io)?;
+            }
+            return Err(e.into());
+        }
+    };
+    set_progress(state_dir, Progress::Done).map_err(io)?;
     Ok(Step::Done(if summary.already_complete {
         "the cluster's objects are on the management plane".into()
     } else {
@@ -266,4 +734,215 @@ pub async fn apply_release(
     Ok(Step::Done(format!(
         "cluster deleted; finalizer {FINALIZER} released"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::Outcome;
+    use Cancel::*;
+    use NamespaceState::*;
+
+    const UID: &str = "uid-1";
+
+    fn deleting(uid: &str) -> Seen<'_> {
+        Seen::Present {
+            uid,
+            deleting: true,
+        }
+    }
+
+    fn standing(uid: &str) -> Seen<'_> {
+        Seen::Present {
+            uid,
+            deleting: false,
+        }
+    }
+
+    fn order(uid: &str) -> Request {
+        Request {
+            uid: uid.into(),
+            deletion_timestamp: "2026-12-03T00:00:00Z".into(),
+            unpivot: None,
+            cancelled: None,
+        }
+    }
+
+    #[test]
+    fn only_a_fledge_cluster_deleted_on_its_own_is_an_order() {
+        let d = |seen, ns| decide(seen, ns, Some(UID), None, None);
+        assert_eq!(d(deleting(UID), Active), Verdict::Order);
+        // Deleted because its namespace is: no order, the finalizer is released.
+        assert_eq!(
+            d(deleting(UID), Terminating),
+            Verdict::Cancel(NamespaceTerminating)
+        );
+        assert_eq!(
+            d(deleting(UID), NamespaceState::Gone),
+            Verdict::Cancel(NamespaceTerminating)
+        );
+        // The namespace could not be read: nothing yet.
+        assert_eq!(d(deleting(UID), Unknown), Verdict::Undecided);
+        assert_eq!(d(standing(UID), Unknown), Verdict::Nothing);
+        assert_eq!(d(Seen::Gone, Unknown), Verdict::Nothing);
+        // A re-created object whose spec the agent refused: its deletion is no order.
+        assert_eq!(d(deleting("uid-2"), Active), Verdict::Nothing);
+        assert!(needs_namespace(deleting(UID)) && !needs_namespace(standing(UID)));
+    }
+
+    #[test]
+    fn a_recorded_order_is_cancelled_when_it_no_longer_holds() {
+        let r = order(UID);
+        for progress in [None, Some(Progress::RolledBack)] {
+            let d = |seen, ns| decide(seen, ns, Some(UID), Some(&r), progress);
+            assert_eq!(d(deleting(UID), Active), Verdict::Nothing, "{progress:?}");
+            assert_eq!(d(deleting(UID), Unknown), Verdict::Nothing);
+            assert_eq!(
+                d(deleting(UID), Terminating),
+                Verdict::Cancel(NamespaceTerminating)
+            );
+            // Its finalizer removed by hand, or its namespace deleted.
+            assert_eq!(d(Seen::Gone, Unknown), Verdict::Cancel(Cancel::Gone));
+            // Re-created (another UID), being deleted or not.
+            assert_eq!(d(standing("uid-2"), Unknown), Verdict::Cancel(Replaced));
+            assert_eq!(d(deleting("uid-2"), Active), Verdict::Cancel(Replaced));
+        }
+    }
+
+    #[test]
+    fn an_unpivot_under_way_is_finished_or_rolled_back_before_its_order_is_cancelled() {
+        let r = order(UID);
+        let running = |seen, ns| decide(seen, ns, Some(UID), Some(&r), Some(Progress::Running));
+        assert_eq!(
+            running(Seen::Gone, Unknown),
+            Verdict::Deferred(Cancel::Gone)
+        );
+        assert_eq!(
+            running(deleting(UID), Terminating),
+            Verdict::Deferred(NamespaceTerminating)
+        );
+        // Done: `Released` finishes the deletion; the FledgeCluster going is its end.
+        let done = |seen, ns| decide(seen, ns, Some(UID), Some(&r), Some(Progress::Done));
+        assert_eq!(done(Seen::Gone, Unknown), Verdict::Nothing);
+        assert_eq!(done(deleting(UID), Terminating), Verdict::Nothing);
+    }
+
+    fn journal(dir: &Path, entries: &[(Phase, Outcome)]) -> Journal {
+        let mut j = Journal::load(dir).unwrap();
+        for (p, o) in entries {
+            j.record(dir, *p, *o, Some(1), None).unwrap();
+        }
+        j
+    }
+
+    const STEADY: [(Phase, Outcome); 6] = [
+        (Phase::SpecFetched, Outcome::Succeeded),
+        (Phase::ProvidersInstalled, Outcome::Succeeded),
+        (Phase::Pivoted, Outcome::Succeeded),
+        (Phase::ScaledOut, Outcome::Succeeded),
+        (Phase::AddonsReady, Outcome::Succeeded),
+        (Phase::Steady, Outcome::Succeeded),
+    ];
+
+    #[test]
+    fn a_cancelled_order_is_settled_and_the_runner_is_back_in_steady() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        journal(state, &STEADY);
+        assert!(request_deletion(state, UID, "2026-12-03T00:00:00Z").unwrap());
+        // The unpivot was tried and rolled back (a terminating namespace refuses every create).
+        assert!(set_progress(state, Progress::Running).unwrap());
+        let j = journal(state, &[(Phase::Unpivoted, Outcome::Failed)]);
+        assert!(set_progress(state, Progress::RolledBack).unwrap());
+        assert_eq!(
+            super::super::next(&j, deletion_requested(state)),
+            Phase::Unpivoted
+        );
+
+        assert!(cancel(state, UID, "", Cancel::Gone).unwrap());
+        assert!(!cancel(state, UID, "", Cancel::Gone).unwrap(), "once");
+        // Marked, not settled: the runner still waits (and starts no unpivot).
+        assert!(deletion_requested(state));
+        assert!(!set_progress(state, Progress::Running).unwrap());
+        assert_eq!(settle(state).unwrap(), Some(Cancel::Gone));
+        assert_eq!(settle(state).unwrap(), None, "settled once");
+        assert!(!deletion_requested(state));
+        let j = Journal::load(state).unwrap();
+        assert!(!j.started(Phase::Unpivoted), "{j:?}");
+        assert_eq!(
+            super::super::next(&j, deletion_requested(state)),
+            Phase::Steady
+        );
+        // Kept for the status, with its reason.
+        let r = load_request(state).unwrap().unwrap();
+        assert_eq!(
+            r.cancelled.map(|c| (c.reason, c.settled)),
+            Some((Cancel::Gone, true))
+        );
+        // A later deletion of another object is an order again.
+        assert!(request_deletion(state, "uid-2", "later").unwrap());
+        assert!(deletion_requested(state));
+    }
+
+    #[test]
+    fn an_order_is_not_cancelled_while_its_unpivot_is_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        journal(state, &STEADY);
+        assert!(request_deletion(state, UID, "t").unwrap());
+        assert!(set_progress(state, Progress::Running).unwrap());
+        assert!(!cancel(state, UID, "t", NamespaceTerminating).unwrap());
+        assert_eq!(settle(state).unwrap(), None);
+        assert!(deletion_requested(state));
+        // Completed: not cancelled either (`Released` goes on).
+        assert!(set_progress(state, Progress::Done).unwrap());
+        assert!(!cancel(state, UID, "t", Cancel::Gone).unwrap());
+        assert!(deletion_requested(state));
+    }
+
+    #[test]
+    fn a_request_recorded_by_an_older_agent_is_read_and_its_unpivot_run_again_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        std::fs::write(
+            request_path(state),
+            br#"{"uid": "uid-1", "deletionTimestamp": "2026-12-03T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let r = load_request(state).unwrap().unwrap();
+        assert!(r.in_force() && deletion_requested(state));
+        let j = journal(state, &STEADY);
+        assert_eq!(progress(&r, &j), None);
+        // It tried the unpivot: what that wrote is not known, so it runs again first.
+        let j = journal(state, &[(Phase::Unpivoted, Outcome::Failed)]);
+        assert_eq!(progress(&r, &j), Some(Progress::Running));
+        assert!(!cancel(state, UID, "", NamespaceTerminating).unwrap());
+    }
+
+    #[test]
+    fn a_declined_deletion_is_recorded_for_the_status_and_is_no_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        assert!(cancel(state, UID, "t", NamespaceTerminating).unwrap());
+        assert!(!cancel(state, UID, "t", NamespaceTerminating).unwrap());
+        assert!(!deletion_requested(state));
+        assert_eq!(settle(state).unwrap(), None);
+        assert!(!request_deletion(state, UID, "t").unwrap());
+        assert!(!deletion_requested(state));
+    }
+
+    #[test]
+    fn settling_waits_until_no_runner_attempt_holds_the_run_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        journal(state, &STEADY);
+        assert!(request_deletion(state, UID, "t").unwrap());
+        assert!(cancel(state, UID, "t", Replaced).unwrap());
+        let held = crate::runlock::try_acquire(state).unwrap().unwrap();
+        assert_eq!(settle(state).unwrap(), None);
+        assert!(deletion_requested(state));
+        drop(held);
+        assert_eq!(settle(state).unwrap(), Some(Replaced));
+        assert!(!deletion_requested(state));
+    }
 }
