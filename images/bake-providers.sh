@@ -14,8 +14,11 @@
 # image-builder's `containerd` role), e.g.
 #   xargs -r -n1 ctr -n k8s.io images pull < /usr/share/fledge/providers/images.txt
 # (kubelet finds them there; with `imagePullPolicy: IfNotPresent`, as the released manifests
-# set, nothing is fetched at first boot). Nothing secret goes into the image: provider
-# credentials are variables in the agent configuration that cloud-init delivers.
+# set, nothing is fetched at first boot). Nothing secret goes into the image, and provider
+# credentials must never be put in the agent configuration either: /etc/fledge/agent.yaml is
+# written inline into CP-A's user-data and the KubeadmControlPlane, and its
+# `providers.variables` are not a secret store (see nodeagent/src/config.rs). The agent does not take provider credentials yet; they will come
+# from a credentials Secret on the management plane.
 #
 # Usage: images/bake-providers.sh ROOTFS SRC [SRC ...] [--agent FLEDGE_AGENT_BINARY]
 #   (default binary: target/release/fledge-agent, built if missing)

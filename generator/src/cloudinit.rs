@@ -18,8 +18,6 @@ pub const BOOTSTRAP_PATH: &str = "/usr/local/lib/fledge/bootstrap.sh";
 pub const KUBEADM_CONFIG: &str = "/run/kubeadm/kubeadm.yaml";
 /// The bootstrap script (static: it takes values only as arguments).
 pub const BOOTSTRAP_SCRIPT: &str = include_str!("../../templates/cloudinit/bootstrap.sh");
-/// Where inline add-on manifests are written on the node (`<layer>/<manifest>.yaml`).
-pub const ADDONS_DIR: &str = "/var/lib/fledge/addons";
 /// Files smaller than this are never compressed.
 const COMPRESS_MIN: usize = 256;
 
@@ -136,20 +134,8 @@ pub fn render(
             content: BOOTSTRAP_SCRIPT.into(),
         },
     ];
-    // Inline add-on manifests, so the agent can install its profile without fetching anything.
-    if let Some(profile) = &c.spec.profile {
-        for layer in &profile.layers {
-            for m in &layer.manifests {
-                if let Some(inline) = &m.inline {
-                    files.push(FileEntry {
-                        path: format!("{ADDONS_DIR}/{}/{}.yaml", layer.name, m.name),
-                        permissions: "0644",
-                        content: inline.clone(),
-                    });
-                }
-            }
-        }
-    }
+    // Inline add-on manifests are not written here: the agent reads them from the
+    // FledgeCluster's spec, so a copy would only spend the user-data budget.
     if let Some(token) = &creds.token {
         files.push(FileEntry {
             path: paths::MANAGEMENT_TOKEN.into(),

@@ -16,3 +16,4 @@ pub mod seed;
 pub mod spec;
 pub mod time;
 pub mod workload;
+pub mod yaml;

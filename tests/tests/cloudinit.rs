@@ -201,8 +201,9 @@ for line in sys.stdin:
     check("users[0].ssh_authorized_keys", ud["users"][0]["ssh_authorized_keys"], exp["keys"])
     check("users[0].lock_passwd", ud["users"][0]["lock_passwd"], True)
     check("ssh_pwauth", ud["ssh_pwauth"], False)
-    addon = [f for f in ud["write_files"] if f["path"] == "/var/lib/fledge/addons/network/cm.yaml"]
-    check("addon file", addon[0]["content"] if addon else None, exp["inline"])
+    check("add-on files in user-data", [f["path"] for f in ud["write_files"] if f["path"].startswith("/var/lib/fledge/addons/")], [])
+    fc = [d for d in mgmt if d["kind"] == "FledgeCluster"][0]
+    check("FledgeCluster inline manifest", fc["spec"]["profile"]["layers"][0]["manifests"][0]["inline"], exp["inline"])
     tmpl = [d for d in mgmt if d["kind"] == "VSphereMachineTemplate"][0]["spec"]["template"]["spec"]
     for k, v in exp["vsphere"].items():
         check("VSphereMachineTemplate " + k, tmpl[k] if k != "network" else tmpl["network"]["devices"][0]["networkName"], v)
@@ -296,6 +297,19 @@ fn adversarial_values_round_trip_exactly_through_pyyaml() {
     );
 }
 
+fn aws() -> spec::CheckedCluster {
+    let base = std::fs::read_to_string(workspace_root().join("examples/aws.yaml")).unwrap();
+    spec::parse_request("aws.yaml", base.as_bytes()).unwrap()
+}
+
+/// Credentials whose CA bundle is `ca` (the largest file CP-A's user-data can carry).
+fn with_ca(ca: String) -> Credentials {
+    Credentials {
+        token: Some("tok.abc-123".into()),
+        ca_pem: Some(ca),
+    }
+}
+
 fn aws_with_addons(manifests: Vec<String>) -> spec::CheckedCluster {
     let base = std::fs::read_to_string(workspace_root().join("examples/aws.yaml")).unwrap();
     let mut req: Value = serde_yaml::from_str(&base).unwrap();
@@ -310,24 +324,23 @@ fn aws_with_addons(manifests: Vec<String>) -> spec::CheckedCluster {
 
 #[test]
 fn aws_user_data_fits_16384_bytes_by_compressing_large_files() {
-    let manifest = |i: usize| {
-        (0..120)
-            .map(|j| format!("  key-{i}-{j}: \"value number {j} of manifest {i}\"\n"))
-            .collect::<String>()
+    // A bundle of many (repetitive, so compressible) certificates.
+    let cert = |i: usize| {
+        let body: String = (0..60)
+            .map(|j| format!("MIIB{:060}\n", i * 1000 + j))
+            .collect();
+        format!("-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
     };
-    let manifests: Vec<String> = (0..6)
-        .map(|i| format!("kind: ConfigMap\ndata:\n{}", manifest(i)))
-        .collect();
-    let raw: usize = manifests.iter().map(String::len).sum();
+    let ca: String = (0..6).map(cert).collect();
     assert!(
-        raw > 16384,
-        "the add-ons alone exceed the limit ({raw} bytes)"
+        ca.len() > 16384,
+        "the CA bundle alone exceeds the limit ({} bytes)",
+        ca.len()
     );
-    let c = aws_with_addons(manifests);
+    let c = aws();
     let limit = cloudinit::default_limit(c.provider());
     assert_eq!(limit, 16384);
-    let seed =
-        cloudinit::render(&c, &Templates::embedded(), &Credentials::default(), limit).unwrap();
+    let seed = cloudinit::render(&c, &Templates::embedded(), &with_ca(ca), limit).unwrap();
     assert!(seed.user_data.len() <= 16384, "{}", seed.user_data.len());
     assert!(!seed.compressed.is_empty());
     assert!(seed.user_data.contains("encoding: gzip+base64"));
@@ -347,11 +360,10 @@ fn user_data_that_cannot_fit_fails_with_size_and_limit() {
             })
             .collect::<String>()
     };
-    let manifests: Vec<String> = (0..8)
+    let ca: String = (0..8)
         .map(|_| format!("# {}\n", noise(&mut state)))
         .collect();
-    let c = aws_with_addons(manifests);
-    match cloudinit::render(&c, &Templates::embedded(), &Credentials::default(), 16384) {
+    match cloudinit::render(&aws(), &Templates::embedded(), &with_ca(ca), 16384) {
         Err(
             e @ CloudInitError::TooLarge {
                 size, limit: 16384, ..
@@ -366,14 +378,41 @@ fn user_data_that_cannot_fit_fails_with_size_and_limit() {
     }
 }
 
+/// The agent reads add-on manifests from the FledgeCluster's spec; a copy in CP-A's user-data
+/// would only spend the user-data budget (and sit on the node's disk, world-readable).
+#[test]
+fn inline_addon_manifests_are_not_written_to_user_data() {
+    let marker = "inline-manifest-marker-7f3a";
+    let c = aws_with_addons(vec![format!(
+        "kind: ConfigMap\nmetadata:\n  name: {marker}\n"
+    )]);
+    let seed =
+        cloudinit::render(&c, &Templates::embedded(), &Credentials::default(), 65536).unwrap();
+    assert!(!seed.user_data.contains(marker), "{}", seed.user_data);
+    assert!(
+        !seed.user_data.contains("/var/lib/fledge/addons"),
+        "{}",
+        seed.user_data
+    );
+    // Nor does it change the seed: the request with its URL manifest instead renders the same.
+    let plain = cloudinit::render(
+        &aws(),
+        &Templates::embedded(),
+        &Credentials::default(),
+        65536,
+    )
+    .unwrap();
+    assert_eq!(seed.user_data, plain.user_data);
+}
+
 #[test]
 fn instance_id_follows_the_seed_content() {
-    let a = aws_with_addons(vec!["kind: A\n".into()]);
-    let b = aws_with_addons(vec!["kind: B\n".into()]);
-    let t = Templates::embedded();
-    let sa = cloudinit::render(&a, &t, &Credentials::default(), 65536).unwrap();
-    let sa2 = cloudinit::render(&a, &t, &Credentials::default(), 65536).unwrap();
-    let sb = cloudinit::render(&b, &t, &Credentials::default(), 65536).unwrap();
+    let (c, t) = (aws(), Templates::embedded());
+    let ca =
+        |name: &str| format!("-----BEGIN CERTIFICATE-----\n{name}\n-----END CERTIFICATE-----\n");
+    let sa = cloudinit::render(&c, &t, &with_ca(ca("A")), 65536).unwrap();
+    let sa2 = cloudinit::render(&c, &t, &with_ca(ca("A")), 65536).unwrap();
+    let sb = cloudinit::render(&c, &t, &with_ca(ca("B")), 65536).unwrap();
     assert_eq!(sa.meta_data, sa2.meta_data);
     assert_ne!(
         sa.meta_data, sb.meta_data,

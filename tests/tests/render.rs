@@ -39,8 +39,13 @@ fn golden_cases_cover_every_provider_and_capi_version() {
             assert!(names.contains(&want), "no golden case {want} in {names:?}");
         }
     }
-    // Minimal requests (no machine block, empty named profile) render too.
-    for want in ["docker-minimal", "docker-empty-profile"] {
+    // Minimal requests (no machine block, empty named profile) render too, and an inline
+    // add-on manifest stays out of CP-A's user-data (the agent reads it from the spec).
+    for want in [
+        "docker-minimal",
+        "docker-empty-profile",
+        "docker-inline-manifest",
+    ] {
         assert!(names.iter().any(|n| n == want), "no golden case {want}");
     }
 }
@@ -280,6 +285,47 @@ fn a_ten_megabyte_file_is_refused_before_parsing() {
     std::fs::write(&path, &bytes).unwrap();
     let err = spec::load_request(&path).unwrap_err();
     assert!(err.to_string().contains("is 10485760 bytes"));
+}
+
+/// YAML aliases copy what they name: a small request whose aliases all name one large scalar
+/// would expand to gigabytes. The expansion is bounded, with an error that names the rule.
+#[test]
+fn yaml_aliases_cannot_blow_up_a_request() {
+    // 64 KiB named once and copied 2000 times: a 140 KB file that expands to 128 MiB.
+    let text = String::from_utf8(example_bytes()).unwrap().replace(
+        "  namespace: team-docker\n",
+        &format!(
+            "  namespace: team-docker\n  annotations:\n    big: &big \"{}\"\n    copies: [{}]\n",
+            "x".repeat(64 * 1024),
+            vec!["*big"; 2000].join(", ")
+        ),
+    );
+    assert!(text.len() < 150_000);
+    let err = spec::parse_request("amp.yaml", text.as_bytes())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("amp.yaml: YAML aliases expand it to more than 16777216 bytes (the limit is 32 times the size of the YAML text"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_request_may_still_use_yaml_aliases() {
+    let text = std::fs::read_to_string(workspace_root().join("examples/vsphere.yaml"))
+        .unwrap()
+        .replace(
+            "    machine: {cpus: 4, memoryMiB: 8192, diskGiB: 40}",
+            "    machine: &m {cpus: 4, memoryMiB: 8192, diskGiB: 40}",
+        )
+        .replace(
+            "      machine: {cpus: 4, memoryMiB: 16384, diskGiB: 80}",
+            "      machine: *m",
+        );
+    assert!(text.contains("*m"));
+    let c = spec::parse_request("alias.yaml", text.as_bytes()).unwrap();
+    assert_eq!(c.spec.workers[0].machine, c.spec.control_plane.machine);
+    assert_eq!(c.spec.workers[0].machine.memory_mib, Some(8192));
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Templates compiled into the binary: (name, source).
@@ -217,21 +216,14 @@ impl Templates {
     }
 
     /// Renders `name` with `ctx` and parses the result back into its YAML documents
-    /// (empty documents dropped).
+    /// (empty documents dropped; a repeated key is an error, as in a request).
     pub fn render_docs(&self, name: &str, ctx: &Value) -> Result<Vec<Value>, RenderError> {
         let text = self.render_text(name, ctx)?;
-        let mut docs = Vec::new();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = Value::deserialize(doc).map_err(|e| RenderError::ParseBack {
-                name: name.to_string(),
-                message: e.to_string(),
-                text: text.clone(),
-            })?;
-            if !v.is_null() {
-                docs.push(v);
-            }
-        }
-        Ok(docs)
+        crate::yaml::parse_documents(&text).map_err(|e| RenderError::ParseBack {
+            name: name.to_string(),
+            message: e.to_string(),
+            text: text.clone(),
+        })
     }
 
     /// Renders `name` and expects exactly one document.
@@ -309,6 +301,26 @@ mod tests {
                 json!({"kind": "T", "name": v, "list": [v], "joined": format!("{v}-x")})
             );
         }
+    }
+
+    #[test]
+    fn a_template_that_repeats_a_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("management")).unwrap();
+        std::fs::write(
+            dir.path().join("management/namespace.yaml.j2"),
+            "kind: Namespace\nmetadata:\n  name: a\n  name: {{ v }}\n",
+        )
+        .unwrap();
+        let t = Templates::with_overrides(dir.path()).unwrap();
+        let err = t
+            .render_one("management/namespace.yaml.j2", &json!({"v": "b"}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 4, column 3: duplicate key \"name\" (first at line 3)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use kube::CustomResourceExt;
-use serde::Deserialize;
 use serde_json::Value;
 
 use super::salvage;
@@ -14,6 +13,7 @@ use super::{
     CheckedCluster, FledgeCluster, FledgeClusterSpec, RequestMeta, types::API_VERSION, validate,
 };
 use crate::schema::{Validator, Violation};
+use crate::yaml::{self, YamlError, YamlErrorKind};
 
 /// Requests larger than this are refused before parsing.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -104,14 +104,9 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
     })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
 
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(text) {
-        match Value::deserialize(doc) {
-            Ok(v) => docs.push(v),
-            Err(e) => return Err(RequestError::one(label, yaml_error(&e))),
-        }
-    }
-    docs.retain(|d| !d.is_null());
+    // Duplicate keys and alias expansion are refused here (see `crate::yaml`).
+    let mut docs =
+        yaml::parse_documents(text).map_err(|e| RequestError::one(label, yaml_error(&e)))?;
     let doc = match docs.len() {
         0 => {
             return Err(RequestError::one(
@@ -251,14 +246,13 @@ fn typed(meta_v: &Value, spec: &Value) -> Result<(RequestMeta, FledgeClusterSpec
     Ok((meta, spec))
 }
 
-fn yaml_error(e: &serde_yaml::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) => {
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
-            format!(":{}:{}: {msg}", loc.line(), loc.column())
-        }
-        None => format!("invalid YAML: {msg}"),
+/// A YAML problem as a request problem: `:line:col: rule` when the position is known. A request
+/// holds one document, so the document's index is left out.
+fn yaml_error(e: &YamlError) -> String {
+    match (e.location, e.kind) {
+        (Some(at), _) => format!(":{}:{}: {}", at.line, at.column, e.message),
+        (None, YamlErrorKind::Syntax) => format!("invalid YAML: {}", e.message),
+        (None, _) => e.message.clone(),
     }
 }
 

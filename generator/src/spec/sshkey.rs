@@ -178,7 +178,11 @@ impl KeyType {
                     return Err(truncated());
                 }
                 let n = strip_leading_zeros(n);
-                let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                // An all-zero modulus strips to nothing: no key at all, and no bit length.
+                let Some(top) = n.first() else {
+                    return Err("has an RSA modulus of zero; it is not a usable key".into());
+                };
+                let bits = n.len() * 8 - top.leading_zeros() as usize;
                 if bits < 2048 {
                     return Err(format!(
                         "is an RSA key of {bits} bits; at least 2048 bits are required"
@@ -281,5 +285,16 @@ mod tests {
                 .parse::<SshPublicKey>()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn rsa_key_with_an_all_zero_modulus_is_refused() {
+        for n in [&[0u8; 1][..], &[0u8; 257][..]] {
+            let zero = blob(&[b"ssh-rsa", &[1, 0, 1], n]);
+            let err = format!("ssh-rsa {zero}")
+                .parse::<SshPublicKey>()
+                .unwrap_err();
+            assert!(err.contains("RSA modulus of zero"), "{err}");
+        }
     }
 }
