@@ -87,12 +87,18 @@ impl std::error::Error for YamlError {}
 /// A repeated key in any mapping is an error, and so is a text whose aliases expand it beyond
 /// [`expansion_limit`] of its size (see the module documentation).
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
+    Ok(parse_numbered(text)?.into_iter().map(|(_, v)| v).collect())
+}
+
+/// [`parse_documents`], each document with its 1-based number in the text (empty documents
+/// counted), so that a later check can name the document as an editor would.
+pub fn parse_numbered(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
     let state = State::new(expansion_limit(text.len()), None);
     let mut docs = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match ValueSeed(&state).deserialize(doc) {
             Ok(Value::Null) => {}
-            Ok(v) => docs.push(v),
+            Ok(v) => docs.push((i + 1, v)),
             Err(e) => return Err(state.error(text, i + 1, &e)),
         }
     }

@@ -385,18 +385,25 @@ pub fn substitute(
     Ok(out)
 }
 
-/// Every document of `text`, null for an empty one.
+/// Every document of `text`, null for an empty one. Bounded as every untrusted YAML the agent
+/// reads: aliases may not expand the text beyond a multiple of its size, and a repeated key is
+/// an error (`fledge_generator::yaml`).
 fn parse_all(path: &Path, text: &str) -> Result<Vec<Value>, ComponentsError> {
-    serde_yaml::Deserializer::from_str(text)
-        .enumerate()
-        .map(|(i, doc)| {
-            Value::deserialize(doc).map_err(|e| ComponentsError::Parse {
-                path: path.to_path_buf(),
-                index: i + 1,
-                problem: e.to_string(),
-            })
-        })
-        .collect()
+    let docs =
+        fledge_generator::yaml::parse_numbered(text).map_err(|e| ComponentsError::Parse {
+            path: path.to_path_buf(),
+            index: e.document,
+            problem: match &e.location {
+                Some(at) => format!("line {}, column {}: {}", at.line, at.column, e.message),
+                None => e.message.clone(),
+            },
+        })?;
+    let mut out = Vec::new();
+    for (number, v) in docs {
+        out.resize(number - 1, Value::Null);
+        out.push(v);
+    }
+    Ok(out)
 }
 
 /// What stands for every value in the second parse: a plain scalar made only of it reads as a

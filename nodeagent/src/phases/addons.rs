@@ -371,17 +371,25 @@ pub fn parse_manifest(
     let text = String::from_utf8_lossy(bytes);
     let id = applyset_id(layer);
     let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+    // Bounded: aliases may not expand the text beyond a multiple of its size, and a repeated
+    // key is an error (fledge_generator::yaml).
+    let docs =
+        fledge_generator::yaml::parse_numbered(&text).map_err(|e| AddonsError::Manifest {
+            layer: layer.into(),
+            manifest: manifest.into(),
+            index: e.document,
+            message: match &e.location {
+                Some(at) => format!("line {}, column {}: {}", at.line, at.column, e.message),
+                None => e.message.clone(),
+            },
+        })?;
+    for (index, v) in docs {
         let err = |message: String| AddonsError::Manifest {
             layer: layer.into(),
             manifest: manifest.into(),
-            index: i + 1,
+            index,
             message,
         };
-        let v = Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
-        if v.is_null() {
-            continue;
-        }
         let mut v = v;
         let is_list =
             v["kind"].as_str().is_some_and(|k| k.ends_with("List")) && v["items"].is_array();
@@ -1119,6 +1127,39 @@ mod tests {
             let e = parse_manifest("net", "m", doc.as_bytes()).unwrap_err();
             assert_eq!(e.to_string(), want, "{doc}");
         }
+    }
+
+    #[test]
+    fn manifests_are_read_with_the_bounded_yaml_reader() {
+        // Aliases that would expand a few kilobytes into gigabytes.
+        let mut text = String::from(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata:\n  a0: &a0 \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n",
+        );
+        for i in 1..40 {
+            text.push_str(&format!(
+                "  a{i}: &a{i} [*a{}, *a{}, *a{}, *a{}]\n",
+                i - 1,
+                i - 1,
+                i - 1,
+                i - 1
+            ));
+        }
+        let e = parse_manifest("net", "m", text.as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("layer net, manifest m, document 1: "), "{e}");
+        assert!(e.contains("aliases"), "{e}");
+        let e = parse_manifest(
+            "net",
+            "m",
+            b"---\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  name: b\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            e,
+            "layer net, manifest m, document 2: line 7, column 3: duplicate key \"name\" (first at line 6)"
+        );
     }
 
     fn live(labels: &[(&str, &str)], manager: Option<&str>) -> DynamicObject {
