@@ -292,7 +292,7 @@ pub fn check_https_url(s: &str) -> Result<(), String> {
             return Err(bad("with a valid host"));
         }
         check_port(tail.strip_prefix(':'), s)?;
-        return Ok(());
+        return check_not_metadata(h, s);
     } else {
         let (h, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
@@ -301,7 +301,43 @@ pub fn check_https_url(s: &str) -> Result<(), String> {
         check_port(port, s)?;
         h
     };
-    check_host(host).map_err(|_| bad("with a valid host"))
+    check_host(host).map_err(|_| bad("with a valid host"))?;
+    check_not_metadata(host, s)
+}
+
+/// A URL's host must not be a link-local address (169.254.0.0/16, fe80::/10: where the cloud
+/// metadata services and their credentials live) nor a metadata service's other address or name.
+fn check_not_metadata(host: &str, whole: &str) -> Result<(), String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let metadata_ips = [
+        IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+        IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+    ];
+    let refused = match host.parse::<IpAddr>() {
+        Ok(ip) => {
+            let ip = match ip {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+                v4 => v4,
+            };
+            metadata_ips.contains(&ip)
+                || match ip {
+                    IpAddr::V4(v4) => v4.is_link_local(),
+                    IpAddr::V6(v6) => v6.is_unicast_link_local(),
+                }
+        }
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "metadata.google.internal" || name == "metadata"
+        }
+    };
+    if refused {
+        Err(format!(
+            "must not point at a link-local or cloud metadata-service address (got {whole:?})"
+        ))
+    } else {
+        Ok(())
+    }
 }
 
 fn check_port(port: Option<&str>, whole: &str) -> Result<(), String> {
@@ -392,6 +428,21 @@ mod tests {
         assert!(check_https_url("http://mgmt").is_err());
         assert!(check_https_url("https://user:pw@mgmt").is_err());
         assert!(check_https_url("https://mgmt:0").is_err());
+        for url in [
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[fe80::1]/x",
+            "https://[::ffff:169.254.169.254]/x",
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://100.100.100.200/x",
+        ] {
+            assert!(
+                check_https_url(url)
+                    .unwrap_err()
+                    .contains("link-local or cloud metadata-service"),
+                "{url}"
+            );
+        }
+        assert!(check_https_url("https://10.0.0.1/x").is_ok());
         assert!(check_host("bad host").is_err());
     }
 
