@@ -502,3 +502,42 @@ fn the_agents_cluster_role_is_named_after_namespace_and_cluster() {
         assert_eq!(binding["roleRef"]["name"], want.as_str());
     }
 }
+
+/// Self-hosted docker clusters: after the pivot the docker provider runs on the cluster's own
+/// nodes, so every docker machine template (CP-A's in `management.yaml`, the control plane's
+/// and each pool's in `workload.yaml`) mounts the host's Docker socket, as Cluster API's
+/// self-hosted e2e does.
+#[test]
+fn docker_machines_mount_the_docker_socket() {
+    let mut seen = 0;
+    for dir in case_dirs().into_iter().filter(|d| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("docker"))
+    }) {
+        for file in ["management.yaml", "workload.yaml"] {
+            let text = std::fs::read_to_string(dir.join("expected").join(file)).unwrap();
+            for d in docs(&text) {
+                let kind = d["kind"].as_str().unwrap_or_default();
+                if !kind.ends_with("MachineTemplate") {
+                    continue;
+                }
+                let spec = &d["spec"]["template"]["spec"];
+                let docker = if spec["backend"]["docker"].is_object() {
+                    &spec["backend"]["docker"]
+                } else {
+                    spec
+                };
+                let mounts = docker["extraMounts"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    mounts.iter().any(|m| m["hostPath"] == "/var/run/docker.sock"
+                        && m["containerPath"] == "/var/run/docker.sock"),
+                    "{}/{file}: {kind} {} lacks the Docker socket mount",
+                    dir.display(),
+                    d["metadata"]["name"]
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 8, "docker machine templates checked: {seen}");
+}
