@@ -183,6 +183,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Apply(args) => apply(&args),
         Command::Validate(args) => {
             let checked = spec::load_request(&args.request)?;
+            warn(&args.request, &checked);
             eprintln!(
                 "{}: valid FledgeCluster {}/{} ({}, CAPI {})",
                 args.request.display(),
@@ -236,6 +237,7 @@ pub struct RenderOptions {
 /// Renders every artifact of a request into memory, in output order.
 pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<OutputFile>> {
     let checked = spec::load_request(request)?;
+    warn(request, &checked);
     let templates = templates(opts.templates.as_deref())?;
     let objects = management::objects(&checked, &templates)?;
     let limit = opts
@@ -279,8 +281,16 @@ pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<
     Ok(files)
 }
 
+/// Prints what the request lacks that a real node needs, when it is not an error (on stderr).
+fn warn(request: &Path, checked: &spec::CheckedCluster) {
+    for w in spec::warnings(checked) {
+        eprintln!("warning: {}: {w}", request.display());
+    }
+}
+
 fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     let checked = spec::load_request(&args.request)?;
+    warn(&args.request, &checked);
     let templates = templates(args.templates.as_deref())?;
     let mut objects = management::objects(&checked, &templates)?;
     if args.install_crds {

@@ -14,6 +14,8 @@ pub enum Phase {
     Installed,
     /// The spec was fetched and cached.
     SpecFetched,
+    /// The profile's core layers (network, cloud provider) are applied and every node is Ready.
+    CoreLayers,
     /// The Cluster API providers run in the local cluster.
     ProvidersInstalled,
     /// The cluster's CAPI objects were moved into the local cluster.
@@ -33,9 +35,10 @@ pub enum Phase {
 
 impl Phase {
     /// All phases in order.
-    pub const ALL: [Phase; 9] = [
+    pub const ALL: [Phase; 10] = [
         Phase::Installed,
         Phase::SpecFetched,
+        Phase::CoreLayers,
         Phase::ProvidersInstalled,
         Phase::Pivoted,
         Phase::ScaledOut,

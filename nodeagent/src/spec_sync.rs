@@ -460,7 +460,7 @@ impl Sync {
         }
         // One condition per phase the runner has started, from the journal.
         for e in &self.journal.phases {
-            if e.phase < Phase::ProvidersInstalled {
+            if e.phase < Phase::CoreLayers {
                 continue;
             }
             let (ok, reason) = match e.outcome {

@@ -106,6 +106,7 @@ fn inline(name: &str, docs: &[&str]) -> spec::Layer {
 
 fn profile(layers: Vec<spec::Layer>) -> spec::Profile {
     spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers,
         cluster_profile_ref: None,
@@ -345,6 +346,7 @@ async fn a_cluster_profile_is_checked_before_anything_of_it_is_fetched() {
         .await
         .unwrap();
     let referenced = spec::Profile {
+        core_layers: Vec::new(),
         name: None,
         layers: Vec::new(),
         cluster_profile_ref: Some(spec::LocalObjectRef {
@@ -406,4 +408,99 @@ async fn a_wall_clock_jump_does_not_time_a_layer_out() {
         "{why}"
     );
     assert_eq!(addons::states(f.state.path())["slow"].state, "Progressing");
+}
+
+/// The real node's order: the core layers (the CNI) go in first and the phase waits for every
+/// node to be Ready; the add-on layers come later, and neither stage prunes the other's objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_layers_go_first_and_wait_for_every_node_to_be_ready() {
+    let Some(f) = Fixture::start().await else {
+        return;
+    };
+    let client = f.cluster.client().await;
+    let cni = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cni-config, namespace: kube-system}\ndata: {conf: bridge}\n";
+    let addon = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: dashboard}\n";
+    let mut p = profile(vec![inline("dashboards", &[addon])]);
+    p.core_layers = vec![inline("network", &[cni])];
+    let ctx = f.ctx(p, None).await;
+    // CP-A registered, NotReady for want of a CNI.
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone());
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "cp-a"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        step,
+        Step::Waiting("core layers: network healthy; node cp-a has not reported Ready yet".into())
+    );
+    let cms = |ns: &str| api(&client, "v1", "ConfigMap", "configmaps", Some(ns));
+    assert!(
+        cms("kube-system")
+            .get_opt("cni-config")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        cms("default").get_opt("dashboard").await.unwrap().is_none(),
+        "no add-on layer before the core layers and the nodes are ready"
+    );
+    // The kubelet reports Ready once the CNI runs.
+    nodes
+        .patch_status(
+            "cp-a",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                 "lastHeartbeatTime": "2026-12-06T00:00:00Z", "lastTransitionTime": "2026-12-06T00:00:00Z"}]}})),
+        )
+        .await
+        .unwrap();
+    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        step,
+        Step::Done("core layers: network healthy; every node Ready".into())
+    );
+    // AddonsReady applies the add-on layer and prunes nothing of the core layer.
+    let Step::Done(msg) = addons::reconcile(&ctx, &|_| {}).await.unwrap() else {
+        panic!("healthy")
+    };
+    assert_eq!(msg, "layers: dashboards healthy");
+    assert!(
+        cms("kube-system")
+            .get_opt("cni-config")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(cms("default").get_opt("dashboard").await.unwrap().is_some());
+    // Steady reconciles both, core first.
+    let Step::Done(msg) = addons::reconcile_all(&ctx, &|_| {}).await.unwrap() else {
+        panic!("healthy")
+    };
+    assert_eq!(
+        msg,
+        "core layers: network healthy; layers: dashboards healthy"
+    );
+    // A core layer dropped from the profile is pruned; the add-on layer stays.
+    let ctx = f
+        .ctx(profile(vec![inline("dashboards", &[addon])]), None)
+        .await;
+    addons::reconcile_all(&ctx, &|_| {}).await.unwrap();
+    assert!(
+        cms("kube-system")
+            .get_opt("cni-config")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(cms("default").get_opt("dashboard").await.unwrap().is_some());
 }

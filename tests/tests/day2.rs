@@ -122,6 +122,7 @@ fn base_spec() -> FledgeClusterSpec {
         .unwrap();
     let mut s = c.spec.clone();
     s.profile = Some(spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers: Vec::new(),
         cluster_profile_ref: None,
@@ -501,6 +502,7 @@ async fn the_day2_corpus_is_classified_and_written_as_expected() {
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: day2-addon, namespace: default}\n";
     let mut next = spec.clone();
     next.profile = Some(spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers: vec![layer("extra", &[cm])],
         cluster_profile_ref: None,
@@ -647,6 +649,7 @@ spec:
     ];
     let mut spec = base_spec();
     spec.profile = Some(spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers: layers.clone(),
         cluster_profile_ref: None,

@@ -96,6 +96,7 @@ fn request() -> spec::CheckedCluster {
         spec::load_request(&workspace_root().join("tests/cases/docker-v1beta2/input.yaml"))
             .unwrap();
     checked.spec.profile = Some(spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers: Vec::new(),
         cluster_profile_ref: None,

@@ -527,10 +527,15 @@ fn docker_machines_mount_the_docker_socket() {
                 } else {
                     spec
                 };
-                let mounts = docker["extraMounts"].as_array().cloned().unwrap_or_default();
+                let mounts = docker["extraMounts"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 assert!(
-                    mounts.iter().any(|m| m["hostPath"] == "/var/run/docker.sock"
-                        && m["containerPath"] == "/var/run/docker.sock"),
+                    mounts
+                        .iter()
+                        .any(|m| m["hostPath"] == "/var/run/docker.sock"
+                            && m["containerPath"] == "/var/run/docker.sock"),
                     "{}/{file}: {kind} {} lacks the Docker socket mount",
                     dir.display(),
                     d["metadata"]["name"]
@@ -540,4 +545,53 @@ fn docker_machines_mount_the_docker_socket() {
         }
     }
     assert!(seen >= 8, "docker machine templates checked: {seen}");
+}
+
+/// A request whose profile has no `network` core layer is rendered, with a warning: on a real
+/// node nothing but host-network pods starts before a CNI runs. A `network` add-on layer is
+/// warned about too (it would come after the providers).
+#[test]
+fn a_request_without_a_network_core_layer_is_warned_about() {
+    let warned = |case: &str| {
+        let c = spec::load_request(
+            &workspace_root()
+                .join("tests/cases")
+                .join(case)
+                .join("input.yaml"),
+        )
+        .unwrap();
+        spec::warnings(&c)
+    };
+    assert_eq!(warned("docker-v1beta2"), Vec::<String>::new());
+    let w = warned("docker-minimal");
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("spec.profile.coreLayers has no layer named network"),
+        "{w:?}"
+    );
+    let text =
+        std::fs::read_to_string(workspace_root().join("tests/cases/docker-v1beta2/input.yaml"))
+            .unwrap()
+            .replace("    coreLayers:\n", "    layers:\n");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("late-cni.yaml");
+    std::fs::write(&p, text).unwrap();
+    let w = spec::warnings(&spec::load_request(&p).unwrap());
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w[1].starts_with("spec.profile.layers[0] is named network but is an add-on layer"),
+        "{w:?}"
+    );
+    // The CLI prints them on stderr and still renders.
+    let out = std::process::Command::new(fledge_tests::binary("fledge"))
+        .args(["validate"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("is named network but is an add-on layer"),
+        "{stderr}"
+    );
 }

@@ -361,6 +361,7 @@ async fn fixture() -> Option<Fixture> {
     let hello = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fledge-hello, namespace: default}\ndata: {k: v}\n";
     let sha = fledge_agent::fetch::hex(hello.as_bytes());
     checked.spec.profile = Some(spec::Profile {
+        core_layers: Vec::new(),
         name: Some("base".into()),
         layers: vec![spec::Layer {
             name: "hello".into(),

@@ -373,7 +373,8 @@ fn check_abs_path(path: &str) -> Result<(), String> {
 }
 
 fn validate_profile(p: &mut Problems, profile: &Profile) {
-    match (&profile.cluster_profile_ref, profile.layers.is_empty()) {
+    let inline_empty = profile.layers.is_empty() && profile.core_layers.is_empty();
+    match (&profile.cluster_profile_ref, inline_empty) {
         (Some(r), true) => {
             p.check(
                 "spec.profile.clusterProfileRef.name",
@@ -388,7 +389,7 @@ fn validate_profile(p: &mut Problems, profile: &Profile) {
         }
         (Some(_), false) => p.push(
             "spec.profile",
-            "must have either layers or clusterProfileRef, not both",
+            "must have either layers (coreLayers, layers) or clusterProfileRef, not both",
         ),
         // A named profile with no layers yet: the agent has nothing to install.
         (None, true) => match &profile.name {
@@ -403,7 +404,51 @@ fn validate_profile(p: &mut Problems, profile: &Profile) {
             None => p.push("spec.profile.name", "is required for an inline profile"),
         },
     }
-    validate_layers(p, "spec.profile.layers", &profile.layers);
+    validate_profile_layers(p, "spec.profile", &profile.core_layers, &profile.layers);
+}
+
+/// Validates a profile's core and add-on layers (inline profiles and `ClusterProfile` objects):
+/// each list by [`validate_layers`], and a layer name used once across both (each layer is one
+/// ApplySet; two of one name would prune each other).
+pub fn validate_profile_layers(p: &mut Problems, path: &str, core: &[Layer], layers: &[Layer]) {
+    validate_layers(p, &format!("{path}.coreLayers"), core);
+    validate_layers(p, &format!("{path}.layers"), layers);
+    for (i, layer) in layers.iter().enumerate() {
+        if core.iter().any(|c| c.name == layer.name) {
+            p.push(
+                format!("{path}.layers[{i}].name"),
+                format!(
+                    "must not also name a core layer (got {:?}, which is in coreLayers)",
+                    layer.name
+                ),
+            );
+        }
+    }
+}
+
+/// What a request lacks that a real node needs, when it is not an error: a profile without a
+/// `network` core layer (the CNI) leaves every node NotReady, and no ordinary pod (cert-manager,
+/// the Cluster API providers) starts until a CNI is installed by other means. A request whose
+/// profile is a `clusterProfileRef` is checked by the agent when it reads the profile.
+pub fn warnings(checked: &CheckedCluster) -> Vec<String> {
+    let profile = checked.spec.profile.as_ref();
+    if profile.is_some_and(|p| p.cluster_profile_ref.is_some()) {
+        return Vec::new();
+    }
+    let has_network = profile.is_some_and(|p| p.core_layers.iter().any(|l| l.name == "network"));
+    let mut out = Vec::new();
+    if !has_network {
+        out.push(
+            "spec.profile.coreLayers has no layer named network: until a CNI runs the nodes stay NotReady and the Cluster API providers never start (unless the machine image brings its own CNI)"
+                .to_string(),
+        );
+    }
+    if let Some(i) = profile.and_then(|p| p.layers.iter().position(|l| l.name == "network")) {
+        out.push(format!(
+            "spec.profile.layers[{i}] is named network but is an add-on layer, applied only after the providers and the scale-out; a CNI belongs in spec.profile.coreLayers"
+        ));
+    }
+    out
 }
 
 /// Validates add-on layers (inline profiles and `ClusterProfile` objects).

@@ -384,7 +384,12 @@ pub struct Profile {
     /// Profile name (inline profiles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Ordered add-on layers (inline profiles).
+    /// Ordered core layers (inline profiles): the network (CNI) and cloud-provider layers a node
+    /// needs before any ordinary pod runs, applied by the agent before the Cluster API
+    /// providers (phase `CoreLayers`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub core_layers: Vec<Layer>,
+    /// Ordered add-on layers (inline profiles), applied after the scale-out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
     /// A `ClusterProfile` to use instead of inline layers.
@@ -547,6 +552,10 @@ pub struct Condition {
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterProfileSpec {
+    /// Ordered core layers (network, cloud provider), applied before the providers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub core_layers: Vec<Layer>,
     /// Ordered add-on layers.
+    #[serde(default)]
     pub layers: Vec<Layer>,
 }

@@ -179,8 +179,6 @@ pub struct Resolved {
     pub objects: Vec<Value>,
     /// Health timeout.
     pub timeout: Duration,
-    /// The sha256 of its manifests that come from a URL (their cache files).
-    pub cached: BTreeSet<String>,
 }
 
 /// A layer's recorded state.
@@ -247,13 +245,50 @@ fn parent_name(layer: &str) -> String {
     format!("fledge-addons-{layer}")
 }
 
-/// The layers of the spec's profile, in order (empty without a profile).
-async fn spec_layers(ctx: &Context) -> Result<Vec<Layer>, AddonsError> {
+/// Which of a profile's layer lists: the core layers (network, cloud provider: phase
+/// `CoreLayers`, before the providers) or the add-on layers (phase `AddonsReady`, after the
+/// scale-out). Both are reconciled again in `Steady`, core first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// `coreLayers`.
+    Core,
+    /// `layers`.
+    Addons,
+}
+
+/// A profile's two layer lists.
+#[derive(Debug, Clone, Default)]
+pub struct ProfileLayers {
+    /// `coreLayers`.
+    pub core: Vec<Layer>,
+    /// `layers`.
+    pub addons: Vec<Layer>,
+}
+
+impl ProfileLayers {
+    fn stage(&self, stage: Stage) -> &[Layer] {
+        match stage {
+            Stage::Core => &self.core,
+            Stage::Addons => &self.addons,
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Layer> {
+        self.core.iter().chain(&self.addons)
+    }
+}
+
+/// The layers of the spec's profile (empty without a profile): inline, or the referenced
+/// ClusterProfile's (read from the management plane, or its cached copy).
+pub async fn profile_layers(ctx: &Context) -> Result<ProfileLayers, AddonsError> {
     let Some(profile) = &ctx.spec.spec.profile else {
-        return Ok(Vec::new());
+        return Ok(ProfileLayers::default());
     };
     let Some(r) = &profile.cluster_profile_ref else {
-        return Ok(profile.layers.clone());
+        return Ok(ProfileLayers {
+            core: profile.core_layers.clone(),
+            addons: profile.layers.clone(),
+        });
     };
     let ns = ctx.spec.namespace.as_str();
     let cached = dir(&ctx.state_dir).join(format!("clusterprofile-{}.json", r.name));
@@ -261,10 +296,13 @@ async fn spec_layers(ctx: &Context) -> Result<Vec<Layer>, AddonsError> {
     match tokio::time::timeout(Duration::from_secs(10), api.get(&r.name)).await {
         Ok(Ok(p)) => {
             // Checked before anything of it is cached, fetched or applied.
-            check_profile(ns, &r.name, &p.spec.layers)?;
+            check_profile(ns, &r.name, &p.spec.core_layers, &p.spec.layers)?;
             let bytes = serde_json::to_vec(&p.spec).unwrap_or_default();
             write(&cached, &bytes)?;
-            Ok(p.spec.layers)
+            Ok(ProfileLayers {
+                core: p.spec.core_layers,
+                addons: p.spec.layers,
+            })
         }
         Ok(Err(e)) => from_cache(&cached, ns, &r.name, e.to_string()),
         Err(_) => from_cache(&cached, ns, &r.name, "timed out after 10s".into()),
@@ -276,15 +314,18 @@ fn from_cache(
     namespace: &str,
     name: &str,
     message: String,
-) -> Result<Vec<Layer>, AddonsError> {
+) -> Result<ProfileLayers, AddonsError> {
     let spec: Option<fledge_generator::spec::ClusterProfileSpec> = std::fs::read(cached)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     match spec {
         Some(s) => {
             tracing::info!(%message, "ClusterProfile {namespace}/{name} from the local cache");
-            check_profile(namespace, name, &s.layers)?;
-            Ok(s.layers)
+            check_profile(namespace, name, &s.core_layers, &s.layers)?;
+            Ok(ProfileLayers {
+                core: s.core_layers,
+                addons: s.layers,
+            })
         }
         None => Err(AddonsError::Profile {
             namespace: namespace.into(),
@@ -296,9 +337,14 @@ fn from_cache(
 
 /// A ClusterProfile's layers, checked by the rules of an inline profile (https URLs, hex
 /// sha256, DNS-label names, unique layer names, timeouts in range).
-pub fn check_profile(namespace: &str, name: &str, layers: &[Layer]) -> Result<(), AddonsError> {
+pub fn check_profile(
+    namespace: &str,
+    name: &str,
+    core: &[Layer],
+    layers: &[Layer],
+) -> Result<(), AddonsError> {
     let mut problems = fledge_generator::spec::Problems::default();
-    fledge_generator::spec::validate_layers(&mut problems, "spec.layers", layers);
+    fledge_generator::spec::validate_profile_layers(&mut problems, "spec", core, layers);
     if problems.0.is_empty() {
         return Ok(());
     }
@@ -442,11 +488,17 @@ fn member(v: &mut Value, id: &str) -> Result<(), String> {
 /// Resolves every layer of the profile: sources fetched or read from the cache, parsed,
 /// labelled.
 pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
+    let profile = profile_layers(ctx).await?;
+    resolve_layers(&ctx.state_dir, profile.stage(Stage::Addons)).await
+}
+
+/// Resolves `layers` (see [`resolve`]).
+async fn resolve_layers(state_dir: &Path, layers: &[Layer]) -> Result<Vec<Resolved>, AddonsError> {
     let mut out = Vec::new();
-    for layer in &spec_layers(ctx).await? {
+    for layer in layers {
         let mut objects = Vec::new();
         for m in &layer.manifests {
-            let bytes = manifest_bytes(&ctx.state_dir, &layer.name, m).await?;
+            let bytes = manifest_bytes(state_dir, &layer.name, m).await?;
             objects.extend(parse_manifest(&layer.name, &m.name, &bytes)?);
         }
         let timeout = layer
@@ -457,12 +509,6 @@ pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
             name: layer.name.clone(),
             objects,
             timeout,
-            cached: layer
-                .manifests
-                .iter()
-                .filter(|m| m.url.is_some())
-                .map(|m| m.sha256.to_ascii_lowercase())
-                .collect(),
         });
     }
     Ok(out)
@@ -516,24 +562,40 @@ fn group_kind(o: &Value) -> String {
     }
 }
 
-/// The plan: per layer, its state and what it holds.
+/// The plan: per add-on layer, its state and what it holds.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let layers = resolve(ctx).await?;
+    plan_stage(ctx, Stage::Addons).await
+}
+
+/// The plan of one stage's layers.
+pub async fn plan_stage(
+    ctx: &Context,
+    stage: Stage,
+) -> Result<(Vec<String>, Option<String>), PhaseError> {
+    let profile = profile_layers(ctx).await?;
+    let layers = resolve_layers(&ctx.state_dir, profile.stage(stage)).await?;
     let states = states(&ctx.state_dir);
     let mut steps = Vec::new();
+    let what = match stage {
+        Stage::Core => "core layer",
+        Stage::Addons => "layer",
+    };
     for l in &layers {
         let state = states
             .get(&l.name)
             .map_or("Pending".to_string(), |s| s.state.clone());
         steps.push(format!(
-            "layer {}: {} objects ({state}), ApplySet {}",
+            "{what} {}: {} objects ({state}), ApplySet {}",
             l.name,
             l.objects.len(),
             applyset_id(&l.name)
         ));
     }
     if layers.is_empty() {
-        steps.push("the profile has no add-on layers".into());
+        steps.push(match stage {
+            Stage::Core => "the profile has no core layers".into(),
+            Stage::Addons => "the profile has no add-on layers".into(),
+        });
     }
     Ok((steps, None))
 }
@@ -546,20 +608,51 @@ pub async fn apply(
     reconcile(ctx, progress).await
 }
 
-/// One reconcile of the add-ons (AddonsReady, and every Steady resync).
+/// One reconcile of the add-on layers (AddonsReady).
 pub async fn reconcile(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    let layers = resolve(ctx).await?;
+    reconcile_stage(ctx, Stage::Addons, progress).await
+}
+
+/// One reconcile of every layer, core first (Steady): while a core layer is not healthy, the
+/// add-on layers wait. Without core layers, exactly [`reconcile`].
+pub async fn reconcile_all(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    let has_core = !profile_layers(ctx).await?.core.is_empty();
+    if !has_core {
+        return reconcile(ctx, progress).await;
+    }
+    match reconcile_stage(ctx, Stage::Core, progress).await? {
+        Step::Waiting(why) => Ok(Step::Waiting(why)),
+        Step::Done(core) => Ok(match reconcile(ctx, progress).await? {
+            Step::Done(addons) => Step::Done(format!("core {core}; {addons}")),
+            waiting => waiting,
+        }),
+    }
+}
+
+/// One reconcile of one stage's layers: applied in order, each once the previous is healthy;
+/// members dropped from a layer and layers dropped from the profile (from either stage) pruned.
+pub async fn reconcile_stage(
+    ctx: &Context,
+    stage: Stage,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    let profile = profile_layers(ctx).await?;
+    let layers = resolve_layers(&ctx.state_dir, profile.stage(stage)).await?;
     let mut states = states(&ctx.state_dir);
-    let wanted: BTreeSet<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    // Every layer of the profile, of both stages: neither stage prunes the other's.
+    let wanted: BTreeSet<&str> = profile.all().map(|l| l.name.as_str()).collect();
     states.retain(|k, _| wanted.contains(k.as_str()));
     let mut kinds = Kinds::default();
     let mut summary = Vec::new();
     for (i, layer) in layers.iter().enumerate() {
-        let others: BTreeSet<String> = layers
-            .iter()
+        let others: BTreeSet<String> = profile
+            .all()
             .filter(|l| l.name != layer.name)
             .map(|l| applyset_id(&l.name))
             .collect();
@@ -606,7 +699,12 @@ pub async fn reconcile(
     }
     let pruned = prune_removed_layers(ctx, &mut kinds, &wanted).await?;
     write_states(&ctx.state_dir, &states)?;
-    let referenced: BTreeSet<String> = layers.iter().flat_map(|l| l.cached.clone()).collect();
+    let referenced: BTreeSet<String> = profile
+        .all()
+        .flat_map(|l| &l.manifests)
+        .filter(|m| m.url.is_some())
+        .map(|m| m.sha256.to_ascii_lowercase())
+        .collect();
     let profile = ctx
         .spec
         .spec
@@ -616,7 +714,10 @@ pub async fn reconcile(
         .map(|r| r.name.as_str());
     collect_cache(&ctx.state_dir, &referenced, profile);
     let mut msg = if summary.is_empty() {
-        "no add-on layers".to_string()
+        match stage {
+            Stage::Core => "no core layers".to_string(),
+            Stage::Addons => "no add-on layers".to_string(),
+        }
     } else {
         format!("layers: {}", summary.join(", "))
     };
@@ -1316,13 +1417,27 @@ mod tests {
             check_profile(
                 "ns",
                 "p",
+                &[layer("cni", m("https://example.org/cni.yaml", &good))],
                 &[layer("net", m("https://example.org/x.yaml", &good))]
             )
             .is_ok()
         );
+        // One name across both lists: two layers of one name would prune each other.
+        assert!(
+            check_profile(
+                "ns",
+                "p",
+                &[layer("net", m("https://example.org/cni.yaml", &good))],
+                &[layer("net", m("https://example.org/x.yaml", &good))]
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("spec.layers[0].name: must not also name a core layer")
+        );
         let e = check_profile(
             "ns",
             "p",
+            &[],
             &[
                 layer("net", m("http://169.254.169.254/latest/meta-data", &good)),
                 layer("net", m("https://example.org/x.yaml", "not-hex")),

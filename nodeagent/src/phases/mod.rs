@@ -1,5 +1,5 @@
-//! The agent's phases after the spec is cached: `ProvidersInstalled`, `Pivoted`, `ScaledOut`,
-//! `AddonsReady`, then `Steady` for good.
+//! The agent's phases after the spec is cached: `CoreLayers`, `ProvidersInstalled`, `Pivoted`,
+//! `ScaledOut`, `AddonsReady`, then `Steady` for good.
 //! Each lives in its own module with a plan (pure data: what it would do next and why; `fledge-agent
 //! plan` prints it) and an apply step. [`Runner`] walks the journal: it runs the first phase
 //! that has not succeeded (`Steady` once all have: it reconciles on each new generation and
@@ -7,6 +7,7 @@
 //! a failure with capped, jittered backoff. It runs beside the spec sync and never blocks it.
 
 pub mod addons;
+pub mod corelayers;
 pub mod pivoted;
 pub mod providers;
 pub mod scaledout;
@@ -29,7 +30,8 @@ use crate::journal::{Journal, JournalError, Outcome, Phase};
 use crate::pivot::count::Counts;
 
 /// The phases this version of the agent runs, in order.
-pub const RUN: [Phase; 5] = [
+pub const RUN: [Phase; 6] = [
+    Phase::CoreLayers,
     Phase::ProvidersInstalled,
     Phase::Pivoted,
     Phase::ScaledOut,
@@ -54,8 +56,13 @@ pub fn next(journal: &Journal, deleting: bool) -> Phase {
     if journal.started(Phase::Unpivoted) {
         return Phase::Unpivoted;
     }
+    // A journal written before `CoreLayers` existed (an upgraded agent) has the providers
+    // installed already: the core layers are then `Steady`'s to reconcile.
+    let done = |p: Phase| {
+        journal.done(p) || (p == Phase::CoreLayers && journal.done(Phase::ProvidersInstalled))
+    };
     RUN.into_iter()
-        .find(|p| *p == Phase::Steady || !journal.done(*p))
+        .find(|p| *p == Phase::Steady || !done(*p))
         .unwrap_or(Phase::Steady)
 }
 
@@ -181,6 +188,7 @@ pub enum Step {
 /// Plans `phase`.
 pub async fn plan(ctx: &Context, phase: Phase) -> Result<Plan, PhaseError> {
     let (steps, waiting) = match phase {
+        Phase::CoreLayers => corelayers::plan(ctx).await?,
         Phase::ProvidersInstalled => providers::plan(ctx).await?,
         Phase::Pivoted => pivoted::plan(ctx).await?,
         Phase::ScaledOut => scaledout::plan(ctx).await?,
@@ -213,6 +221,7 @@ pub async fn apply(
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
     match phase {
+        Phase::CoreLayers => corelayers::apply(ctx, progress).await,
         Phase::ProvidersInstalled => providers::apply(ctx, progress).await,
         Phase::Pivoted => pivoted::apply(ctx, progress).await,
         Phase::ScaledOut => scaledout::apply(ctx, progress).await,
@@ -652,6 +661,28 @@ mod tests {
             j.record(dir.path(), *p, *o, Some(1), None).unwrap();
         }
         j
+    }
+
+    #[test]
+    fn the_core_layers_come_before_the_providers() {
+        use Outcome::*;
+        assert_eq!(next(&journal(&[]), false), Phase::CoreLayers);
+        assert_eq!(
+            next(&journal(&[(Phase::CoreLayers, Succeeded)]), false),
+            Phase::ProvidersInstalled
+        );
+        // An agent upgraded on a running cluster goes on in Steady, which reconciles the core
+        // layers too.
+        let upgraded = [
+            (Phase::ProvidersInstalled, Succeeded),
+            (Phase::Pivoted, Succeeded),
+            (Phase::ScaledOut, Succeeded),
+            (Phase::AddonsReady, Succeeded),
+            (Phase::Steady, Succeeded),
+        ];
+        assert_eq!(next(&journal(&upgraded), false), Phase::Steady);
+        let midway = [(Phase::ProvidersInstalled, Succeeded)];
+        assert_eq!(next(&journal(&midway), false), Phase::Pivoted);
     }
 
     #[test]

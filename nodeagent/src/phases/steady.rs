@@ -155,6 +155,13 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     };
     let mut steps = vec![format!("change class: {}", plan.class())];
     steps.extend(plan.diff());
+    if !super::addons::profile_layers(ctx).await?.core.is_empty() {
+        steps.extend(
+            super::addons::plan_stage(ctx, super::addons::Stage::Core)
+                .await?
+                .0,
+        );
+    }
     steps.extend(super::addons::plan(ctx).await?.0);
     Ok((steps, None))
 }
@@ -225,7 +232,7 @@ pub async fn apply(
             event(ctx, c).await;
         }
     }
-    let addons = super::addons::reconcile(ctx, progress).await?;
+    let addons = super::addons::reconcile_all(ctx, progress).await?;
     let mut summary = if plan.changes.is_empty() {
         format!("generation {}: in sync", ctx.generation)
     } else if drift {

@@ -1,0 +1,119 @@
+//! `CoreLayers`: the profile's core layers (`coreLayers`: the network, i.e. the CNI, and the
+//! cloud provider), applied to the local cluster before anything else, then every node Ready.
+//!
+//! This is the order a real node imposes: until a CNI runs, the kubelet starts no pod that is
+//! not `hostNetwork` and the node keeps its `node.kubernetes.io/not-ready` taint, so
+//! cert-manager and the Cluster API providers (`ProvidersInstalled`) would never become
+//! available. Core layers use the add-on layers' sources, cache, ApplySets and health rules
+//! ([`super::addons`]); a profile without core layers ends this phase at once (the image or
+//! the infrastructure brings its own CNI, or none is needed, as in tests that play the kubelet).
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::ListParams;
+
+use super::addons::{self, Stage};
+use super::{Context, PhaseError, Step};
+
+/// Why a node is not Ready yet (None: Ready). Pure.
+pub fn not_ready(node: &Node) -> Option<String> {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+    match ready {
+        Some(c) if c.status == "True" => None,
+        Some(c) => Some(format!(
+            "node {} is not Ready ({}{})",
+            node.metadata.name.as_deref().unwrap_or_default(),
+            c.reason.as_deref().unwrap_or("no reason given"),
+            c.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )),
+        None => Some(format!(
+            "node {} has not reported Ready yet",
+            node.metadata.name.as_deref().unwrap_or_default()
+        )),
+    }
+}
+
+/// Why the cluster's nodes are not all Ready, if they are not.
+async fn nodes_not_ready(ctx: &Context) -> Result<Option<String>, PhaseError> {
+    let nodes = Api::<Node>::all(ctx.local.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| PhaseError::Request {
+            what: "list the nodes".into(),
+            source,
+        })?;
+    if nodes.items.is_empty() {
+        return Ok(Some("no node has registered yet".into()));
+    }
+    let why: Vec<String> = nodes.items.iter().filter_map(not_ready).collect();
+    Ok((!why.is_empty()).then(|| why.join("; ")))
+}
+
+/// The plan: the core layers, and whether the nodes are Ready.
+pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
+    let (mut steps, waiting) = addons::plan_stage(ctx, Stage::Core).await?;
+    if !addons::profile_layers(ctx).await?.core.is_empty() {
+        steps.push("then every node Ready".into());
+    }
+    Ok((steps, waiting))
+}
+
+/// Applies the core layers (health-gated, in order), then waits for every node to be Ready.
+pub async fn apply(
+    ctx: &Context,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Step, PhaseError> {
+    if addons::profile_layers(ctx).await?.core.is_empty() {
+        return Ok(Step::Done(
+            "the profile has no core layers; the nodes' network is provided otherwise".into(),
+        ));
+    }
+    match addons::reconcile_stage(ctx, Stage::Core, progress).await? {
+        Step::Waiting(why) => Ok(Step::Waiting(why)),
+        Step::Done(layers) => match nodes_not_ready(ctx).await? {
+            Some(why) => Ok(Step::Waiting(format!("core {layers}; {why}"))),
+            None => Ok(Step::Done(format!("core {layers}; every node Ready"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ready: Option<(&str, &str)>) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"conditions": ready.map(|(status, reason)| vec![serde_json::json!({
+                "type": "Ready", "status": status, "reason": reason,
+                "message": "container runtime network not ready: cni plugin not initialized"})])
+                .unwrap_or_default()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_node_is_ready_only_with_its_ready_condition_true() {
+        assert_eq!(
+            not_ready(&node("cp-a", Some(("True", "KubeletReady")))),
+            None
+        );
+        assert_eq!(
+            not_ready(&node("cp-a", Some(("False", "KubeletNotReady")))).as_deref(),
+            Some(
+                "node cp-a is not Ready (KubeletNotReady: container runtime network not ready: cni plugin not initialized)"
+            )
+        );
+        assert_eq!(
+            not_ready(&node("cp-a", None)).as_deref(),
+            Some("node cp-a has not reported Ready yet")
+        );
+    }
+}
