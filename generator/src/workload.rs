@@ -1,7 +1,8 @@
 //! The objects the agent creates in the workload cluster after the pivot (step 5 of the design):
 //! per worker pool an infrastructure machine template, a KubeadmConfigTemplate and a
-//! MachineDeployment, then the control plane's machine template and the KubeadmControlPlane at
-//! the spec's replica count. Templates are named by their content
+//! MachineDeployment (with Cluster API's autoscaler size annotations for an autoscaled pool),
+//! then the control plane's machine template and the KubeadmControlPlane at the spec's replica
+//! count, and last the MachineHealthChecks of the control plane and of each pool. Templates are named by their content
 //! ([`management::name_by_content`]), so a changed spec yields new templates and the objects
 //! that point at them roll out; the same spec yields the same names. `fledge render` writes
 //! them to `workload.yaml`; the agent applies the same list with server-side apply, so what a
@@ -12,7 +13,12 @@ use serde_json::{Value, json};
 use crate::management;
 use crate::providers;
 use crate::render::{RenderError, Templates};
-use crate::spec::CheckedCluster;
+use crate::spec::{CheckedCluster, HealthCheck};
+
+/// Cluster API's annotation for the cluster-autoscaler's smallest size of a node group.
+pub const AUTOSCALER_MIN_SIZE: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size";
+/// Cluster API's annotation for the cluster-autoscaler's largest size of a node group.
+pub const AUTOSCALER_MAX_SIZE: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size";
 
 /// The object name of a worker pool's MachineDeployment and templates.
 pub fn pool_name(cluster: &str, pool: &str) -> String {
@@ -42,7 +48,13 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
         selector
             .as_object_mut()
             .map(|m| m.remove("app.kubernetes.io/managed-by"));
-        pctx["pool"] = json!({"name": name, "replicas": pool.replicas, "selector": selector});
+        // An autoscaled pool: `replicas` is its initial size; the agent leaves it to the
+        // autoscaler once the MachineDeployment exists (see the agent's day-2 plan).
+        let annotations = pool.autoscaling.map(|a| {
+            json!({AUTOSCALER_MIN_SIZE: a.min.to_string(), AUTOSCALER_MAX_SIZE: a.max.to_string()})
+        });
+        pctx["pool"] = json!({"name": name, "replicas": pool.replicas, "selector": selector,
+            "annotations": annotations});
         let mut infra =
             machine_template(templates, &infra_template, api.machine_template_kind, &pctx)?;
         pctx["pool"]["infrastructure_template"] =
@@ -67,7 +79,81 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
         strip_agent("KubeadmControlPlane", &mut kcp);
         docs.push(kcp);
     }
+    // Last, the health checks of what exists by now.
+    for check in health_checks(c) {
+        let mut hctx = ctx.clone();
+        hctx["check"] = check;
+        docs.extend(templates.render_docs("workload/machinehealthcheck.yaml.j2", &hctx)?);
+    }
     Ok(docs)
+}
+
+/// The MachineHealthChecks' values: the control plane's (its KubeadmControlPlane's machines,
+/// label `cluster.x-k8s.io/control-plane`), then each pool's (label
+/// `cluster.x-k8s.io/deployment-name`), named like what they check; none for a switched-off
+/// check. They are rendered for the workload cluster only, where the agent applies them after
+/// the pivot: on the management plane the KubeadmControlPlane has one machine, which Cluster
+/// API never remediates once the control plane is initialized (README, "Health checks").
+fn health_checks(c: &CheckedCluster) -> Vec<Value> {
+    let cluster = c.name.as_str();
+    let mut out = Vec::new();
+    let cp = c
+        .spec
+        .control_plane
+        .health_check
+        .clone()
+        .unwrap_or_default();
+    if cp.enabled() {
+        let selector = json!({
+            "cluster.x-k8s.io/cluster-name": cluster,
+            "cluster.x-k8s.io/control-plane": "",
+        });
+        let max = cp
+            .max_unhealthy
+            .as_ref()
+            .map_or(json!("100%"), |m| m.to_json());
+        out.push(check_values(
+            management::Names::new(cluster).control_plane,
+            selector,
+            &cp,
+            max,
+        ));
+    }
+    for pool in &c.spec.workers {
+        let hc = pool.health_check.clone().unwrap_or_default();
+        if !hc.enabled() {
+            continue;
+        }
+        let name = pool_name(cluster, &pool.name);
+        let selector = json!({
+            "cluster.x-k8s.io/cluster-name": cluster,
+            "cluster.x-k8s.io/deployment-name": name,
+        });
+        let size = pool.autoscaling.map_or(pool.replicas, |a| a.max);
+        let max = hc
+            .max_unhealthy
+            .as_ref()
+            .map_or(json!(default_max_unhealthy(size)), |m| m.to_json());
+        out.push(check_values(name, selector, &hc, max));
+    }
+    out
+}
+
+/// A pool's default remediation limit: 40% of its size (Cluster API's example), at least one
+/// machine, so that a pool of one or two is remediated too.
+pub fn default_max_unhealthy(size: i64) -> i64 {
+    (size * 40 / 100).max(1)
+}
+
+fn check_values(name: String, selector: Value, hc: &HealthCheck, max_unhealthy: Value) -> Value {
+    json!({
+        "name": name,
+        "selector": selector,
+        "ready_false_seconds": hc.ready_false_seconds(),
+        "ready_unknown_seconds": hc.ready_unknown_seconds(),
+        "node_startup_seconds": hc.node_startup_seconds(),
+        "max_unhealthy": max_unhealthy,
+    })
 }
 
 /// The provider's machine template rendered with `ctx` (the provider's template file renders

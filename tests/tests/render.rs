@@ -121,7 +121,18 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
         // and a MachineDeployment, then the control plane's machine template and the KCP at
         // the spec's replica count. Templates are named by content, and the KCP points at the
         // same control-plane template as on the management plane.
-        let workload = docs(&text("workload.yaml"));
+        // The MachineHealthChecks come last; the positions below are of the other objects.
+        let all_workload = docs(&text("workload.yaml"));
+        let (checks, workload): (Vec<Value>, Vec<Value>) = all_workload
+            .iter()
+            .cloned()
+            .partition(|o| o["kind"] == "MachineHealthCheck");
+        assert_eq!(
+            all_workload[workload.len()..].to_vec(),
+            checks,
+            "{}: health checks last",
+            dir.display()
+        );
         let pools = checked_req.spec.workers.len();
         let kinds: Vec<&str> = workload.iter().filter_map(|o| o["kind"].as_str()).collect();
         assert_eq!(kinds.len(), 3 * pools + 2, "{}: {kinds:?}", dir.display());
@@ -156,8 +167,8 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
             assert_eq!(md["kind"], "MachineDeployment");
             assert_eq!(md["spec"]["replicas"], pool.replicas);
         }
-        expected += 5 + workload.len();
-        for obj in objects.iter().chain(&workload) {
+        expected += 5 + all_workload.len();
+        for obj in objects.iter().chain(&all_workload) {
             match set.validate(obj) {
                 Some(Ok(())) => checked += 1,
                 Some(Err(errs)) => {
@@ -594,4 +605,74 @@ fn a_request_without_a_network_core_layer_is_warned_about() {
         stderr.contains("warning: ") && stderr.contains("is named network but is an add-on layer"),
         "{stderr}"
     );
+}
+
+#[test]
+fn health_checks_select_their_machines_and_autoscaled_pools_carry_their_bounds() {
+    let dir = workspace_root().join("tests/cases/docker-resilient");
+    let files = render_files(&dir.join("input.yaml"), &Default::default()).unwrap();
+    let text = |name: &str| {
+        let f = files.iter().find(|f| f.path == Path::new(name)).unwrap();
+        String::from_utf8(f.contents.clone()).unwrap()
+    };
+    let workload = docs(&text("workload.yaml"));
+    let checks: Vec<&Value> = workload
+        .iter()
+        .filter(|o| o["kind"] == "MachineHealthCheck")
+        .collect();
+    // The control plane's and md-0's; `batch` switched its check off.
+    let names: Vec<&str> = checks
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["docker-demo-control-plane", "docker-demo-md-0"]);
+    assert_eq!(
+        checks[0]["spec"]["selector"]["matchLabels"]["cluster.x-k8s.io/control-plane"],
+        ""
+    );
+    assert_eq!(
+        checks[1]["spec"]["selector"]["matchLabels"]["cluster.x-k8s.io/deployment-name"],
+        "docker-demo-md-0"
+    );
+    assert_eq!(
+        checks[0]["spec"]["checks"]["nodeStartupTimeoutSeconds"],
+        900
+    );
+    assert_eq!(
+        checks[1]["spec"]["checks"]["unhealthyNodeConditions"],
+        serde_json::json!([
+            {"type": "Ready", "status": "False", "timeoutSeconds": 120},
+            {"type": "Ready", "status": "Unknown", "timeoutSeconds": 300}
+        ])
+    );
+    assert_eq!(
+        checks[1]["spec"]["remediation"]["triggerIf"]["unhealthyLessThanOrEqualTo"],
+        "40%"
+    );
+    // The management plane has none: its one control-plane machine is never remediated.
+    assert!(
+        !docs(&text("management.yaml"))
+            .iter()
+            .any(|o| o["kind"] == "MachineHealthCheck")
+    );
+    // md-0 is autoscaled: the bounds as Cluster API's annotations, replicas its initial size.
+    let md = |name: &str| {
+        workload
+            .iter()
+            .find(|o| o["kind"] == "MachineDeployment" && o["metadata"]["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let md0 = md("docker-demo-md-0");
+    let a = &md0["metadata"]["annotations"];
+    assert_eq!(
+        a["cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size"],
+        "1"
+    );
+    assert_eq!(
+        a["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
+        "5"
+    );
+    assert_eq!(md0["spec"]["replicas"], 2);
+    assert!(md("docker-demo-batch")["metadata"]["annotations"].is_null());
 }

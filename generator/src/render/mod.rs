@@ -37,6 +37,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../templates/workload/kubeadmconfigtemplate.yaml.j2"),
     ),
     (
+        "workload/machinehealthcheck.yaml.j2",
+        include_str!("../../../templates/workload/machinehealthcheck.yaml.j2"),
+    ),
+    (
         "agent/config.yaml.j2",
         include_str!("../../../templates/agent/config.yaml.j2"),
     ),

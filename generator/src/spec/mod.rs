@@ -226,6 +226,10 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
         }
     }
 
+    if let Some(hc) = &cp.health_check {
+        validate_health_check(&mut p, "spec.controlPlane.healthCheck", hc);
+    }
+
     // Workers.
     let mut seen = BTreeMap::new();
     for (i, w) in spec.workers.iter().enumerate() {
@@ -242,6 +246,12 @@ pub fn validate(meta: &RequestMeta, spec: &FledgeClusterSpec) -> Result<CheckedC
                 format!("{path}.replicas"),
                 format!("must be between 0 and 1000 (got {})", w.replicas),
             );
+        }
+        if let Some(hc) = &w.health_check {
+            validate_health_check(&mut p, &format!("{path}.healthCheck"), hc);
+        }
+        if let Some(a) = &w.autoscaling {
+            validate_autoscaling(&mut p, &path, w.replicas, a);
         }
     }
 
@@ -497,6 +507,83 @@ pub fn validate_layers(p: &mut Problems, path: &str, layers: &[Layer]) {
     }
 }
 
+/// A health check's timeouts and remediation limit: what the MachineHealthCheck webhook and
+/// CRD accept, and no timeout so short that a node's restart gets it replaced.
+fn validate_health_check(p: &mut Problems, path: &str, hc: &HealthCheck) {
+    for (field, value) in [
+        ("readyFalseSeconds", hc.ready_false_seconds),
+        ("readyUnknownSeconds", hc.ready_unknown_seconds),
+    ] {
+        if let Some(v) = value
+            && !(30..=86400).contains(&v)
+        {
+            p.push(
+                format!("{path}.{field}"),
+                format!("must be between 30 and 86400 (got {v})"),
+            );
+        }
+    }
+    if let Some(v) = hc.node_startup_seconds
+        && v != 0
+        && !(30..=86400).contains(&v)
+    {
+        p.push(
+            format!("{path}.nodeStartupSeconds"),
+            format!("must be 0 (no limit) or between 30 and 86400 (got {v})"),
+        );
+    }
+    match &hc.max_unhealthy {
+        Some(IntOrPercent::Int(n)) if !(1..=1000).contains(n) => p.push(
+            format!("{path}.maxUnhealthy"),
+            format!("must be a count between 1 and 1000 or a percentage from 1% to 100% (got {n})"),
+        ),
+        Some(IntOrPercent::Percent(text)) => {
+            let ok = text
+                .strip_suffix('%')
+                .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && n.len() <= 3)
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| (1..=100).contains(&n));
+            if !ok {
+                p.push(
+                    format!("{path}.maxUnhealthy"),
+                    format!(
+                        "must be a count between 1 and 1000 or a percentage from 1% to 100% (got {text:?})"
+                    ),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A pool's autoscaling bounds: `1 <= min <= max <= 1000`, and `replicas` (the initial size)
+/// between them.
+fn validate_autoscaling(p: &mut Problems, path: &str, replicas: i64, a: &Autoscaling) {
+    if !(1..=1000).contains(&a.min) {
+        p.push(
+            format!("{path}.autoscaling.min"),
+            format!("must be between 1 and 1000 (got {})", a.min),
+        );
+    }
+    if a.max < a.min || a.max > 1000 {
+        p.push(
+            format!("{path}.autoscaling.max"),
+            format!(
+                "must be between autoscaling.min ({}) and 1000 (got {})",
+                a.min, a.max
+            ),
+        );
+    } else if !(a.min..=a.max).contains(&replicas) {
+        p.push(
+            format!("{path}.replicas"),
+            format!(
+                "is the initial size of an autoscaled pool and must be between autoscaling.min and autoscaling.max ({}..{}) (got {replicas})",
+                a.min, a.max
+            ),
+        );
+    }
+}
+
 fn validate_node(p: &mut Problems, path: &str, node: &NodeAddressing) {
     p.check(
         &format!("{path}.hostname"),
@@ -545,6 +632,126 @@ fn validate_node(p: &mut Problems, path: &str, node: &NodeAddressing) {
             p.push(
                 format!("{path}.dns[{i}]"),
                 format!("must be an IP address (got {d:?})"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(edit: impl FnOnce(&mut serde_json::Value)) -> Result<CheckedCluster, Vec<String>> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/cases/docker-v1beta2/input.yaml");
+        let mut req: serde_json::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        edit(&mut req["spec"]);
+        parse_request(
+            "input.yaml",
+            serde_yaml::to_string(&req).unwrap().as_bytes(),
+        )
+        .map_err(|e| e.problems)
+    }
+
+    #[test]
+    fn health_checks_default_on_and_their_limits_are_checked() {
+        let c = request(|_| {}).unwrap();
+        let hc = c
+            .spec
+            .control_plane
+            .health_check
+            .clone()
+            .unwrap_or_default();
+        assert!(hc.enabled());
+        assert_eq!(
+            (
+                hc.ready_false_seconds(),
+                hc.ready_unknown_seconds(),
+                hc.node_startup_seconds()
+            ),
+            (300, 300, 600)
+        );
+        let ok = request(|s| {
+            s["controlPlane"]["healthCheck"] = serde_json::json!({"enabled": false});
+            s["workers"][0]["healthCheck"] = serde_json::json!(
+                {"readyFalseSeconds": 30, "readyUnknownSeconds": 86400, "nodeStartupSeconds": 0, "maxUnhealthy": "100%"});
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        let problems = request(|s| {
+            s["controlPlane"]["healthCheck"] =
+                serde_json::json!({"readyFalseSeconds": 10, "nodeStartupSeconds": 20});
+            s["workers"][0]["healthCheck"] =
+                serde_json::json!({"readyUnknownSeconds": 90000, "maxUnhealthy": "140%"});
+        })
+        .unwrap_err();
+        let want = [
+            "spec.controlPlane.healthCheck.readyFalseSeconds: must be between 30 and 86400 (got 10)",
+            "spec.controlPlane.healthCheck.nodeStartupSeconds: must be 0 (no limit) or between 30 and 86400 (got 20)",
+            "spec.workers[0].healthCheck.readyUnknownSeconds: must be between 30 and 86400 (got 90000)",
+            "spec.workers[0].healthCheck.maxUnhealthy: must be a count between 1 and 1000 or a percentage from 1% to 100% (got \"140%\")",
+        ];
+        for w in want {
+            assert!(
+                problems.iter().any(|p| p.contains(w)),
+                "{w} not in {problems:#?}"
+            );
+        }
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!("x%"),
+            serde_json::json!("%"),
+        ] {
+            let problems = request(|s| {
+                s["workers"][0]["healthCheck"] = serde_json::json!({"maxUnhealthy": bad});
+            })
+            .unwrap_err();
+            assert!(
+                problems[0].contains("spec.workers[0].healthCheck.maxUnhealthy"),
+                "{problems:?}"
+            );
+        }
+        // Unknown fields are refused, like everywhere in the request.
+        assert!(
+            request(|s| s["workers"][0]["healthCheck"] = serde_json::json!({"timeout": "5m"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn autoscaling_bounds_hold_the_initial_replicas() {
+        let ok = request(|s| {
+            s["workers"][0]["replicas"] = serde_json::json!(2);
+            s["workers"][0]["autoscaling"] = serde_json::json!({"min": 1, "max": 5});
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        let cases = [
+            (
+                (1, 0, 3),
+                "spec.workers[0].autoscaling.min: must be between 1 and 1000 (got 0)",
+            ),
+            (
+                (3, 4, 2),
+                "spec.workers[0].autoscaling.max: must be between autoscaling.min (4) and 1000 (got 2)",
+            ),
+            (
+                (1, 1, 1001),
+                "spec.workers[0].autoscaling.max: must be between autoscaling.min (1) and 1000 (got 1001)",
+            ),
+            (
+                (6, 1, 5),
+                "spec.workers[0].replicas: is the initial size of an autoscaled pool and must be between autoscaling.min and autoscaling.max (1..5) (got 6)",
+            ),
+        ];
+        for ((replicas, min, max), want) in cases {
+            let problems = request(|s| {
+                s["workers"][0]["replicas"] = serde_json::json!(replicas);
+                s["workers"][0]["autoscaling"] = serde_json::json!({"min": min, "max": max});
+            })
+            .unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{want} not in {problems:#?}"
             );
         }
     }

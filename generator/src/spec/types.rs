@@ -279,6 +279,9 @@ pub struct ControlPlane {
     /// v1beta1). 7 to 364; 30 when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificates_expiry_days: Option<i64>,
+    /// The control plane's MachineHealthCheck (on when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
 }
 
 impl ControlPlane {
@@ -339,6 +342,109 @@ pub struct WorkerPool {
     /// Machine size. Optional for providers that use none of the machine fields (docker).
     #[serde(default)]
     pub machine: Machine,
+    /// The pool's MachineHealthCheck (on when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Size bounds for a cluster autoscaler; `replicas` is then only the initial size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// `healthCheck` of the control plane or a worker pool: when Cluster API replaces a machine
+/// whose node is unhealthy (a MachineHealthCheck in the workload cluster). Every field is
+/// optional; an absent block means the defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// `false` switches the check off; on when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// How long a node may report `Ready=False` before its machine is replaced; 30 to 86400,
+    /// 300 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_false_seconds: Option<i64>,
+    /// How long a node may be `Ready=Unknown` (its kubelet stopped reporting) before its machine
+    /// is replaced; 30 to 86400, 300 when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_unknown_seconds: Option<i64>,
+    /// How long a new machine may take to get a node; 0 (no limit) or 30 to 86400, 600 when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_startup_seconds: Option<i64>,
+    /// Remediation stops while more machines than this are unhealthy (a count, or a
+    /// percentage such as `40%` of the checked machines). Default: `100%` for the control plane
+    /// (KubeadmControlPlane never remediates past etcd quorum), 40% of the pool's size (at
+    /// least 1) for a worker pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "int_or_string")]
+    pub max_unhealthy: Option<IntOrPercent>,
+}
+
+/// Kubernetes' int-or-string schema (a structural CRD cannot say `anyOf` otherwise).
+fn int_or_string(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-int-or-string": true})
+}
+
+impl HealthCheck {
+    /// Default `readyFalseSeconds` and `readyUnknownSeconds`.
+    pub const DEFAULT_READY_SECONDS: i64 = 300;
+    /// Default `nodeStartupSeconds` (Cluster API's own default).
+    pub const DEFAULT_NODE_STARTUP_SECONDS: i64 = 600;
+
+    /// Whether the check is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    /// `readyFalseSeconds`, or its default.
+    pub fn ready_false_seconds(&self) -> i64 {
+        self.ready_false_seconds
+            .unwrap_or(Self::DEFAULT_READY_SECONDS)
+    }
+
+    /// `readyUnknownSeconds`, or its default.
+    pub fn ready_unknown_seconds(&self) -> i64 {
+        self.ready_unknown_seconds
+            .unwrap_or(Self::DEFAULT_READY_SECONDS)
+    }
+
+    /// `nodeStartupSeconds`, or its default.
+    pub fn node_startup_seconds(&self) -> i64 {
+        self.node_startup_seconds
+            .unwrap_or(Self::DEFAULT_NODE_STARTUP_SECONDS)
+    }
+}
+
+/// A count (`2`) or a percentage (`"40%"`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(untagged)]
+pub enum IntOrPercent {
+    /// A count.
+    Int(i64),
+    /// A percentage, `N%`.
+    Percent(String),
+}
+
+impl IntOrPercent {
+    /// The value as Kubernetes' int-or-string expects it.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            IntOrPercent::Int(n) => serde_json::json!(n),
+            IntOrPercent::Percent(p) => serde_json::json!(p),
+        }
+    }
+}
+
+/// `spec.workers[].autoscaling`: the pool's size bounds, written as Cluster API's
+/// cluster-autoscaler annotations on its MachineDeployment. The autoscaler (an add-on layer
+/// the user supplies) then owns `replicas` within them.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Autoscaling {
+    /// Fewest machines; at least 1.
+    pub min: i64,
+    /// Most machines; at least `min`, at most 1000.
+    pub max: i64,
 }
 
 /// `spec.network`.
