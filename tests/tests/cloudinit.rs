@@ -174,7 +174,7 @@ fn adversarial_request(g: &mut Gen) -> (Value, Value) {
         "kind: ConfigMap\ndata:\n  v: {}\n",
         serde_json::to_string(&g.text()).unwrap()
     );
-    req["spec"]["profile"]["layers"][0]["manifests"][0] = json!({
+    req["spec"]["profile"]["coreLayers"][0]["manifests"][0] = json!({
         "name": "cm", "version": g.text(), "inline": inline, "sha256": "0".repeat(64)
     });
     req["spec"]["access"]["sshAuthorizedKeys"] =
@@ -203,7 +203,7 @@ for line in sys.stdin:
     check("ssh_pwauth", ud["ssh_pwauth"], False)
     check("add-on files in user-data", [f["path"] for f in ud["write_files"] if f["path"].startswith("/var/lib/fledge/addons/")], [])
     fc = [d for d in mgmt if d["kind"] == "FledgeCluster"][0]
-    check("FledgeCluster inline manifest", fc["spec"]["profile"]["layers"][0]["manifests"][0]["inline"], exp["inline"])
+    check("FledgeCluster inline manifest", fc["spec"]["profile"]["coreLayers"][0]["manifests"][0]["inline"], exp["inline"])
     tmpl = [d for d in mgmt if d["kind"] == "VSphereMachineTemplate"][0]["spec"]["template"]["spec"]
     for k, v in exp["vsphere"].items():
         check("VSphereMachineTemplate " + k, tmpl[k] if k != "network" else tmpl["network"]["devices"][0]["networkName"], v)
@@ -318,7 +318,7 @@ fn aws_with_addons(manifests: Vec<String>) -> spec::CheckedCluster {
         .enumerate()
         .map(|(i, m)| json!({"name": format!("m{i}"), "version": "v1", "inline": m, "sha256": "0".repeat(64)}))
         .collect();
-    req["spec"]["profile"]["layers"][0]["manifests"] = Value::Array(list);
+    req["spec"]["profile"]["coreLayers"][0]["manifests"] = Value::Array(list);
     spec::parse_request("aws.yaml", serde_json::to_string(&req).unwrap().as_bytes()).unwrap()
 }
 

@@ -186,7 +186,12 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
     if problems.is_empty() {
         let (meta, spec) = typed(&top["metadata"], &top["spec"])
             .map_err(|e| RequestError::one(label, format!("spec: {e}")))?;
-        return validate(&meta, &spec).map_err(|p| RequestError::many(label, sorted(p.0)));
+        let checked = validate(&meta, &spec).map_err(|p| RequestError::many(label, sorted(p.0)))?;
+        let missing = request_rules(&checked);
+        if !missing.is_empty() {
+            return Err(RequestError::many(label, missing));
+        }
+        return Ok(checked);
     }
 
     // The structure is wrong somewhere: run the semantic checks on the parts that did parse, so
@@ -215,6 +220,31 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
         }
     }
     Err(RequestError::many(label, sorted(problems)))
+}
+
+/// What a new request must hold for its first node to come up, beyond what the agent checks in
+/// a cached spec (an agent keeps running clusters made by older requests): a provider whose
+/// nodes run `cloud-provider: external` needs a `cloud` core layer (its cloud-controller-manager),
+/// unless the profile is a `clusterProfileRef` (the agent reads that one).
+fn request_rules(checked: &CheckedCluster) -> Vec<Violation> {
+    let provider = checked.spec.infrastructure.provider;
+    if !crate::providers::get(provider).external_cloud_provider() {
+        return Vec::new();
+    }
+    let profile = checked.spec.profile.as_ref();
+    if profile.is_some_and(|p| p.cluster_profile_ref.is_some()) {
+        return Vec::new();
+    }
+    if profile.is_some_and(|p| p.core_layers.iter().any(|l| l.name == "cloud")) {
+        return Vec::new();
+    }
+    vec![Violation {
+        path: "spec.profile.coreLayers".into(),
+        rule: format!(
+            "must hold a layer named cloud with the cloud-controller-manager for {}: its nodes run cloud-provider: external and keep the node.cloudprovider.kubernetes.io/uninitialized taint, with no providerID (so no Machine gets a nodeRef and the control plane never scales out), until one runs",
+            provider.as_str()
+        ),
+    }]
 }
 
 /// Orders problems by field path (stable, so one field's problems keep their order).
