@@ -157,7 +157,11 @@ pub fn build(format: SeedFormat, content: &SeedContent) -> Result<Vec<u8>, SeedE
 
 /// OpenStack's meta_data.json from NoCloud meta-data (`instance-id`, `local-hostname`).
 fn config_drive_meta(meta: &[u8]) -> Vec<u8> {
-    let v: serde_json::Value = serde_yaml::from_slice(meta).unwrap_or_default();
+    // Bounded like every YAML fledge reads (a meta-data file is the user's input).
+    let v = crate::yaml::parse_documents(&String::from_utf8_lossy(meta))
+        .ok()
+        .and_then(|d| d.into_iter().next())
+        .unwrap_or_default();
     let id = v["instance-id"].as_str().unwrap_or("fledge");
     let host = v["local-hostname"].as_str().unwrap_or("localhost");
     let out = serde_json::json!({"uuid": id, "hostname": host, "name": host});
@@ -169,6 +173,25 @@ fn config_drive_meta(meta: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_drive_meta_reads_meta_data_with_the_bounded_reader() {
+        let out = config_drive_meta(b"instance-id: i-1\nlocal-hostname: cp-a\n");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"uuid\":\"i-1\",\"hostname\":\"cp-a\",\"name\":\"cp-a\"}\n"
+        );
+        let mut bomb = String::from("a0: &a0 \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"\n");
+        for i in 1..40 {
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{0}, *a{0}, *a{0}, *a{0}]\n",
+                i - 1
+            ));
+        }
+        bomb.push_str("instance-id: i-2\n");
+        let out = String::from_utf8(config_drive_meta(bomb.as_bytes())).unwrap();
+        assert!(out.contains("\"uuid\":\"fledge\""), "{out}");
+    }
 
     #[test]
     fn civil_dates() {
