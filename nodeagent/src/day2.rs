@@ -9,13 +9,18 @@
 //! not compared). Each change is classified:
 //! - **no-op**: nothing differs;
 //! - **in-place**: a patch that replaces no machine (replicas, certificate days, labels, a new or
-//!   removed pool, a missing template restored);
+//!   removed pool, a missing template restored, any MachineHealthCheck change);
 //! - **rollout**: machines are replaced (the Kubernetes version, a new machine or bootstrap
 //!   template, the control plane's kubeadm configuration).
 //!
 //! Refused before anything is written: a downgrade, a skipped minor version. A
 //! MachineDeployment whose version would be newer than the control plane's running version waits
 //! until the control plane reports it (workers never run ahead of the control plane).
+//!
+//! An autoscaled pool (its MachineDeployment carries Cluster API's autoscaler size annotations)
+//! leaves `replicas` to the autoscaler once it exists: [`for_autoscaler`] drops the field from
+//! the desired object while the observed count lies within the bounds, and sets the nearest
+//! bound when it does not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -93,6 +98,8 @@ pub struct Observed {
     pub machine_deployments: BTreeMap<String, Value>,
     /// Existing templates: (kind, name).
     pub templates: BTreeSet<(String, String)>,
+    /// The cluster's MachineHealthChecks written by fledge, by name.
+    pub machine_health_checks: BTreeMap<String, Value>,
 }
 
 /// The plan for one reconcile.
@@ -102,11 +109,13 @@ pub struct Plan {
     /// Every change, in write order.
     pub changes: Vec<Change>,
     /// Indexes (into the desired objects) to write now, in write order: templates, the
-    /// KubeadmControlPlane, then the MachineDeployments.
+    /// KubeadmControlPlane, the MachineDeployments, then the MachineHealthChecks.
     #[serde(skip)]
     pub writes: Vec<usize>,
     /// MachineDeployments to delete (pools removed from the spec).
     pub deletes: Vec<String>,
+    /// MachineHealthChecks to delete (switched off, or their pool removed).
+    pub deleted_health_checks: Vec<String>,
     /// MachineDeployments that wait for the control plane, with the reason.
     pub deferred: Vec<String>,
 }
@@ -230,9 +239,11 @@ fn value_at<'a>(v: &'a Value, path: &str) -> &'a Value {
     cur
 }
 
-/// The class of a changed field of a KubeadmControlPlane or MachineDeployment.
+/// The class of a changed field of a KubeadmControlPlane, MachineDeployment or
+/// MachineHealthCheck.
 fn class_of(kind: &str, path: &str) -> Class {
-    let in_place = path == "spec.replicas"
+    let in_place = kind == "MachineHealthCheck"
+        || path == "spec.replicas"
         || path.starts_with("metadata.")
         || (kind == "KubeadmControlPlane"
             && (path.starts_with("spec.rollout") || path.starts_with("spec.remediation")))
@@ -280,6 +291,7 @@ pub fn plan(desired: &[Value], observed: &Observed) -> Result<Plan, Refused> {
     let mut templates = Vec::new();
     let mut kcp_writes = Vec::new();
     let mut md_writes = Vec::new();
+    let mut mhc_writes = Vec::new();
     for (i, o) in desired.iter().enumerate() {
         let kind = o["kind"].as_str().unwrap_or_default();
         if kind.ends_with("Template") {
@@ -298,7 +310,13 @@ pub fn plan(desired: &[Value], observed: &Observed) -> Result<Plan, Refused> {
         let current = match kind {
             "KubeadmControlPlane" => observed.kcp.as_ref(),
             "MachineDeployment" => observed.machine_deployments.get(&name(o)),
+            "MachineHealthCheck" => observed.machine_health_checks.get(&name(o)),
             _ => None,
+        };
+        let writes = match kind {
+            "KubeadmControlPlane" => &mut kcp_writes,
+            "MachineHealthCheck" => &mut mhc_writes,
+            _ => &mut md_writes,
         };
         let Some(current) = current else {
             plan.changes.push(Change {
@@ -308,11 +326,7 @@ pub fn plan(desired: &[Value], observed: &Observed) -> Result<Plan, Refused> {
                 to: Some(Value::String(name(o))),
                 class: Class::InPlace,
             });
-            if kind == "KubeadmControlPlane" {
-                kcp_writes.push(i);
-            } else {
-                md_writes.push(i);
-            }
+            writes.push(i);
             continue;
         };
         let mut diffs = Vec::new();
@@ -336,11 +350,7 @@ pub fn plan(desired: &[Value], observed: &Observed) -> Result<Plan, Refused> {
         }
         // Written every reconcile: server-side apply of an unchanged object changes nothing,
         // and it restores a managed field changed by hand.
-        if kind == "KubeadmControlPlane" {
-            kcp_writes.push(i);
-        } else {
-            md_writes.push(i);
-        }
+        writes.push(i);
     }
     let wanted: BTreeSet<String> = desired
         .iter()
@@ -359,12 +369,75 @@ pub fn plan(desired: &[Value], observed: &Observed) -> Result<Plan, Refused> {
             plan.deletes.push(md.clone());
         }
     }
+    let wanted: BTreeSet<String> = desired
+        .iter()
+        .filter(|o| o["kind"] == "MachineHealthCheck")
+        .map(name)
+        .collect();
+    for mhc in observed.machine_health_checks.keys() {
+        if !wanted.contains(mhc) {
+            plan.changes.push(Change {
+                object: format!("MachineHealthCheck/{mhc}"),
+                path: String::new(),
+                from: Some(Value::String(mhc.clone())),
+                to: None,
+                class: Class::InPlace,
+            });
+            plan.deleted_health_checks.push(mhc.clone());
+        }
+    }
     plan.writes = templates
         .into_iter()
         .chain(kcp_writes)
         .chain(md_writes)
+        .chain(mhc_writes)
         .collect();
     Ok(plan)
+}
+
+/// An autoscaled MachineDeployment's bounds: its `(min, max)` size annotations.
+fn autoscaler_bounds(md: &Value) -> Option<(i64, i64)> {
+    let a = &md["metadata"]["annotations"];
+    let bound = |key: &str| a[key].as_str().and_then(|v| v.parse::<i64>().ok());
+    Some((
+        bound(fledge_generator::workload::AUTOSCALER_MIN_SIZE)?,
+        bound(fledge_generator::workload::AUTOSCALER_MAX_SIZE)?,
+    ))
+}
+
+/// The desired objects with `replicas` left to the autoscaler: for each autoscaled
+/// MachineDeployment that exists already, `spec.replicas` is dropped while the observed count
+/// lies within the bounds (whoever set it, the autoscaler or a person, keeps it), and is the
+/// nearest bound when it does not. A new MachineDeployment keeps the rendered replicas (the
+/// pool's initial size); a pool without bounds keeps its replicas enforced.
+pub fn for_autoscaler(desired: &[Value], observed: &Observed) -> Vec<Value> {
+    let mut out = desired.to_vec();
+    for o in &mut out {
+        if o["kind"] != "MachineDeployment" {
+            continue;
+        }
+        let (Some((min, max)), Some(current)) = (
+            autoscaler_bounds(o),
+            observed.machine_deployments.get(&name(o)),
+        ) else {
+            continue;
+        };
+        let Some(spec) = o["spec"].as_object_mut() else {
+            continue;
+        };
+        match current["spec"]["replicas"].as_i64() {
+            Some(n) if (min..=max).contains(&n) => {
+                spec.remove("replicas");
+            }
+            Some(n) => {
+                spec.insert("replicas".into(), Value::from(n.clamp(min, max)));
+            }
+            None => {
+                spec.insert("replicas".into(), Value::from(min));
+            }
+        }
+    }
+    out
 }
 
 /// The templates `objects` point at: (kind, name), from KubeadmControlPlanes,
@@ -429,6 +502,111 @@ mod tests {
                 ("spec.a".to_string(), json!([1, 2]))
             ]
         );
+    }
+
+    fn md(replicas: Option<i64>, bounds: Option<(i64, i64)>) -> Value {
+        let mut o = json!({"kind": "MachineDeployment", "metadata": {"name": "c-md-0"},
+            "spec": {"clusterName": "c"}});
+        if let Some(r) = replicas {
+            o["spec"]["replicas"] = json!(r);
+        }
+        if let Some((min, max)) = bounds {
+            o["metadata"]["annotations"] = json!({
+                fledge_generator::workload::AUTOSCALER_MIN_SIZE: min.to_string(),
+                fledge_generator::workload::AUTOSCALER_MAX_SIZE: max.to_string(),
+            });
+        }
+        o
+    }
+
+    fn observed_md(replicas: i64, bounds: Option<(i64, i64)>) -> Observed {
+        Observed {
+            machine_deployments: [("c-md-0".to_string(), md(Some(replicas), bounds))].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_autoscaled_pools_replicas_stay_within_bounds_and_are_clamped_outside() {
+        let desired = [md(Some(2), Some((1, 5)))];
+        // Created with the pool's initial size.
+        let new = for_autoscaler(&desired, &Observed::default());
+        assert_eq!(new[0]["spec"]["replicas"], 2);
+        // Within the bounds (the autoscaler's or a person's count): left alone, no change.
+        for n in [1, 4, 5] {
+            let obs = observed_md(n, Some((1, 5)));
+            let d = for_autoscaler(&desired, &obs);
+            assert!(d[0]["spec"].get("replicas").is_none(), "{n}: {d:?}");
+            let p = plan(&d, &obs).unwrap();
+            assert_eq!(p.class(), Class::NoOp, "{n}: {:?}", p.changes);
+            assert_eq!(
+                p.writes,
+                [0],
+                "still written: the annotations stay enforced"
+            );
+        }
+        // Outside them: the nearest bound, an in-place change.
+        for (n, want) in [(7, 5), (0, 1)] {
+            let obs = observed_md(n, Some((1, 5)));
+            let d = for_autoscaler(&desired, &obs);
+            assert_eq!(d[0]["spec"]["replicas"], want);
+            let p = plan(&d, &obs).unwrap();
+            assert_eq!(
+                p.diff(),
+                [format!(
+                    "~ MachineDeployment/c-md-0 spec.replicas: {n} -> {want} (in-place)"
+                )]
+            );
+        }
+        // A pool without bounds keeps its replicas enforced.
+        let fixed = [md(Some(2), None)];
+        let obs = observed_md(4, None);
+        let p = plan(&for_autoscaler(&fixed, &obs), &obs).unwrap();
+        assert_eq!(
+            p.diff(),
+            ["~ MachineDeployment/c-md-0 spec.replicas: 4 -> 2 (in-place)"]
+        );
+    }
+
+    fn mhc(name: &str, timeout: i64) -> Value {
+        json!({"kind": "MachineHealthCheck", "metadata": {"name": name},
+            "spec": {"clusterName": "c", "checks": {"unhealthyNodeConditions": [
+                {"type": "Ready", "status": "Unknown", "timeoutSeconds": timeout}]}}})
+    }
+
+    #[test]
+    fn health_check_changes_are_in_place_and_switched_off_checks_are_deleted() {
+        let observed = Observed {
+            machine_health_checks: [
+                ("c-control-plane".to_string(), mhc("c-control-plane", 300)),
+                ("c-md-0".to_string(), mhc("c-md-0", 300)),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        // The same: nothing to do (written anyway, which changes nothing).
+        let same = [mhc("c-control-plane", 300), mhc("c-md-0", 300)];
+        let p = plan(&same, &observed).unwrap();
+        assert_eq!(p.class(), Class::NoOp);
+        assert_eq!(p.writes, [0, 1]);
+        // A timeout changed, md-0's check switched off.
+        let p = plan(&[mhc("c-control-plane", 600)], &observed).unwrap();
+        assert_eq!(
+            p.diff(),
+            [
+                "~ MachineHealthCheck/c-control-plane spec.checks.unhealthyNodeConditions[0].timeoutSeconds: 300 -> 600 (in-place)",
+                "- MachineHealthCheck/c-md-0 (in-place)"
+            ]
+        );
+        assert_eq!(p.class(), Class::InPlace);
+        assert_eq!(p.deleted_health_checks, ["c-md-0"]);
+        // A new one is created, after the MachineDeployments.
+        let p = plan(
+            &[mhc("c-md-1", 300), md(Some(1), None)],
+            &Observed::default(),
+        )
+        .unwrap();
+        assert_eq!(p.writes, [1, 0]);
     }
 
     #[test]

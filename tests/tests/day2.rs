@@ -796,3 +796,132 @@ async fn cms_edit(client: &kube::Client) {
     .await
     .unwrap();
 }
+
+/// The cluster's MachineHealthCheck `name` in the local cluster, if any.
+async fn health_check(client: &kube::Client, name: &str) -> Option<DynamicObject> {
+    api(client, "cluster.x-k8s.io/v1beta2", "MachineHealthCheck")
+        .get_opt(&format!("{NAME}-{name}"))
+        .await
+        .unwrap()
+}
+
+/// Sets md-0's replicas as a person would (`kubectl scale`/`edit`: another field manager).
+async fn scale_by_hand(client: &kube::Client, replicas: i64) {
+    api(client, KINDS[1].0, KINDS[1].1)
+        .patch(
+            &format!("{NAME}-md-0"),
+            &PatchParams {
+                field_manager: Some("kubectl-edit".into()),
+                ..Default::default()
+            },
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .unwrap();
+}
+
+async fn md0_replicas(client: &kube::Client) -> Value {
+    api(client, KINDS[1].0, KINDS[1].1)
+        .get(&format!("{NAME}-md-0"))
+        .await
+        .unwrap()
+        .data["spec"]["replicas"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_and_autoscaling_bounds_are_reconciled() {
+    let Some(f) = Fixture::start().await else {
+        return;
+    };
+    let client = f.local.client().await;
+    let mut spec = base_spec();
+    spec.workers[0].replicas = 2;
+    spec.workers[0].autoscaling = Some(spec::Autoscaling { min: 1, max: 5 });
+    let mut generation = 1;
+
+    // First reconcile: the pool at its initial size with its bounds, and the health checks of
+    // the control plane and the pool, through the real CAPI webhooks.
+    let ran = run(&f, &spec, generation).await;
+    assert!(matches!(ran.step, Ok(Step::Done(_))), "{:?}", ran.step);
+    assert_eq!(md0_replicas(&client).await, 2);
+    let md0 = api(&client, KINDS[1].0, KINDS[1].1)
+        .get(&format!("{NAME}-md-0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        md0.annotations()["cluster.x-k8s.io/cluster-api-autoscaler-node-group-max-size"],
+        "5"
+    );
+    let cp = health_check(&client, "control-plane").await.unwrap();
+    assert_eq!(
+        cp.data["spec"]["selector"]["matchLabels"]["cluster.x-k8s.io/control-plane"],
+        ""
+    );
+    // The MachineHealthCheck webhook labelled it with the cluster's name.
+    assert_eq!(cp.labels()["cluster.x-k8s.io/cluster-name"], NAME);
+    assert!(health_check(&client, "md-0").await.is_some());
+    let ran = run(&f, &spec, generation).await;
+    assert_eq!(ran.class, Ok(Class::NoOp), "replay: {:?}", ran.plan);
+
+    // A health check's timeout: in place, nothing else written.
+    let mut next = spec.clone();
+    next.workers[0].health_check = Some(spec::HealthCheck {
+        ready_unknown_seconds: Some(600),
+        ..Default::default()
+    });
+    generation += 1;
+    let ran = run(&f, &next, generation).await;
+    assert_eq!(ran.class, Ok(Class::InPlace), "{:?}", ran.plan);
+    assert!(
+        ran.plan.iter().any(|l| l
+            == "~ MachineHealthCheck/docker-demo-md-0 spec.checks.unhealthyNodeConditions[1].timeoutSeconds: 300 -> 600 (in-place)"),
+        "{:?}",
+        ran.plan
+    );
+    assert!(ran.writes.is_empty(), "{:?}", ran.writes);
+    let md_check = health_check(&client, "md-0").await.unwrap();
+    assert_eq!(
+        md_check.data["spec"]["checks"]["unhealthyNodeConditions"][1]["timeoutSeconds"],
+        600
+    );
+    spec = next;
+
+    // Replicas changed by hand (or by the autoscaler) inside the bounds stay; outside them
+    // they are brought back to the nearest bound, as drift.
+    f.journal_reconciled(generation);
+    scale_by_hand(&client, 4).await;
+    let ran = run(&f, &spec, generation).await;
+    assert_eq!(ran.class, Ok(Class::NoOp), "{:?}", ran.plan);
+    assert!(ran.writes.is_empty(), "{:?}", ran.writes);
+    assert_eq!(md0_replicas(&client).await, 4);
+    scale_by_hand(&client, 9).await;
+    let ran = run(&f, &spec, generation).await;
+    let Ok(Step::Done(msg)) = &ran.step else {
+        panic!("{:?}", ran.step)
+    };
+    assert!(
+        msg.contains("drift corrected") && msg.contains("spec.replicas: 9 -> 5"),
+        "{msg}"
+    );
+    assert_eq!(md0_replicas(&client).await, 5);
+    // Back inside the bounds, the agent lets go of the count again.
+    f.journal_reconciled(generation);
+    scale_by_hand(&client, 3).await;
+    let ran = run(&f, &spec, generation).await;
+    assert_eq!(ran.class, Ok(Class::NoOp), "{:?}", ran.plan);
+    assert_eq!(md0_replicas(&client).await, 3);
+
+    // A check switched off is deleted; the control plane's stays.
+    let mut next = spec.clone();
+    next.workers[0].health_check = Some(spec::HealthCheck {
+        enabled: Some(false),
+        ..Default::default()
+    });
+    generation += 1;
+    let ran = run(&f, &next, generation).await;
+    assert_eq!(ran.class, Ok(Class::InPlace), "{:?}", ran.plan);
+    assert!(matches!(ran.step, Ok(Step::Done(_))), "{:?}", ran.step);
+    assert!(health_check(&client, "md-0").await.is_none());
+    assert!(health_check(&client, "control-plane").await.is_some());
+}

@@ -70,6 +70,36 @@ pub fn next(journal: &Journal, deleting: bool) -> Phase {
 /// (a provider's Deployment becoming available, the control plane initializing).
 pub const POLL: Duration = Duration::from_secs(2);
 
+/// The longest wait between looks while a phase keeps waiting for the same thing.
+pub const POLL_CAP: Duration = Duration::from_secs(30);
+
+/// Capped exponential backoff of a phase's repeated waits: [`POLL`] for a new reason, doubled
+/// each time the phase waits again for the same reason, at most [`POLL_CAP`]. A wait for
+/// another reason, or any progress, starts again at [`POLL`]. (On a slow or intermittent
+/// network a wait that does not move is not asked about every 2 s; a new spec still wakes
+/// the runner at once.)
+#[derive(Debug, Default)]
+pub struct WaitBackoff {
+    last: Option<(String, Duration)>,
+}
+
+impl WaitBackoff {
+    /// The delay before the next look, for a phase waiting for `why`.
+    pub fn next(&mut self, why: &str) -> Duration {
+        let delay = match &self.last {
+            Some((reason, d)) if reason == why => (*d * 2).min(POLL_CAP),
+            _ => POLL,
+        };
+        self.last = Some((why.to_string(), delay));
+        delay
+    }
+
+    /// Progress: the next wait starts at [`POLL`].
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
 /// Why a phase could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum PhaseError {
@@ -398,6 +428,7 @@ impl Runner {
     /// Runs phases until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = self.backoff();
+        let mut waits = WaitBackoff::default();
         let mut local: Option<kube::Client> = None;
         // Whether this process has made sure the agent's finalizer is on its FledgeCluster.
         let mut held = false;
@@ -405,9 +436,14 @@ impl Runner {
             let delay = match self.attempt(&mut local, &mut held).await {
                 Attempt::Progressed => {
                     backoff = self.backoff();
+                    waits.reset();
                     Duration::ZERO
                 }
-                Attempt::Wait(d) => d,
+                Attempt::Wait(d) => {
+                    waits.reset();
+                    d
+                }
+                Attempt::Waiting(why) => waits.next(&why),
                 Attempt::Failed => backoff.next().unwrap_or(self.backoff_cap),
             };
             if delay.is_zero() {
@@ -509,7 +545,7 @@ impl Runner {
             }
             Ok(Step::Waiting(why)) => {
                 tracing::info!(%why, "phase waiting");
-                Attempt::Wait(POLL)
+                Attempt::Waiting(why)
             }
             Err(e) => {
                 let msg = chain(&e);
@@ -599,6 +635,8 @@ impl Runner {
 enum Attempt {
     Progressed,
     Wait(Duration),
+    /// The phase waits for something outside the agent (polled with [`WaitBackoff`]).
+    Waiting(String),
     Failed,
 }
 
@@ -661,6 +699,19 @@ mod tests {
             j.record(dir.path(), *p, *o, Some(1), None).unwrap();
         }
         j
+    }
+
+    #[test]
+    fn repeated_waits_for_the_same_reason_back_off_to_the_cap() {
+        let mut w = WaitBackoff::default();
+        let secs = |w: &mut WaitBackoff, why: &str| w.next(why).as_secs();
+        let same: Vec<u64> = (0..7).map(|_| secs(&mut w, "control plane")).collect();
+        assert_eq!(same, [2, 4, 8, 16, 30, 30, 30]);
+        // Another reason (something moved) starts again at POLL, and so does progress.
+        assert_eq!(secs(&mut w, "1/3 machines ready"), 2);
+        assert_eq!(secs(&mut w, "1/3 machines ready"), 4);
+        w.reset();
+        assert_eq!(secs(&mut w, "1/3 machines ready"), 2);
     }
 
     #[test]

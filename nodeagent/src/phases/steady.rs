@@ -5,8 +5,9 @@
 //! and templates, plans with [`crate::day2::plan`] (classified; refusals stop it before any
 //! write) and writes in order: new templates (named by content, so a replay creates nothing),
 //! the KubeadmControlPlane (version and template in one write), the MachineDeployments (an
-//! upgrade waits until the control plane runs the new version), deletion of removed pools and
-//! then of templates nothing points at any more, and last the add-on layers
+//! upgrade waits until the control plane runs the new version), the MachineHealthChecks,
+//! deletion of removed pools and switched-off health checks and then of templates nothing
+//! points at any more, and last the add-on layers
 //! ([`super::addons::reconcile`]). A change found when the spec's generation was already
 //! reconciled is drift: it is restored, logged, recorded as a Warning event `DriftCorrected` on
 //! the object and in the journal (and so in the status condition).
@@ -53,6 +54,12 @@ fn resources(ctx: &Context) -> Resources {
             "machinedeployments",
         ),
         ms: super::capi_resource(ctx, "cluster.x-k8s.io", "MachineSet", "machinesets"),
+        mhc: super::capi_resource(
+            ctx,
+            "cluster.x-k8s.io",
+            "MachineHealthCheck",
+            "machinehealthchecks",
+        ),
         templates: vec![
             infra,
             super::capi_resource(
@@ -69,6 +76,7 @@ struct Resources {
     kcp: ApiResource,
     md: ApiResource,
     ms: ApiResource,
+    mhc: ApiResource,
     templates: Vec<ApiResource>,
 }
 
@@ -106,6 +114,17 @@ async fn observe(ctx: &Context, r: &Resources) -> Result<(Observed, Vec<Value>),
         .filter(|o| o.metadata.deletion_timestamp.is_none())
         .map(|o| (o.name_any(), to_value(o)))
         .collect();
+    let machine_health_checks = api(&r.mhc)
+        .list(&ours)
+        .await
+        .map_err(request(format!(
+            "list the MachineHealthChecks of {ns}/{cluster}"
+        )))?
+        .items
+        .iter()
+        .filter(|o| o.metadata.deletion_timestamp.is_none())
+        .map(|o| (o.name_any(), to_value(o)))
+        .collect();
     let mut templates = BTreeSet::new();
     for ar in &r.templates {
         for t in api(ar)
@@ -133,23 +152,25 @@ async fn observe(ctx: &Context, r: &Resources) -> Result<(Observed, Vec<Value>),
             kcp,
             machine_deployments,
             templates,
+            machine_health_checks,
         },
         machine_sets,
     ))
 }
 
-fn desired(ctx: &Context) -> Result<Vec<Value>, PhaseError> {
-    Ok(
-        fledge_generator::workload::objects(&ctx.spec, &Templates::embedded())
-            .map_err(ScaleOutError::from)?,
-    )
+/// The generator's objects, with an autoscaled pool's replicas left to the autoscaler
+/// ([`day2::for_autoscaler`]).
+fn desired(ctx: &Context, observed: &Observed) -> Result<Vec<Value>, PhaseError> {
+    let objects = fledge_generator::workload::objects(&ctx.spec, &Templates::embedded())
+        .map_err(ScaleOutError::from)?;
+    Ok(day2::for_autoscaler(&objects, observed))
 }
 
 /// The plan: the pending changes as a diff, with their class.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let r = resources(ctx);
     let (observed, _) = observe(ctx, &r).await?;
-    let plan = match day2::plan(&desired(ctx)?, &observed) {
+    let plan = match day2::plan(&desired(ctx, &observed)?, &observed) {
         Ok(p) => p,
         Err(refused) => return Ok((Vec::new(), Some(refused.to_string()))),
     };
@@ -172,8 +193,8 @@ pub async fn apply(
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
     let r = resources(ctx);
-    let desired = desired(ctx)?;
     let (observed, machine_sets) = observe(ctx, &r).await?;
+    let desired = desired(ctx, &observed)?;
     // Refused changes stop here, before any write.
     let plan = day2::plan(&desired, &observed)?;
     let reconciled = Journal::load(&ctx.state_dir)?
@@ -197,6 +218,12 @@ pub async fn apply(
         delete(&api(&r.md), md).await?;
         progress(&format!(
             "deleted MachineDeployment {ns}/{md} (pool removed)"
+        ));
+    }
+    for mhc in &plan.deleted_health_checks {
+        delete(&api(&r.mhc), mhc).await?;
+        progress(&format!(
+            "deleted MachineHealthCheck {ns}/{mhc} (check switched off or pool removed)"
         ));
     }
     // Templates (of fledge's, see `observe`) nothing points at any more: not the objects just written, not a deferred
