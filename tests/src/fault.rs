@@ -1,7 +1,9 @@
 //! Fault injection in a client's service stack: a tower layer that counts and records the
 //! requests of every client sharing it, can make the k-th write (POST/PUT/PATCH/DELETE) fail
 //! before it is sent or lose its answer after the server carried it out, and can delay every
-//! request (a stand-in for a network round trip, which loopback lacks).
+//! request (a stand-in for a network round trip, which loopback lacks). It can also hold the
+//! k-th write before it is sent until the test lets it go ([`Fault::holding`]), to interleave
+//! two runs at a chosen point.
 //! Production code has no switch for any of this; the pivot only sees requests.
 
 use std::future::Future;
@@ -10,6 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use fledge_agent::pivot::count::is_write;
 use http::Request;
@@ -54,6 +58,7 @@ impl Mode {
 /// What the layer does with one request.
 enum Verdict {
     Send,
+    Hold,
     FailBeforeSend,
     LoseAnswer,
 }
@@ -68,6 +73,14 @@ pub struct Fault {
     reads: AtomicU64,
     tripped: AtomicBool,
     log: Mutex<Vec<String>>,
+    /// Hold the `at`-th write instead of failing it.
+    hold: bool,
+    /// Hold the first write whose `METHOD path` contains this instead.
+    hold_matching: Option<String>,
+    /// Notified once the held write is waiting.
+    held: Notify,
+    /// Notified to let the held write go.
+    release: Notify,
 }
 
 impl Fault {
@@ -86,8 +99,29 @@ impl Fault {
         Self::build(u64::MAX, Mode::Once, delay)
     }
 
+    /// Holds the `at`-th write (1-based) before it is sent, until [`Fault::release`]; every
+    /// other request goes through. [`Fault::reached`] waits until the write is held.
+    pub fn holding(at: u64) -> Arc<Self> {
+        let mut f = Self::unshared(at, Mode::Once, Duration::ZERO);
+        f.hold = true;
+        Arc::new(f)
+    }
+
+    /// Holds the first write whose `METHOD path` contains `pattern` (whatever else writes
+    /// meanwhile, such as a lock renewal on a timer), like [`Fault::holding`].
+    pub fn holding_first(pattern: &str) -> Arc<Self> {
+        let mut f = Self::unshared(u64::MAX, Mode::Once, Duration::ZERO);
+        f.hold = true;
+        f.hold_matching = Some(pattern.into());
+        Arc::new(f)
+    }
+
     fn build(at: u64, mode: Mode, delay: Duration) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new(Self::unshared(at, mode, delay))
+    }
+
+    fn unshared(at: u64, mode: Mode, delay: Duration) -> Self {
+        Self {
             at,
             mode,
             delay,
@@ -95,7 +129,22 @@ impl Fault {
             reads: AtomicU64::new(0),
             tripped: AtomicBool::new(false),
             log: Mutex::new(Vec::new()),
-        })
+            hold: false,
+            hold_matching: None,
+            held: Notify::new(),
+            release: Notify::new(),
+        }
+    }
+
+    /// Waits until the write of [`Fault::holding`] is held (returns at once if it already
+    /// was).
+    pub async fn reached(&self) {
+        self.held.notified().await;
+    }
+
+    /// Lets the held write go.
+    pub fn release(&self) {
+        self.release.notify_one();
     }
 
     /// Reads seen.
@@ -126,12 +175,25 @@ impl Fault {
             self.reads.fetch_add(1, Ordering::SeqCst);
             return Verdict::Send;
         }
-        if let Ok(mut log) = self.log.lock() {
-            log.push(format!("{} {}", req.method(), req.uri().path()));
-        }
+        let line = format!("{} {}", req.method(), req.uri().path());
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(pattern) = &self.hold_matching {
+            if let Ok(mut log) = self.log.lock() {
+                log.push(line.clone());
+            }
+            if line.contains(pattern.as_str()) && !self.tripped.swap(true, Ordering::SeqCst) {
+                return Verdict::Hold;
+            }
+            return Verdict::Send;
+        }
+        if let Ok(mut log) = self.log.lock() {
+            log.push(line);
+        }
         if n == self.at {
             self.tripped.store(true, Ordering::SeqCst);
+            if self.hold {
+                return Verdict::Hold;
+            }
             return if self.mode.answer_lost() {
                 Verdict::LoseAnswer
             } else {
@@ -190,8 +252,14 @@ where
             return Box::pin(async move { Err(Box::new(Injected(n)) as BoxError) });
         }
         let delay = self.fault.delay;
+        let fault = self.fault.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
+            if matches!(verdict, Verdict::Hold) {
+                // The inner future sends nothing until it is polled.
+                fault.held.notify_one();
+                fault.release.notified().await;
+            }
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

@@ -20,7 +20,13 @@
 //! The clusters themselves are the journal: a second run reads both, and from any interrupted
 //! state it converges to the same end state. Before cutover a run that fails for good rolls back
 //! (deletes what it created in the target, unpauses the source); after cutover it only moves
-//! forward.
+//! forward. A rollback deletes a target object only while its source copy still exists: a run
+//! that finds the source gone (or the target past cutover) reads the state again and completes
+//! the move instead.
+//!
+//! One move of a cluster at a time: before its first write a run takes the move lock on the
+//! source Cluster ([`lock`]), renews it while it runs and releases it at the end; a second run
+//! refuses while another holds it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,9 +46,12 @@ use super::ObjRef;
 use super::discover::{DiscoverError, Graph, Node, discover};
 use super::plan::{Plan, plan};
 
+pub mod lock;
 mod source;
 mod target;
 mod unpivot;
+
+pub use lock::{DEFAULT_LOCK_HOLD, LOCK};
 
 /// Annotation on every object created in the target: the object's UID in the source.
 pub const SOURCE_UID: &str = "pivot.fledge.dev/source-uid";
@@ -123,6 +132,9 @@ pub struct Options {
     /// How long to wait, once the source is paused, for providers to clear clusterctl's
     /// `block-move` annotation from the cluster's objects.
     pub block_move_timeout: Duration,
+    /// How long the move lock holds without renewal (it is renewed every third of it): how
+    /// long a crashed run blocks another holder.
+    pub lock_hold: Duration,
 }
 
 impl Default for Options {
@@ -134,6 +146,7 @@ impl Default for Options {
             copy_status: true,
             retry: Retry::default(),
             block_move_timeout: Duration::from_secs(300),
+            lock_hold: DEFAULT_LOCK_HOLD,
         }
     }
 }
@@ -398,6 +411,23 @@ pub enum PivotError {
         "the pivot failed after cutover; run it again to complete it (from cutover on it only moves forward)"
     )]
     Incomplete(#[source] Box<PivotError>),
+    /// Another run holds the move lock (checked before this run's first write).
+    #[error(
+        "another move of {}/{} is running: its move lock ({}) is held by {} for a {} since {}, until {} unless renewed; this run changed nothing: wait for that move to end, or run again after {} if its holder is gone",
+        .0.namespace, .0.cluster, lock::LOCK, .0.holder, .0.direction, .0.acquired, .0.expires, .0.expires
+    )]
+    Locked(Box<lock::LockedBy>),
+    /// The move lock was taken over while this run went on (it could not renew it in time):
+    /// this run stopped writing, without rolling back.
+    #[error(
+        "the move lock of Cluster {cluster} was lost while the move ran (now: {holder}); this run stopped writing and rolled nothing back: the holder finishes the move, or run it again"
+    )]
+    LockLost {
+        /// Cluster name.
+        cluster: String,
+        /// Who holds it now.
+        holder: String,
+    },
 }
 
 impl PivotError {
@@ -462,6 +492,17 @@ pub struct Pivot<'a> {
     cluster: &'a str,
     opts: Options,
     progress: &'a (dyn Fn(&Event) + Send + Sync),
+    /// The identity the move lock is held under.
+    holder: String,
+    lock: lock::LockState,
+}
+
+/// How one pass over the clusters ended.
+enum Attempt {
+    Done,
+    /// The source changed under a rollback (another run got past cutover, or the source is
+    /// gone): read the state again and complete the move.
+    Again(PivotError),
 }
 
 /// What the target holds of this pivot, by source UID.
@@ -509,21 +550,67 @@ impl<'a> Pivot<'a> {
                 ..opts
             },
             progress,
+            holder: lock::default_holder(),
+            lock: lock::LockState::default(),
         }
     }
 
-    /// Runs the pivot to completion (or to a clear failure).
+    /// Holds the move lock as `holder` instead of [`lock::default_holder`] (this host and
+    /// process). A run of the same holder takes a lock it left behind back at once, so give
+    /// the identity that stays the same across restarts of one mover, never one that two
+    /// movers share.
+    pub fn holder(mut self, holder: impl Into<String>) -> Self {
+        self.holder = holder.into();
+        self
+    }
+
+    /// Runs the pivot to completion (or to a clear failure), holding the move lock from its
+    /// first write to its end.
     pub async fn run(&self) -> Result<Summary, PivotError> {
         let started = Instant::now();
+        self.lock.reset();
+        let stop = tokio::sync::Notify::new();
+        let work = async {
+            let r = self.attempts().await;
+            stop.notify_one();
+            r
+        };
+        let (r, ()) = tokio::join!(work, self.keep_lock(&stop));
+        self.release().await;
+        let mut summary = r?;
+        summary.wall = started.elapsed();
+        Ok(summary)
+    }
+
+    /// [`Self::attempt`], again after a rollback that found the source changed under it.
+    async fn attempts(&self) -> Result<Summary, PivotError> {
         let mut summary = Summary::default();
+        let mut again = 0;
+        loop {
+            match self.attempt(&mut summary).await? {
+                Attempt::Done => return Ok(summary),
+                Attempt::Again(cause) if again < 2 => {
+                    again += 1;
+                    tracing::warn!(
+                        cluster = self.cluster,
+                        cause = %cause,
+                        "the source changed under the move: not rolling back; reading the state again to complete it"
+                    );
+                }
+                Attempt::Again(cause) => return Err(PivotError::Incomplete(Box::new(cause))),
+            }
+        }
+    }
+
+    /// One pass: read both clusters, then move forward from wherever the move stands.
+    async fn attempt(&self, summary: &mut Summary) -> Result<Attempt, PivotError> {
         let mut graph = match discover(self.source, self.namespace, self.cluster).await {
             Ok(g) => g,
             Err(DiscoverError::NoCluster { .. }) => {
                 // Either the pivot completed (or got past deleting the source Cluster), or there
                 // is nothing to move.
-                self.finish_without_source(&mut summary).await?;
-                summary.wall = started.elapsed();
-                return Ok(summary);
+                self.finish_without_source(summary).await?;
+                return Ok(Attempt::Done);
             }
             Err(e) => return Err(e.into()),
         };
@@ -549,11 +636,16 @@ impl<'a> Pivot<'a> {
             groups: plan.groups.len(),
         });
         if past_cutover {
+            // The move lock, before the first write (the checks above only read).
+            if !self.take_lock().await? {
+                self.finish_without_source(summary).await?;
+                return Ok(Attempt::Done);
+            }
             let resumed = match self
-                .resume(&graph, &plan, &served, &existing, &mut summary)
+                .resume(&graph, &plan, &served, &existing, summary)
                 .await
             {
-                Ok(()) => self.forward(&graph, &plan, existing, &mut summary).await,
+                Ok(()) => self.forward(&graph, &plan, existing, summary).await,
                 Err(e) => Err(e),
             };
             resumed.map_err(|e| PivotError::Incomplete(Box::new(e)))?;
@@ -561,26 +653,40 @@ impl<'a> Pivot<'a> {
             if self.opts.direction == Direction::Unpivot {
                 self.check_providers().await?;
             }
+            if !self.take_lock().await? {
+                self.finish_without_source(summary).await?;
+                return Ok(Attempt::Done);
+            }
             // Pause first, wait for the providers' block-move to clear, then discover again:
             // what is moved is what exists once nothing reconciles it any more.
             let (graph, plan, served, existing) = match self.settled(&graph).await {
                 Ok(fresh) => fresh,
-                Err(e) => return Err(self.roll_back(&graph, &plan, e).await),
+                Err(e) => return self.roll_back(&graph, &plan, e).await,
             };
             match self
-                .before_cutover(&graph, &plan, &served, existing, &mut summary)
+                .before_cutover(&graph, &plan, &served, existing, summary)
                 .await
             {
                 Ok(existing) => self
-                    .forward(&graph, &plan, existing, &mut summary)
+                    .forward(&graph, &plan, existing, summary)
                     .await
                     .map_err(|e| PivotError::Incomplete(Box::new(e)))?,
-                Err(e) => return Err(self.roll_back(&graph, &plan, e).await),
+                Err(e) => return self.roll_back(&graph, &plan, e).await,
             }
         }
         summary.moved = plan.total;
-        summary.wall = started.elapsed();
-        Ok(summary)
+        Ok(Attempt::Done)
+    }
+
+    /// [`Self::acquire`]. A failure to take the lock (other than another run holding it) is a
+    /// failure before cutover with nothing to undo but the lock itself, which the end of the
+    /// run releases if the write landed.
+    async fn take_lock(&self) -> Result<bool, PivotError> {
+        match self.acquire().await {
+            Err(e @ PivotError::Locked(_)) => Err(e),
+            Err(e) => Err(PivotError::RolledBack(Box::new(e))),
+            ok => ok,
+        }
     }
 
     /// Pauses the source, waits (bounded) until no object of the cluster carries
@@ -669,6 +775,7 @@ impl<'a> Pivot<'a> {
         let mut delay = self.opts.retry.first;
         let mut attempt = 1;
         loop {
+            self.check_lock()?;
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if transient(&e) && attempt < self.opts.retry.attempts => {

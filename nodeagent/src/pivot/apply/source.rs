@@ -221,36 +221,93 @@ impl<'a> Pivot<'a> {
     }
 
     /// Undoes a failure before cutover: deletes what this pivot created in the target and
-    /// unpauses the source if fledge paused it. Returns the error to report.
+    /// unpauses the source if fledge paused it. Returns the error to report, or, when the
+    /// source changed under the move (another run got past cutover, or source objects are
+    /// gone, so that the target copies may be the only ones), [`Attempt::Again`]: the state is
+    /// read again and the move completed instead.
     pub(super) async fn roll_back(
         &self,
         graph: &Graph,
         plan: &Plan,
         cause: PivotError,
-    ) -> PivotError {
+    ) -> Result<Attempt, PivotError> {
+        if self.lock_lost() {
+            // Another run holds the cluster now: whatever this one would undo is its to use.
+            return Err(match cause {
+                e @ PivotError::LockLost { .. } => e,
+                _ => self.check_lock().err().unwrap_or(cause),
+            });
+        }
         let rolled_back = match self.try_roll_back(graph, plan).await {
-            Ok(deleted) => self.mark(Mark::RolledBack).await.map(|()| deleted),
+            Ok(RollBack::Done(deleted)) => self.mark(Mark::RolledBack).await.map(|()| deleted),
+            Ok(RollBack::SourceChanged(why)) => {
+                tracing::warn!(cluster = self.cluster, %why, cause = %cause, "not rolling back");
+                return Ok(Attempt::Again(cause));
+            }
             Err(e) => Err(e),
         };
         match rolled_back {
             Ok(deleted) => {
                 (self.progress)(&Event::RolledBack { deleted });
-                PivotError::RolledBack(Box::new(cause))
+                Err(PivotError::RolledBack(Box::new(cause)))
             }
-            Err(e) => PivotError::RollbackFailed {
+            Err(e) => Err(PivotError::RollbackFailed {
                 cause: Box::new(cause),
                 rollback: e.to_string(),
-            },
+            }),
         }
     }
 
+    /// Whether the source still holds `o` (the object discovered, by UID).
+    async fn in_source(&self, graph: &Graph, o: &ObjRef) -> Result<bool, PivotError> {
+        let ar = graph.resource(o).expect("listed");
+        let api = self.api(self.source, ar);
+        let now = self
+            .retry(
+                || format!("reading the source {o}"),
+                || async { api.get_opt(&o.name).await },
+            )
+            .await?;
+        Ok(now.is_some_and(|n| n.metadata.uid.as_deref() == Some(o.uid.as_str())))
+    }
+
+    /// The rollback's writes. Nothing is deleted from the target while the target Cluster is
+    /// past cutover or the source Cluster is gone, and no target object whose source copy is
+    /// gone: then it may be the only copy.
     pub(super) async fn try_roll_back(
         &self,
         graph: &Graph,
         plan: &Plan,
-    ) -> Result<usize, PivotError> {
+    ) -> Result<RollBack, PivotError> {
+        let root = self.root(graph);
+        let cluster_ar = graph.resource(&root.obj).expect("listed");
+        let target_api = self.api(self.target, cluster_ar);
+        let target_root = self
+            .retry(
+                || format!("reading the target {}", root.obj),
+                || async { target_api.get_opt(&root.obj.name).await },
+            )
+            .await?;
+        let ours_past_cutover = target_root.as_ref().is_some_and(|c| {
+            let ann = c.metadata.annotations.as_ref();
+            ann.and_then(|a| a.get(SOURCE_UID)) == Some(&root.obj.uid)
+                && ann.is_some_and(|a| a.contains_key(STATE))
+        });
+        if ours_past_cutover {
+            return Ok(RollBack::SourceChanged(format!(
+                "the target {} is past cutover",
+                root.obj
+            )));
+        }
+        if !self.in_source(graph, &root.obj).await? {
+            return Ok(RollBack::SourceChanged(format!(
+                "the source {} is gone",
+                root.obj
+            )));
+        }
         let existing = self.existing(graph, plan).await?;
         let mut deleted = 0;
+        let mut gone = Vec::new();
         for group in plan.groups.iter().rev() {
             for o in &group.objects {
                 // The ClusterClass and its templates may serve clusters pivoted earlier.
@@ -260,6 +317,10 @@ impl<'a> Pivot<'a> {
                 else {
                     continue;
                 };
+                if !self.in_source(graph, o).await? {
+                    gone.push(o.to_string());
+                    continue;
+                }
                 let node = Node {
                     obj: ObjRef {
                         uid: t.metadata.uid.clone().unwrap_or_default(),
@@ -271,8 +332,13 @@ impl<'a> Pivot<'a> {
                 deleted += usize::from(self.delete(self.target, graph, &node).await?);
             }
         }
+        if !gone.is_empty() {
+            return Ok(RollBack::SourceChanged(format!(
+                "{} gone from the source; their target copies are kept",
+                gone.join(", ")
+            )));
+        }
         self.unpause_class(graph, false).await?;
-        let root = self.root(graph);
         // Read the source Cluster again: the pause may have landed after discovery.
         let ar = graph.resource(&root.obj).expect("listed");
         let api = self.api(self.source, ar);
@@ -294,6 +360,14 @@ impl<'a> Pivot<'a> {
             })
             .await?;
         }
-        Ok(deleted)
+        Ok(RollBack::Done(deleted))
     }
+}
+
+/// What a rollback did.
+pub(super) enum RollBack {
+    /// Deleted this many objects from the target and unpaused the source.
+    Done(usize),
+    /// Stopped before deleting anything it should not: the source changed under the move.
+    SourceChanged(String),
 }

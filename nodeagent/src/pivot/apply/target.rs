@@ -120,6 +120,8 @@ impl<'a> Pivot<'a> {
                 // An object pivoted before (an unpivot's source) carries the marks of that
                 // move: they are replaced, never copied.
                 ann.remove(STATE);
+                // Another run's (or this run's) move lock stays with the source.
+                ann.remove(LOCK);
                 ann.insert(SOURCE_UID.into(), Value::String(node.obj.uid.clone()));
                 if let (true, Some(origin)) = (is_root, we_paused) {
                     ann.insert(PAUSED_BY.into(), Value::String(origin.into()));
