@@ -68,6 +68,17 @@ pub struct YamlError {
     pub message: String,
 }
 
+impl YamlError {
+    /// The error without its document number (`line L, column C: rule`), for callers that name
+    /// the document themselves.
+    pub fn within_document(&self) -> String {
+        match self.location {
+            Some(at) => format!("line {}, column {}: {}", at.line, at.column, self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
 impl fmt::Display for YamlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "document {}", self.document)?;

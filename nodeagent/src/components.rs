@@ -393,10 +393,7 @@ fn parse_all(path: &Path, text: &str) -> Result<Vec<Value>, ComponentsError> {
         fledge_generator::yaml::parse_numbered(text).map_err(|e| ComponentsError::Parse {
             path: path.to_path_buf(),
             index: e.document,
-            problem: match &e.location {
-                Some(at) => format!("line {}, column {}: {}", at.line, at.column, e.message),
-                None => e.message.clone(),
-            },
+            problem: e.within_document(),
         })?;
     let mut out = Vec::new();
     for (number, v) in docs {

@@ -11,7 +11,7 @@
 //! https to http and none to a link-local or cloud metadata-service address (by name, by address,
 //! or by a name that resolves there), where a node's cloud credentials are served.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,31 +144,10 @@ impl Default for Limits {
     }
 }
 
-/// Cloud metadata services reached by name; any name that resolves to a link-local or metadata
-/// address is refused as well (see [`refused_ip`]).
-const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
-
-/// Cloud metadata services outside the link-local ranges.
-const METADATA_IPS: [IpAddr; 3] = [
-    // Alibaba Cloud.
-    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
-    // AWS (IPv6 IMDS).
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-    // Google Cloud (IPv6).
-    IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
-];
-
-/// True for addresses a download must never reach: link-local (169.254.0.0/16, fe80::/10, where
-/// the cloud metadata services and their credentials live, also IPv4-mapped) and the metadata
-/// services' other addresses.
+/// True for addresses a download must never reach (the generator's rule for spec URLs:
+/// link-local and cloud metadata-service addresses).
 pub fn refused_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || METADATA_IPS.contains(&ip),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => refused_ip(IpAddr::V4(v4)),
-            None => v6.is_unicast_link_local() || METADATA_IPS.contains(&ip),
-        },
-    }
+    fledge_generator::spec::is_metadata_ip(ip)
 }
 
 /// Why the redirect from `from` to `to` must not be followed, if it must not: a downgrade from
@@ -190,16 +169,8 @@ pub fn redirect_refusal(from: &reqwest::Url, to: &reqwest::Url) -> Option<String
 
 /// True when `url`'s host is a link-local or metadata-service address or name.
 pub fn refused_host(url: &reqwest::Url) -> bool {
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    match bare.parse::<IpAddr>() {
-        Ok(ip) => refused_ip(ip),
-        Err(_) => {
-            METADATA_NAMES.contains(&bare.trim_end_matches('.').to_ascii_lowercase().as_str())
-        }
-    }
+    url.host_str()
+        .is_some_and(fledge_generator::spec::is_metadata_host)
 }
 
 /// The addresses `host` resolved to that a download may reach; an error when it resolved only

@@ -69,3 +69,23 @@ pub mod cluster;
 pub mod fault;
 pub mod install;
 pub mod managers;
+
+/// An add-on (or core) layer named `name` of inline manifests `docs` (`m0`, `m1`, ...), each
+/// pinned by its sha256, with a 60 s health timeout.
+pub fn inline_layer(name: &str, docs: &[&str]) -> fledge_generator::spec::Layer {
+    fledge_generator::spec::Layer {
+        name: name.into(),
+        manifests: docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| fledge_generator::spec::Manifest {
+                name: format!("m{i}"),
+                version: "v1".into(),
+                url: None,
+                inline: Some((*d).into()),
+                sha256: fledge_agent::fetch::hex(d.as_bytes()),
+            })
+            .collect(),
+        timeout_seconds: Some(60),
+    }
+}

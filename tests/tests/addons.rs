@@ -22,7 +22,7 @@ use fledge_agent::phases::{self, Context, Step, addons};
 use fledge_generator::spec::{self, FledgeClusterSpec};
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
 use fledge_tests::install::{install_crds, install_fledge_crds};
-use fledge_tests::workspace_root;
+use fledge_tests::{inline_layer as inline, workspace_root};
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -83,24 +83,6 @@ impl Fixture {
             generation: 1,
             layer_clock: Default::default(),
         }
-    }
-}
-
-fn inline(name: &str, docs: &[&str]) -> spec::Layer {
-    spec::Layer {
-        name: name.into(),
-        manifests: docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| spec::Manifest {
-                name: format!("m{i}"),
-                version: "v1".into(),
-                url: None,
-                inline: Some((*d).into()),
-                sha256: fledge_agent::fetch::hex(d.as_bytes()),
-            })
-            .collect(),
-        timeout_seconds: Some(60),
     }
 }
 

@@ -28,7 +28,7 @@ use fledge_tests::capi;
 use fledge_tests::cluster::TestCluster;
 use fledge_tests::fault::{Fault, Mode, client_with};
 use fledge_tests::install::install_crds;
-use fledge_tests::workspace_root;
+use fledge_tests::{inline_layer as layer, workspace_root};
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -561,24 +561,6 @@ async fn the_day2_corpus_is_classified_and_written_as_expected() {
         ran.writes
     ));
     println!("CORPUS\n{}", report.join("\n"));
-}
-
-fn layer(name: &str, docs: &[&str]) -> spec::Layer {
-    spec::Layer {
-        name: name.into(),
-        manifests: docs
-            .iter()
-            .enumerate()
-            .map(|(i, d)| spec::Manifest {
-                name: format!("m{i}"),
-                version: "v1".into(),
-                url: None,
-                inline: Some((*d).into()),
-                sha256: fledge_agent::fetch::hex(d.as_bytes()),
-            })
-            .collect(),
-        timeout_seconds: Some(60),
-    }
 }
 
 async fn exists(client: &kube::Client, v: &str, kind: &str, ns: Option<&str>, name: &str) -> bool {

@@ -9,7 +9,7 @@ mod types;
 pub use parse::{MAX_REQUEST_BYTES, RequestError, load_request, parse_request, spec_schema};
 pub use scalars::{
     Cidr, DnsLabel, KubeVersion, UserName, check_dns_label, check_dns_subdomain, check_host,
-    check_https_url, check_text,
+    check_https_url, check_text, is_metadata_host, is_metadata_ip,
 };
 pub use sshkey::SshPublicKey;
 pub use types::*;

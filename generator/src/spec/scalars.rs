@@ -305,33 +305,46 @@ pub fn check_https_url(s: &str) -> Result<(), String> {
     check_not_metadata(host, s)
 }
 
-/// A URL's host must not be a link-local address (169.254.0.0/16, fe80::/10: where the cloud
-/// metadata services and their credentials live) nor a metadata service's other address or name.
-fn check_not_metadata(host: &str, whole: &str) -> Result<(), String> {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let metadata_ips = [
-        IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
-        IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-        IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
-    ];
-    let refused = match host.parse::<IpAddr>() {
-        Ok(ip) => {
-            let ip = match ip {
-                IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-                v4 => v4,
-            };
-            metadata_ips.contains(&ip)
-                || match ip {
-                    IpAddr::V4(v4) => v4.is_link_local(),
-                    IpAddr::V6(v6) => v6.is_unicast_link_local(),
-                }
-        }
+/// Cloud metadata services reached by name.
+const METADATA_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
+
+/// Cloud metadata services outside the link-local ranges: Alibaba Cloud, AWS (IPv6 IMDS),
+/// Google Cloud (IPv6).
+const METADATA_IPS: [std::net::IpAddr; 3] = [
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    std::net::IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+];
+
+/// True for an address nothing fledge fetches may reach: link-local (169.254.0.0/16,
+/// fe80::/10, where the cloud metadata services and their credentials live, also IPv4-mapped)
+/// and the metadata services' other addresses. The one rule for spec URLs and the agent's
+/// downloads (redirects and name lookups included).
+pub fn is_metadata_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || METADATA_IPS.contains(&ip),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_metadata_ip(IpAddr::V4(v4)),
+            None => v6.is_unicast_link_local() || METADATA_IPS.contains(&ip),
+        },
+    }
+}
+
+/// [`is_metadata_ip`] for a URL's host (an IP literal, brackets allowed, or a name).
+pub fn is_metadata_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => is_metadata_ip(ip),
         Err(_) => {
-            let name = host.trim_end_matches('.').to_ascii_lowercase();
-            name == "metadata.google.internal" || name == "metadata"
+            METADATA_NAMES.contains(&bare.trim_end_matches('.').to_ascii_lowercase().as_str())
         }
-    };
-    if refused {
+    }
+}
+
+/// A URL's host must not be a link-local or metadata-service address or name.
+fn check_not_metadata(host: &str, whole: &str) -> Result<(), String> {
+    if is_metadata_host(host) {
         Err(format!(
             "must not point at a link-local or cloud metadata-service address (got {whole:?})"
         ))

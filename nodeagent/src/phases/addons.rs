@@ -424,10 +424,7 @@ pub fn parse_manifest(
             layer: layer.into(),
             manifest: manifest.into(),
             index: e.document,
-            message: match &e.location {
-                Some(at) => format!("line {}, column {}: {}", at.line, at.column, e.message),
-                None => e.message.clone(),
-            },
+            message: e.within_document(),
         })?;
     for (index, v) in docs {
         let err = |message: String| AddonsError::Manifest {
@@ -485,14 +482,7 @@ fn member(v: &mut Value, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Resolves every layer of the profile: sources fetched or read from the cache, parsed,
-/// labelled.
-pub async fn resolve(ctx: &Context) -> Result<Vec<Resolved>, AddonsError> {
-    let profile = profile_layers(ctx).await?;
-    resolve_layers(&ctx.state_dir, profile.stage(Stage::Addons)).await
-}
-
-/// Resolves `layers` (see [`resolve`]).
+/// Resolves `layers`: sources fetched or read from the cache, parsed, labelled.
 async fn resolve_layers(state_dir: &Path, layers: &[Layer]) -> Result<Vec<Resolved>, AddonsError> {
     let mut out = Vec::new();
     for layer in layers {
@@ -564,15 +554,16 @@ fn group_kind(o: &Value) -> String {
 
 /// The plan: per add-on layer, its state and what it holds.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    plan_stage(ctx, Stage::Addons).await
+    let profile = profile_layers(ctx).await?;
+    plan_stage(ctx, &profile, Stage::Addons).await
 }
 
-/// The plan of one stage's layers.
+/// The plan of one stage's layers of `profile` (read once per attempt by the caller).
 pub async fn plan_stage(
     ctx: &Context,
+    profile: &ProfileLayers,
     stage: Stage,
 ) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let profile = profile_layers(ctx).await?;
     let layers = resolve_layers(&ctx.state_dir, profile.stage(stage)).await?;
     let states = states(&ctx.state_dir);
     let mut steps = Vec::new();
@@ -592,10 +583,7 @@ pub async fn plan_stage(
         ));
     }
     if layers.is_empty() {
-        steps.push(match stage {
-            Stage::Core => "the profile has no core layers".into(),
-            Stage::Addons => "the profile has no add-on layers".into(),
-        });
+        steps.push(format!("the profile has no {what}s"));
     }
     Ok((steps, None))
 }
@@ -613,25 +601,28 @@ pub async fn reconcile(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    reconcile_stage(ctx, Stage::Addons, progress).await
+    let profile = profile_layers(ctx).await?;
+    reconcile_stage(ctx, &profile, Stage::Addons, progress).await
 }
 
 /// One reconcile of every layer, core first (Steady): while a core layer is not healthy, the
-/// add-on layers wait. Without core layers, exactly [`reconcile`].
+/// add-on layers wait. Without core layers, exactly [`reconcile`]. The profile is read once.
 pub async fn reconcile_all(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    let has_core = !profile_layers(ctx).await?.core.is_empty();
-    if !has_core {
-        return reconcile(ctx, progress).await;
+    let profile = profile_layers(ctx).await?;
+    if profile.core.is_empty() {
+        return reconcile_stage(ctx, &profile, Stage::Addons, progress).await;
     }
-    match reconcile_stage(ctx, Stage::Core, progress).await? {
+    match reconcile_stage(ctx, &profile, Stage::Core, progress).await? {
         Step::Waiting(why) => Ok(Step::Waiting(why)),
-        Step::Done(core) => Ok(match reconcile(ctx, progress).await? {
-            Step::Done(addons) => Step::Done(format!("core {core}; {addons}")),
-            waiting => waiting,
-        }),
+        Step::Done(core) => Ok(
+            match reconcile_stage(ctx, &profile, Stage::Addons, progress).await? {
+                Step::Done(addons) => Step::Done(format!("core {core}; {addons}")),
+                waiting => waiting,
+            },
+        ),
     }
 }
 
@@ -639,10 +630,10 @@ pub async fn reconcile_all(
 /// members dropped from a layer and layers dropped from the profile (from either stage) pruned.
 pub async fn reconcile_stage(
     ctx: &Context,
+    profile: &ProfileLayers,
     stage: Stage,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    let profile = profile_layers(ctx).await?;
     let layers = resolve_layers(&ctx.state_dir, profile.stage(stage)).await?;
     let mut states = states(&ctx.state_dir);
     // Every layer of the profile, of both stages: neither stage prunes the other's.
@@ -829,24 +820,11 @@ async fn apply_layer(
     )
     .await
     .map_err(parent_err)?;
-    let target = fledge_generator::apply::Target {
-        client: ctx.local.clone(),
-        server: "the local cluster".into(),
-    };
-    let opts = fledge_generator::apply::ApplyOptions {
-        dry_run: false,
-        force_conflicts: true,
-        field_manager: Some(FIELD_MANAGER.into()),
-    };
     let guard =
         |body: &Value, live: Option<&DynamicObject>| owned_elsewhere(&id, others, body, live);
-    let results =
-        fledge_generator::apply::apply_guarded(&target, &layer.objects, &opts, &guard, |_| {})
-            .await
-            .map_err(|source| AddonsError::Apply {
-                layer: layer.name.clone(),
-                source,
-            })?;
+    let results = super::apply_local_as(ctx, FIELD_MANAGER, &guard, &layer.objects, |_| {})
+        .await
+        .map_err(parent_err)?;
     let changed = results
         .iter()
         .filter(|a| a.outcome != fledge_generator::apply::Outcome::Unchanged)

@@ -58,8 +58,9 @@ async fn nodes_not_ready(ctx: &Context) -> Result<Option<String>, PhaseError> {
 
 /// The plan: the core layers, and whether the nodes are Ready.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let (mut steps, waiting) = addons::plan_stage(ctx, Stage::Core).await?;
-    if !addons::profile_layers(ctx).await?.core.is_empty() {
+    let profile = addons::profile_layers(ctx).await?;
+    let (mut steps, waiting) = addons::plan_stage(ctx, &profile, Stage::Core).await?;
+    if !profile.core.is_empty() {
         steps.push("then every node Ready".into());
     }
     Ok((steps, waiting))
@@ -70,12 +71,13 @@ pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    if addons::profile_layers(ctx).await?.core.is_empty() {
+    let profile = addons::profile_layers(ctx).await?;
+    if profile.core.is_empty() {
         return Ok(Step::Done(
             "the profile has no core layers; the nodes' network is provided otherwise".into(),
         ));
     }
-    match addons::reconcile_stage(ctx, Stage::Core, progress).await? {
+    match addons::reconcile_stage(ctx, &profile, Stage::Core, progress).await? {
         Step::Waiting(why) => Ok(Step::Waiting(why)),
         Step::Done(layers) => match nodes_not_ready(ctx).await? {
             Some(why) => Ok(Step::Waiting(format!("core {layers}; {why}"))),

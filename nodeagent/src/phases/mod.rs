@@ -343,6 +343,24 @@ pub async fn apply_local(
     objects: &[serde_json::Value],
     progress: impl FnMut(&fledge_generator::apply::Applied),
 ) -> Result<Vec<fledge_generator::apply::Applied>, fledge_generator::apply::ApplyError> {
+    apply_local_as(
+        ctx,
+        providers::FIELD_MANAGER,
+        &|_, _| Ok(()),
+        objects,
+        progress,
+    )
+    .await
+}
+
+/// [`apply_local`] as `field_manager` (forced), asking `guard` before each write.
+pub async fn apply_local_as(
+    ctx: &Context,
+    field_manager: &str,
+    guard: &fledge_generator::apply::Guard<'_>,
+    objects: &[serde_json::Value],
+    progress: impl FnMut(&fledge_generator::apply::Applied),
+) -> Result<Vec<fledge_generator::apply::Applied>, fledge_generator::apply::ApplyError> {
     let target = fledge_generator::apply::Target {
         client: ctx.local.clone(),
         server: "the local cluster".into(),
@@ -350,9 +368,9 @@ pub async fn apply_local(
     let opts = fledge_generator::apply::ApplyOptions {
         dry_run: false,
         force_conflicts: true,
-        field_manager: Some(providers::FIELD_MANAGER.into()),
+        field_manager: Some(field_manager.into()),
     };
-    fledge_generator::apply::apply(&target, objects, &opts, progress).await
+    fledge_generator::apply::apply_guarded(&target, objects, &opts, guard, progress).await
 }
 
 /// A Cluster API type at the cluster's contract version.

@@ -176,14 +176,12 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     };
     let mut steps = vec![format!("change class: {}", plan.class())];
     steps.extend(plan.diff());
-    if !super::addons::profile_layers(ctx).await?.core.is_empty() {
-        steps.extend(
-            super::addons::plan_stage(ctx, super::addons::Stage::Core)
-                .await?
-                .0,
-        );
+    use super::addons::{Stage, plan_stage, profile_layers};
+    let profile = profile_layers(ctx).await?;
+    if !profile.core.is_empty() {
+        steps.extend(plan_stage(ctx, &profile, Stage::Core).await?.0);
     }
-    steps.extend(super::addons::plan(ctx).await?.0);
+    steps.extend(plan_stage(ctx, &profile, Stage::Addons).await?.0);
     Ok((steps, None))
 }
 
