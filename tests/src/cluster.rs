@@ -73,6 +73,10 @@ pub struct Options {
     pub controller_manager: bool,
     /// Extra kube-apiserver flags (tests use this to induce failures).
     pub extra_apiserver_args: Vec<String>,
+    /// Also serve on this address (kube-apiserver then binds all interfaces) and name it in
+    /// the serving certificate: for clients in containers, e.g. real nodes on a Docker network
+    /// whose gateway this is. Clients on the machine keep using `https://127.0.0.1:PORT`.
+    pub public_address: Option<std::net::IpAddr>,
 }
 
 /// One running test cluster.
@@ -130,10 +134,7 @@ fn openssl(dir: &Path, args: &[&str]) -> Result<(), HarnessError> {
 /// `<dir>/san.cnf`), signed by the cluster CA in `dir`.
 pub(crate) fn issue_cert(dir: &Path, stem: &str, cn: &str) -> Result<(), HarnessError> {
     if !dir.join("san.cnf").exists() {
-        std::fs::write(
-            dir.join("san.cnf"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )?;
+        write_san(dir, None)?;
     }
     let (key, csr, crt) = (
         format!("{stem}.key"),
@@ -177,6 +178,17 @@ pub(crate) fn issue_cert(dir: &Path, stem: &str, cn: &str) -> Result<(), Harness
             "-extfile",
             "san.cnf",
         ],
+    )
+}
+
+/// The SANs of every certificate [`issue_cert`] issues in `dir`: loopback, and `public`.
+fn write_san(dir: &Path, public: Option<std::net::IpAddr>) -> std::io::Result<()> {
+    let extra = public.map(|ip| format!(",IP:{ip}")).unwrap_or_default();
+    std::fs::write(
+        dir.join("san.cnf"),
+        format!(
+            "subjectAltName=IP:127.0.0.1{extra},DNS:localhost,DNS:kubernetes.default.svc\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
     )
 }
 
@@ -238,6 +250,7 @@ impl TestCluster {
                 "/CN=fledge-test-ca",
             ],
         )?;
+        write_san(d, opts.public_address)?;
         issue_cert(d, "server", "kube-apiserver")?;
         openssl(
             d,
@@ -293,6 +306,17 @@ impl TestCluster {
             cluster.start_controller_manager()?;
         }
         Ok(cluster)
+    }
+
+    /// `https://<public address>:PORT`, the URL clients in containers use (see
+    /// [`Options::public_address`]).
+    pub fn public_url(&self) -> Option<String> {
+        self.opts.public_address.map(|ip| {
+            format!(
+                "https://{}",
+                std::net::SocketAddr::new(ip, self.secure_port)
+            )
+        })
     }
 
     /// The apiserver's audit log (JSON lines, one event per request at Metadata level).
@@ -366,7 +390,10 @@ impl TestCluster {
         let p = |f: &str| d.join(f).display().to_string();
         let mut args: Vec<String> = vec![
             format!("--etcd-servers={}", self.etcd_url),
-            "--bind-address=127.0.0.1".into(),
+            match self.opts.public_address {
+                Some(_) => "--bind-address=0.0.0.0".into(),
+                None => "--bind-address=127.0.0.1".into(),
+            },
             "--advertise-address=127.0.0.1".into(),
             format!("--secure-port={}", self.secure_port),
             format!("--cert-dir={}", p("certs")),

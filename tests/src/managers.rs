@@ -37,8 +37,29 @@ pub struct Provider {
     pub prefix: &'static str,
     /// The namespace its release runs in (used as the manager's POD_NAMESPACE).
     pub namespace: &'static str,
-    /// Its `config/` directory inside the cluster-api module.
+    /// Its `config/` directory inside its Go module.
     pub config: &'static str,
+    /// The Go module it comes from.
+    pub module: Module,
+}
+
+/// The Go modules whose `config/` directories the harness installs from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Module {
+    /// `sigs.k8s.io/cluster-api` (`<peers bin>/cluster-api.dir`).
+    ClusterApi,
+    /// `sigs.k8s.io/cluster-api/test`, which holds the docker infrastructure provider (CAPD)
+    /// (`<peers bin>/capd.dir`).
+    ClusterApiTest,
+}
+
+impl Module {
+    fn marker(self) -> &'static str {
+        match self {
+            Module::ClusterApi => "cluster-api.dir",
+            Module::ClusterApiTest => "capd.dir",
+        }
+    }
 }
 
 /// Core, kubeadm bootstrap and kubeadm control plane, in clusterctl's installation order.
@@ -49,6 +70,7 @@ pub const PROVIDERS: [Provider; 3] = [
         prefix: "capi-",
         namespace: "capi-system",
         config: "config",
+        module: Module::ClusterApi,
     },
     Provider {
         binary: "capi-kubeadm-bootstrap-manager",
@@ -56,6 +78,7 @@ pub const PROVIDERS: [Provider; 3] = [
         prefix: "capi-kubeadm-bootstrap-",
         namespace: "capi-kubeadm-bootstrap-system",
         config: "bootstrap/kubeadm/config",
+        module: Module::ClusterApi,
     },
     Provider {
         binary: "capi-kubeadm-control-plane-manager",
@@ -63,8 +86,20 @@ pub const PROVIDERS: [Provider; 3] = [
         prefix: "capi-kubeadm-control-plane-",
         namespace: "capi-kubeadm-control-plane-system",
         config: "controlplane/kubeadm/config",
+        module: Module::ClusterApi,
     },
 ];
+
+/// The docker infrastructure provider (CAPD), which creates machines as containers of the
+/// Docker engine it reaches through `/var/run/docker.sock`.
+pub const CAPD: Provider = Provider {
+    binary: "capd-manager",
+    label: "infrastructure-docker",
+    prefix: "capd-",
+    namespace: "capd-system",
+    config: "infrastructure/docker/config",
+    module: Module::ClusterApiTest,
+};
 
 /// A running manager.
 #[derive(Debug)]
@@ -89,7 +124,12 @@ fn io_err(what: &Path, e: impl std::fmt::Display) -> HarnessError {
 
 /// The cluster-api module's source directory in the Go module cache.
 pub fn module_root() -> Result<PathBuf, HarnessError> {
-    let marker = assets_bin().join("cluster-api.dir");
+    module_dir(Module::ClusterApi)
+}
+
+/// A module's source directory in the Go module cache.
+pub fn module_dir(module: Module) -> Result<PathBuf, HarnessError> {
+    let marker = assets_bin().join(module.marker());
     let root =
         std::fs::read_to_string(&marker).map_err(|_| HarnessError::MissingAsset(marker.clone()))?;
     Ok(PathBuf::from(root.trim()))
@@ -277,6 +317,11 @@ fn probe(p: &Provider) -> (ApiResource, Value) {
             "spec": {"files": [{"path": "/probe", "content": "x",
                 "contentFrom": {"secret": {"name": "probe", "key": "probe"}}}]}})
         }
+        "infrastructure-docker" => {
+            json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta2", "kind": "DevCluster",
+            "metadata": {"name": "fledge-webhook-probe"},
+            "spec": {"backend": {"docker": {"failureDomains": [{"name": "b"}, {"name": "a"}]}}}})
+        }
         _ => {
             json!({"apiVersion": "controlplane.cluster.x-k8s.io/v1beta2", "kind": "KubeadmControlPlane",
             "metadata": {"name": "fledge-webhook-probe"},
@@ -322,31 +367,50 @@ impl TestCluster {
     /// returns once every manager is ready and every provider's webhooks are called.
     /// `extra_args` are appended to each manager's flags (e.g. feature gates).
     pub async fn start_capi_managers(&mut self, extra_args: &[&str]) -> Result<(), HarnessError> {
-        let root = module_root()?;
-        for p in &PROVIDERS {
+        self.start_providers(&PROVIDERS, extra_args).await
+    }
+
+    /// Installs and runs the docker infrastructure provider (CAPD) like the others: it creates
+    /// each Machine as a container of the local Docker engine.
+    pub async fn start_capd(&mut self) -> Result<(), HarnessError> {
+        self.start_providers(&[CAPD], &[]).await
+    }
+
+    /// Installs `providers` and runs their managers, in order.
+    pub async fn start_providers(
+        &mut self,
+        providers: &[Provider],
+        extra_args: &[&str],
+    ) -> Result<(), HarnessError> {
+        let mut roots = Vec::new();
+        for p in providers {
             if !assets_bin().join(p.binary).is_file() {
                 return Err(HarnessError::MissingAsset(assets_bin().join(p.binary)));
             }
+            roots.push(module_dir(p.module)?);
         }
         let d = self.dir().to_path_buf();
         // One serving certificate for 127.0.0.1, signed by the cluster CA.
         let wh = d.join("webhook-certs");
-        std::fs::create_dir_all(&wh)?;
-        issue_cert(&d, "webhook-certs/tls", "capi-webhook")?;
+        if !wh.join("tls.crt").is_file() {
+            std::fs::create_dir_all(&wh)?;
+            issue_cert(&d, "webhook-certs/tls", "capi-webhook")?;
+        }
         let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
         let client = self.client().await;
         let mut ports = Vec::new();
         let mut crds = Vec::new();
-        for p in &PROVIDERS {
+        for (p, root) in providers.iter().zip(&roots) {
             let (webhook_port, health_port) = (free_port()?, free_port()?);
-            crds.extend(provider_crds(&root, p, webhook_port, &ca_bundle)?);
+            crds.extend(provider_crds(root, p, webhook_port, &ca_bundle)?);
             ports.push((webhook_port, health_port));
         }
         apply_all(&client, &crds, &crd_resource()).await?;
         crate::install::wait_established(&client, &crds)
             .await
             .map_err(HarnessError::Kube)?;
-        for (p, (webhook_port, health_port)) in PROVIDERS.iter().zip(&ports) {
+        let first = self.managers.len();
+        for (p, (webhook_port, health_port)) in providers.iter().zip(&ports) {
             let mut args: Vec<String> = vec![
                 format!("--kubeconfig={}", self.kubeconfig.display()),
                 "--leader-elect=false".into(),
@@ -367,10 +431,10 @@ impl TestCluster {
                 child,
             });
         }
-        for i in 0..PROVIDERS.len() {
+        for (i, root) in (first..self.managers.len()).zip(&roots) {
             self.wait_manager_ready(i).await?;
             let m = &self.managers[i];
-            let hooks = provider_webhooks(&root, &m.provider, m.webhook_port, &ca_bundle)?;
+            let hooks = provider_webhooks(root, &m.provider, m.webhook_port, &ca_bundle)?;
             for kind in [
                 "MutatingWebhookConfiguration",
                 "ValidatingWebhookConfiguration",
@@ -383,7 +447,7 @@ impl TestCluster {
                 apply_all(&client, &of_kind, &admission_resource(kind)).await?;
             }
         }
-        for i in 0..PROVIDERS.len() {
+        for i in first..self.managers.len() {
             let p = self.managers[i].provider;
             if let Err(e) = wait_for_admission(&client, &p).await {
                 let m = &self.managers[i];
