@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
 # Build the real Go test peers from their published Go modules, pinned by the wrapper modules
 # in peers/ (go.mod + go.sum only; no upstream code is in this repository):
-#   peers/k8s   kube-apiserver, kube-controller-manager   (k8s.io/kubernetes)
+#   peers/k8s   kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet,
+#               kubeadm, kubectl                          (k8s.io/kubernetes)
 #   peers/etcd  etcd                                      (go.etcd.io/etcd/server/v3)
 #   peers/capi  clusterctl and the core, kubeadm bootstrap and kubeadm control-plane managers
 #               (sigs.k8s.io/cluster-api)
+#   peers/capd  capd-manager, CAPD's manager              (sigs.k8s.io/cluster-api/test, with
+#               sigs.k8s.io/cluster-api replaced by CAPI_VERSION: the test module's own version
+#               of it is not served)
+#   peers/node  what runs on a real node besides the kubelet: crictl (sigs.k8s.io/cri-tools),
+#               the CNI plugins bridge, host-local, loopback, portmap, ptp (in cni/;
+#               github.com/containernetworking/plugins), flanneld (github.com/flannel-io/flannel),
+#               coredns (github.com/coredns/coredns), kustomize (sigs.k8s.io/kustomize/kustomize/v5).
+#               Not built: flannel's CNI plugin (github.com/flannel-io/cni-plugin is not served
+#               by the Go module proxy).
 #
 # Binaries are cached per wrapper under ${FLEDGE_PEERS:-$HOME/.cache/fledge/peers}/<wrapper>-<hash>/
 # (the hash covers the wrapper's go.mod and go.sum, the versions and BUILD_REV), so a changed pin rebuilds
 # only that wrapper; each binary is built to a temporary name and renamed, so an interrupted run
 # resumes where it stopped. The combined directory printed by --print-dir holds links to all of
-# them, plus cluster-api.dir and capv.dir: the paths of sigs.k8s.io/cluster-api and
-# sigs.k8s.io/cluster-api-provider-vsphere in the Go module cache, whose config/ holds the CRDs
-# and webhook manifests the tests install.
+# them (the CNI plugins as the directory cni/), plus cluster-api.dir, capd.dir and capv.dir: the
+# paths of sigs.k8s.io/cluster-api, sigs.k8s.io/cluster-api/test and
+# sigs.k8s.io/cluster-api-provider-vsphere in the Go module cache. cluster-api's and CAPV's config/
+# hold the CRDs and webhook manifests the tests install; capd.dir's infrastructure/docker/config
+# holds CAPD's kustomize config. `versions` lists the pinned versions.
 #
 # Usage:
-#   scripts/go-peers.sh               build what is missing (cold: about 25 minutes on 2 cores)
+#   scripts/go-peers.sh               build what is missing (cold: about 40 minutes on 2 cores;
+#                                     CAPD's manager alone 3-7 minutes)
 #   scripts/go-peers.sh --print-dir   print the combined bin directory
 #   scripts/go-peers.sh --download    only `go mod download -x` every wrapper (what the proxy serves)
 #   scripts/go-peers.sh --regenerate  re-create the wrappers from the versions below
@@ -26,6 +39,43 @@ K8S_VERSION=v1.34.4      # k8s.io/kubernetes; staging modules at v0.34.4, derive
 ETCD_VERSION=v3.6.16     # go.etcd.io/etcd/server/v3
 CAPI_VERSION=v1.13.5     # sigs.k8s.io/cluster-api (the CRDs the tests validate against)
 CAPV_VERSION=v1.16.1     # sigs.k8s.io/cluster-api-provider-vsphere: CRDs only, not built
+CAPD_VERSION=v1.13.7     # sigs.k8s.io/cluster-api/test (v1.13.5 is not served)
+CRICTL_VERSION=v1.34.0   # sigs.k8s.io/cri-tools
+CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins
+FLANNEL_VERSION=v0.27.4  # github.com/flannel-io/flannel
+COREDNS_VERSION=v1.12.1  # github.com/coredns/coredns: the tag kubeadm v1.34 expects
+KUSTOMIZE_VERSION=v5.7.1 # sigs.k8s.io/kustomize/kustomize/v5
+
+WRAPPERS="k8s etcd capi capd node"
+# k8s.io/kubernetes/cmd/<x> built from peers/k8s
+K8S_CMDS="kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl"
+CNI_PLUGINS="main/bridge ipam/host-local main/loopback meta/portmap main/ptp"
+# wrapper -> "module version" lines it must require (or replace to), checked before building
+pins() {
+  case $1 in
+    k8s) echo "k8s.io/kubernetes $K8S_VERSION" ;;
+    etcd) echo "go.etcd.io/etcd/server/v3 $ETCD_VERSION" ;;
+    capi) echo "sigs.k8s.io/cluster-api $CAPI_VERSION" ;;
+    capd) printf '%s\n' "sigs.k8s.io/cluster-api/test $CAPD_VERSION" "sigs.k8s.io/cluster-api $CAPI_VERSION" ;;
+    node) printf '%s\n' "sigs.k8s.io/cri-tools $CRICTL_VERSION" \
+      "github.com/containernetworking/plugins $CNI_VERSION" \
+      "github.com/flannel-io/flannel $FLANNEL_VERSION" "github.com/coredns/coredns $COREDNS_VERSION" \
+      "sigs.k8s.io/kustomize/kustomize/v5 $KUSTOMIZE_VERSION" ;;
+  esac
+}
+# wrapper -> the packages it builds (its go.mod's tool lines)
+tools() {
+  case $1 in
+    k8s) for c in $K8S_CMDS; do echo "k8s.io/kubernetes/cmd/$c"; done ;;
+    etcd) echo go.etcd.io/etcd/server/v3 ;;
+    capi) printf '%s\n' sigs.k8s.io/cluster-api sigs.k8s.io/cluster-api/bootstrap/kubeadm \
+      sigs.k8s.io/cluster-api/cmd/clusterctl sigs.k8s.io/cluster-api/controlplane/kubeadm ;;
+    capd) echo sigs.k8s.io/cluster-api/test/infrastructure/docker ;;
+    node) echo sigs.k8s.io/cri-tools/cmd/crictl
+      for c in $CNI_PLUGINS; do echo "github.com/containernetworking/plugins/plugins/$c"; done
+      printf '%s\n' github.com/flannel-io/flannel github.com/coredns/coredns sigs.k8s.io/kustomize/kustomize/v5 ;;
+  esac
+}
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 ROOT="${FLEDGE_PEERS:-$HOME/.cache/fledge/peers}"
@@ -35,19 +85,26 @@ BUILD_REV=1
 log() { printf '[go-peers %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 wrapper_dir() { # wrapper -> cache directory for its binaries
-  local h
-  h=$( { cat "peers/$1/go.mod" "peers/$1/go.sum"; echo "$BUILD_REV $K8S_VERSION $ETCD_VERSION $CAPI_VERSION"; } | sha256sum | cut -c1-12)
+  local h extra=
+  [ -f "peers/$1/go.mod" ] && [ -f "peers/$1/go.sum" ] ||
+    { echo "go-peers: peers/$1/go.mod or go.sum is missing; run $0 --regenerate" >&2; exit 1; }
+  case $1 in # the versions that reach ldflags (k8s, etcd, capi: as before, so their hashes stay)
+    capd) extra=" $CAPD_VERSION" ;;
+    node) extra=" $CRICTL_VERSION $CNI_VERSION $FLANNEL_VERSION $COREDNS_VERSION $KUSTOMIZE_VERSION" ;;
+  esac
+  h=$( { cat "peers/$1/go.mod" "peers/$1/go.sum"; echo "$BUILD_REV $K8S_VERSION $ETCD_VERSION $CAPI_VERSION$extra"; } | sha256sum | cut -c1-12)
   echo "$ROOT/$1-$h"
 }
 combined_dir() {
   local h
-  h=$(for w in k8s etcd capi; do wrapper_dir "$w"; done | sha256sum | cut -c1-12)
+  h=$(for w in $WRAPPERS; do wrapper_dir "$w"; done | sha256sum | cut -c1-12)
   echo "$ROOT/bin-$h"
 }
 
 if [ "${1:-}" = "--print-dir" ]; then combined_dir; exit 0; fi
 
-command -v go >/dev/null || { echo "go-peers: Go is not installed (need Go >= 1.24)" >&2; exit 1; }
+command -v go >/dev/null || { echo "go-peers: Go is not installed (need Go >= 1.26.8: peers/node says go 1.26.8)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "go-peers: python3 is not installed (used to read go's JSON output)" >&2; exit 1; }
 
 # The staging modules k8s.io/kubernetes replaces with ./staging/src paths, read from its go.mod.
 staging_modules() {
@@ -58,9 +115,9 @@ staging_modules() {
 }
 
 regenerate() {
-  local sv="v0.${K8S_VERSION#v1.}"
-  rm -rf peers/k8s peers/etcd peers/capi
-  mkdir -p peers/k8s peers/etcd peers/capi
+  local sv="v0.${K8S_VERSION#v1.}" c pkgs
+  rm -rf peers/k8s peers/etcd peers/capi peers/capd peers/node
+  mkdir -p peers/k8s peers/etcd peers/capi peers/capd peers/node
   (cd peers/etcd && go mod init fledge.local/peers/etcd && go mod edit -go=1.26 &&
     go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
   (cd peers/capi && go mod init fledge.local/peers/capi && go mod edit -go=1.26 &&
@@ -68,18 +125,31 @@ regenerate() {
       "sigs.k8s.io/cluster-api/bootstrap/kubeadm@$CAPI_VERSION" \
       "sigs.k8s.io/cluster-api/controlplane/kubeadm@$CAPI_VERSION" \
       "sigs.k8s.io/cluster-api/cmd/clusterctl@$CAPI_VERSION")
+  # The test module replaces sigs.k8s.io/cluster-api with ../ upstream; a replace in a dependency
+  # is ignored, so the wrapper names the release (the test module's own version is not served).
+  (cd peers/capd && go mod init fledge.local/peers/capd && go mod edit -go=1.26 &&
+    go mod edit "-replace=sigs.k8s.io/cluster-api=sigs.k8s.io/cluster-api@$CAPI_VERSION" &&
+    go get -tool "sigs.k8s.io/cluster-api/test/infrastructure/docker@$CAPD_VERSION")
+  pkgs="sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+  for c in $CNI_PLUGINS; do pkgs="$pkgs github.com/containernetworking/plugins/plugins/$c@$CNI_VERSION"; done
+  pkgs="$pkgs github.com/flannel-io/flannel@$FLANNEL_VERSION github.com/coredns/coredns@$COREDNS_VERSION"
+  pkgs="$pkgs sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  # shellcheck disable=SC2086
+  (cd peers/node && go mod init fledge.local/peers/node && go mod edit -go=1.26 && go get -tool $pkgs)
   local mods
   mods=$(cd peers/k8s && staging_modules)
+  pkgs=
+  for c in $K8S_CMDS; do pkgs="$pkgs k8s.io/kubernetes/cmd/$c@$K8S_VERSION"; done
+  # shellcheck disable=SC2086
   (cd peers/k8s && go mod init fledge.local/peers/k8s && go mod edit -go=1.26 &&
     for m in $mods; do go mod edit "-replace=$m=$m@$sv"; done &&
-    go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-controller-manager@$K8S_VERSION")
+    go get -tool $pkgs)
 }
 
 case "${1:-}" in
   --regenerate) regenerate; log "wrappers re-created; review and commit peers/"; exit 0 ;;
   --download)
-    for w in k8s etcd capi; do log "go mod download -x in peers/$w"; (cd "peers/$w" && go mod download -x); done
+    for w in $WRAPPERS; do log "go mod download -x in peers/$w"; (cd "peers/$w" && go mod download -x); done
     exit 0 ;;
   "") ;;
   *) echo "usage: $0 [--print-dir|--download|--regenerate]" >&2; exit 2 ;;
@@ -100,36 +170,78 @@ for r in json.load(sys.stdin).get("Replace") or []:
   fi
 }
 
-# build WRAPPER OUT PACKAGE LDFLAGS [TAGS]
+# Each wrapper must pin the versions above and list every package built from it as a tool.
+check_pins() {
+  local w=$1 json missing=
+  json=$(cd "peers/$w" && go mod edit -json)
+  missing=$(PINS=$(pins "$w") TOOLS=$(tools "$w") python3 -c '
+import json, os, sys
+m = json.load(sys.stdin)
+have = {r["Path"]: r["Version"] for r in m.get("Require") or []}
+for r in m.get("Replace") or []:
+    have[r["Old"]["Path"]] = r["New"].get("Version", r["New"]["Path"])
+for line in os.environ["PINS"].split("\n"):
+    mod, ver = line.split()
+    if have.get(mod) != ver:
+        print("  %s %s (go.mod has %s)" % (mod, ver, have.get(mod, "nothing")))
+tools = {t["Path"] for t in m.get("Tool") or []}
+for t in os.environ["TOOLS"].split("\n"):
+    if t not in tools:
+        print("  tool %s (not in go.mod)" % t)' <<<"$json")
+  if [ -n "$missing" ]; then
+    echo "go-peers: peers/$w/go.mod does not pin what this script builds; run $0 --regenerate. Missing:" >&2
+    echo "$missing" >&2
+    exit 1
+  fi
+}
+
+TIMES=
+# build WRAPPER OUT PACKAGE LDFLAGS [TAGS]; OUT may be in a subdirectory (cni/bridge)
 build() {
   local w=$1 out=$2 pkg=$3 ld=$4 tags=${5:-}
   local dir; dir=$(wrapper_dir "$w")
-  mkdir -p "$dir"
+  local tmp; tmp="$dir/$(dirname "$out")/.$(basename "$out").tmp"
+  mkdir -p "$(dirname "$dir/$out")"
   if [ -x "$dir/$out" ]; then log "cached: $dir/$out"; return 0; fi
   log "go build $pkg -> $out"
   local t0=$SECONDS
-  (cd "peers/$w" && go build -trimpath -pgo=off ${tags:+-tags "$tags"} -ldflags "$ld" \
-    -o "$dir/.$out.tmp" "$pkg")
-  mv "$dir/.$out.tmp" "$dir/$out"
-  log "built $out in $((SECONDS - t0))s"
+  if ! (cd "peers/$w" && go build -trimpath -pgo=off ${tags:+-tags "$tags"} -ldflags "$ld" \
+    -o "$tmp" "$pkg"); then
+    echo "go-peers: building $out ($pkg in peers/$w) failed; see the go output above" >&2
+    exit 1
+  fi
+  mv "$tmp" "$dir/$out"
+  log "built $out in $((SECONDS - t0))s ($(du -h "$dir/$out" | cut -f1))"
+  TIMES="$TIMES $out=$((SECONDS - t0))s"
+}
+
+# go mod download -json MODULE@VERSION in peers/WRAPPER -> the module's directory
+module_dir() {
+  local d
+  d=$(cd "peers/$1" && go mod download -json "$2" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir", ""))')
+  [ -n "$d" ] && [ -d "$d" ] || { echo "go-peers: $2 is not in the Go module cache (go mod download failed)" >&2; exit 1; }
+  echo "$d"
 }
 
 start=$SECONDS
 mkdir -p "$ROOT"
+for w in $WRAPPERS; do check_pins "$w"; done
+check_staging
 
 # --- etcd ------------------------------------------------------------------------------
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 
-# --- kube-apiserver, kube-controller-manager -------------------------------------------
-check_staging
+# --- Kubernetes: kube-apiserver, kube-controller-manager, then the node and client tools ---
 minor=$(echo "$K8S_VERSION" | cut -d. -f2)
 KLD="-s -w"
 for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   KLD="$KLD -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
   KLD="$KLD -X $p.gitTreeState=clean -X $p.buildDate=2000-01-01T00:00:00Z"
 done
-build k8s kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver "$KLD" selinux,notest
-build k8s kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager "$KLD" selinux,notest
+for c in $K8S_CMDS; do
+  build k8s "$c" "k8s.io/kubernetes/cmd/$c" "$KLD" selinux,notest
+done
 
 # --- Cluster API -----------------------------------------------------------------------
 cminor=$(echo "$CAPI_VERSION" | cut -d. -f2)
@@ -143,20 +255,57 @@ build capi capi-manager sigs.k8s.io/cluster-api "$CLD"
 build capi capi-kubeadm-bootstrap-manager sigs.k8s.io/cluster-api/bootstrap/kubeadm "$CLD"
 build capi capi-kubeadm-control-plane-manager sigs.k8s.io/cluster-api/controlplane/kubeadm "$CLD"
 
+# --- CAPD (the Docker infrastructure provider) -------------------------------------------
+dminor=$(echo "$CAPD_VERSION" | cut -d. -f2)
+DLD="-s -w"
+for k in "gitVersion=$CAPD_VERSION" gitMajor=1 "gitMinor=$dminor" gitTreeState=clean \
+  buildDate=2000-01-01T00:00:00Z; do
+  DLD="$DLD -X sigs.k8s.io/cluster-api/version.$k"
+done
+build capd capd-manager sigs.k8s.io/cluster-api/test/infrastructure/docker "$DLD"
+
+# --- node programs -----------------------------------------------------------------------
+build node crictl sigs.k8s.io/cri-tools/cmd/crictl \
+  "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION#v}"
+for c in $CNI_PLUGINS; do
+  build node "cni/$(basename "$c")" "github.com/containernetworking/plugins/plugins/$c" \
+    "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_VERSION"
+done
+build node flanneld github.com/flannel-io/flannel \
+  "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION"
+build node coredns github.com/coredns/coredns \
+  "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
+build node kustomize sigs.k8s.io/kustomize/kustomize/v5 \
+  "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$KUSTOMIZE_VERSION -X sigs.k8s.io/kustomize/api/provenance.buildDate=2000-01-01T00:00:00Z"
+
 # --- the combined directory ------------------------------------------------------------
 BIN=$(combined_dir)
 mkdir -p "$BIN"
-for w in k8s etcd capi; do
+for w in $WRAPPERS; do
   d=$(wrapper_dir "$w")
   for f in "$d"/*; do ln -sfn "$f" "$BIN/$(basename "$f")"; done
 done
-capi_src=$(cd peers/capi && go mod download -json "sigs.k8s.io/cluster-api@$CAPI_VERSION" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-printf '%s\n' "$capi_src" > "$BIN/cluster-api.dir"
+module_dir capi "sigs.k8s.io/cluster-api@$CAPI_VERSION" > "$BIN/cluster-api.dir"
+capd_src=$(module_dir capd "sigs.k8s.io/cluster-api/test@$CAPD_VERSION")
+[ -d "$capd_src/infrastructure/docker/config" ] ||
+  { echo "go-peers: $capd_src has no infrastructure/docker/config (CAPD's kustomize config)" >&2; exit 1; }
+printf '%s\n' "$capd_src" > "$BIN/capd.dir"
 # CAPV's module is only downloaded (its CRDs, supervisor-mode group included, are test data).
 capv_src=$(cd "$ROOT" && go mod download -json "sigs.k8s.io/cluster-api-provider-vsphere@$CAPV_VERSION" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 printf '%s\n' "$capv_src" > "$BIN/capv.dir"
-printf 'kubernetes %s\netcd %s\ncluster-api %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$CAPI_VERSION" > "$BIN/versions"
+{
+  printf 'kubernetes %s\netcd %s\ncluster-api %s\ncapd %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$CAPI_VERSION" "$CAPD_VERSION"
+  printf 'crictl %s\ncni-plugins %s\nflannel %s\ncoredns %s\nkustomize %s\n' "$CRICTL_VERSION" "$CNI_VERSION" \
+    "$FLANNEL_VERSION" "$COREDNS_VERSION" "$KUSTOMIZE_VERSION"
+} > "$BIN/versions"
+missing=
+for f in etcd $K8S_CMDS clusterctl capi-manager capi-kubeadm-bootstrap-manager \
+  capi-kubeadm-control-plane-manager capd-manager crictl flanneld coredns kustomize; do
+  [ -x "$BIN/$f" ] || missing="$missing $f"
+done
+for c in $CNI_PLUGINS; do [ -x "$BIN/cni/$(basename "$c")" ] || missing="$missing cni/$(basename "$c")"; done
+[ -z "$missing" ] || { echo "go-peers: missing from $BIN:$missing" >&2; exit 1; }
 ln -sfn "$BIN" "$ROOT/current"   # what the test harness uses when FLEDGE_ASSETS_BIN is unset
+[ -z "$TIMES" ] || log "build times:$TIMES"
 log "peers ready in $BIN ($((SECONDS - start))s)"
