@@ -11,10 +11,12 @@
 #               of it is not served)
 #   peers/node  what runs on a real node besides the kubelet: crictl (sigs.k8s.io/cri-tools),
 #               the CNI plugins bridge, host-local, loopback, portmap, ptp (in cni/;
-#               github.com/containernetworking/plugins), flanneld (github.com/flannel-io/flannel),
-#               coredns (github.com/coredns/coredns), kustomize (sigs.k8s.io/kustomize/kustomize/v5).
-#               Not built: flannel's CNI plugin (github.com/flannel-io/cni-plugin is not served
-#               by the Go module proxy).
+#               github.com/containernetworking/plugins), flanneld (github.com/flannel-io/flannel;
+#               on amd64 built with cgo, statically: its UDP backend has C code), kustomize
+#               (sigs.k8s.io/kustomize/kustomize/v5). Not built: flannel's CNI plugin
+#               (github.com/flannel-io/cni-plugin is not served by the Go module proxy).
+#   peers/coredns  coredns (github.com/coredns/coredns), alone: v1.12.1 needs the client-go it
+#               pins (v0.32), while crictl's pulls peers/node up to v0.34
 #
 # Binaries are cached per wrapper under ${FLEDGE_PEERS:-$HOME/.cache/fledge/peers}/<wrapper>-<hash>/
 # (the hash covers the wrapper's go.mod and go.sum, the versions and BUILD_REV), so a changed pin rebuilds
@@ -46,7 +48,7 @@ FLANNEL_VERSION=v0.27.4  # github.com/flannel-io/flannel
 COREDNS_VERSION=v1.12.1  # github.com/coredns/coredns: the tag kubeadm v1.34 expects
 KUSTOMIZE_VERSION=v5.7.1 # sigs.k8s.io/kustomize/kustomize/v5
 
-WRAPPERS="k8s etcd capi capd node"
+WRAPPERS="k8s etcd capi capd node coredns"
 # k8s.io/kubernetes/cmd/<x> built from peers/k8s
 K8S_CMDS="kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl"
 CNI_PLUGINS="main/bridge ipam/host-local main/loopback meta/portmap main/ptp"
@@ -59,8 +61,8 @@ pins() {
     capd) printf '%s\n' "sigs.k8s.io/cluster-api/test $CAPD_VERSION" "sigs.k8s.io/cluster-api $CAPI_VERSION" ;;
     node) printf '%s\n' "sigs.k8s.io/cri-tools $CRICTL_VERSION" \
       "github.com/containernetworking/plugins $CNI_VERSION" \
-      "github.com/flannel-io/flannel $FLANNEL_VERSION" "github.com/coredns/coredns $COREDNS_VERSION" \
-      "sigs.k8s.io/kustomize/kustomize/v5 $KUSTOMIZE_VERSION" ;;
+      "github.com/flannel-io/flannel $FLANNEL_VERSION" "sigs.k8s.io/kustomize/kustomize/v5 $KUSTOMIZE_VERSION" ;;
+    coredns) echo "github.com/coredns/coredns $COREDNS_VERSION" ;;
   esac
 }
 # wrapper -> the packages it builds (its go.mod's tool lines)
@@ -73,7 +75,8 @@ tools() {
     capd) echo sigs.k8s.io/cluster-api/test/infrastructure/docker ;;
     node) echo sigs.k8s.io/cri-tools/cmd/crictl
       for c in $CNI_PLUGINS; do echo "github.com/containernetworking/plugins/plugins/$c"; done
-      printf '%s\n' github.com/flannel-io/flannel github.com/coredns/coredns sigs.k8s.io/kustomize/kustomize/v5 ;;
+      printf '%s\n' github.com/flannel-io/flannel sigs.k8s.io/kustomize/kustomize/v5 ;;
+    coredns) echo github.com/coredns/coredns ;;
   esac
 }
 
@@ -90,7 +93,8 @@ wrapper_dir() { # wrapper -> cache directory for its binaries
     { echo "go-peers: peers/$1/go.mod or go.sum is missing; run $0 --regenerate" >&2; exit 1; }
   case $1 in # the versions that reach ldflags (k8s, etcd, capi: as before, so their hashes stay)
     capd) extra=" $CAPD_VERSION" ;;
-    node) extra=" $CRICTL_VERSION $CNI_VERSION $FLANNEL_VERSION $COREDNS_VERSION $KUSTOMIZE_VERSION" ;;
+    node) extra=" $CRICTL_VERSION $CNI_VERSION $FLANNEL_VERSION $KUSTOMIZE_VERSION" ;;
+    coredns) extra=" $COREDNS_VERSION" ;;
   esac
   h=$( { cat "peers/$1/go.mod" "peers/$1/go.sum"; echo "$BUILD_REV $K8S_VERSION $ETCD_VERSION $CAPI_VERSION$extra"; } | sha256sum | cut -c1-12)
   echo "$ROOT/$1-$h"
@@ -116,8 +120,8 @@ staging_modules() {
 
 regenerate() {
   local sv="v0.${K8S_VERSION#v1.}" c pkgs
-  rm -rf peers/k8s peers/etcd peers/capi peers/capd peers/node
-  mkdir -p peers/k8s peers/etcd peers/capi peers/capd peers/node
+  rm -rf peers/k8s peers/etcd peers/capi peers/capd peers/node peers/coredns
+  mkdir -p peers/k8s peers/etcd peers/capi peers/capd peers/node peers/coredns
   (cd peers/etcd && go mod init fledge.local/peers/etcd && go mod edit -go=1.26 &&
     go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
   (cd peers/capi && go mod init fledge.local/peers/capi && go mod edit -go=1.26 &&
@@ -132,10 +136,11 @@ regenerate() {
     go get -tool "sigs.k8s.io/cluster-api/test/infrastructure/docker@$CAPD_VERSION")
   pkgs="sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
   for c in $CNI_PLUGINS; do pkgs="$pkgs github.com/containernetworking/plugins/plugins/$c@$CNI_VERSION"; done
-  pkgs="$pkgs github.com/flannel-io/flannel@$FLANNEL_VERSION github.com/coredns/coredns@$COREDNS_VERSION"
-  pkgs="$pkgs sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  pkgs="$pkgs github.com/flannel-io/flannel@$FLANNEL_VERSION sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
   # shellcheck disable=SC2086
   (cd peers/node && go mod init fledge.local/peers/node && go mod edit -go=1.26 && go get -tool $pkgs)
+  (cd peers/coredns && go mod init fledge.local/peers/coredns && go mod edit -go=1.26 &&
+    go get -tool "github.com/coredns/coredns@$COREDNS_VERSION")
   local mods
   mods=$(cd peers/k8s && staging_modules)
   pkgs=
@@ -203,7 +208,7 @@ build() {
   local tmp; tmp="$dir/$(dirname "$out")/.$(basename "$out").tmp"
   mkdir -p "$(dirname "$dir/$out")"
   if [ -x "$dir/$out" ]; then log "cached: $dir/$out"; return 0; fi
-  log "go build $pkg -> $out"
+  log "go build $pkg -> $out${tags:+ (tags $tags)}$([ "$CGO_ENABLED" = 0 ] || echo " (CGO_ENABLED=$CGO_ENABLED)")"
   local t0=$SECONDS
   if ! (cd "peers/$w" && go build -trimpath -pgo=off ${tags:+-tags "$tags"} -ldflags "$ld" \
     -o "$tmp" "$pkg"); then
@@ -271,9 +276,22 @@ for c in $CNI_PLUGINS; do
   build node "cni/$(basename "$c")" "github.com/containernetworking/plugins/plugins/$c" \
     "-s -w -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$CNI_VERSION"
 done
-build node flanneld github.com/flannel-io/flannel \
-  "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION"
-build node coredns github.com/coredns/coredns \
+# flanneld does not build with CGO_ENABLED=0 on amd64 (its UDP backend, always linked in, has a C
+# proxy), so, as upstream's Makefile does on amd64, it is built with cgo and linked statically; the
+# netgo and osusergo tags keep glibc's resolver and user lookup out of the static binary.
+if [ "$(go env GOARCH)" = amd64 ]; then
+  cc=$(go env CC)
+  command -v "$cc" >/dev/null ||
+    { echo "go-peers: flanneld needs cgo on amd64, but the C compiler '$cc' is missing (apt-get install gcc)" >&2; exit 1; }
+  [ -n "$(cd "$ROOT" && "$cc" -print-file-name=libc.a | grep /)" ] ||
+    { echo "go-peers: flanneld is linked statically, but $cc finds no libc.a (apt-get install libc6-dev)" >&2; exit 1; }
+  CGO_ENABLED=1 build node flanneld github.com/flannel-io/flannel \
+    "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION -extldflags -static" netgo,osusergo
+else
+  build node flanneld github.com/flannel-io/flannel \
+    "-s -w -X github.com/flannel-io/flannel/pkg/version.Version=$FLANNEL_VERSION"
+fi
+build coredns coredns github.com/coredns/coredns \
   "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION"
 build node kustomize sigs.k8s.io/kustomize/kustomize/v5 \
   "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=kustomize/$KUSTOMIZE_VERSION -X sigs.k8s.io/kustomize/api/provenance.buildDate=2000-01-01T00:00:00Z"
