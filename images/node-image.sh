@@ -378,7 +378,7 @@ for h in "${HOOKS[@]}"; do
 done
 # A reproducible tar of the tree: its hash is the tree's part of the node key.
 $SUDO tar --numeric-owner --xattrs --xattrs-include='*' --sort=name --mtime=2024-01-01 --clamp-mtime \
-  -C "$nroot" -cf "$WORK/node.tar" .
+  --pax-option='exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime' -C "$nroot" -cf "$WORK/node.tar" .
 $SUDO rm -rf "$nroot"
 tree_sum="$(sha256sum "$WORK/node.tar" | cut -c1-64)"
 ALL_PRELOAD=("${PRELOAD_TAGS[@]}" "${PRELOAD[@]}")
@@ -390,9 +390,10 @@ if up_to_date "$NODE_KEY" "$NODE_IMAGE" "kindest/node:$K8S_VERSION"; then
   log "cached: $NODE_IMAGE"
 else
   t=$SECONDS
+  old_id="$(docker image inspect -f '{{.Id}}' "$NODE_IMAGE" 2>/dev/null || true)"
   stage="fledge.test/node-stage:$NODE_KEY"
   docker import -c "$IMPORT_ENV" -c 'ENV container=docker' -c "ENTRYPOINT $NODE_ENTRYPOINT" \
-    -c "CMD $NODE_CMD" -c 'STOPSIGNAL SIGRTMIN+3' "$WORK/node.tar" "$stage" >/dev/null
+    -c "CMD $NODE_CMD" "$WORK/node.tar" "$stage" >/dev/null
   rm -f "$WORK/node.tar"
   log "node rootfs imported in $((SECONDS - t))s; saving ${#ALL_PRELOAD[@]} images to preload"
   docker save -o "$WORK/preload.tar" "${ALL_PRELOAD[@]}"
@@ -409,7 +410,7 @@ else
   done
   docker exec "$BUILD_CTR" ctr version >/dev/null || { docker logs "$BUILD_CTR" | tail -30 >&2; die "containerd did not start in the node"; }
   log "containerd up after $((SECONDS - t))s; importing"
-  docker exec -i "$BUILD_CTR" ctr -n k8s.io images import --no-unpack --compress-blobs - < "$WORK/preload.tar" >&2
+  docker exec -i "$BUILD_CTR" ctr -n k8s.io images import --no-unpack - < "$WORK/preload.tar" >&2
   rm -f "$WORK/preload.tar"
   docker exec "$BUILD_CTR" ctr -n k8s.io images ls -q > "$WORK/imported"
   for img in "${ALL_PRELOAD[@]}"; do
@@ -419,12 +420,20 @@ else
   # Leave no per-boot state in the image: stop the runtime, forget this boot's identity.
   docker exec "$BUILD_CTR" sh -c 'systemctl stop kubelet containerd; : > /etc/machine-id;
     rm -rf /var/lib/fledge-node /var/log/journal/* /var/lib/systemd/random-seed /var/lib/dbus/machine-id'
-  docker stop -t 60 "$BUILD_CTR" >/dev/null
-  docker commit -c "ENTRYPOINT $NODE_ENTRYPOINT" -c "CMD $NODE_CMD" -c 'STOPSIGNAL SIGRTMIN+3' \
-    -c 'ENV container=docker' -c "LABEL $KEY_LABEL=$NODE_KEY" "$BUILD_CTR" "$NODE_IMAGE" >/dev/null
-  docker tag "$NODE_IMAGE" "kindest/node:$K8S_VERSION"
+  # systemd halts cleanly on SIGRTMIN+3 (SIGTERM would make it re-execute itself)
+  docker kill -s SIGRTMIN+3 "$BUILD_CTR" >/dev/null
+  timeout 60 docker wait "$BUILD_CTR" >/dev/null || docker stop -t 1 "$BUILD_CTR" >/dev/null
+  docker commit "$BUILD_CTR" "$stage-preloaded" >/dev/null
   docker rm -f -v "$BUILD_CTR" >/dev/null; BUILD_CTR=""
-  docker rmi "$stage" >/dev/null 2>&1 || true
+  # The final configuration (docker 20.10's import/commit --change know no STOPSIGNAL).
+  mkdir -p "$WORK/final"
+  printf '%s\n' "FROM $stage-preloaded" "ENV container=docker" "ENTRYPOINT $NODE_ENTRYPOINT" \
+    "CMD $NODE_CMD" "STOPSIGNAL SIGRTMIN+3" "LABEL $KEY_LABEL=$NODE_KEY" > "$WORK/final/Dockerfile"
+  docker build -q -t "$NODE_IMAGE" "$WORK/final" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "docker build $NODE_IMAGE failed"; }
+  docker tag "$NODE_IMAGE" "kindest/node:$K8S_VERSION"
+  docker rmi "$stage-preloaded" "$stage" >/dev/null 2>&1 || true
+  # the replaced node image, unless something else still uses it
+  [ -z "$old_id" ] || docker rmi "$old_id" >/dev/null 2>&1 || true
   log "built $NODE_IMAGE in $((SECONDS - t))s ($(docker image inspect -f '{{.Size}}' "$NODE_IMAGE" | awk '{printf "%.0f MB", $1/1e6}'))"
 fi
 [ ${#SKIPPED[@]} -eq 0 ] || log "warning: not built and not preloaded (binaries missing): ${SKIPPED[*]}"
