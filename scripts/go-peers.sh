@@ -178,7 +178,7 @@ for r in json.load(sys.stdin).get("Replace") or []:
 # Each wrapper must pin the versions above and list every package built from it as a tool.
 check_pins() {
   local w=$1 json missing=
-  json=$(cd "peers/$w" && go mod edit -json)
+  json=$(cd "peers/$w" && go mod edit -json) || { echo "go-peers: cannot read peers/$w/go.mod" >&2; return 1; }
   missing=$(PINS=$(pins "$w") TOOLS=$(tools "$w") python3 -c '
 import json, os, sys
 m = json.load(sys.stdin)
@@ -188,15 +188,15 @@ for r in m.get("Replace") or []:
 for line in os.environ["PINS"].split("\n"):
     mod, ver = line.split()
     if have.get(mod) != ver:
-        print("  %s %s (go.mod has %s)" % (mod, ver, have.get(mod, "nothing")))
+        print("  needs %s %s; go.mod has %s" % (mod, ver, have.get(mod, "nothing")))
 tools = {t["Path"] for t in m.get("Tool") or []}
 for t in os.environ["TOOLS"].split("\n"):
     if t not in tools:
-        print("  tool %s (not in go.mod)" % t)' <<<"$json")
+        print("  needs tool %s; go.mod lacks it" % t)' <<<"$json") || return 1
   if [ -n "$missing" ]; then
-    echo "go-peers: peers/$w/go.mod does not pin what this script builds; run $0 --regenerate. Missing:" >&2
+    echo "go-peers: peers/$w/go.mod does not pin what this script builds (run $0 --regenerate):" >&2
     echo "$missing" >&2
-    exit 1
+    return 1
   fi
 }
 
@@ -231,7 +231,9 @@ module_dir() {
 
 start=$SECONDS
 mkdir -p "$ROOT"
-for w in $WRAPPERS; do check_pins "$w"; done
+bad=
+for w in $WRAPPERS; do check_pins "$w" || bad="$bad $w"; done
+[ -z "$bad" ] || exit 1
 check_staging
 
 # --- etcd ------------------------------------------------------------------------------
