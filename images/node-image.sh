@@ -21,7 +21,7 @@
 #                                    balancer preloaded into containerd's k8s.io namespace
 #
 # Usage: images/node-image.sh [--preload IMAGE]... [--hook SCRIPT]... [--bin DIR] [--shim PATH]
-#                             [--verify] [--only base|images|node]
+#                             [--verify] [--only rootfs|base|images]
 #   --preload IMAGE  a further image of the local docker engine to preload into the node (repeatable)
 #   --hook SCRIPT    run `SCRIPT ROOTFS` on the node's root filesystem before it becomes an image
 #                    (repeatable; e.g. a script running images/bake-agent.sh "$1" and
@@ -32,6 +32,7 @@
 #                    in as containerd's runc BinaryName only when this host's capability bounding
 #                    set lacks CAP_SYS_RESOURCE
 #   --verify         afterwards boot the node as CAPD does and run a minimal `kubeadm init`
+#   --only STEP      stop after that step (rootfs: the debootstrap tars; base; images: all but the node)
 # Cache: ${FLEDGE_NODE_CACHE:-~/.cache/fledge/node}/ (debootstrap tarball, root filesystem
 # tars), and the docker engine itself: every image carries a fledge.test.key label, the hash of
 # its inputs, and is rebuilt only when that changes. Each step writes to a temporary name and
@@ -65,7 +66,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 PRELOAD=(); HOOKS=(); BIN=""; SHIM=""; VERIFY=0; ONLY=""
-usage="usage: images/node-image.sh [--preload IMAGE]... [--hook SCRIPT]... [--bin DIR] [--shim PATH] [--verify] [--only base|images|node]"
+usage="usage: images/node-image.sh [--preload IMAGE]... [--hook SCRIPT]... [--bin DIR] [--shim PATH] [--verify] [--only rootfs|base|images]"
 while [ $# -gt 0 ]; do
   case "$1" in
     --preload) PRELOAD+=("${2:?$usage}"); shift 2 ;;
@@ -261,6 +262,7 @@ component() {
   PRELOAD_TAGS+=("${tagv[0]}")
   if up_to_date "$key" "${tagv[@]}"; then log "cached: ${tagv[0]}"; return 0; fi
   if [ "$(image_key "${tagv[0]}")" != "$key" ]; then
+    local old_id; old_id="$(docker image inspect -f '{{.Id}}' "${tagv[0]}" 2>/dev/null || true)"
     local ctx="$WORK/ctx-$bin-$RANDOM"; mkdir -p "$ctx"
     [ -z "$bin" ] || { ln "$(readlink -f "$src")" "$ctx/bin" 2>/dev/null || cp "$(readlink -f "$src")" "$ctx/bin"; chmod 0755 "$ctx/bin"; }
     printf '%s' "$df" > "$ctx/Dockerfile"
@@ -268,6 +270,9 @@ component() {
     docker build -q -t "${tagv[0]}" "$ctx" > "$WORK/build.log" 2>&1 || { cat "$WORK/build.log" >&2; die "docker build ${tagv[0]} failed"; }
     rm -rf "$ctx"
     log "built ${tagv[0]} in $((SECONDS - t))s"
+    tag_all "${tagv[0]}" "${tagv[@]}"
+    # the replaced image, unless a container still uses it
+    [ -z "$old_id" ] || docker rmi "$old_id" >/dev/null 2>&1 || true
   fi
   tag_all "${tagv[0]}" "${tagv[@]}"
 }
@@ -281,11 +286,18 @@ release_name() { # kustomize image -> registry.k8s.io/cluster-api/<name>:<versio
   local n="${1##*/}"; echo "registry.k8s.io/cluster-api/${n%%:*}:$2"
 }
 
+# kube-proxy and flanneld write iptables rules into the node's network namespace, next to
+# docker's (written with the host's iptables): use the same backend as the host.
+IPT_MODE=nft
+iptables -V 2>/dev/null | grep -q legacy && IPT_MODE=legacy
+IPT_SELECT=""
+[ "$IPT_MODE" = nft ] || IPT_SELECT='RUN update-alternatives --set iptables /usr/sbin/iptables-legacy && update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy'
+
 R=registry.k8s.io
 component "$R/kube-apiserver:$K8S_VERSION" kube-apiserver /usr/local/bin/kube-apiserver '["/usr/local/bin/kube-apiserver"]'
 component "$R/kube-controller-manager:$K8S_VERSION" kube-controller-manager /usr/local/bin/kube-controller-manager '["/usr/local/bin/kube-controller-manager"]'
 component "$R/kube-scheduler:$K8S_VERSION" kube-scheduler /usr/local/bin/kube-scheduler '["/usr/local/bin/kube-scheduler"]'
-component "$R/kube-proxy:$K8S_VERSION" kube-proxy /usr/local/bin/kube-proxy '["/usr/local/bin/kube-proxy"]'
+component "$R/kube-proxy:$K8S_VERSION" kube-proxy /usr/local/bin/kube-proxy '["/usr/local/bin/kube-proxy"]' "$IPT_SELECT"
 # etcd: the tag kubeadm v1.34.4 asks for; the binary is etcd 3.6.16 (scripts/go-peers.sh)
 component "$R/etcd:$ETCD_TAG" etcd /usr/local/bin/etcd '["/usr/local/bin/etcd"]'
 component "$R/coredns/coredns:$COREDNS_TAG" coredns /coredns '["/coredns"]'
@@ -304,7 +316,7 @@ fi
 img="$(kustomize_image "$CAPD_DIR/infrastructure/docker/config/default")"
 component "$img,$(release_name "$img" "$CAPD_VERSION")" capd-manager /manager '["/manager"]'
 component "ghcr.io/flannel-io/flannel:$FLANNEL_VERSION" flanneld /opt/bin/flanneld '["/opt/bin/flanneld"]' \
-  'RUN ["/bin/ln", "-s", "/opt/bin/flanneld", "/usr/local/bin/flanneld"]'
+  'RUN ["/bin/ln", "-s", "/opt/bin/flanneld", "/usr/local/bin/flanneld"]'$'\n'"$IPT_SELECT"
 
 # CAPD's load balancer: CAPD runs it with the entrypoint `haproxy -W -db -f
 # /usr/local/etc/haproxy/haproxy.cfg`, writes that file with `mkdir -p` + `cp /dev/stdin`, reads
@@ -324,6 +336,12 @@ if ! up_to_date "$LB_KEY" "$LB_IMAGE"; then
   rm -f "$WORK/lb.tar"
 else
   log "cached: $LB_IMAGE"
+fi
+# Every image kubeadm itself will ask for must exist under that name.
+if [ -x "$BIN/kubeadm" ]; then
+  for img in $("$BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION" 2>/dev/null); do
+    docker image inspect "$img" >/dev/null 2>&1 || log "warning: kubeadm wants $img, which was not built"
+  done
 fi
 [ ${#SKIPPED[@]} -eq 0 ] || log "warning: not built (binaries missing): ${SKIPPED[*]}"
 [ "$ONLY" != images ] || { log "done in $((SECONDS - T0))s"; exit 0; }
