@@ -558,6 +558,48 @@ fn docker_machines_mount_the_docker_socket() {
     assert!(seen >= 8, "docker machine templates checked: {seen}");
 }
 
+/// The docker provider's machines get no `users`: CAPD runs a cloud-config's `write_files` and
+/// `runcmd` itself (`docker exec`) and refuses every other top-level module whose value is not
+/// JSON ("failed to exec DockerMachine bootstrap: ... invalid character 'u' looking for
+/// beginning of value", seen on the first real node), so CP-A never bootstrapped. Containers
+/// have no SSH; `docker exec` is the way in.
+#[test]
+fn docker_machines_get_no_users_which_capd_cannot_bootstrap() {
+    let mut seen = 0;
+    for dir in case_dirs() {
+        let docker = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("docker"));
+        for file in ["management.yaml", "workload.yaml"] {
+            let Ok(text) = std::fs::read_to_string(dir.join("expected").join(file)) else {
+                continue;
+            };
+            for d in docs(&text) {
+                let spec = match d["kind"].as_str() {
+                    Some("KubeadmControlPlane") => &d["spec"]["kubeadmConfigSpec"],
+                    Some("KubeadmConfigTemplate") => &d["spec"]["template"]["spec"],
+                    _ => continue,
+                };
+                assert_eq!(
+                    spec["users"].is_null(),
+                    docker,
+                    "{}/{file}: {} {}: users {}",
+                    dir.display(),
+                    d["kind"],
+                    d["metadata"]["name"],
+                    if docker {
+                        "rendered for CAPD"
+                    } else {
+                        "missing"
+                    }
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 20, "bootstrap configurations checked: {seen}");
+}
+
 /// A request whose profile has no `network` core layer is rendered, with a warning: on a real
 /// node nothing but host-network pods starts before a CNI runs. A `network` add-on layer is
 /// warned about too (it would come after the providers).
