@@ -227,18 +227,21 @@ impl AgentConfig {
         }
         // The Kubernetes client sends the file's bytes as they are (and rereads it every
         // minute): a newline would make every request fail before it leaves, which looks like
-        // an unreachable management plane.
+        // an unreachable management plane. But cloud-init writes one after every file it is
+        // given as a YAML block, which is how Cluster API's kubeadm bootstrap delivers the token
+        // (`contentFrom`), so a real CP-A always has it: the file is rewritten without the
+        // surrounding whitespace (atomically, 0600), as client-go trims it on every read.
         if word != text {
-            let problem = format!(
-                "the management token has whitespace or a newline around it, which the Kubernetes \
-                 client would send as part of the token; write the file without it, e.g. \
-                 `printf %s \"$TOKEN\" > {0}` or `tr -d '[:space:]' < {0} > {0}.new && mv {0}.new {0}`",
-                self.management.token_file.display()
-            );
-            return Err(ConfigError {
-                file: token,
-                problem,
-            });
+            crate::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| {
+                ConfigError {
+                    file: token.clone(),
+                    problem: format!(
+                        "the management token has whitespace around it, and it cannot be \
+                         rewritten without: {e}"
+                    ),
+                }
+            })?;
+            tracing::info!(file = %token.display(), "removed whitespace around the management token");
         }
         let ca = rooted(root, &self.management.ca_file);
         let text = std::fs::read_to_string(&ca).map_err(|e| ConfigError {
@@ -401,22 +404,36 @@ mod tests {
         (root, got)
     }
 
+    /// Cloud-init ends every file given as a YAML block with a newline; Cluster API's kubeadm
+    /// bootstrap delivers the token so (`contentFrom`). The first real CP-A's agent refused it
+    /// and restarted forever.
     #[test]
-    fn a_token_file_with_a_trailing_newline_is_refused_naming_the_file_and_the_fix() {
-        let (_root, got) = with_token("eyJhbGciOi.payload.sig");
-        got.unwrap();
+    fn a_token_file_with_whitespace_around_it_is_rewritten_without() {
+        use std::os::unix::fs::PermissionsExt;
         for token in [
+            "eyJhbGciOi.payload.sig",
             "eyJhbGciOi.payload.sig\n",
             "eyJhbGciOi.payload.sig\r\n",
             " eyJhbGciOi.payload.sig",
         ] {
             let (root, got) = with_token(token);
-            let e = got.unwrap_err();
-            assert_eq!(e.file, root.path().join("etc/fledge/token"), "{token:?}");
-            let text = e.to_string();
+            got.unwrap();
+            let file = root.path().join("etc/fledge/token");
+            assert_eq!(
+                std::fs::read_to_string(&file).unwrap(),
+                "eyJhbGciOi.payload.sig"
+            );
+            if token.len() != "eyJhbGciOi.payload.sig".len() {
+                let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{token:?}");
+            }
+        }
+        for bad in ["", "\n", "two words"] {
+            let (_root, got) = with_token(bad);
             assert!(
-                text.contains("whitespace") && text.contains("printf"),
-                "{text}"
+                got.unwrap_err()
+                    .to_string()
+                    .contains("one service-account token")
             );
         }
     }
