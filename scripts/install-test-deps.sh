@@ -13,6 +13,7 @@ declare -A NEED=(
   [fsck.vfat]=dosfstools       # checks vfat seeds
   [blkid]=util-linux           # labels and types of seed images
   [cloud-localds]=cloud-image-utils  # the baseline of benches/seed.sh
+  [gcc]=gcc                    # flanneld (scripts/go-peers.sh) is the one peer built with cgo
 )
 
 missing=()
@@ -20,6 +21,8 @@ for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 python3 -c 'import yaml' 2>/dev/null || missing+=(python3-yaml)
+# flanneld is linked statically against glibc.
+[ -f /usr/lib/x86_64-linux-gnu/libc.a ] || missing+=(libc6-dev)
 if [ ${#missing[@]} -eq 0 ]; then
   echo "[install-test-deps] all present" >&2
   exit 0

@@ -211,6 +211,42 @@ impl AgentConfig {
             .unwrap_or_else(|| PathBuf::from(crate::components::DEFAULT_DIR))
     }
 
+    /// Rewrites the management token file without whitespace around the token (atomically,
+    /// 0600); returns whether it did. A missing file is left to [`Self::check_credentials`].
+    ///
+    /// The Kubernetes client sends the file's bytes as they are (and rereads it every minute):
+    /// a newline would make every request fail before it leaves, which looks like an unreachable
+    /// management plane. But cloud-init ends every file given as a YAML block with a newline,
+    /// which is how Cluster API's kubeadm bootstrap delivers the token (`contentFrom`), so a
+    /// real CP-A always has one. `fledge-agent install` (root, before it starts the service)
+    /// and the service itself rewrite it, as client-go trims it on every read.
+    pub fn normalize_token(&self, root: &Path) -> Result<bool, ConfigError> {
+        let token = rooted(root, &self.management.token_file);
+        let text = match std::fs::read_to_string(&token) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => {
+                return Err(ConfigError {
+                    file: token,
+                    problem: format!("cannot read the management token: {e}"),
+                });
+            }
+        };
+        let word = text.trim();
+        if word == text || word.is_empty() {
+            return Ok(false);
+        }
+        crate::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| ConfigError {
+            file: token.clone(),
+            problem: format!(
+                "the management token has whitespace around it, which the Kubernetes client would \
+                 send as part of the token, and it cannot be rewritten without ({e}); \
+                 `fledge-agent install` (as root) rewrites it"
+            ),
+        })?;
+        Ok(true)
+    }
+
     /// Checks that the token and CA files exist, are readable and look right.
     pub fn check_credentials(&self, root: &Path) -> Result<(), ConfigError> {
         let token = rooted(root, &self.management.token_file);
@@ -225,23 +261,8 @@ impl AgentConfig {
                 problem: "must hold one service-account token".into(),
             });
         }
-        // The Kubernetes client sends the file's bytes as they are (and rereads it every
-        // minute): a newline would make every request fail before it leaves, which looks like
-        // an unreachable management plane. But cloud-init writes one after every file it is
-        // given as a YAML block, which is how Cluster API's kubeadm bootstrap delivers the token
-        // (`contentFrom`), so a real CP-A always has it: the file is rewritten without the
-        // surrounding whitespace (atomically, 0600), as client-go trims it on every read.
         if word != text {
-            crate::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| {
-                ConfigError {
-                    file: token.clone(),
-                    problem: format!(
-                        "the management token has whitespace around it, and it cannot be \
-                         rewritten without: {e}"
-                    ),
-                }
-            })?;
-            tracing::info!(file = %token.display(), "removed whitespace around the management token");
+            self.normalize_token(root)?;
         }
         let ca = rooted(root, &self.management.ca_file);
         let text = std::fs::read_to_string(&ca).map_err(|e| ConfigError {

@@ -275,6 +275,18 @@ fn systemctl(args: &[&str]) -> Result<(), InstallError> {
     Ok(())
 }
 
+/// Before the service starts: the installed configuration's management token without
+/// whitespace around it (see [`crate::config::AgentConfig::normalize_token`]; the service's
+/// sandbox cannot write /etc).
+fn normalize_token(t: &Target) -> Result<(), InstallError> {
+    let path = t.path(crate::config::DEFAULT_PATH)?;
+    // A configuration that does not load is the service's to report, with its file and field.
+    if let Ok(cfg) = crate::config::AgentConfig::load(&path) {
+        cfg.normalize_token(&t.root)?;
+    }
+    Ok(())
+}
+
 /// Carries out a plan.
 pub fn apply(t: &Target, actions: &[Action]) -> Result<(), InstallError> {
     for a in actions {
@@ -305,8 +317,14 @@ pub fn apply(t: &Target, actions: &[Action]) -> Result<(), InstallError> {
             }
             // --no-block: cloud-init's own unit is part of the boot transaction, so waiting for
             // our start job from inside it could deadlock.
-            Action::Start => systemctl(&["start", "--no-block", UNIT_NAME])?,
-            Action::Restart => systemctl(&["restart", "--no-block", UNIT_NAME])?,
+            Action::Start => {
+                normalize_token(t)?;
+                systemctl(&["start", "--no-block", UNIT_NAME])?
+            }
+            Action::Restart => {
+                normalize_token(t)?;
+                systemctl(&["restart", "--no-block", UNIT_NAME])?
+            }
         }
     }
     Ok(())
@@ -387,4 +405,37 @@ pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<String>, InstallError> 
         let _ = systemctl(&["daemon-reload"]);
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cluster API's kubeadm bootstrap delivers the token as a YAML block, which cloud-init
+    /// writes with a newline after it; the service's sandbox cannot rewrite /etc, so install
+    /// does before it starts the service (the first real CP-A's agent restarted forever).
+    #[test]
+    fn install_removes_the_newline_cloud_init_writes_after_the_token() {
+        let root = tempfile::tempdir().unwrap();
+        let etc = root.path().join("etc/fledge");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            etc.join("agent.yaml"),
+            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster: {name: c, namespace: fleet}\n\
+             management: {server: 'https://10.0.0.1:6443', tokenFile: /etc/fledge/token, caFile: /etc/fledge/ca.crt}\n\
+             stateDir: /var/lib/fledge\nmetricsAddress: '127.0.0.1:9440'\n",
+        )
+        .unwrap();
+        std::fs::write(etc.join("token"), "eyJhbGciOi.payload.sig\n").unwrap();
+        let t = Target::new(root.path(), PathBuf::from("/bin/true"), None, false);
+        normalize_token(&t).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(etc.join("token")).unwrap(),
+            "eyJhbGciOi.payload.sig"
+        );
+        // Nothing to do the second time, and no configuration is no error.
+        normalize_token(&t).unwrap();
+        std::fs::remove_file(etc.join("agent.yaml")).unwrap();
+        normalize_token(&t).unwrap();
+    }
 }
