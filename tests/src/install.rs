@@ -156,6 +156,16 @@ pub fn module_crds(which: &str, subdirs: &[&str], provider: &str) -> Result<Vec<
 /// `capi-system`) for each of the core, kubeadm bootstrap and control-plane, and docker
 /// infrastructure providers, all at `version`.
 pub async fn clusterctl_inventory(client: &kube::Client, version: &str) -> Result<(), String> {
+    clusterctl_inventory_versions(client, version, version).await
+}
+
+/// The same, with the docker infrastructure provider at `docker_version` (CAPD is released with
+/// Cluster API's test module, whose versions differ: v1.13.7 here beside v1.13.5).
+pub async fn clusterctl_inventory_versions(
+    client: &kube::Client,
+    version: &str,
+    docker_version: &str,
+) -> Result<(), String> {
     use kube::api::DynamicObject;
     create_and_wait(client, vec![fledge_agent::components::inventory_crd()]).await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
@@ -179,7 +189,8 @@ pub async fn clusterctl_inventory(client: &kube::Client, version: &str) -> Resul
     ] {
         let body = json!({"apiVersion": "clusterctl.cluster.x-k8s.io/v1alpha3", "kind": "Provider",
             "metadata": {"name": name, "labels": {"clusterctl.cluster.x-k8s.io": "", "cluster.x-k8s.io/provider": name}},
-            "providerName": provider, "type": kind, "version": version});
+            "providerName": provider, "type": kind,
+            "version": if kind == "InfrastructureProvider" { docker_version } else { version }});
         let obj = serde_json::from_value(body).map_err(|e| e.to_string())?;
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => {}

@@ -1,0 +1,615 @@
+//! The whole order of operations on real nodes: the first cluster fledge builds.
+//!
+//! Nodes are privileged containers of the machine's Docker engine (`scripts/docker-engine.sh`),
+//! created by the real docker infrastructure provider (CAPD) from the node image
+//! `images/node-image.sh` builds (Debian bookworm, systemd, containerd, kubelet, kubeadm, the
+//! control-plane images, and fledge-agent and the provider bundle baked in with
+//! `images/bake-agent.sh` and `images/bake-providers.sh`), booted by real kubeadm. The
+//! management plane is a real kube-apiserver with the Cluster API managers and CAPD as
+//! processes, reachable from the containers on the Docker network's gateway.
+//!
+//! `fledge apply` a docker request → the management plane's Cluster API and CAPD create CP-A
+//! (KubeadmControlPlane replicas 1) → `kubeadm init` → the baked agent starts under systemd →
+//! core layer (flannel) → node Ready → cert-manager stand-in and the four providers as pods on
+//! CP-A → pivot → scale-out (the worker pool; CAPD on CP-A creates its container) → `kubeadm
+//! join` → add-on layer → Steady. Then a day-2 change (one more worker) that reaches Ready with
+//! the management plane stopped, and the deletion of the FledgeCluster: unpivot, and the
+//! management plane's CAPD removes every container.
+//!
+//! `FLEDGE_REAL_NODES_CP` sets the control-plane size (default 1 in this test; the benchmark
+//! `benches/real-nodes.sh` runs 3).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fledge_tests::capi;
+use fledge_tests::cluster::{Options, TestCluster, start_or_skip, tail};
+use fledge_tests::install::{clusterctl_inventory_versions, install_fledge_crds};
+use kube::api::{DeleteParams, DynamicObject, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+const NS: &str = "real-nodes";
+const NAME: &str = "rn";
+/// The node image images/node-image.sh builds.
+const NODE_IMAGE: &str = "fledge.test/node:v1.34.4";
+const KUBERNETES_VERSION: &str = "v1.34.4";
+/// The Docker network CAPD puts its containers on.
+const NETWORK: &str = "kind";
+/// The label CAPD gives every container of a cluster.
+const CLUSTER_LABEL: &str = "io.x-k8s.kind.cluster";
+const POD_CIDR: &str = "192.168.0.0/16";
+
+fn docker(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .map_err(|e| format!("docker {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The Docker engine and the images are there, or the test reports what is missing.
+fn engine_ready() -> bool {
+    if let Err(e) = docker(&["info", "--format", "{{.ServerVersion}}"]) {
+        fledge_tests::missing(
+            &format!("a running Docker engine ({e})"),
+            "run scripts/docker-engine.sh",
+        );
+        return false;
+    }
+    if docker(&["image", "inspect", "--format", "{{.Id}}", NODE_IMAGE]).is_err() {
+        fledge_tests::missing(
+            &format!("the node image {NODE_IMAGE}"),
+            "run images/node-image.sh (scripts/test.sh does)",
+        );
+        return false;
+    }
+    true
+}
+
+/// The gateway address of CAPD's network (created like kind creates it when missing): the
+/// address the containers reach the management plane on.
+fn network_gateway() -> IpAddr {
+    if docker(&["network", "inspect", NETWORK]).is_err() {
+        docker(&["network", "create", "--driver", "bridge", NETWORK])
+            .unwrap_or_else(|e| panic!("cannot create the Docker network {NETWORK}: {e}"));
+    }
+    let gw = docker(&[
+        "network",
+        "inspect",
+        NETWORK,
+        "--format",
+        "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    gw.split_whitespace()
+        .find_map(|a| a.parse::<IpAddr>().ok().filter(IpAddr::is_ipv4))
+        .unwrap_or_else(|| panic!("the Docker network {NETWORK} has no IPv4 gateway ({gw:?})"))
+}
+
+/// The cluster's containers (CAPD's label), by name.
+fn containers() -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label={CLUSTER_LABEL}={NAME}"),
+        "--format",
+        "{{.Names}}",
+    ])
+    .map(|s| s.lines().map(str::to_string).collect())
+    .unwrap_or_default()
+}
+
+/// Removes the cluster's containers whatever the test's outcome (they outlive the process).
+struct Containers;
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        if std::env::var_os("FLEDGE_KEEP_NODES").is_some() {
+            eprintln!("FLEDGE_KEEP_NODES: leaving containers {:?}", containers());
+            return;
+        }
+        for c in containers() {
+            let _ = docker(&["rm", "-f", "-v", &c]);
+        }
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The flannel image images/node-image.sh preloads (flannel's published name).
+const FLANNEL_IMAGE: &str = "ghcr.io/flannel-io/flannel:v0.27.4";
+
+fn request(server: &str, control_planes: u32, workers: u32) -> Value {
+    let flannel = std::fs::read_to_string(
+        fledge_tests::workspace_root().join("tests/real-nodes/flannel.yaml"),
+    )
+    .expect("tests/real-nodes/flannel.yaml")
+    .replace("POD_CIDR", POD_CIDR)
+    .replace("FLANNEL_IMAGE", FLANNEL_IMAGE);
+    let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fledge-settings\n  namespace: kube-system\ndata:\n  built-by: fledge\n";
+    json!({
+        "apiVersion": "fledge.dev/v1alpha1",
+        "kind": "FledgeCluster",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "kubernetesVersion": KUBERNETES_VERSION,
+            "capiVersion": "v1beta2",
+            "infrastructure": {"provider": "docker", "docker": {"customImage": NODE_IMAGE}},
+            "controlPlane": {"replicas": control_planes},
+            "workers": [{"name": "md-0", "replicas": workers}],
+            "network": {"pods": [POD_CIDR], "services": ["10.128.0.0/12"], "dnsDomain": "cluster.local"},
+            "access": {"user": "capi", "sshAuthorizedKeys": [
+                // A public key generated for the examples; its secret half was destroyed.
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIABoS5VYUG4MnEJlKkU7f5yFnx/jg9rz//xqycxHVSob alice@example.invalid"
+            ]},
+            "management": {"server": server},
+            "profile": {
+                "name": "real-nodes",
+                "coreLayers": [{"name": "network", "manifests": [{
+                    "name": "flannel", "version": "v0.27.4",
+                    "sha256": sha256_hex(&flannel), "inline": flannel}]}],
+                "layers": [{"name": "settings", "manifests": [{
+                    "name": "settings", "version": "v1",
+                    "sha256": sha256_hex(settings), "inline": settings}]}]
+            }
+        }
+    })
+}
+
+fn fledge_apply(kubeconfig: &Path, request: &Path, extra: &[&str]) {
+    let out = Command::new(fledge_tests::binary("fledge"))
+        .arg("apply")
+        .arg(request)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(extra)
+        .output()
+        .expect("run fledge");
+    assert!(
+        out.status.success(),
+        "fledge apply failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+}
+
+fn api(client: &kube::Client, api_version: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), NS, &capi::resource(api_version, kind))
+}
+
+fn fledge_clusters(client: &kube::Client) -> Api<DynamicObject> {
+    api(client, "fledge.dev/v1alpha1", "FledgeCluster")
+}
+
+/// Everything a failed wait prints: the containers, the agent's log and journal, the
+/// management plane's manager logs.
+fn diagnostics(mgmt: &TestCluster) -> String {
+    let mut out = format!("containers: {:?}\n", containers());
+    if let Some(cp) = containers()
+        .into_iter()
+        .find(|c| c.contains("control-plane"))
+    {
+        for (what, cmd) in [
+            ("agent journal", "cat /var/lib/fledge/journal.json"),
+            (
+                "agent log",
+                "journalctl -u fledge-agent --no-pager | tail -n 60",
+            ),
+            ("bootstrap log", "tail -n 30 /var/lib/fledge/bootstrap.log"),
+            (
+                "pods",
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf get pods -A -o wide",
+            ),
+            (
+                "nodes",
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf get nodes -o wide",
+            ),
+        ] {
+            let got = docker(&["exec", &cp, "sh", "-c", cmd]).unwrap_or_else(|e| e);
+            out.push_str(&format!("--- {what} on {cp}:\n{got}\n"));
+        }
+    }
+    for m in mgmt.managers() {
+        out.push_str(&format!(
+            "--- {} (management plane), last lines:\n{}\n",
+            m.provider.binary,
+            tail(&m.log, 15)
+        ));
+    }
+    out
+}
+
+/// Polls `check` every 5 s until it returns `Some`, printing `what` and the latest state
+/// every 30 s; panics with the diagnostics after `limit`.
+async fn wait_for<T, F, Fut>(mgmt: &TestCluster, what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    let mut last_print = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(v) => {
+                eprintln!("[real-nodes] {what}: after {:.0?}", start.elapsed());
+                return v;
+            }
+            Err(state) => state,
+        };
+        if start.elapsed() > limit {
+            panic!(
+                "{what}: not within {limit:?} (last state: {last})\n{}",
+                diagnostics(mgmt)
+            );
+        }
+        if last_print.elapsed() > Duration::from_secs(30) {
+            eprintln!(
+                "[real-nodes] waiting {:.0?} for {what}: {last}",
+                start.elapsed()
+            );
+            last_print = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+async fn phase(mgmt: &kube::Client) -> Result<String, String> {
+    let fc = fledge_clusters(mgmt)
+        .get(NAME)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(fc.data["status"]["phase"]
+        .as_str()
+        .unwrap_or("")
+        .to_string())
+}
+
+/// A client for the workload cluster from the kubeconfig Secret Cluster API wrote.
+async fn workload_client(kubeconfig: &str) -> Result<kube::Client, String> {
+    let kc = Kubeconfig::from_yaml(kubeconfig).map_err(|e| e.to_string())?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(cfg).map_err(|e| e.to_string())
+}
+
+async fn kubeconfig_secret(client: &kube::Client) -> Result<String, String> {
+    use base64::Engine;
+    let s = api(client, "v1", "Secret")
+        .get(&format!("{NAME}-kubeconfig"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let b64 = s.data["data"]["value"]
+        .as_str()
+        .ok_or("the kubeconfig Secret has no data.value")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+/// Node name → Ready, from the workload cluster.
+async fn nodes(workload: &kube::Client) -> Result<Vec<(String, bool)>, String> {
+    use k8s_openapi::api::core::v1::Node;
+    let list = Api::<Node>::all(workload.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .map(|n| {
+            let ready = n
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (n.name_any(), ready)
+        })
+        .collect())
+}
+
+async fn all_ready(workload: &kube::Client, want: usize) -> Result<(), String> {
+    let n = nodes(workload).await?;
+    let ready = n.iter().filter(|(_, r)| *r).count();
+    if n.len() == want && ready == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "nodes Ready: {ready}/{} (want {want}): {n:?}",
+            n.len()
+        ))
+    }
+}
+
+/// The agent's journal on CP-A: phase name → done.
+fn journal(cp: &str) -> Result<Value, String> {
+    let text = docker(&["exec", cp, "cat", "/var/lib/fledge/journal.json"])?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// Every Machine in the workload cluster is Running with a nodeRef, and there are `want`.
+async fn machines_running(workload: &kube::Client, want: usize) -> Result<(), String> {
+    let machines = api(workload, "cluster.x-k8s.io/v1beta2", "Machine")
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let not: Vec<String> = machines
+        .items
+        .iter()
+        .filter(|m| m.data["status"]["phase"] != "Running" || m.data["status"]["nodeRef"].is_null())
+        .map(|m| format!("{} {}", m.name_any(), m.data["status"]["phase"]))
+        .collect();
+    if machines.items.len() == want && not.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} Machines (want {want}); not Running with a nodeRef: {not:?}",
+            machines.items.len()
+        ))
+    }
+}
+
+fn first_control_plane() -> Option<String> {
+    containers()
+        .into_iter()
+        .find(|c| c.contains("control-plane"))
+}
+
+fn count(name: &str) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
+    if !engine_ready() {
+        return;
+    }
+    let gateway = network_gateway();
+    let _cleanup = Containers;
+    for c in containers() {
+        let _ = docker(&["rm", "-f", "-v", &c]);
+    }
+    let opts = Options {
+        public_address: Some(gateway),
+        ..Default::default()
+    };
+    let Some(mut mgmt) = start_or_skip(opts).await else {
+        return;
+    };
+    let t0 = Instant::now();
+    mgmt.start_capi_managers(&[])
+        .await
+        .expect("the Cluster API managers on the management plane");
+    mgmt.start_capd()
+        .await
+        .expect("CAPD on the management plane");
+    let client = mgmt.client().await;
+    install_fledge_crds(&client).await.expect("fledge CRDs");
+    // What `clusterctl init` leaves besides the providers: its inventory (the unpivot checks it).
+    clusterctl_inventory_versions(&client, "v1.13.5", "v1.13.7")
+        .await
+        .expect("clusterctl's inventory");
+    mgmt.start_controller_manager()
+        .expect("kube-controller-manager (service-account tokens)");
+    eprintln!("[real-nodes] management plane up in {:.0?}", t0.elapsed());
+
+    let control_planes = count("FLEDGE_REAL_NODES_CP");
+    let server = mgmt.public_url().expect("public url");
+    let dir = tempfile::tempdir().unwrap();
+    let request_path: PathBuf = dir.path().join("request.yaml");
+    std::fs::write(
+        &request_path,
+        serde_yaml::to_string(&request(&server, control_planes, 1)).unwrap(),
+    )
+    .unwrap();
+
+    // 1. fledge apply; the management plane's Cluster API and CAPD create CP-A.
+    let applied = Instant::now();
+    fledge_apply(&mgmt.kubeconfig, &request_path, &["--install-crds"]);
+    let kubeconfig = wait_for(
+        &mgmt,
+        "the workload kubeconfig",
+        Duration::from_secs(300),
+        || kubeconfig_secret(&client),
+    )
+    .await;
+    let workload = workload_client(&kubeconfig).await.expect("workload client");
+    wait_for(
+        &mgmt,
+        "CP-A Ready (core layer applied)",
+        Duration::from_secs(600),
+        || all_ready(&workload, 1),
+    )
+    .await;
+    let cp_a_ready = applied.elapsed();
+    wait_for(&mgmt, "the pivot", Duration::from_secs(900), || async {
+        match phase(&client).await?.as_str() {
+            "Pivoted" | "ScaledOut" | "AddonsReady" | "Steady" => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        }
+    })
+    .await;
+    let pivoted = applied.elapsed();
+    let want = control_planes as usize + 1;
+    wait_for(&mgmt, "every node Ready", Duration::from_secs(900), || {
+        all_ready(&workload, want)
+    })
+    .await;
+    let all = applied.elapsed();
+    wait_for(&mgmt, "Steady", Duration::from_secs(600), || async {
+        match phase(&client).await?.as_str() {
+            "Steady" => Ok(()),
+            other => Err(format!("phase {other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "[real-nodes] decentralized: CP-A Ready {cp_a_ready:.0?}, pivot {pivoted:.0?}, all nodes Ready {all:.0?}; nodes Ready: {want}/{want}"
+    );
+
+    // 2. What the cluster says about itself.
+    let cp_a = first_control_plane().expect("CP-A's container");
+    let j = journal(&cp_a).expect("the agent's journal");
+    for p in [
+        "CoreLayers",
+        "ProvidersInstalled",
+        "Pivoted",
+        "ScaledOut",
+        "AddonsReady",
+    ] {
+        assert!(j.to_string().contains(p), "journal lacks {p}: {j}");
+    }
+    wait_for(
+        &mgmt,
+        "every Machine Running with a nodeRef",
+        Duration::from_secs(300),
+        || machines_running(&workload, want),
+    )
+    .await;
+    {
+        use k8s_openapi::api::core::v1::Pod;
+        for ns in [
+            "cert-manager",
+            "capi-system",
+            "capi-kubeadm-bootstrap-system",
+            "capi-kubeadm-control-plane-system",
+            "capd-system",
+        ] {
+            let pods = Api::<Pod>::namespaced(workload.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("pods in {ns}: {e}"));
+            assert!(!pods.items.is_empty(), "no pods in {ns} on the cluster");
+            for p in &pods.items {
+                let phase = p.status.as_ref().and_then(|s| s.phase.clone());
+                assert_eq!(phase.as_deref(), Some("Running"), "{ns}/{} ", p.name_any());
+            }
+        }
+    }
+    for (v, kind) in [
+        ("cluster.x-k8s.io/v1beta2", "Cluster"),
+        ("cluster.x-k8s.io/v1beta2", "Machine"),
+        (
+            "controlplane.cluster.x-k8s.io/v1beta2",
+            "KubeadmControlPlane",
+        ),
+    ] {
+        let left = api(&client, v, kind)
+            .list(&ListParams::default())
+            .await
+            .expect("list on the management plane");
+        assert!(
+            left.items.is_empty(),
+            "the management plane still holds {kind}s after the pivot: {:?}",
+            left.items.iter().map(|o| o.name_any()).collect::<Vec<_>>()
+        );
+    }
+
+    // 3. Day 2: one more worker, reaching Ready with the management plane stopped.
+    let generation = fledge_clusters(&client)
+        .get(NAME)
+        .await
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap_or(0);
+    std::fs::write(
+        &request_path,
+        serde_yaml::to_string(&request(&server, control_planes, 2)).unwrap(),
+    )
+    .unwrap();
+    fledge_apply(&mgmt.kubeconfig, &request_path, &[]);
+    wait_for(
+        &mgmt,
+        "the agent accepting the change",
+        Duration::from_secs(300),
+        || async {
+            let fc = fledge_clusters(&client)
+                .get(NAME)
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen = fc.data["status"]["observedGeneration"]
+                .as_i64()
+                .unwrap_or(0);
+            if seen > generation {
+                Ok(())
+            } else {
+                Err(format!("observedGeneration {seen} (was {generation})"))
+            }
+        },
+    )
+    .await;
+    mgmt.kill_apiserver();
+    let stopped = Instant::now();
+    wait_for(
+        &mgmt,
+        "the new worker Ready (management plane stopped)",
+        Duration::from_secs(600),
+        || all_ready(&workload, want + 1),
+    )
+    .await;
+    eprintln!(
+        "[real-nodes] day 2 without the management plane: new worker Ready after {:.0?}",
+        stopped.elapsed()
+    );
+    mgmt.start_apiserver()
+        .await
+        .expect("restart the management plane");
+
+    // 4. Deletion: unpivot, and the management plane's CAPD removes every container.
+    fledge_clusters(&client)
+        .delete(NAME, &DeleteParams::default())
+        .await
+        .expect("delete the FledgeCluster");
+    wait_for(
+        &mgmt,
+        "every container removed",
+        Duration::from_secs(900),
+        || async {
+            let left = containers();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("containers left: {left:?}"))
+            }
+        },
+    )
+    .await;
+    wait_for(
+        &mgmt,
+        "the FledgeCluster gone",
+        Duration::from_secs(300),
+        || async {
+            match fledge_clusters(&client).get_opt(NAME).await {
+                Ok(None) => Ok(()),
+                Ok(Some(fc)) => Err(format!("still there: {}", fc.data["status"])),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await;
+}
