@@ -563,6 +563,8 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         },
     )
     .await;
+    // The whole management plane goes down: its API server and its controllers.
+    mgmt.stop_capi_managers();
     mgmt.kill_apiserver();
     let stopped = Instant::now();
     wait_for(
@@ -579,6 +581,12 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     mgmt.start_apiserver()
         .await
         .expect("restart the management plane");
+    mgmt.start_capi_managers(&[])
+        .await
+        .expect("restart the Cluster API managers on the management plane");
+    mgmt.start_capd()
+        .await
+        .expect("restart CAPD on the management plane");
 
     // 4. Deletion: unpivot, and the management plane's CAPD removes every container.
     fledge_clusters(&client)

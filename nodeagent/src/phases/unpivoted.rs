@@ -7,9 +7,9 @@
 //!    local cluster back to the management plane (the agent's scoped identity), deleting the
 //!    Cluster there just before unpausing it, so that the management plane's Cluster API deletes
 //!    the machines (the local controllers cannot delete the machine they run on).
-//! 2. `Released`: once the Cluster is gone from the management plane (or the control-plane
-//!    machines, this one among them, are being deleted: from then on Cluster API needs nothing
-//!    from this node, which is about to go), the finalizer is released, last.
+//! 2. `Released`: once the management plane's Cluster API is deleting the Cluster (or it is
+//!    gone), the finalizer is released: from then on Cluster API needs nothing from this node,
+//!    which is among what it deletes. The FledgeCluster goes while the machines are deleted.
 //!
 //! Not every deletion is an order ([`decide`]): a FledgeCluster deleted because its namespace is
 //! being deleted is not (nothing can be created in a terminating namespace, and deleting a
@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use fledge_generator::spec::FledgeCluster;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -684,29 +684,11 @@ async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
             Err(e) => return Err(request(format!("delete Cluster {ns}/{name}"))(e)),
         }
     }
-    let machines: Api<DynamicObject> = Api::namespaced_with(
-        ctx.management.clone(),
-        ns,
-        &super::capi_resource(ctx, "cluster.x-k8s.io", "Machine", "machines"),
-    );
-    let lp = ListParams::default().labels(&format!(
-        "cluster.x-k8s.io/cluster-name={name},cluster.x-k8s.io/control-plane"
-    ));
-    let cp = machines.list(&lp).await.map_err(request(format!(
-        "list the control-plane Machines of {ns}/{name}"
-    )))?;
-    if !cp.items.is_empty()
-        && cp
-            .items
-            .iter()
-            .all(|m| m.metadata.deletion_timestamp.is_some())
-    {
-        return Ok(None);
-    }
-    Ok(Some(format!(
-        "the management plane's Cluster API is deleting Cluster {ns}/{name} (phase {})",
-        c.data["status"]["phase"].as_str().unwrap_or("unknown")
-    )))
+    // The management plane's Cluster API has the deletion in hand: nothing needs this node any
+    // more, and the node itself is among what it deletes (on real nodes, CAPD removed CP-A's
+    // container within seconds of deleting its Machine, before the agent's next look, so a
+    // finalizer held until then was never released).
+    Ok(None)
 }
 
 /// `Released`'s plan.
