@@ -383,13 +383,11 @@ fn count(name: &str) -> u32 {
         .unwrap_or(1)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
-    if !engine_ready() {
-        return;
-    }
+/// The management plane: kube-apiserver (also on the Docker network's gateway), the Cluster API
+/// managers and CAPD, fledge's CRDs, clusterctl's inventory, kube-controller-manager. `None`
+/// when a component is missing and skipping is allowed.
+async fn management_plane() -> Option<TestCluster> {
     let gateway = network_gateway();
-    let _cleanup = Containers;
     for c in containers() {
         let _ = docker(&["rm", "-f", "-v", &c]);
     }
@@ -397,9 +395,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         public_address: Some(gateway),
         ..Default::default()
     };
-    let Some(mut mgmt) = start_or_skip(opts).await else {
-        return;
-    };
+    let mut mgmt = start_or_skip(opts).await?;
     let t0 = Instant::now();
     mgmt.start_capi_managers(&[])
         .await
@@ -416,7 +412,50 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     mgmt.start_controller_manager()
         .expect("kube-controller-manager (service-account tokens)");
     eprintln!("[real-nodes] management plane up in {:.0?}", t0.elapsed());
+    Some(mgmt)
+}
 
+/// Requests the management plane's API server has answered so far (its audit log, one line per
+/// request).
+fn requests(mgmt: &TestCluster) -> usize {
+    std::fs::read_to_string(mgmt.audit_log())
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// fledge-agent's peak memory (MiB) and CPU time (s) on CP-A, from its systemd unit's cgroup
+/// (cgroup v1, as on these machines).
+fn agent_usage(cp: &str) -> String {
+    let read = |path: &str| {
+        docker(&["exec", cp, "cat", path])
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+    };
+    let unit = "system.slice/fledge-agent.service";
+    let mem = read(&format!(
+        "/sys/fs/cgroup/memory/{unit}/memory.max_usage_in_bytes"
+    ));
+    let cpu = read(&format!("/sys/fs/cgroup/cpuacct/{unit}/cpuacct.usage"));
+    match (mem, cpu) {
+        (Some(m), Some(c)) => format!(
+            "fledge-agent peak memory {:.0} MiB, CPU {:.1} s",
+            m / 1048576.0,
+            c / 1e9
+        ),
+        _ => "fledge-agent peak memory/CPU: its cgroup files are not readable".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
+    if !engine_ready() {
+        return;
+    }
+    let _cleanup = Containers;
+    let Some(mut mgmt) = management_plane().await else {
+        return;
+    };
+    let client = mgmt.client().await;
     let control_planes = count("FLEDGE_REAL_NODES_CP");
     let server = mgmt.public_url().expect("public url");
     let dir = tempfile::tempdir().unwrap();
@@ -429,6 +468,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
 
     // 1. fledge apply; the management plane's Cluster API and CAPD create CP-A.
     let applied = Instant::now();
+    let requests_before = requests(&mgmt);
     fledge_apply(&mgmt.kubeconfig, &request_path, &["--install-crds"]);
     let kubeconfig = wait_for(
         &mgmt,
@@ -468,7 +508,11 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     })
     .await;
     eprintln!(
-        "[real-nodes] decentralized: CP-A Ready {cp_a_ready:.0?}, pivot {pivoted:.0?}, all nodes Ready {all:.0?}; nodes Ready: {want}/{want}"
+        "[real-nodes] decentralized: CP-A Ready {cp_a_ready:.0?}, pivot {pivoted:.0?}, all nodes Ready {all:.0?}; {} requests to the management plane; {}; nodes Ready: {want}/{want}",
+        requests(&mgmt) - requests_before,
+        first_control_plane()
+            .map(|cp| agent_usage(&cp))
+            .unwrap_or_default()
     );
 
     // 2. What the cluster says about itself.
@@ -620,4 +664,130 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         },
     )
     .await;
+}
+
+/// The same cluster the centralized way, for `benches/real-nodes.sh`: every Cluster API object
+/// applied to the management plane from the start (KCP at its full size, the worker pool), no
+/// agent, and the CNI applied to the workload cluster by hand once its API answers, as a
+/// platform engineer does with `clusterctl` and `kubectl`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark baseline: run by benches/real-nodes.sh"]
+async fn the_same_cluster_the_centralized_way() {
+    if !engine_ready() {
+        return;
+    }
+    let _cleanup = Containers;
+    let Some(mgmt) = management_plane().await else {
+        return;
+    };
+    let client = mgmt.client().await;
+    let control_planes = count("FLEDGE_REAL_NODES_CP");
+    let dir = tempfile::tempdir().unwrap();
+    let request_path = dir.path().join("request.yaml");
+    let server = mgmt.public_url().expect("public url");
+    std::fs::write(
+        &request_path,
+        serde_yaml::to_string(&request(&server, control_planes, 1)).unwrap(),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let status = Command::new(fledge_tests::binary("fledge"))
+        .arg("render")
+        .arg(&request_path)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run fledge render");
+    assert!(status.success(), "fledge render failed");
+    // The Cluster and its infrastructure from management.yaml; the control plane at full size
+    // and the workers from workload.yaml (no agent, no pivot).
+    let mut docs = Vec::new();
+    for (file, kinds) in [
+        (
+            "management.yaml",
+            &["Namespace", "Cluster", "DevCluster", "DevMachineTemplate"][..],
+        ),
+        ("workload.yaml", &[][..]),
+    ] {
+        let text = std::fs::read_to_string(out.join(file)).unwrap();
+        for d in text.split("\n---") {
+            let v: Value = serde_yaml::from_str(d).unwrap_or(Value::Null);
+            let kind = v["kind"].as_str().unwrap_or_default();
+            if !v.is_null() && (kinds.is_empty() || kinds.contains(&kind)) {
+                docs.push(serde_yaml::to_string(&v).unwrap());
+            }
+        }
+    }
+    let all = dir.path().join("centralized.yaml");
+    std::fs::write(&all, docs.join("---\n")).unwrap();
+    let kubectl = fledge_tests::cluster::assets_bin().join("kubectl");
+    let applied = Instant::now();
+    let requests_before = requests(&mgmt);
+    let st = Command::new(&kubectl)
+        .arg("--kubeconfig")
+        .arg(&mgmt.kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager=centralized",
+            "-f",
+        ])
+        .arg(&all)
+        .status()
+        .expect("run kubectl");
+    assert!(
+        st.success(),
+        "kubectl apply of the centralized objects failed"
+    );
+    let kubeconfig = wait_for(
+        &mgmt,
+        "the workload kubeconfig",
+        Duration::from_secs(300),
+        || kubeconfig_secret(&client),
+    )
+    .await;
+    let kc = dir.path().join("workload.kubeconfig");
+    std::fs::write(&kc, &kubeconfig).unwrap();
+    let flannel = dir.path().join("flannel.yaml");
+    std::fs::write(
+        &flannel,
+        std::fs::read_to_string(
+            fledge_tests::workspace_root().join("tests/real-nodes/flannel.yaml"),
+        )
+        .unwrap()
+        .replace("POD_CIDR", POD_CIDR)
+        .replace("FLANNEL_IMAGE", FLANNEL_IMAGE),
+    )
+    .unwrap();
+    wait_for(
+        &mgmt,
+        "the CNI applied to the workload cluster",
+        Duration::from_secs(600),
+        || async {
+            let out = Command::new(&kubectl)
+                .arg("--kubeconfig")
+                .arg(&kc)
+                .args(["apply", "--server-side", "-f"])
+                .arg(&flannel)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+            }
+        },
+    )
+    .await;
+    let workload = workload_client(&kubeconfig).await.expect("workload client");
+    let want = control_planes as usize + 1;
+    wait_for(&mgmt, "every node Ready", Duration::from_secs(900), || {
+        all_ready(&workload, want)
+    })
+    .await;
+    eprintln!(
+        "[real-nodes] centralized: all nodes Ready {:.0?}; {} requests to the management plane; nodes Ready: {want}/{want}",
+        applied.elapsed(),
+        requests(&mgmt) - requests_before
+    );
 }
