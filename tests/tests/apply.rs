@@ -418,8 +418,10 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
     let text = spec.to_string();
     assert!(!text.contains("fledge-agent-token"), "{spec:#}");
     assert!(!text.contains("/etc/fledge/"), "{spec:#}");
+    // The rest of the bootstrap config stays (a docker cluster: the API server's SANs; no
+    // users, which CAPD cannot run).
     assert!(
-        spec["users"][0]["sshAuthorizedKeys"]
+        spec["clusterConfiguration"]["apiServer"]["certSANs"]
             .as_array()
             .is_some_and(|k| !k.is_empty()),
         "the rest of the bootstrap config stays: {spec:#}"
