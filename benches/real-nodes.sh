@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/go-peers.sh >/dev/null
 export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
-scripts/real-nodes.sh >/dev/null
+scripts/real-nodes.sh >/dev/null 2>&1
 FLEDGE_REAL_NODES_CP="${1:-3}" CI=true cargo test -q -p fledge-tests --test real_nodes -- \
   --include-ignored --test-threads=1 --nocapture 2>&1 |
-  grep -E '^\[real-nodes\] (decentralized|centralized|day 2|management plane up)|^test result'
+  grep --line-buffered -E '^\[real-nodes\] (decentralized|centralized|day 2|management plane up)|^test result'
