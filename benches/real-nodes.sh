@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/go-peers.sh >/dev/null
 export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
-scripts/real-nodes.sh >/dev/null 2>&1
+prep=$(mktemp)
+trap 'rm -f "$prep"' EXIT
+scripts/real-nodes.sh >"$prep" 2>&1 || { cat "$prep" >&2; exit 1; }
 FLEDGE_REAL_NODES_CP="${1:-3}" CI=true cargo test -q -p fledge-tests --test real_nodes -- \
   --include-ignored --test-threads=1 --nocapture 2>&1 |
   grep --line-buffered -E '^\[real-nodes\] (decentralized|centralized|day 2|management plane up)|^test result'
