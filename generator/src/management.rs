@@ -145,6 +145,9 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
             "dns_domain": c.dns_domain(),
         },
         "provider": c.provider().as_str(),
+        // Whether the machines' bootstrap creates the SSH user: CAPD runs only a cloud-config's
+        // write_files and runcmd and fails on any other module; its machines are containers.
+        "bootstrap_users": c.provider() != crate::spec::ProviderKind::Docker,
         "infra": {
             "api_version": api.api_version,
             "api_group": group,

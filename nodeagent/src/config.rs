@@ -249,6 +249,7 @@ impl AgentConfig {
 
     /// Checks that the token and CA files exist, are readable and look right.
     pub fn check_credentials(&self, root: &Path) -> Result<(), ConfigError> {
+        self.normalize_token(root)?;
         let token = rooted(root, &self.management.token_file);
         let text = std::fs::read_to_string(&token).map_err(|e| ConfigError {
             file: token.clone(),
@@ -260,9 +261,6 @@ impl AgentConfig {
                 file: token,
                 problem: "must hold one service-account token".into(),
             });
-        }
-        if word != text {
-            self.normalize_token(root)?;
         }
         let ca = rooted(root, &self.management.ca_file);
         let text = std::fs::read_to_string(&ca).map_err(|e| ConfigError {

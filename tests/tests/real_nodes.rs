@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use fledge_agent::journal::{Journal, Phase};
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip, tail};
 use fledge_tests::install::{clusterctl_inventory_versions, install_fledge_crds};
@@ -138,13 +139,22 @@ fn sha256_hex(text: &str) -> String {
 /// The flannel image images/node-image.sh preloads (flannel's published name).
 const FLANNEL_IMAGE: &str = "ghcr.io/flannel-io/flannel:v0.27.4";
 
+/// The network layer's manifest (tests/real-nodes/flannel.yaml) for this cluster.
+fn flannel_manifest() -> String {
+    std::fs::read_to_string(fledge_tests::workspace_root().join("tests/real-nodes/flannel.yaml"))
+        .expect("tests/real-nodes/flannel.yaml")
+        .replace("POD_CIDR", POD_CIDR)
+        .replace("FLANNEL_IMAGE", FLANNEL_IMAGE)
+}
+
+/// Writes the request (see [`request`]) to `path`.
+fn write_request(path: &Path, server: &str, control_planes: u32, workers: u32) {
+    let text = serde_yaml::to_string(&request(server, control_planes, workers)).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
 fn request(server: &str, control_planes: u32, workers: u32) -> Value {
-    let flannel = std::fs::read_to_string(
-        fledge_tests::workspace_root().join("tests/real-nodes/flannel.yaml"),
-    )
-    .expect("tests/real-nodes/flannel.yaml")
-    .replace("POD_CIDR", POD_CIDR)
-    .replace("FLANNEL_IMAGE", FLANNEL_IMAGE);
+    let flannel = flannel_manifest();
     let settings = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: fledge-settings\n  namespace: kube-system\ndata:\n  built-by: fledge\n";
     json!({
         "apiVersion": "fledge.dev/v1alpha1",
@@ -343,9 +353,16 @@ async fn all_ready(workload: &kube::Client, want: usize) -> Result<(), String> {
 }
 
 /// The agent's journal on CP-A: phase name → done.
-fn journal(cp: &str) -> Result<Value, String> {
-    let text = docker(&["exec", cp, "cat", "/var/lib/fledge/journal.json"])?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+/// The agent's journal on CP-A, read by the agent's own code from a copy.
+fn journal(cp: &str) -> Result<Journal, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let state = dir.path().join("state");
+    docker(&[
+        "cp",
+        &format!("{cp}:/var/lib/fledge"),
+        &state.display().to_string(),
+    ])?;
+    Journal::load(&state).map_err(|e| e.to_string())
 }
 
 /// Every Machine in the workload cluster is Running with a nodeRef, and there are `want`.
@@ -460,11 +477,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     let server = mgmt.public_url().expect("public url");
     let dir = tempfile::tempdir().unwrap();
     let request_path: PathBuf = dir.path().join("request.yaml");
-    std::fs::write(
-        &request_path,
-        serde_yaml::to_string(&request(&server, control_planes, 1)).unwrap(),
-    )
-    .unwrap();
+    write_request(&request_path, &server, control_planes, 1);
 
     // 1. fledge apply; the management plane's Cluster API and CAPD create CP-A.
     let applied = Instant::now();
@@ -519,13 +532,13 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     let cp_a = first_control_plane().expect("CP-A's container");
     let j = journal(&cp_a).expect("the agent's journal");
     for p in [
-        "CoreLayers",
-        "ProvidersInstalled",
-        "Pivoted",
-        "ScaledOut",
-        "AddonsReady",
+        Phase::CoreLayers,
+        Phase::ProvidersInstalled,
+        Phase::Pivoted,
+        Phase::ScaledOut,
+        Phase::AddonsReady,
     ] {
-        assert!(j.to_string().contains(p), "journal lacks {p}: {j}");
+        assert!(j.done(p), "the journal has {p:?} not done: {j:#?}");
     }
     wait_for(
         &mgmt,
@@ -581,11 +594,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         .metadata
         .generation
         .unwrap_or(0);
-    std::fs::write(
-        &request_path,
-        serde_yaml::to_string(&request(&server, control_planes, 2)).unwrap(),
-    )
-    .unwrap();
+    write_request(&request_path, &server, control_planes, 2);
     fledge_apply(&mgmt.kubeconfig, &request_path, &[]);
     wait_for(
         &mgmt,
@@ -685,11 +694,7 @@ async fn the_same_cluster_the_centralized_way() {
     let dir = tempfile::tempdir().unwrap();
     let request_path = dir.path().join("request.yaml");
     let server = mgmt.public_url().expect("public url");
-    std::fs::write(
-        &request_path,
-        serde_yaml::to_string(&request(&server, control_planes, 1)).unwrap(),
-    )
-    .unwrap();
+    write_request(&request_path, &server, control_planes, 1);
     let out = dir.path().join("out");
     let status = Command::new(fledge_tests::binary("fledge"))
         .arg("render")
@@ -710,10 +715,9 @@ async fn the_same_cluster_the_centralized_way() {
         ("workload.yaml", &[][..]),
     ] {
         let text = std::fs::read_to_string(out.join(file)).unwrap();
-        for d in text.split("\n---") {
-            let v: Value = serde_yaml::from_str(d).unwrap_or(Value::Null);
+        for v in fledge_generator::yaml::parse_documents(&text).unwrap() {
             let kind = v["kind"].as_str().unwrap_or_default();
-            if !v.is_null() && (kinds.is_empty() || kinds.contains(&kind)) {
+            if kinds.is_empty() || kinds.contains(&kind) {
                 docs.push(serde_yaml::to_string(&v).unwrap());
             }
         }
@@ -749,16 +753,7 @@ async fn the_same_cluster_the_centralized_way() {
     let kc = dir.path().join("workload.kubeconfig");
     std::fs::write(&kc, &kubeconfig).unwrap();
     let flannel = dir.path().join("flannel.yaml");
-    std::fs::write(
-        &flannel,
-        std::fs::read_to_string(
-            fledge_tests::workspace_root().join("tests/real-nodes/flannel.yaml"),
-        )
-        .unwrap()
-        .replace("POD_CIDR", POD_CIDR)
-        .replace("FLANNEL_IMAGE", FLANNEL_IMAGE),
-    )
-    .unwrap();
+    std::fs::write(&flannel, flannel_manifest()).unwrap();
     wait_for(
         &mgmt,
         "the CNI applied to the workload cluster",

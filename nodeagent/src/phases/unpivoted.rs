@@ -654,8 +654,10 @@ pub async fn apply(
     }))
 }
 
-/// Why the finalizer is still held, or `None` when it may be released.
-async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
+/// Makes sure the management plane's Cluster API is deleting the Cluster (or that it is gone).
+/// An unpivot for deletion deletes it there itself; this covers a run interrupted between the
+/// two, and a cluster this management plane got by a re-homing.
+async fn ensure_cluster_deleting(ctx: &Context) -> Result<(), PhaseError> {
     let (ns, name) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
     let clusters: Api<DynamicObject> = Api::namespaced_with(
         ctx.management.clone(),
@@ -666,55 +668,55 @@ async fn deletion_pending(ctx: &Context) -> Result<Option<String>, PhaseError> {
         "read Cluster {ns}/{name} on the management plane"
     )))?
     else {
-        return Ok(None);
+        return Ok(());
     };
-    if c.metadata.deletion_timestamp.is_none() {
-        // Unpivoted for deletion without the delete (an earlier run was interrupted between
-        // the two, or this management plane got the cluster by a re-homing).
-        let dp = DeleteParams {
-            preconditions: Some(kube::api::Preconditions {
-                uid: c.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match clusters.delete(name, &dp).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
-            Err(e) => return Err(request(format!("delete Cluster {ns}/{name}"))(e)),
-        }
+    if c.metadata.deletion_timestamp.is_some() {
+        return Ok(());
     }
-    // The management plane's Cluster API has the deletion in hand: nothing needs this node any
-    // more, and the node itself is among what it deletes (on real nodes, CAPD removed CP-A's
-    // container within seconds of deleting its Machine, before the agent's next look, so a
-    // finalizer held until then was never released).
-    Ok(None)
+    let dp = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: c.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match clusters.delete(name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(request(format!("delete Cluster {ns}/{name}"))(e)),
+    }
 }
 
-/// `Released`'s plan.
+/// `Released`'s plan: nothing to wait for once the objects are back on the management plane.
 pub async fn plan_release(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let waiting = deletion_pending(ctx).await?;
     Ok((
-        vec![format!(
-            "release finalizer {FINALIZER} of FledgeCluster {}",
-            ctx.spec.name
-        )],
-        waiting,
+        vec![
+            format!(
+                "delete Cluster {}/{} on the management plane unless it is being deleted",
+                ctx.spec.namespace, ctx.spec.name
+            ),
+            format!(
+                "release finalizer {FINALIZER} of FledgeCluster {}",
+                ctx.spec.name
+            ),
+        ],
+        None,
     ))
 }
 
-/// Releases the finalizer once the cluster is deleted (or its control plane is going).
+/// Releases the finalizer once the management plane's Cluster API is deleting the Cluster: from
+/// then on nothing needs this node, which is among what it deletes. (Holding it until the
+/// control-plane Machines were being deleted lost the race on real nodes: CAPD removed CP-A's
+/// container within seconds, before the agent looked again, and the FledgeCluster stayed.)
 pub async fn apply_release(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    if let Some(why) = deletion_pending(ctx).await? {
-        return Ok(Step::Waiting(why));
-    }
+    ensure_cluster_deleting(ctx).await?;
     release(ctx).await?;
     progress(&format!("finalizer {FINALIZER} released"));
     Ok(Step::Done(format!(
-        "cluster deleted; finalizer {FINALIZER} released"
+        "the management plane's Cluster API is deleting the cluster; finalizer {FINALIZER} released"
     )))
 }
 
