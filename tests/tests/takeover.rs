@@ -1042,7 +1042,7 @@ async fn deleting_the_fledge_cluster_moves_the_cluster_back_and_the_management_p
 
     let start = Instant::now();
     fcs.delete(NAME, &Default::default()).await.unwrap();
-    // The FledgeCluster goes last: once it is gone, nothing of the cluster is left anywhere.
+    // The FledgeCluster goes once the management plane's Cluster API is deleting the cluster.
     loop {
         if fcs.get_opt(NAME).await.unwrap().is_none() {
             break;
@@ -1076,8 +1076,8 @@ async fn deleting_the_fledge_cluster_moves_the_cluster_back_and_the_management_p
         j.done(Phase::Unpivoted) && j.done(Phase::Released),
         "{j:#?}"
     );
-    // Released only once the Cluster was gone or its control plane was being deleted; either
-    // way the management plane's Cluster API finishes the deletion.
+    // Released once the management plane's Cluster API was deleting the Cluster, which then
+    // finishes the deletion.
     let start = Instant::now();
     loop {
         let (m, l) = (cluster_objects(&mc).await, cluster_objects(&lc).await);
