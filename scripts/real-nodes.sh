@@ -26,10 +26,15 @@ start=$SECONDS
 scripts/docker-engine.sh
 
 log "building fledge-agent and the cert-manager stand-in"
-cargo build --locked -q -p fledge-agent --bin fledge-agent -p fledge-test-cert-manager
+# One --bin per binary: with --bin, cargo builds only the named binaries of the packages given.
+cargo build --locked -q -p fledge-agent -p fledge-test-cert-manager \
+  --bin fledge-agent --bin fledge-test-cert-manager
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 AGENT="$TARGET/debug/fledge-agent"
 STANDIN="$TARGET/debug/fledge-test-cert-manager"
+for built in "$AGENT" "$STANDIN"; do
+  [ -x "$built" ] || { log "cargo build did not produce $built"; exit 1; }
+done
 
 log "provider bundle"
 BUNDLE="$CACHE/providers"
