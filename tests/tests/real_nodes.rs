@@ -215,10 +215,7 @@ fn fledge_clusters(client: &kube::Client) -> Api<DynamicObject> {
 /// management plane's manager logs.
 fn diagnostics(mgmt: &TestCluster) -> String {
     let mut out = format!("containers: {:?}\n", containers());
-    if let Some(cp) = containers()
-        .into_iter()
-        .find(|c| c.contains("control-plane"))
-    {
+    if let Some(cp) = cp_a() {
         for (what, cmd) in [
             ("agent journal", "cat /var/lib/fledge/journal.json"),
             (
@@ -387,9 +384,12 @@ async fn machines_running(workload: &kube::Client, want: usize) -> Result<(), St
     }
 }
 
-fn first_control_plane() -> Option<String> {
+/// CP-A's container, the one the agent runs on: the oldest control-plane container (`docker ps`
+/// lists the newest first; once KCP scaled out there are several).
+fn cp_a() -> Option<String> {
     containers()
         .into_iter()
+        .rev()
         .find(|c| c.contains("control-plane"))
 }
 
@@ -440,26 +440,24 @@ fn requests(mgmt: &TestCluster) -> usize {
         .unwrap_or(0)
 }
 
-/// fledge-agent's peak memory (MiB) and CPU time (s) on CP-A, from its systemd unit's cgroup
-/// (cgroup v1, as on these machines).
+/// fledge-agent's peak resident memory (VmHWM) and CPU time (user + system) on CP-A, from
+/// /proc of its service's main process (the node's systemd keeps no CPU accounting).
 fn agent_usage(cp: &str) -> String {
-    let read = |path: &str| {
-        docker(&["exec", cp, "cat", path])
-            .ok()
-            .and_then(|t| t.trim().parse::<f64>().ok())
-    };
-    let unit = "system.slice/fledge-agent.service";
-    let mem = read(&format!(
-        "/sys/fs/cgroup/memory/{unit}/memory.max_usage_in_bytes"
-    ));
-    let cpu = read(&format!("/sys/fs/cgroup/cpuacct/{unit}/cpuacct.usage"));
-    match (mem, cpu) {
-        (Some(m), Some(c)) => format!(
-            "fledge-agent peak memory {:.0} MiB, CPU {:.1} s",
-            m / 1048576.0,
-            c / 1e9
+    let script = "pid=$(systemctl show -p MainPID --value fledge-agent) && \
+                  awk '/^VmHWM/ {print $2}' /proc/$pid/status && \
+                  awk '{print $14, $15}' /proc/$pid/stat && getconf CLK_TCK";
+    let got = docker(&["exec", cp, "sh", "-c", script]).unwrap_or_default();
+    let nums: Vec<f64> = got
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match nums[..] {
+        [kib, utime, stime, tck] if tck > 0.0 => format!(
+            "fledge-agent peak RSS {:.0} MiB, CPU {:.1} s",
+            kib / 1024.0,
+            (utime + stime) / tck
         ),
-        _ => "fledge-agent peak memory/CPU: its cgroup files are not readable".into(),
+        _ => format!("fledge-agent peak RSS/CPU: not readable ({got:?})"),
     }
 }
 
@@ -523,14 +521,12 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     eprintln!(
         "[real-nodes] decentralized: CP-A Ready {cp_a_ready:.0?}, pivot {pivoted:.0?}, all nodes Ready {all:.0?}; {} requests to the management plane; {}; nodes Ready: {want}/{want}",
         requests(&mgmt) - requests_before,
-        first_control_plane()
-            .map(|cp| agent_usage(&cp))
-            .unwrap_or_default()
+        cp_a().map(|cp| agent_usage(&cp)).unwrap_or_default()
     );
 
     // 2. What the cluster says about itself.
-    let cp_a = first_control_plane().expect("CP-A's container");
-    let j = journal(&cp_a).expect("the agent's journal");
+    let agent_node = cp_a().expect("CP-A's container");
+    let j = journal(&agent_node).expect("the agent's journal");
     for p in [
         Phase::CoreLayers,
         Phase::ProvidersInstalled,
