@@ -13,8 +13,10 @@
 //! core layer (flannel) → node Ready → cert-manager stand-in and the four providers as pods on
 //! CP-A → pivot → scale-out (the worker pool; CAPD on CP-A creates its container) → `kubeadm
 //! join` → add-on layer → Steady. Then a day-2 change (one more worker) that reaches Ready with
-//! the management plane stopped, and the deletion of the FledgeCluster: unpivot, and the
-//! management plane's CAPD removes every container.
+//! the management plane stopped; with it still stopped, a worker's container is killed and the
+//! cluster's own MachineHealthCheck and controllers replace it (with 3 control planes, a
+//! control-plane node other than CP-A too); then the deletion of the FledgeCluster: unpivot, and
+//! the management plane's CAPD removes every container.
 //!
 //! `FLEDGE_REAL_NODES_CP` sets the control-plane size (default 1 in this test; the benchmark
 //! `benches/real-nodes.sh` runs 3).
@@ -164,8 +166,11 @@ fn request(server: &str, control_planes: u32, workers: u32) -> Value {
             "kubernetesVersion": KUBERNETES_VERSION,
             "capiVersion": "v1beta2",
             "infrastructure": {"provider": "docker", "docker": {"customImage": NODE_IMAGE}},
-            "controlPlane": {"replicas": control_planes},
-            "workers": [{"name": "md-0", "replicas": workers}],
+            // Health checks that act within the test's time: a node whose kubelet stopped
+            // reporting (Ready Unknown) is remediated after 30 s; Ready False keeps its default
+            // (a joining node is NotReady until its CNI runs).
+            "controlPlane": {"replicas": control_planes, "healthCheck": {"readyUnknownSeconds": 30}},
+            "workers": [{"name": "md-0", "replicas": workers, "healthCheck": {"readyUnknownSeconds": 30}}],
             "network": {"pods": [POD_CIDR], "services": ["10.128.0.0/12"], "dnsDomain": "cluster.local"},
             "access": {"user": "capi", "sshAuthorizedKeys": [
                 // A public key generated for the examples; its secret half was destroyed.
@@ -400,6 +405,65 @@ fn count(name: &str) -> u32 {
         .unwrap_or(1)
 }
 
+/// Kills `container` (a node: its kubelet stops reporting and its Node goes Unknown) and waits
+/// until the cluster is back to `want` Ready nodes without it: the health check found the node,
+/// its Machine was remediated and a new one joined. Returns the time from the kill.
+async fn kill_and_wait_replaced(
+    mgmt: &TestCluster,
+    workload: &kube::Client,
+    container: &str,
+    want: usize,
+) -> Duration {
+    docker(&["kill", container]).unwrap_or_else(|e| panic!("{e}"));
+    let killed = Instant::now();
+    wait_for(
+        mgmt,
+        &format!("{container} replaced by a new Ready node"),
+        Duration::from_secs(900),
+        || async {
+            let n = nodes(workload).await?;
+            let ready = n.iter().filter(|(_, r)| *r).count();
+            if n.len() == want && ready == want && n.iter().all(|(name, _)| name != container) {
+                Ok(())
+            } else {
+                Err(format!("nodes: {n:?}"))
+            }
+        },
+    )
+    .await;
+    killed.elapsed()
+}
+
+/// Kills node `container` and checks every 5 s for `window` that nothing takes its place (the
+/// centralized model with its management plane stopped); at the end the node is still there and
+/// not Ready. Returns the nodes as last seen.
+async fn kill_and_see_nothing_replaced(
+    workload: &kube::Client,
+    container: &str,
+    want: usize,
+    window: Duration,
+) -> Vec<(String, bool)> {
+    docker(&["kill", container]).unwrap_or_else(|e| panic!("{e}"));
+    let killed = Instant::now();
+    let mut last = Vec::new();
+    while killed.elapsed() < window {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        last = nodes(workload)
+            .await
+            .unwrap_or_else(|e| panic!("nodes: {e}"));
+        assert!(
+            last.len() == want && last.iter().any(|(name, _)| name == container),
+            "with the management plane stopped, {container} was replaced after {:.0?}: {last:?}",
+            killed.elapsed()
+        );
+    }
+    assert!(
+        last.iter().any(|(name, ready)| name == container && !ready),
+        "{container} still Ready {window:?} after it was killed: {last:?}"
+    );
+    last
+}
+
 /// The management plane: kube-apiserver (also on the Docker network's gateway), the Cluster API
 /// managers and CAPD, fledge's CRDs, clusterctl's inventory, kube-controller-manager. `None`
 /// when a component is missing and skipping is allowed.
@@ -543,6 +607,30 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         || machines_running(&workload, want),
     )
     .await;
+    wait_for(
+        &mgmt,
+        "CoreDNS available (pods reach the API through the service network)",
+        Duration::from_secs(300),
+        || async {
+            use k8s_openapi::api::apps::v1::Deployment;
+            let d = Api::<Deployment>::namespaced(workload.clone(), "kube-system")
+                .get("coredns")
+                .await
+                .map_err(|e| e.to_string())?;
+            let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let available = d
+                .status
+                .as_ref()
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0);
+            if want > 0 && available == want {
+                Ok(())
+            } else {
+                Err(format!("coredns available {available}/{want}"))
+            }
+        },
+    )
+    .await;
     {
         use k8s_openapi::api::core::v1::Pod;
         for ns in [
@@ -627,6 +715,35 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         "[real-nodes] day 2 without the management plane: new worker Ready after {:.0?}",
         stopped.elapsed()
     );
+
+    // 4. Failed nodes are replaced with the management plane still stopped: the health checks
+    // and the controllers run on the cluster itself.
+    let worker = containers()
+        .into_iter()
+        .find(|c| c.contains("md-0"))
+        .expect("a worker's container");
+    let worker_back = kill_and_wait_replaced(&mgmt, &workload, &worker, want + 1).await;
+    eprintln!(
+        "[real-nodes] management plane stopped: worker {worker} killed, a new worker Ready after {worker_back:.0?}"
+    );
+    if control_planes >= 3 {
+        let agent_node = cp_a().expect("CP-A's container");
+        let other = containers()
+            .into_iter()
+            .find(|c| c.contains("control-plane") && *c != agent_node)
+            .expect("a control-plane container besides CP-A");
+        let cp_back = kill_and_wait_replaced(&mgmt, &workload, &other, want + 1).await;
+        wait_for(
+            &mgmt,
+            "every Machine Running with a nodeRef",
+            Duration::from_secs(300),
+            || machines_running(&workload, want + 1),
+        )
+        .await;
+        eprintln!(
+            "[real-nodes] management plane stopped: control-plane node {other} killed, the control plane back to {control_planes} Ready after {cp_back:.0?}"
+        );
+    }
     mgmt.start_apiserver()
         .await
         .expect("restart the management plane");
@@ -637,7 +754,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         .await
         .expect("restart CAPD on the management plane");
 
-    // 4. Deletion: unpivot, and the management plane's CAPD removes every container.
+    // 5. Deletion: unpivot, and the management plane's CAPD removes every container.
     fledge_clusters(&client)
         .delete(NAME, &DeleteParams::default())
         .await
@@ -674,7 +791,8 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
 /// The same cluster the centralized way, for `benches/real-nodes.sh`: every Cluster API object
 /// applied to the management plane from the start (KCP at its full size, the worker pool), no
 /// agent, and the CNI applied to the workload cluster by hand once its API answers, as a
-/// platform engineer does with `clusterctl` and `kubectl`.
+/// platform engineer does with `clusterctl` and `kubectl`. Then the decentralized test's worker
+/// kill with the management plane stopped: nothing replaces the node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "benchmark baseline: run by benches/real-nodes.sh"]
 async fn the_same_cluster_the_centralized_way() {
@@ -682,7 +800,7 @@ async fn the_same_cluster_the_centralized_way() {
         return;
     }
     let _cleanup = Containers;
-    let Some(mgmt) = management_plane().await else {
+    let Some(mut mgmt) = management_plane().await else {
         return;
     };
     let client = mgmt.client().await;
@@ -780,5 +898,24 @@ async fn the_same_cluster_the_centralized_way() {
         "[real-nodes] centralized: all nodes Ready {:.0?}; {} requests to the management plane; nodes Ready: {want}/{want}",
         applied.elapsed(),
         requests(&mgmt) - requests_before
+    );
+
+    // The same kill as the decentralized test's, with the management plane stopped: its
+    // health checks and controllers are down with it, so nothing replaces the node.
+    mgmt.stop_capi_managers();
+    mgmt.kill_apiserver();
+    let window = Duration::from_secs(
+        std::env::var("FLEDGE_REAL_NODES_WINDOW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300),
+    );
+    let worker = containers()
+        .into_iter()
+        .find(|c| c.contains("md-0"))
+        .expect("a worker's container");
+    let seen = kill_and_see_nothing_replaced(&workload, &worker, want, window).await;
+    eprintln!(
+        "[real-nodes] centralized, management plane stopped: worker {worker} killed, not replaced after {window:.0?} (nodes: {seen:?})"
     );
 }
