@@ -17,10 +17,11 @@
 # Usage: benches/real-nodes.sh [CONTROL_PLANES]   (default 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/go-peers.sh >/dev/null
-export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
+# The preparation is quiet; its output is shown when it fails.
 prep=$(mktemp)
 trap 'rm -f "$prep"' EXIT
+scripts/go-peers.sh >"$prep" 2>&1 || { cat "$prep" >&2; exit 1; }
+export FLEDGE_ASSETS_BIN="${FLEDGE_ASSETS_BIN:-$(scripts/go-peers.sh --print-dir)}"
 scripts/real-nodes.sh >"$prep" 2>&1 || { cat "$prep" >&2; exit 1; }
 FLEDGE_REAL_NODES_CP="${1:-3}" CI=true cargo test -q -p fledge-tests --test real_nodes -- \
   --include-ignored --test-threads=1 --nocapture 2>&1 |
