@@ -33,6 +33,26 @@ impl InfraProvider for Maas {
     fn needs_endpoint(&self) -> bool {
         true
     }
+    /// CAPMAAS publishes the control-plane endpoint as a DNS record in MAAS, holding the addresses
+    /// of the control-plane machines (`Cluster.spec.controlPlaneEndpoint.host` is the record's
+    /// name); nothing else serves it. An IP address, or a name outside the MAAS zone, never
+    /// reaches those machines and `kubeadm init` fails on it.
+    fn validate_endpoint_host(&self, infra: &Infrastructure, host: &str) -> Result<(), String> {
+        let Some(zone) = infra.maas.as_ref().map(|b| b.dns_domain.as_str()) else {
+            return Ok(());
+        };
+        let name = host.trim_end_matches('.');
+        let within = name
+            .strip_suffix(zone)
+            .and_then(|head| head.strip_suffix('.'))
+            .is_some_and(|head| !head.is_empty());
+        if host.parse::<std::net::IpAddr>().is_err() && within {
+            return Ok(());
+        }
+        Err(format!(
+            "must be a DNS name in the MAAS zone spec.infrastructure.maas.dnsDomain ({zone}), such as <cluster>.{zone} (got {host:?}): CAPMAAS publishes the control-plane endpoint as a MAAS DNS record holding the control-plane machines' addresses, and nothing else serves it"
+        ))
+    }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {
         let Some(b) = &infra.maas else { return };
         p.check(

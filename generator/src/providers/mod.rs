@@ -67,6 +67,10 @@ pub trait InfraProvider: Sync {
     }
     /// Checks the provider's block (present when this is called, except for Docker).
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems);
+    /// Checks `spec.controlPlane.endpoint.host` beyond the common host rule.
+    fn validate_endpoint_host(&self, _infra: &Infrastructure, _host: &str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The provider implementation for `kind`.
@@ -117,6 +121,11 @@ pub fn validate(spec: &FledgeClusterSpec, p: &mut Problems) {
             format!("spec.infrastructure.{}", chosen.as_str()),
             format!("is required when provider is {}", chosen.as_str()),
         );
+    }
+    if let Some(ep) = &spec.control_plane.endpoint
+        && let Err(why) = provider.validate_endpoint_host(infra, &ep.host)
+    {
+        p.push("spec.controlPlane.endpoint.host", why);
     }
     if provider.needs_endpoint() && spec.control_plane.endpoint.is_none() {
         p.push(
