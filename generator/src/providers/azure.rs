@@ -55,6 +55,21 @@ impl InfraProvider for Azure {
                 ),
             );
         }
+        if let Some(id) = &b.image_id {
+            let ok = id.len() <= 1024
+                && id.to_ascii_lowercase().starts_with("/subscriptions/")
+                && !id
+                    .bytes()
+                    .any(|c| c.is_ascii_whitespace() || c.is_ascii_control());
+            if !ok {
+                p.push(
+                    "spec.infrastructure.azure.imageID",
+                    format!(
+                        "must be an Azure resource id starting with /subscriptions/ (a managed image or a compute gallery image version) (got {id:?})"
+                    ),
+                );
+            }
+        }
         if let Some(rg) = &b.resource_group {
             let ok = check_text(rg, 90).is_ok()
                 && rg

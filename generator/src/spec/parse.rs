@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
+use super::ProviderKind;
 use super::salvage;
 use super::{
     CheckedCluster, FledgeCluster, FledgeClusterSpec, RequestMeta, types::API_VERSION, validate,
@@ -226,25 +227,59 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
 /// a cached spec (an agent keeps running clusters made by older requests): a provider whose
 /// nodes run `cloud-provider: external` needs a `cloud` core layer (its cloud-controller-manager),
 /// unless the profile is a `clusterProfileRef` (the agent reads that one).
+///
+/// The machine image must be named where the provider would otherwise pick its own: CP-A runs
+/// fledge-agent only when its image has it baked in (`images/bake-agent.sh`), and a provider's
+/// default image has none, so the cluster would silently stay at one control-plane machine.
 fn request_rules(checked: &CheckedCluster) -> Vec<Violation> {
-    let provider = checked.spec.infrastructure.provider;
+    let mut out = Vec::new();
+    let infra = &checked.spec.infrastructure;
+    let provider = infra.provider;
+    let missing_image = match provider {
+        ProviderKind::Aws => infra
+            .aws
+            .as_ref()
+            .is_some_and(|b| b.ami.is_none())
+            .then_some(("spec.infrastructure.aws.ami", "the AMI id")),
+        ProviderKind::Azure => infra
+            .azure
+            .as_ref()
+            .is_some_and(|b| b.image_id.is_none())
+            .then_some(("spec.infrastructure.azure.imageID", "the resource id")),
+        ProviderKind::Gcp => infra
+            .gcp
+            .as_ref()
+            .is_some_and(|b| b.image.is_none())
+            .then_some(("spec.infrastructure.gcp.image", "the self-link")),
+        _ => None,
+    };
+    if let Some((path, what)) = missing_image {
+        out.push(Violation {
+            path: path.into(),
+            rule: format!(
+                "is required for {}: {what} of an image with fledge-agent baked in (images/bake-agent.sh); with the provider's default image no agent runs on CP-A and the cluster stays at one control-plane machine",
+                provider.as_str()
+            ),
+        });
+    }
     if !crate::providers::get(provider).external_cloud_provider() {
-        return Vec::new();
+        return out;
     }
     let profile = checked.spec.profile.as_ref();
     if profile.is_some_and(|p| p.cluster_profile_ref.is_some()) {
-        return Vec::new();
+        return out;
     }
     if profile.is_some_and(|p| p.core_layers.iter().any(|l| l.name == "cloud")) {
-        return Vec::new();
+        return out;
     }
-    vec![Violation {
+    out.push(Violation {
         path: "spec.profile.coreLayers".into(),
         rule: format!(
             "must hold a layer named cloud with the cloud-controller-manager for {}: its nodes run cloud-provider: external and keep the node.cloudprovider.kubernetes.io/uninitialized taint, with no providerID (so no Machine gets a nodeRef and the control plane never scales out), until one runs",
             provider.as_str()
         ),
-    }]
+    });
+    out
 }
 
 /// Orders problems by field path (stable, so one field's problems keep their order).

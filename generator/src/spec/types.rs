@@ -185,7 +185,8 @@ pub struct VsphereSpec {
 pub struct AwsSpec {
     /// AWS region, for example `eu-west-1`.
     pub region: String,
-    /// AMI id; CAPA looks one up when absent.
+    /// AMI id of an image with fledge-agent baked in; required for new requests (CAPA's default
+    /// AMIs have no agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ami: Option<String>,
     /// IAM instance profile of control-plane machines.
@@ -220,6 +221,10 @@ pub struct AzureSpec {
     pub resource_group: Option<String>,
     /// Name of the `AzureClusterIdentity` (which names the credentials Secret).
     pub identity_name: String,
+    /// Resource id of the machines' image (a managed image or a compute gallery image version),
+    /// with fledge-agent baked in; required for new requests.
+    #[serde(rename = "imageID", default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
 }
 
 /// GCP settings.
@@ -233,7 +238,8 @@ pub struct GcpSpec {
     /// VPC network name; CAPG creates one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    /// Image self-link; CAPG picks a default when absent.
+    /// Image self-link of an image with fledge-agent baked in; required for new requests (CAPG's
+    /// default images have no agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Name of the Secret (in the cluster's namespace) holding the service-account key.
