@@ -41,9 +41,11 @@ impl InfraProvider for Maas {
         let Some(zone) = infra.maas.as_ref().map(|b| b.dns_domain.as_str()) else {
             return Ok(());
         };
-        let name = host.trim_end_matches('.');
+        // DNS names compare without regard to case.
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        let zone_lc = zone.trim_end_matches('.').to_ascii_lowercase();
         let within = name
-            .strip_suffix(zone)
+            .strip_suffix(zone_lc.as_str())
             .and_then(|head| head.strip_suffix('.'))
             .is_some_and(|head| !head.is_empty());
         if host.parse::<std::net::IpAddr>().is_err() && within {
@@ -66,5 +68,43 @@ impl InfraProvider for Maas {
             b.resource_pool.as_ref(),
             256,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn infra(zone: &str) -> Infrastructure {
+        serde_json::from_value(serde_json::json!({
+            "provider": "maas",
+            "maas": {"dnsDomain": zone, "image": "custom/u-2404"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_endpoint_is_a_name_inside_the_maas_zone_in_any_case() {
+        let i = infra("maas.example.invalid");
+        for ok in [
+            "api.maas.example.invalid",
+            "API.Maas.Example.Invalid",
+            "a.b.maas.example.invalid",
+        ] {
+            assert_eq!(Maas.validate_endpoint_host(&i, ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "10.0.0.10",
+            "fd00::10",
+            "maas.example.invalid",
+            "xmaas.example.invalid",
+            "api.corp.example.invalid",
+        ] {
+            let e = Maas.validate_endpoint_host(&i, bad).unwrap_err();
+            assert!(
+                e.contains("must be a DNS name in the MAAS zone"),
+                "{bad}: {e}"
+            );
+        }
     }
 }
