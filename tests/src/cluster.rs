@@ -107,8 +107,36 @@ pub struct TestCluster {
 /// The user name of [`TestCluster::user_kubeconfig`].
 pub const USER: &str = "fledge-user";
 
-/// A free TCP port on loopback.
+/// A TCP port free on every interface, for a server the harness starts next.
+///
+/// It is picked at random *below* the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), not by binding port 0: a port from the ephemeral
+/// range can be taken by any outgoing connection between this check and the server's own bind
+/// (a Cluster API manager once failed with `listen tcp :35383: bind: address already in use`
+/// while parallel tests were busy). Falls back to port 0 where no such range is known.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const LOW: u16 = 10000;
+    if ephemeral_low > LOW + 1000 {
+        let span = u64::from(ephemeral_low - LOW);
+        for _ in 0..200 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default(),
+            );
+            let port = LOW + (h.finish() % span) as u16;
+            if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
