@@ -389,6 +389,11 @@ async fn machines_running(workload: &kube::Client, want: usize) -> Result<(), St
     }
 }
 
+/// A worker's container (of the pool md-0).
+fn a_worker() -> Option<String> {
+    containers().into_iter().find(|c| c.contains("md-0"))
+}
+
 /// CP-A's container, the one the agent runs on: the oldest control-plane container (`docker ps`
 /// lists the newest first; once KCP scaled out there are several).
 fn cp_a() -> Option<String> {
@@ -718,10 +723,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
 
     // 4. Failed nodes are replaced with the management plane still stopped: the health checks
     // and the controllers run on the cluster itself.
-    let worker = containers()
-        .into_iter()
-        .find(|c| c.contains("md-0"))
-        .expect("a worker's container");
+    let worker = a_worker().expect("a worker's container");
     let worker_back = kill_and_wait_replaced(&mgmt, &workload, &worker, want + 1).await;
     eprintln!(
         "[real-nodes] management plane stopped: worker {worker} killed, a new worker Ready after {worker_back:.0?}"
@@ -910,10 +912,7 @@ async fn the_same_cluster_the_centralized_way() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(300),
     );
-    let worker = containers()
-        .into_iter()
-        .find(|c| c.contains("md-0"))
-        .expect("a worker's container");
+    let worker = a_worker().expect("a worker's container");
     let seen = kill_and_see_nothing_replaced(&workload, &worker, want, window).await;
     eprintln!(
         "[real-nodes] centralized, management plane stopped: worker {worker} killed, not replaced after {window:.0?} (nodes: {seen:?})"
