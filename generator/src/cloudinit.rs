@@ -134,6 +134,23 @@ pub fn render(
             content: BOOTSTRAP_SCRIPT.into(),
         },
     ];
+    // The endpoint's virtual IP, when the provider needs one: this node runs `kubeadm init`, so
+    // kube-vip reads super-admin.conf (see `management::kube_vip`).
+    let kubeconfig = if c.kubernetes_version.minor >= 29 {
+        paths::SUPER_ADMIN_KUBECONFIG
+    } else {
+        paths::ADMIN_KUBECONFIG
+    };
+    let vip = management::kube_vip(c, templates, &ctx, kubeconfig)?;
+    if !vip.is_null() {
+        for (path, content) in [("manifest_path", "manifest"), ("hosts_path", "hosts")] {
+            files.push(FileEntry {
+                path: vip[path].as_str().unwrap_or_default().into(),
+                permissions: "0644",
+                content: vip[content].as_str().unwrap_or_default().into(),
+            });
+        }
+    }
     // Inline add-on manifests are not written here: the agent reads them from the
     // FledgeCluster's spec, so a copy would only spend the user-data budget.
     if let Some(token) = &creds.token {

@@ -16,6 +16,16 @@ pub mod paths {
     pub const MANAGEMENT_TOKEN: &str = "/etc/fledge/management/token";
     /// The management API server's CA.
     pub const MANAGEMENT_CA: &str = "/etc/fledge/management/ca.crt";
+    /// kube-vip's static pod.
+    pub const KUBE_VIP_MANIFEST: &str = "/etc/kubernetes/manifests/kube-vip.yaml";
+    /// The hosts file kube-vip's container sees.
+    pub const KUBE_VIP_HOSTS: &str = "/etc/kube-vip.hosts";
+    /// kubeadm's admin kubeconfig.
+    pub const ADMIN_KUBECONFIG: &str = "/etc/kubernetes/admin.conf";
+    /// The kubeconfig `kubeadm init` writes for the `system:masters` group (Kubernetes 1.29+).
+    pub const SUPER_ADMIN_KUBECONFIG: &str = "/etc/kubernetes/super-admin.conf";
+    /// Where CABPK writes `kubeadm init`'s configuration (absent on joining nodes).
+    pub const CABPK_INIT_CONFIG: &str = "/run/kubeadm/kubeadm.yaml";
 }
 
 /// The API groups whose objects the pivot moves, and that the agent's Role grants in its
@@ -174,7 +184,54 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
     });
     let config = templates.render_one("agent/config.yaml.j2", &ctx)?;
     ctx["agent"]["config"] = Value::String(crate::render::yaml::to_string(&config));
+    ctx["kube_vip"] = kube_vip(c, templates, &ctx, paths::ADMIN_KUBECONFIG)?;
     Ok(ctx)
+}
+
+/// kube-vip's static pod for the control-plane nodes of a provider that needs one (see
+/// [`providers::InfraProvider::endpoint_vip`]), null for the others: the manifest reading
+/// `kubeconfig`, and for a KubeadmControlPlane the command that points `kubeadm init`'s node at
+/// `super-admin.conf` instead. Since Kubernetes 1.29 `kubeadm init` gives admin.conf its rights
+/// only through the API server, which kube-vip must first make reachable at the endpoint
+/// (kube-vip#684; CAPV's template does the same); joining nodes keep admin.conf.
+pub fn kube_vip(
+    c: &CheckedCluster,
+    templates: &Templates,
+    ctx: &Value,
+    kubeconfig: &str,
+) -> Result<Value, RenderError> {
+    let Some(vip) = providers::get(c.provider()).endpoint_vip(&c.spec.infrastructure) else {
+        return Ok(Value::Null);
+    };
+    let host = ctx["endpoint"]["host"].as_str().unwrap_or_default();
+    let cidr = if host.contains(':') { "128" } else { "32" };
+    let mut ctx = ctx.clone();
+    ctx["kube_vip"] = json!({
+        "image": vip.image,
+        "interface": vip.interface,
+        "cidr": cidr,
+        "kubeconfig": kubeconfig,
+        "hosts_path": paths::KUBE_VIP_HOSTS,
+    });
+    let manifest = templates.render_one("node/kube-vip.yaml.j2", &ctx)?;
+    let init_command = (c.kubernetes_version.minor >= 29).then(|| {
+        format!(
+            "if [ -f {init} ]; then sed -i 's# path: \"{admin}\"$# path: \"{sup}\"#' {manifest}; fi",
+            init = paths::CABPK_INIT_CONFIG,
+            admin = paths::ADMIN_KUBECONFIG,
+            sup = paths::SUPER_ADMIN_KUBECONFIG,
+            manifest = paths::KUBE_VIP_MANIFEST,
+        )
+    });
+    Ok(json!({
+        "manifest_path": paths::KUBE_VIP_MANIFEST,
+        "manifest": crate::render::yaml::to_string(&manifest),
+        "hosts_path": paths::KUBE_VIP_HOSTS,
+        // kube-vip talks to the local API server as `kubernetes` (its kubeconfig names the
+        // endpoint it serves itself).
+        "hosts": "127.0.0.1 localhost kubernetes\n",
+        "init_command": init_command,
+    }))
 }
 
 /// Renders the management-plane objects in apply order.

@@ -516,3 +516,126 @@ async fn a_second_cluster_in_a_namespace_is_refused_unless_allowed() {
     );
     assert!(fc.get_opt("docker-two").await.unwrap().is_some());
 }
+
+/// kube-vip's manifest in the KubeadmControlPlane's files (vSphere), as a `kubeadm join` node
+/// and, after the rendered pre-kubeadm command ran, as the `kubeadm init` node sees it; and in
+/// the seed path's user-data. Each is a Pod the API server accepts in kube-system.
+#[tokio::test(flavor = "multi_thread")]
+async fn kube_vips_static_pod_is_a_valid_pod_as_joined_as_initialized_and_in_the_seed() {
+    let Some((_c, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    // No controller manager runs here to create kube-system's default ServiceAccount, which
+    // the API server's admission wants for any Pod (a kubelet's mirror pods are exempt).
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(target.client.clone(), "kube-system");
+    let mut sa = k8s_openapi::api::core::v1::ServiceAccount::default();
+    sa.metadata.name = Some("default".into());
+    accounts.create(&PostParams::default(), &sa).await.unwrap();
+    let opts = ApplyOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    let templates = Templates::embedded();
+    let mut checked = 0;
+    for capi in [CapiVersion::V1beta2, CapiVersion::V1beta1] {
+        let case = load(&case(ProviderKind::Vsphere, capi));
+        let kcp = management::objects(&case, &templates)
+            .unwrap()
+            .into_iter()
+            .find(|o| o["kind"] == "KubeadmControlPlane")
+            .unwrap();
+        let spec = &kcp["spec"]["kubeadmConfigSpec"];
+        let file = |path: &str| {
+            spec["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == path)
+                .unwrap_or_else(|| panic!("{}: no file {path} in the KCP", case.name))["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let joined = file(management::paths::KUBE_VIP_MANIFEST);
+        assert_eq!(
+            file(management::paths::KUBE_VIP_HOSTS),
+            "127.0.0.1 localhost kubernetes\n"
+        );
+        // The pre-kubeadm command, run by a shell on a copy, with its paths moved into a
+        // temporary directory; once without and once with kubeadm init's configuration.
+        let command = spec["preKubeadmCommands"][0].as_str().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = dir.path().join("kube-vip.yaml");
+        let init_config = dir.path().join("kubeadm.yaml");
+        let local = command
+            .replace(
+                management::paths::KUBE_VIP_MANIFEST,
+                manifest.to_str().unwrap(),
+            )
+            .replace(
+                management::paths::CABPK_INIT_CONFIG,
+                init_config.to_str().unwrap(),
+            );
+        let run = |label: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &local])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{label}: {out:?}");
+            std::fs::read_to_string(&manifest).unwrap()
+        };
+        std::fs::write(&manifest, &joined).unwrap();
+        assert_eq!(run("join"), joined, "a joining node keeps admin.conf");
+        std::fs::write(&init_config, "kind: InitConfiguration\n").unwrap();
+        let initialized = run("init");
+        let seed =
+            fledge_generator::cloudinit::render(&case, &templates, &Default::default(), usize::MAX)
+                .unwrap();
+        let user_data = fledge_generator::yaml::parse_documents(&seed.user_data).unwrap();
+        let seeded = user_data[0]["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == management::paths::KUBE_VIP_MANIFEST)
+            .expect("kube-vip in the seed's write_files")["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for (label, text, kubeconfig) in [
+            ("joined", &joined, management::paths::ADMIN_KUBECONFIG),
+            (
+                "initialized",
+                &initialized,
+                management::paths::SUPER_ADMIN_KUBECONFIG,
+            ),
+            ("seed", &seeded, management::paths::SUPER_ADMIN_KUBECONFIG),
+        ] {
+            let pod = fledge_generator::yaml::parse_documents(text)
+                .unwrap()
+                .remove(0);
+            assert_eq!(
+                pod["spec"]["volumes"][0]["hostPath"]["path"], kubeconfig,
+                "{}: {label}",
+                case.name
+            );
+            assert_eq!(
+                pod["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+                management::paths::ADMIN_KUBECONFIG,
+                "{}: {label}: kube-vip reads the file at admin.conf's path in its container",
+                case.name
+            );
+            let env = &pod["spec"]["containers"][0]["env"];
+            assert_eq!(
+                env[0],
+                serde_json::json!({"name": "address", "value": "10.0.0.100"})
+            );
+            let results = apply(&target, &[pod], &opts, |_| {})
+                .await
+                .unwrap_or_else(|e| panic!("{}: {label}: {e:#?}", case.name));
+            assert_eq!(results[0].outcome, Outcome::Created, "{label}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6);
+}

@@ -71,6 +71,20 @@ pub trait InfraProvider: Sync {
     fn validate_endpoint_host(&self, _infra: &Infrastructure, _host: &str) -> Result<(), String> {
         Ok(())
     }
+    /// The virtual IP the control-plane nodes serve the endpoint with, when nothing of the
+    /// provider's serves it (no load balancer, no DNS record): kube-vip as a static pod.
+    fn endpoint_vip(&self, _infra: &Infrastructure) -> Option<EndpointVip> {
+        None
+    }
+}
+
+/// kube-vip's settings for one cluster (see [`InfraProvider::endpoint_vip`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointVip {
+    /// Container image.
+    pub image: String,
+    /// Interface that carries the address; kube-vip picks the default route's when absent.
+    pub interface: Option<String>,
 }
 
 /// The provider implementation for `kind`.

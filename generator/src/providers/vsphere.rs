@@ -1,8 +1,8 @@
 //! Cluster API Provider vSphere (CAPV).
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, text};
+use super::{EndpointVip, InfraApi, InfraProvider, MachineRules, Need, text};
 use crate::spec::{
-    CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_host, check_text,
+    CapiVersion, Infrastructure, KubeVip, Problems, check_dns_subdomain, check_host, check_text,
 };
 
 pub(super) struct Vsphere;
@@ -40,6 +40,27 @@ impl InfraProvider for Vsphere {
     fn needs_endpoint(&self) -> bool {
         true
     }
+    fn validate_endpoint_host(&self, _infra: &Infrastructure, host: &str) -> Result<(), String> {
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(());
+        }
+        Err(format!(
+            "must be an IP address for vsphere (got {host:?}): kube-vip on the control-plane nodes announces it as a virtual IP on their network, and vSphere has no load balancer or DNS record to serve a name"
+        ))
+    }
+    fn endpoint_vip(&self, infra: &Infrastructure) -> Option<EndpointVip> {
+        let kv = infra
+            .vsphere
+            .as_ref()
+            .and_then(|b| b.kube_vip.clone())
+            .unwrap_or_default();
+        Some(EndpointVip {
+            image: kv
+                .image
+                .unwrap_or_else(|| KubeVip::DEFAULT_IMAGE.to_string()),
+            interface: kv.interface,
+        })
+    }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {
         let Some(b) = &infra.vsphere else { return };
         let at = |f: &str| format!("spec.infrastructure.vsphere.{f}");
@@ -71,6 +92,98 @@ impl InfraProvider for Vsphere {
         p.check(
             &at("credentialsSecret"),
             check_dns_subdomain(&b.credentials_secret),
+        );
+        if let Some(kv) = &b.kube_vip {
+            if let Some(image) = &kv.image {
+                p.check(&at("kubeVip.image"), check_image(image));
+            }
+            if let Some(name) = &kv.interface {
+                p.check(&at("kubeVip.interface"), check_interface(name));
+            }
+        }
+    }
+}
+
+/// A container image reference: no whitespace, no scheme, a repository before any tag.
+fn check_image(s: &str) -> Result<(), String> {
+    check_text(s, 512)?;
+    let ok = !s.contains(char::is_whitespace)
+        && !s.contains("://")
+        && !s.starts_with([':', '@', '/'])
+        && s.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a container image reference such as {} (got {s:?})",
+            KubeVip::DEFAULT_IMAGE
+        ))
+    }
+}
+
+/// A Linux network interface name: 1 to 15 bytes, no '/', ':' or whitespace, not '.' or '..'.
+fn check_interface(s: &str) -> Result<(), String> {
+    let ok = (1..=15).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"/:".contains(&b))
+        && s != "."
+        && s != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a network interface name of 1 to 15 characters without '/', ':' or spaces, such as ens192 (got {s:?})"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_endpoint_must_be_an_address_and_kube_vip_fields_are_checked() {
+        let i: Infrastructure =
+            serde_json::from_value(serde_json::json!({"provider": "vsphere"})).unwrap();
+        for ok in ["10.0.0.100", "fd00::100"] {
+            assert_eq!(Vsphere.validate_endpoint_host(&i, ok), Ok(()), "{ok}");
+        }
+        let e = Vsphere
+            .validate_endpoint_host(&i, "api.example.invalid")
+            .unwrap_err();
+        assert!(e.contains("must be an IP address"), "{e}");
+        for ok in [
+            "ghcr.io/kube-vip/kube-vip:v0.6.4",
+            "kube-vip@sha256:0a",
+            "registry.local:5000/kv",
+        ] {
+            assert_eq!(check_image(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "https://x/kv", "kube vip", ":v1"] {
+            assert!(check_image(bad).is_err(), "{bad}");
+        }
+        for ok in ["ens192", "eth0", "bond0.100"] {
+            assert_eq!(check_interface(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "a/b", "en:1", "averyverylongname0", "..", "e th"] {
+            assert!(check_interface(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kube_vip_defaults_to_capvs_image_and_the_default_route() {
+        let i: Infrastructure = serde_json::from_value(serde_json::json!({
+            "provider": "vsphere",
+            "vsphere": {"server": "vc", "datacenter": "d", "datastore": "s", "network": "n",
+                        "template": "t", "credentialsSecret": "c"}
+        }))
+        .unwrap();
+        assert_eq!(
+            Vsphere.endpoint_vip(&i),
+            Some(EndpointVip {
+                image: KubeVip::DEFAULT_IMAGE.into(),
+                interface: None
+            })
         );
     }
 }

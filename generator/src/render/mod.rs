@@ -41,6 +41,10 @@ const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../../templates/workload/machinehealthcheck.yaml.j2"),
     ),
     (
+        "node/kube-vip.yaml.j2",
+        include_str!("../../../templates/node/kube-vip.yaml.j2"),
+    ),
+    (
         "agent/config.yaml.j2",
         include_str!("../../../templates/agent/config.yaml.j2"),
     ),

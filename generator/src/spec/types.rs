@@ -177,6 +177,30 @@ pub struct VsphereSpec {
     pub template: String,
     /// Name of the Secret (in the cluster's namespace) holding the vCenter credentials.
     pub credentials_secret: String,
+    /// kube-vip, which serves `spec.controlPlane.endpoint.host` from the control-plane nodes
+    /// (vSphere has no load balancer of its own). Defaults apply when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_vip: Option<KubeVip>,
+}
+
+/// kube-vip as a static pod on every control-plane node: the node that holds its lease answers
+/// ARP for the endpoint address.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeVip {
+    /// Container image; the node pulls it (or has it in its template). The one CAPV's
+    /// template pins when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Network interface that carries the address, for example `ens192`; kube-vip takes the
+    /// interface of the default route when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+impl KubeVip {
+    /// The image CAPV v1.16.1's `templates/cluster-template.yaml` runs.
+    pub const DEFAULT_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v0.6.4";
 }
 
 /// AWS settings.
