@@ -128,6 +128,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
         .unwrap_or((api.api_version, ""));
     let mut ctx = json!({
         "moved_groups": MOVED_API_GROUPS,
+        "variables_secret": infra.variables_secret,
         // CP-A only; the agent applies the spec's count after the pivot (see `workload`).
         "replicas": 1,
         // CAPA's default instance profile for the machines rendered with this context.

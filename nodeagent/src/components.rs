@@ -126,7 +126,7 @@ pub enum ComponentsError {
     },
     /// Variables without a value (and without a default).
     #[error(
-        "{path}: no value for the variables {}; set them under providers.variables in the agent configuration",
+        "{path}: no value for the variables {}; set them in the Secret named by the request's spec.infrastructure.variablesSecret (or, if they are not secret, under providers.variables in the agent configuration)",
         names.join(", ")
     )]
     Variables {
@@ -911,7 +911,7 @@ mod tests {
         let err = prepare(Path::new("c.yaml"), text, &core(), &v).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "c.yaml: no value for the variables ALPHA, ZED; set them under providers.variables in the agent configuration"
+            "c.yaml: no value for the variables ALPHA, ZED; set them in the Secret named by the request's spec.infrastructure.variablesSecret (or, if they are not secret, under providers.variables in the agent configuration)"
         );
     }
 

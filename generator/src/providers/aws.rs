@@ -33,6 +33,10 @@ impl InfraProvider for Aws {
             machine_type: Need::Unused,
         }
     }
+    /// CAPA v2.11.1 `config/default/credentials.yaml`.
+    fn credential_variables(&self) -> &'static [&'static str] {
+        &["AWS_B64ENCODED_CREDENTIALS"]
+    }
     fn external_cloud_provider(&self) -> bool {
         true
     }

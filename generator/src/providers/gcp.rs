@@ -27,6 +27,10 @@ impl InfraProvider for Gcp {
             machine_type: Need::Required,
         }
     }
+    /// CAPG v1.12.0 `config/default/credentials.yaml`.
+    fn credential_variables(&self) -> &'static [&'static str] {
+        &["GCP_B64ENCODED_CREDENTIALS"]
+    }
     fn external_cloud_provider(&self) -> bool {
         true
     }

@@ -27,6 +27,10 @@ impl InfraProvider for Maas {
             machine_type: Need::Unused,
         }
     }
+    /// CAPMAAS v0.9.0 `config/default/credentials.yaml`.
+    fn credential_variables(&self) -> &'static [&'static str] {
+        &["MAAS_ENDPOINT", "MAAS_API_KEY"]
+    }
     fn external_cloud_provider(&self) -> bool {
         false
     }

@@ -71,6 +71,11 @@ pub trait InfraProvider: Sync {
     fn validate_endpoint_host(&self, _infra: &Infrastructure, _host: &str) -> Result<(), String> {
         Ok(())
     }
+    /// The variables its `components.yaml` needs and has no default for: the credentials of
+    /// its manager, which the request's `infrastructure.variablesSecret` must hold.
+    fn credential_variables(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The virtual IP the control-plane nodes serve the endpoint with, when nothing of the
     /// provider's serves it (no load balancer, no DNS record): kube-vip as a static pod.
     fn endpoint_vip(&self, _infra: &Infrastructure) -> Option<EndpointVip> {
@@ -134,6 +139,12 @@ pub fn validate(spec: &FledgeClusterSpec, p: &mut Problems) {
         p.push(
             format!("spec.infrastructure.{}", chosen.as_str()),
             format!("is required when provider is {}", chosen.as_str()),
+        );
+    }
+    if let Some(name) = &infra.variables_secret {
+        p.check(
+            "spec.infrastructure.variablesSecret",
+            crate::spec::check_dns_subdomain(name),
         );
     }
     if let Some(ep) = &spec.control_plane.endpoint

@@ -34,6 +34,10 @@ impl InfraProvider for Vsphere {
             machine_type: Need::Unused,
         }
     }
+    /// CAPV v1.16.1 `config/base/credentials.yaml`.
+    fn credential_variables(&self) -> &'static [&'static str] {
+        &["VSPHERE_USERNAME", "VSPHERE_PASSWORD"]
+    }
     fn external_cloud_provider(&self) -> bool {
         true
     }

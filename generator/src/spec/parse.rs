@@ -228,6 +228,8 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
 /// nodes run `cloud-provider: external` needs a `cloud` core layer (its cloud-controller-manager),
 /// unless the profile is a `clusterProfileRef` (the agent reads that one).
 ///
+/// A provider whose components need credentials needs `infrastructure.variablesSecret`.
+///
 /// The machine image must be named where the provider would otherwise pick its own: CP-A runs
 /// fledge-agent only when its image has it baked in (`images/bake-agent.sh`), and a provider's
 /// default image has none, so the cluster would silently stay at one control-plane machine.
@@ -259,6 +261,17 @@ fn request_rules(checked: &CheckedCluster) -> Vec<Violation> {
             rule: format!(
                 "is required for {}: {what} of an image with fledge-agent baked in (images/bake-agent.sh); with the provider's default image no agent runs on CP-A and the cluster stays at one control-plane machine",
                 provider.as_str()
+            ),
+        });
+    }
+    let needed = crate::providers::get(provider).credential_variables();
+    if !needed.is_empty() && infra.variables_secret.is_none() {
+        out.push(Violation {
+            path: "spec.infrastructure.variablesSecret".into(),
+            rule: format!(
+                "is required for {}: name a Secret in the cluster's namespace on the management plane with the keys {} (the credentials its provider's components need); the agent reads it when it installs the providers, so they never travel in user-data",
+                provider.as_str(),
+                needed.join(", ")
             ),
         });
     }

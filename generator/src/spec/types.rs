@@ -150,6 +150,13 @@ pub struct Infrastructure {
     /// Docker (CAPD) settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docker: Option<DockerSpec>,
+    /// Name of a Secret in the cluster's namespace on the management plane whose keys are the
+    /// variables of the providers' components, as clusterctl names them (`VSPHERE_USERNAME`,
+    /// `AWS_B64ENCODED_CREDENTIALS`, ...). The agent reads it by name when it installs the
+    /// providers in the cluster; the values never travel in user-data, the KubeadmControlPlane
+    /// or the agent's configuration. Required for providers whose components need credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variables_secret: Option<String>,
 }
 
 /// vSphere settings.

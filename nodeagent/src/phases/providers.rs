@@ -5,10 +5,12 @@
 //! CRD Established, every Deployment Available, every webhook answering a server-side dry-run
 //! create.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
@@ -41,6 +43,33 @@ pub enum ProvidersError {
     /// A provider could not be fetched.
     #[error(transparent)]
     Fetch(#[from] crate::fetch::FetchError),
+    /// The Secret named by `spec.infrastructure.variablesSecret` could not be read.
+    #[error(
+        "cannot read the providers' variables from Secret {namespace}/{name} on the management plane (spec.infrastructure.variablesSecret)"
+    )]
+    VariablesSecret {
+        /// Its namespace (the cluster's).
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// A key or value of that Secret is not a variable.
+    #[error(
+        "Secret {namespace}/{name} (spec.infrastructure.variablesSecret): key {key:?} {problem}"
+    )]
+    VariableKey {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
     /// A readiness check failed (not "not yet": the request itself).
     #[error("{provider}: cannot check {what}")]
     Check {
@@ -178,18 +207,78 @@ async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String,
         .collect()
 }
 
+/// The components' variables: the agent configuration's `providers.variables` (which holds no
+/// secrets), then every key of the Secret the request names in
+/// `spec.infrastructure.variablesSecret`, read from the management plane by name (the agent's
+/// Role allows `get` on that one Secret). The Secret's values win; they are held in memory only,
+/// for the substitution, and end up where `clusterctl init` puts them: in the provider's own
+/// objects in the cluster (its bootstrap-credentials Secret). Returns the variables and the
+/// names taken from the Secret.
+pub async fn variables(
+    ctx: &Context,
+) -> Result<(BTreeMap<String, String>, Vec<String>), ProvidersError> {
+    let mut out = ctx
+        .cfg
+        .providers
+        .as_ref()
+        .map(|p| p.variables.clone())
+        .unwrap_or_default();
+    let Some(name) = &ctx.spec.spec.infrastructure.variables_secret else {
+        return Ok((out, Vec::new()));
+    };
+    let namespace = ctx.spec.namespace.as_str();
+    let api: Api<Secret> = Api::namespaced(ctx.management.clone(), namespace);
+    let secret = api
+        .get(name)
+        .await
+        .map_err(|source| ProvidersError::VariablesSecret {
+            namespace: namespace.to_string(),
+            name: name.clone(),
+            source,
+        })?;
+    let bad = |key: &str, problem| ProvidersError::VariableKey {
+        namespace: namespace.to_string(),
+        name: name.clone(),
+        key: key.to_string(),
+        problem,
+    };
+    let mut names = Vec::new();
+    for (key, value) in secret.data.unwrap_or_default() {
+        if !is_variable_name(&key) {
+            return Err(bad(
+                &key,
+                "is not a variable name (letters, digits and '_', not starting with a digit)",
+            ));
+        }
+        let value = String::from_utf8(value.0)
+            .map_err(|_| bad(&key, "has a value that is not UTF-8 text"))?;
+        out.insert(key.clone(), value);
+        names.push(key);
+    }
+    Ok((out, names))
+}
+
+/// A name `${NAME}` can refer to: `[A-Za-z_][A-Za-z0-9_]*`.
+fn is_variable_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
 /// Installs every provider in order; each must be ready before the next one is applied.
 pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
     fetch_missing(ctx, progress).await?;
-    let variables = ctx
-        .cfg
-        .providers
-        .as_ref()
-        .map(|p| p.variables.clone())
-        .unwrap_or_default();
+    let (variables, from_secret) = variables(ctx).await?;
+    if !from_secret.is_empty() {
+        progress(&format!(
+            "variables from the management plane's Secret (spec.infrastructure.variablesSecret): {}",
+            from_secret.join(", ")
+        ));
+    }
     let providers = wanted(ctx).map_err(ProvidersError::from)?;
     if let Some(why) = ensure_inventory_crd(ctx).await? {
         return Ok(Step::Waiting(why));
@@ -451,4 +540,19 @@ async fn ensure_inventory_crd(ctx: &Context) -> Result<Option<String>, PhaseErro
         Ok((!established(got)).then(|| format!("CRD {name} is not Established yet")))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_variable_name;
+
+    #[test]
+    fn variable_names_are_what_a_components_file_can_refer_to() {
+        for ok in ["VSPHERE_USERNAME", "_X", "a1", "AWS_B64ENCODED_CREDENTIALS"] {
+            assert!(is_variable_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "MY-VAR", "A.B", "A B", "ÄRGER"] {
+            assert!(!is_variable_name(bad), "{bad}");
+        }
+    }
 }
