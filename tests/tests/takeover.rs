@@ -31,6 +31,10 @@ use serde_json::{Value, json};
 
 const NS: &str = "team-docker";
 const NAME: &str = "docker-demo";
+/// The request's `infrastructure.variablesSecret`, and the one variable it holds.
+const VARIABLES_SECRET: &str = "docker-provider-variables";
+const CREDENTIALS_VARIABLE: &str = "FLEDGE_TEST_CREDENTIALS";
+const CREDENTIALS: &str = "test-credential-7f3a9c-only-in-the-secret";
 
 fn api(client: &kube::Client, api_version: &str, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), NS, &capi::resource(api_version, kind))
@@ -181,6 +185,12 @@ async fn bake_providers(local: &kube::Client, dir: &Path) {
     d["metadata"]["name"] = json!("capd-controller-manager");
     d["metadata"]["namespace"] = json!("capd-system");
     docs.push(d);
+    // A manager credential as the cloud providers' components carry theirs (CAPA's
+    // `capa-manager-bootstrap-credentials`): a required variable, which the agent takes from the
+    // request's variablesSecret on the management plane.
+    docs.push(json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "capd-manager-bootstrap-credentials", "namespace": "capd-system"},
+        "type": "Opaque", "stringData": {"credentials": format!("${{{CREDENTIALS_VARIABLE}}}")}}));
     let at = dir.join("infrastructure-docker").join(&version);
     write_docs(&at.join("components.yaml"), &docs);
     std::fs::write(at.join("metadata.yaml"), &metadata).unwrap();
@@ -376,11 +386,21 @@ async fn fixture() -> Option<Fixture> {
         }],
         cluster_profile_ref: None,
     });
+    checked.spec.infrastructure.variables_secret = Some(VARIABLES_SECRET.into());
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
     let target = client_from_kubeconfig(Some(&mgmt.kubeconfig))
         .await
         .unwrap();
     apply(&target, &objects, &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    // The providers' variables, created by the user beside the request.
+    let variables: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": VARIABLES_SECRET, "namespace": NS},
+        "stringData": {CREDENTIALS_VARIABLE: CREDENTIALS}}))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mc.clone(), NS)
+        .create(&Default::default(), &variables)
         .await
         .unwrap();
     // The agent's identity: the rendered Role, bound to the test user whose token the node holds.
@@ -717,6 +737,32 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
         "request counters: management {mgmt_requests}, local {local_requests}"
     );
     f.check_end_state().await;
+    // The provider's credential came from the management plane's Secret into the provider's
+    // own Secret, and nowhere else: not the agent's configuration, state or log.
+    let creds: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(f.local.client().await, "capd-system");
+    let creds = creds
+        .get("capd-manager-bootstrap-credentials")
+        .await
+        .unwrap();
+    assert_eq!(
+        creds.data.unwrap()["credentials"].0,
+        CREDENTIALS.as_bytes(),
+        "the provider's Secret holds the value from {VARIABLES_SECRET}"
+    );
+    let mut found = Vec::new();
+    let mut dirs = vec![f.root.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if String::from_utf8_lossy(&std::fs::read(&p).unwrap()).contains(CREDENTIALS) {
+                found.push(p);
+            }
+        }
+    }
+    assert!(found.is_empty(), "the credential is written in {found:?}");
     // The add-on layer is applied, then the agent goes on to Steady, and its first reconcile
     // finds the cluster as the scale-out left it (no field the servers defaulted reads as a
     // change).
