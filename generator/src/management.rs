@@ -129,6 +129,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
     let mut ctx = json!({
         "moved_groups": MOVED_API_GROUPS,
         "variables_secret": infra.variables_secret,
+        "node_file": provider.template_secret_file(),
         // CP-A only; the agent applies the spec's count after the pivot (see `workload`).
         "replicas": 1,
         // CAPA's default instance profile for the machines rendered with this context.

@@ -718,3 +718,81 @@ fn health_checks_select_their_machines_and_autoscaled_pools_carry_their_bounds()
     assert_eq!(md0["spec"]["replicas"], 2);
     assert!(md("docker-demo-batch")["metadata"]["annotations"].is_null());
 }
+
+/// Azure nodes read `/etc/kubernetes/azure.json` (cloud-provider-azure's configuration) from the
+/// Secret CAPZ's AzureMachineTemplate controller writes for their machine template,
+/// `<template>-azure-json` with the keys `control-plane-azure.json` and `worker-node-azure.json`
+/// (CAPZ v1.26.0 `controllers/helpers.go`). Without it the control plane's cloud provider has no
+/// configuration and the nodes keep the uninitialized taint.
+#[test]
+fn azure_nodes_read_azure_json_from_the_secret_capz_writes_for_their_machine_template() {
+    let mut seen = 0;
+    for dir in case_dirs().into_iter().filter(|d| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("azure"))
+    }) {
+        let mut all = Vec::new();
+        for file in ["management.yaml", "workload.yaml"] {
+            let text = std::fs::read_to_string(dir.join("expected").join(file)).unwrap();
+            all.extend(docs(&text).into_iter().map(|d| (file, d)));
+        }
+        let azure_json = |files: &Value| -> Option<(String, String)> {
+            let f = files
+                .as_array()?
+                .iter()
+                .find(|f| f["path"] == "/etc/kubernetes/azure.json")?;
+            assert_eq!(f["permissions"], "0600");
+            let s = &f["contentFrom"]["secret"];
+            Some((s["name"].as_str()?.into(), s["key"].as_str()?.into()))
+        };
+        let infra_ref = |mt: &Value| {
+            let r = &mt["infrastructureRef"];
+            let r = if r.is_object() {
+                r
+            } else {
+                &mt["spec"]["infrastructureRef"]
+            };
+            r["name"].as_str().unwrap().to_string()
+        };
+        for (file, d) in &all {
+            let (template, got, key) = match d["kind"].as_str().unwrap_or_default() {
+                "KubeadmControlPlane" => (
+                    infra_ref(&d["spec"]["machineTemplate"]),
+                    azure_json(&d["spec"]["kubeadmConfigSpec"]["files"]),
+                    "control-plane-azure.json",
+                ),
+                "MachineDeployment" => {
+                    let spec = &d["spec"]["template"]["spec"];
+                    let config = spec["bootstrap"]["configRef"]["name"].as_str().unwrap();
+                    let kct = all
+                        .iter()
+                        .map(|(_, d)| d)
+                        .find(|d| {
+                            d["kind"] == "KubeadmConfigTemplate" && d["metadata"]["name"] == config
+                        })
+                        .unwrap();
+                    (
+                        spec["infrastructureRef"]["name"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                        azure_json(&kct["spec"]["template"]["spec"]["files"]),
+                        "worker-node-azure.json",
+                    )
+                }
+                _ => continue,
+            };
+            assert_eq!(
+                got,
+                Some((format!("{template}-azure-json"), key.to_string())),
+                "{}/{file}: {} {}",
+                dir.display(),
+                d["kind"],
+                d["metadata"]["name"]
+            );
+            seen += 1;
+        }
+    }
+    // Per case: the management KCP, the workload KCP and one pool.
+    assert_eq!(seen, 6);
+}

@@ -1,6 +1,6 @@
 //! Cluster API Provider Azure (CAPZ). CAPZ serves only `v1beta1`, even with a v1beta2 core.
 
-use super::{InfraApi, InfraProvider, MachineRules, Need};
+use super::{InfraApi, InfraProvider, MachineRules, Need, TemplateSecretFile};
 use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_text};
 
 pub(super) struct Azure;
@@ -26,6 +26,17 @@ impl InfraProvider for Azure {
             vm_size: Need::Required,
             machine_type: Need::Unused,
         }
+    }
+    /// CAPZ v1.26.0's AzureMachineTemplate controller writes `<template>-azure-json` with both
+    /// keys (`controllers/helpers.go` `GetCloudProviderSecret`); its templates mount them at
+    /// `/etc/kubernetes/azure.json`, where cloud-provider-azure and the kubelet read them.
+    fn template_secret_file(&self) -> Option<TemplateSecretFile> {
+        Some(TemplateSecretFile {
+            path: "/etc/kubernetes/azure.json",
+            suffix: "-azure-json",
+            control_plane_key: "control-plane-azure.json",
+            worker_key: "worker-node-azure.json",
+        })
     }
     fn external_cloud_provider(&self) -> bool {
         true

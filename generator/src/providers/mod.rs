@@ -76,11 +76,31 @@ pub trait InfraProvider: Sync {
     fn credential_variables(&self) -> &'static [&'static str] {
         &[]
     }
+    /// The node configuration the provider's controller writes into a Secret per machine
+    /// template, which every node of the template needs as a file (Azure's `azure.json`).
+    fn template_secret_file(&self) -> Option<TemplateSecretFile> {
+        None
+    }
     /// The virtual IP the control-plane nodes serve the endpoint with, when nothing of the
     /// provider's serves it (no load balancer, no DNS record): kube-vip as a static pod.
     fn endpoint_vip(&self, _infra: &Infrastructure) -> Option<EndpointVip> {
         None
     }
+}
+
+/// A file every node gets from a Secret the provider creates for each machine template, named
+/// `<template name><suffix>`, with one key for control-plane nodes and one for workers (see
+/// [`InfraProvider::template_secret_file`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TemplateSecretFile {
+    /// Path on the node.
+    pub path: &'static str,
+    /// Suffix of the Secret's name after the machine template's name.
+    pub suffix: &'static str,
+    /// The key control-plane nodes read.
+    pub control_plane_key: &'static str,
+    /// The key workers read.
+    pub worker_key: &'static str,
 }
 
 /// kube-vip's settings for one cluster (see [`InfraProvider::endpoint_vip`]).
