@@ -19,9 +19,13 @@ pub const LIST_PARALLELISM: usize = 8;
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 const MOVE_LABELS: [&str; 3] = [
     "clusterctl.cluster.x-k8s.io",
-    "clusterctl.cluster.x-k8s.io/move",
-    "clusterctl.cluster.x-k8s.io/move-hierarchy",
+    MOVE_LABEL,
+    MOVE_HIERARCHY_LABEL,
 ];
+/// clusterctl's label (on an object or its CRD): move the object.
+pub const MOVE_LABEL: &str = "clusterctl.cluster.x-k8s.io/move";
+/// clusterctl's label (on an object or its CRD): move the object and what it owns.
+pub const MOVE_HIERARCHY_LABEL: &str = "clusterctl.cluster.x-k8s.io/move-hierarchy";
 const CORE_GROUPS: [&str; 3] = [
     "cluster.x-k8s.io",
     "bootstrap.cluster.x-k8s.io",
@@ -74,14 +78,36 @@ pub struct Graph {
     pub unlisted: Vec<(String, String)>,
     /// Members the pivot cannot move correctly, and why (refused before any write).
     pub refused: Vec<(ObjRef, String)>,
+    /// Members that live outside the namespace (uid -> their namespace, `None` when
+    /// cluster-scoped): the global identities the cluster's infrastructure names, and their
+    /// Secrets in the provider's namespace.
+    pub located: BTreeMap<String, Option<String>>,
+    /// Global members (identities and what they hold): copied, never deleted from the source nor
+    /// (on rollback) from the target, and a copy already in the target is left as it is, as
+    /// clusterctl move does.
+    pub global: BTreeSet<String>,
+    /// Types whose CRD carries clusterctl's `move` (false) or `move-hierarchy` (true) label, by
+    /// `group/Kind`: every object of such a type in the namespace is moved.
+    pub forced_types: BTreeMap<String, bool>,
 }
 
 impl Graph {
     /// The type of an object.
     pub fn resource(&self, obj: &ObjRef) -> Option<&ApiResource> {
+        self.resource_of(&obj.api_version, &obj.kind)
+    }
+
+    /// The type of `apiVersion` and `kind`.
+    pub fn resource_of(&self, api_version: &str, kind: &str) -> Option<&ApiResource> {
         self.types
             .iter()
-            .find(|t| t.api_version == obj.api_version && t.kind == obj.kind)
+            .find(|t| t.api_version == api_version && t.kind == kind)
+    }
+
+    /// Where a member lives when it is outside the namespace: `Some(None)` cluster-scoped,
+    /// `Some(Some(ns))` in namespace `ns`; `None` in the namespace moved.
+    pub fn location(&self, uid: &str) -> Option<Option<&str>> {
+        self.located.get(uid).map(|l| l.as_deref())
     }
 }
 
@@ -113,9 +139,19 @@ pub enum DiscoverError {
 /// type of the groups its Role grants ([`MOVED_API_GROUPS`]), at the storage version (found
 /// through the `storageVersionHash` that discovery publishes).
 pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, DiscoverError> {
+    Ok(labelled_move_types(client).await?.0)
+}
+
+/// [`move_types`], with the types whose CRD carries clusterctl's `move` / `move-hierarchy`
+/// labels (see [`Graph::forced_types`]; none known without access to the CRDs).
+pub async fn labelled_move_types(
+    client: &kube::Client,
+) -> Result<(Vec<ApiResource>, BTreeMap<String, bool>), DiscoverError> {
     let list = match super::crds::list(client).await {
         Ok(list) => list,
-        Err(kube::Error::Api(s)) if s.code == 403 => return discovered_types(client).await,
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            return Ok((discovered_types(client).await?, BTreeMap::new()));
+        }
         Err(source) => {
             return Err(DiscoverError::Request {
                 what: "listing CRDs".into(),
@@ -124,6 +160,7 @@ pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, Disco
         }
     };
     let mut out = Vec::new();
+    let mut forced = BTreeMap::new();
     for crd in list {
         let s = &crd.spec;
         let labels = crd.metadata.labels.clone().unwrap_or_default();
@@ -131,6 +168,11 @@ pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, Disco
             || MOVE_LABELS.iter().any(|l| labels.contains_key(*l));
         if !wanted || s.scope != "Namespaced" {
             continue;
+        }
+        if labels.contains_key(MOVE_HIERARCHY_LABEL) {
+            forced.insert(format!("{}/{}", s.group, s.names.kind), true);
+        } else if labels.contains_key(MOVE_LABEL) {
+            forced.insert(format!("{}/{}", s.group, s.names.kind), false);
         }
         let Some(v) = s.versions.iter().find(|v| v.storage) else {
             continue;
@@ -144,7 +186,7 @@ pub async fn move_types(client: &kube::Client) -> Result<Vec<ApiResource>, Disco
         });
     }
     out.sort_by(|a, b| (&a.group, &a.kind).cmp(&(&b.group, &b.kind)));
-    Ok(out)
+    Ok((out, forced))
 }
 
 /// The apiserver's `storageVersionHash` of a kind stored as `group/version`: the first 8 bytes
@@ -305,7 +347,8 @@ pub async fn discover(
     cluster: &str,
 ) -> Result<Graph, DiscoverError> {
     let mut g = Graph::default();
-    let mut types = move_types(client).await?;
+    let (mut types, forced_types) = labelled_move_types(client).await?;
+    g.forced_types = forced_types;
     for (kind, plural) in [("Secret", "secrets"), ("ConfigMap", "configmaps")] {
         types.push(ApiResource {
             group: String::new(),
@@ -356,8 +399,12 @@ pub async fn discover(
     cluster_class(&mut g, &root, namespace);
     g.types = types;
     read_bodies(client, namespace, &mut g).await?;
+    let identity_refusals = super::identities::global(client, &mut g, &root, namespace).await?;
     let cluster_scoped = cluster_scoped_owner_types(client, &g).await?;
     g.refused = refusals(&g, namespace, &cluster_scoped);
+    g.refused.extend(identity_refusals);
+    g.refused.sort();
+    g.refused.dedup();
     Ok(g)
 }
 
@@ -418,6 +465,9 @@ pub fn refusals(
     for uid in &g.members {
         let n = &g.nodes[uid];
         for o in &n.owners {
+            if g.members.contains(&o.uid) {
+                continue;
+            }
             if cluster_scoped.contains(&format!("{}/{}", o.api_version, o.kind)) {
                 out.push((
                     n.obj.clone(),
@@ -430,8 +480,13 @@ pub fn refusals(
         }
         let mut refs = Vec::new();
         collect_namespaced_refs(&n.data["spec"], "spec", &mut refs);
+        // Identity references are checked (naming the identity) by `identities::global`.
+        let credential_paths: BTreeSet<String> = super::identities::credential_refs(n)
+            .into_iter()
+            .map(|r| r.path)
+            .collect();
         for (path, ns) in refs {
-            if ns != namespace {
+            if ns != namespace && !credential_paths.contains(&path) {
                 out.push((
                     n.obj.clone(),
                     format!("{path} refers to namespace {ns}: the pivot moves namespace {namespace} only"),
@@ -642,6 +697,8 @@ fn linked(g: &Graph, root: &str, cluster: &str) -> BTreeSet<String> {
             set.insert(n.obj.uid.clone());
         }
     }
+    // The identity and credentials Secret its infrastructure cluster names.
+    set.extend(super::identities::chain(g, root));
     loop {
         let before = set.len();
         for n in g.nodes.values() {
@@ -676,6 +733,17 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
             (name, set)
         })
         .collect();
+    // What clusterctl's labels move and no other cluster holds: with the cluster, kept in the
+    // source when the namespace has other clusters.
+    let held: BTreeSet<String> = others.iter().flat_map(|(_, s)| s.iter().cloned()).collect();
+    let other_names: Vec<String> = others.iter().map(|(n, _)| n.clone()).collect();
+    for uid in super::identities::forced(g, cluster, &held) {
+        if members.insert(uid.clone()) && !other_names.is_empty() {
+            g.shared.insert(uid.clone());
+            g.keep
+                .insert(uid, super::identities::others_why(&other_names));
+        }
+    }
     for uid in &members {
         if uid == root {
             continue;
@@ -742,7 +810,9 @@ mod tests {
             "Secret" | "ConfigMap" => "v1",
             "KubeadmControlPlane" => "controlplane.cluster.x-k8s.io/v1beta2",
             "KubeadmConfig" | "KubeadmConfigTemplate" => "bootstrap.cluster.x-k8s.io/v1beta2",
-            k if k.starts_with("Dev") => "infrastructure.cluster.x-k8s.io/v1beta2",
+            k if k.starts_with("Dev") || k.starts_with("Azure") || k.starts_with("GCP") => {
+                "infrastructure.cluster.x-k8s.io/v1beta2"
+            }
             _ => "cluster.x-k8s.io/v1beta2",
         }
     }
@@ -754,7 +824,7 @@ mod tests {
         let mut g = Graph::default();
         for (kind, name, cluster, owners, spec) in rows {
             let mut data = json!({"apiVersion": api_version(kind), "kind": kind,
-                "metadata": {"name": name}, "spec": spec});
+                "metadata": {"name": name, "namespace": "ns"}, "spec": spec});
             if let Some(c) = cluster {
                 data["metadata"]["labels"] = json!({CLUSTER_NAME_LABEL: c});
             }
@@ -794,7 +864,12 @@ mod tests {
 
     /// Runs membership for `cluster`; returns (members, kept in the source) as `Kind/name`.
     fn members_of(rows: &[Row], cluster: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
-        let mut g = graph(rows);
+        members_labelled(graph(rows), cluster)
+    }
+
+    /// [`members_of`] a graph whose objects carry extra labels (`Kind/name`, label key).
+    fn members_labelled(g: Graph, cluster: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
+        let mut g = g;
         let root = format!("uid-Cluster-{cluster}");
         membership(&mut g, &root, cluster);
         let name = |uid: &String| {
@@ -856,6 +931,35 @@ mod tests {
     }
 
     #[test]
+    fn a_type_labelled_move_on_its_crd_moves_every_object_of_it_in_the_namespace() {
+        let mut g = graph(&[
+            ("Cluster", "a", None, &[], cluster_spec("a")),
+            ("DevMachineTemplate", "spare", None, &[], json!({})),
+            (
+                "ConfigMap",
+                "spare-cm",
+                None,
+                &["DevMachineTemplate/spare"],
+                json!({}),
+            ),
+        ]);
+        g.forced_types.insert(
+            "infrastructure.cluster.x-k8s.io/DevMachineTemplate".into(),
+            true,
+        );
+        let (members, kept) = members_labelled(g, "a");
+        assert_eq!(
+            members,
+            set(&[
+                "Cluster/a",
+                "DevMachineTemplate/spare",
+                "ConfigMap/spare-cm"
+            ])
+        );
+        assert!(kept.is_empty());
+    }
+
+    #[test]
     fn membership_table() {
         struct Case<'a> {
             name: &'a str,
@@ -863,6 +967,8 @@ mod tests {
             cluster: &'a str,
             members: &'a [&'a str],
             kept: &'a [(&'a str, &'a str)],
+            /// Labels put on objects: (`Kind/name`, label key).
+            labels: &'a [(&'a str, &'a str)],
         }
         let cases = [
             Case {
@@ -895,6 +1001,7 @@ mod tests {
                     ("DevMachineTemplate/shared", "b"),
                     ("Secret/shared-creds", "b"),
                 ],
+                labels: &[],
             },
             Case {
                 name: "prefix-named clusters stay apart",
@@ -923,6 +1030,7 @@ mod tests {
                 cluster: "web",
                 members: &["Cluster/web", "KubeadmControlPlane/web-cp", "Secret/web-ca"],
                 kept: &[],
+                labels: &[],
             },
             Case {
                 name: "an object labelled for another cluster but owned by this one is kept",
@@ -941,6 +1049,7 @@ mod tests {
                 cluster: "a",
                 members: &["Cluster/a", "ConfigMap/odd"],
                 kept: &[("ConfigMap/odd", "b")],
+                labels: &[],
             },
             Case {
                 name: "the other cluster's refs make an object shared",
@@ -958,6 +1067,7 @@ mod tests {
                 cluster: "a",
                 members: &["Cluster/a", "DevCluster/a"],
                 kept: &[("DevCluster/a", "b")],
+                labels: &[],
             },
             Case {
                 name: "a service-account token is never moved, another Cluster never pulled in",
@@ -975,10 +1085,166 @@ mod tests {
                 cluster: "a",
                 members: &["Cluster/a"],
                 kept: &[],
+                labels: &[],
+            },
+            Case {
+                name: "move-hierarchy moves the object and what it owns, move the object alone",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("ConfigMap", "tree", None, &[], json!({})),
+                    ("Secret", "leaf", None, &["ConfigMap/tree"], json!({})),
+                    ("ConfigMap", "single", None, &[], json!({})),
+                    (
+                        "Secret",
+                        "not-pulled",
+                        None,
+                        &["ConfigMap/single"],
+                        json!({}),
+                    ),
+                    ("Secret", "unlabelled", None, &[], json!({})),
+                ],
+                cluster: "a",
+                members: &[
+                    "Cluster/a",
+                    "ConfigMap/tree",
+                    "Secret/leaf",
+                    "ConfigMap/single",
+                ],
+                kept: &[],
+                labels: &[
+                    ("ConfigMap/tree", MOVE_HIERARCHY_LABEL),
+                    ("ConfigMap/single", MOVE_LABEL),
+                ],
+            },
+            Case {
+                name: "labelled objects no cluster holds are copied and kept for the namespace's other clusters",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("Cluster", "b", None, &[], cluster_spec("b")),
+                    ("Secret", "team-creds", None, &[], json!({})),
+                ],
+                cluster: "a",
+                members: &["Cluster/a", "Secret/team-creds"],
+                kept: &[("Secret/team-creds", "b")],
+                labels: &[("Secret/team-creds", MOVE_LABEL)],
+            },
+            Case {
+                name: "the infrastructure's identityRef and the identity's clientSecret are followed, another cluster's labelled identity is not",
+                rows: vec![
+                    (
+                        "Cluster",
+                        "a",
+                        None,
+                        &[],
+                        json!({
+                        "infrastructureRef": {"kind": "AzureCluster", "name": "a"}}),
+                    ),
+                    (
+                        "Cluster",
+                        "b",
+                        None,
+                        &[],
+                        json!({
+                        "infrastructureRef": {"kind": "AzureCluster", "name": "b"}}),
+                    ),
+                    (
+                        "AzureCluster",
+                        "a",
+                        None,
+                        &["Cluster/a"],
+                        json!({
+                        "identityRef": {"kind": "AzureClusterIdentity", "name": "id-a"}}),
+                    ),
+                    (
+                        "AzureCluster",
+                        "b",
+                        None,
+                        &["Cluster/b"],
+                        json!({
+                        "identityRef": {"kind": "AzureClusterIdentity", "name": "id-b"}}),
+                    ),
+                    (
+                        "AzureClusterIdentity",
+                        "id-a",
+                        None,
+                        &[],
+                        json!({
+                        "clientSecret": {"name": "sp-a"}}),
+                    ),
+                    (
+                        "AzureClusterIdentity",
+                        "id-b",
+                        None,
+                        &[],
+                        json!({
+                        "clientSecret": {"name": "sp-b"}}),
+                    ),
+                    ("Secret", "sp-a", None, &[], json!({})),
+                    ("Secret", "sp-b", None, &[], json!({})),
+                ],
+                cluster: "a",
+                members: &[
+                    "Cluster/a",
+                    "AzureCluster/a",
+                    "AzureClusterIdentity/id-a",
+                    "Secret/sp-a",
+                ],
+                kept: &[],
+                labels: &[
+                    ("AzureClusterIdentity/id-a", MOVE_HIERARCHY_LABEL),
+                    ("AzureClusterIdentity/id-b", MOVE_HIERARCHY_LABEL),
+                ],
+            },
+            Case {
+                name: "an identity two clusters name is copied and kept in the source",
+                rows: vec![
+                    (
+                        "Cluster",
+                        "a",
+                        None,
+                        &[],
+                        json!({
+                        "infrastructureRef": {"kind": "GCPCluster", "name": "a"}}),
+                    ),
+                    (
+                        "Cluster",
+                        "b",
+                        None,
+                        &[],
+                        json!({
+                        "infrastructureRef": {"kind": "GCPCluster", "name": "b"}}),
+                    ),
+                    (
+                        "GCPCluster",
+                        "a",
+                        None,
+                        &["Cluster/a"],
+                        json!({
+                        "credentialsRef": {"name": "gcp"}}),
+                    ),
+                    (
+                        "GCPCluster",
+                        "b",
+                        None,
+                        &["Cluster/b"],
+                        json!({
+                        "credentialsRef": {"name": "gcp"}}),
+                    ),
+                    ("Secret", "gcp", None, &[], json!({})),
+                ],
+                cluster: "a",
+                members: &["Cluster/a", "GCPCluster/a", "Secret/gcp"],
+                kept: &[("Secret/gcp", "b")],
+                labels: &[],
             },
         ];
         for case in cases {
-            let (members, kept) = members_of(&case.rows, case.cluster);
+            let mut g = graph(&case.rows);
+            for (obj, key) in case.labels {
+                let uid = format!("uid-{}", obj.replace('/', "-"));
+                g.nodes.get_mut(&uid).unwrap().data["metadata"]["labels"][*key] = json!("");
+            }
+            let (members, kept) = members_labelled(g, case.cluster);
             assert_eq!(members, set(case.members), "{}", case.name);
             assert_eq!(
                 kept.keys().cloned().collect::<BTreeSet<_>>(),

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod count;
 pub mod crds;
 pub mod discover;
+pub mod identities;
 pub mod phase;
 pub mod plan;
 pub mod providers;

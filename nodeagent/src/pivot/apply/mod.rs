@@ -730,7 +730,7 @@ impl<'a> Pivot<'a> {
                 delay = (delay * 2).min(Duration::from_secs(5));
                 let mut still = Vec::new();
                 for n in blocked {
-                    let api = self.api(self.source, g.resource(&n.obj).expect("listed"));
+                    let api = self.member_api(self.source, &g, &n.obj);
                     let now = self
                         .retry(
                             || format!("reading the source {}", n.obj),
@@ -852,12 +852,24 @@ impl<'a> Pivot<'a> {
         Api::namespaced_with(client.clone(), self.namespace, ar)
     }
 
-    /// The plan's types, one each.
+    /// The API of a member where it lives: the namespace moved, or (a global identity and its
+    /// Secret) cluster-wide or the provider's namespace.
+    fn member_api(&self, client: &kube::Client, graph: &Graph, o: &ObjRef) -> Api<DynamicObject> {
+        let ar = graph.resource(o).expect("members' types are listed");
+        match graph.location(&o.uid) {
+            Some(None) => Api::all_with(client.clone(), ar),
+            Some(Some(ns)) => Api::namespaced_with(client.clone(), ns, ar),
+            None => self.api(client, ar),
+        }
+    }
+
+    /// The plan's types, one each, of the members in the namespace.
     fn plan_types<'g>(graph: &'g Graph, plan: &Plan) -> Vec<&'g ApiResource> {
         let mut seen = BTreeSet::new();
         plan.groups
             .iter()
             .flat_map(|g| &g.objects)
+            .filter(|o| graph.location(&o.uid).is_none())
             .filter(|o| seen.insert((o.api_version.clone(), o.kind.clone())))
             .filter_map(|o| graph.resource(o))
             .collect()
@@ -900,8 +912,26 @@ impl<'a> Pivot<'a> {
                 }
             }
         }
+        // Members outside the namespace (global identities, their Secrets), one by one: a
+        // copy this pivot did not make is left as it is (clusterctl move does the same).
+        for uid in graph.located.keys().filter(|u| graph.members.contains(*u)) {
+            let o = &graph.nodes[uid].obj;
+            let api = self.member_api(self.target, graph, o);
+            let got = self
+                .retry(
+                    || format!("reading {o} in the target"),
+                    || async { api.get_opt(&o.name).await },
+                )
+                .await?;
+            if let Some(obj) = got {
+                by_source.insert(uid.clone(), obj);
+            }
+        }
         for uid in &graph.members {
             let o = &graph.nodes[uid].obj;
+            if graph.location(uid).is_some() {
+                continue;
+            }
             match by_name.get(&(o.kind.clone(), o.name.clone())) {
                 None => {}
                 Some(Some(src)) if src == uid => {}
@@ -965,7 +995,10 @@ impl<'a> Pivot<'a> {
                     async move {
                         let ar = graph.resource(o).expect("planned types are listed");
                         let st = served[&(o.api_version.clone(), o.kind.clone())];
+                        let global = graph.global.contains(&o.uid);
                         let (obj, created, dropped) = match known {
+                            // A global identity (or its Secret) already there stays as it is.
+                            Some(obj) if global => (obj, false, 0),
                             // A shared object an earlier pivot copied: this cluster's owners
                             // join the ones already there.
                             Some(obj) if graph.shared.contains(&o.uid) => {
@@ -983,10 +1016,11 @@ impl<'a> Pivot<'a> {
                                 if dropped > 0 {
                                     tracing::warn!(object = %o, dropped, "ownerReferences to objects that are not moved are dropped in the target");
                                 }
-                                (self.create(ar, o, body).await?, true, dropped)
+                                let api = self.member_api(self.target, graph, o);
+                                (self.create(&api, o, body).await?, true, dropped)
                             }
                         };
-                        let copied = if self.opts.copy_status && st.status_subresource {
+                        let copied = if self.opts.copy_status && st.status_subresource && !global {
                             self.copy_status(ar, o, node, &obj).await?
                         } else {
                             false
@@ -1047,7 +1081,9 @@ impl<'a> Pivot<'a> {
         }
         if self.opts.copy_status {
             for o in plan.groups.iter().flat_map(|g| &g.objects) {
-                if served[&(o.api_version.clone(), o.kind.clone())].status_subresource {
+                if served[&(o.api_version.clone(), o.kind.clone())].status_subresource
+                    && !graph.global.contains(&o.uid)
+                {
                     let ar = graph.resource(o).expect("listed");
                     summary.statuses += usize::from(
                         self.copy_status(ar, o, &graph.nodes[&o.uid], &existing[&o.uid])

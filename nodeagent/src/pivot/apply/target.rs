@@ -219,11 +219,10 @@ impl<'a> Pivot<'a> {
 
     pub(super) async fn create(
         &self,
-        ar: &ApiResource,
+        api: &Api<DynamicObject>,
         o: &ObjRef,
         body: Value,
     ) -> Result<DynamicObject, PivotError> {
-        let api = self.api(self.target, ar);
         let obj: DynamicObject =
             serde_json::from_value(body).map_err(|e| PivotError::Verify(format!("{o}: {e}")))?;
         match self
@@ -314,8 +313,11 @@ impl<'a> Pivot<'a> {
                 .flatten()
                 .map(|o| o.uid.as_str())
                 .collect();
-            // A shared object may also have owners from clusters pivoted before this one.
-            let owners_ok = if graph.shared.contains(uid) {
+            // A shared object may also have owners from clusters pivoted before this one; a
+            // global one found in the target is left as it was.
+            let owners_ok = if graph.global.contains(uid) {
+                true
+            } else if graph.shared.contains(uid) {
                 want.is_subset(&have)
             } else {
                 want == have

@@ -80,9 +80,12 @@ impl<'a> Pivot<'a> {
     /// discovering it there (the Cluster itself is unmarked last, by [`Self::complete`]).
     pub(super) async fn unmark_discovered(&self) -> Result<(), PivotError> {
         let graph = discover(self.target, self.namespace, self.cluster).await?;
+        // Global identities stay as they are on the management plane (a copy the unpivot made
+        // keeps its mark; it is never deleted).
         let objects: Vec<(&ApiResource, DynamicObject)> = graph
             .members
             .iter()
+            .filter(|u| graph.location(u).is_none())
             .map(|u| &graph.nodes[u])
             .filter(|n| !(n.obj.kind == "Cluster" && n.obj.name == self.cluster))
             .filter_map(|n| {
