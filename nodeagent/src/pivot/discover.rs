@@ -862,12 +862,8 @@ mod tests {
                "infrastructureRef": {"kind": "DevCluster", "name": name}})
     }
 
-    /// Runs membership for `cluster`; returns (members, kept in the source) as `Kind/name`.
-    fn members_of(rows: &[Row], cluster: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
-        members_labelled(graph(rows), cluster)
-    }
-
-    /// [`members_of`] a graph whose objects carry extra labels (`Kind/name`, label key).
+    /// Runs membership for `cluster` on a graph; returns (members, kept in the source) as
+    /// `Kind/name`.
     fn members_labelled(g: Graph, cluster: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
         let mut g = g;
         let root = format!("uid-Cluster-{cluster}");

@@ -135,12 +135,15 @@ pub(super) fn forced(g: &Graph, cluster: &str, others: &BTreeSet<String>) -> BTr
         format!("{group}/{}", n.obj.kind)
     };
     let eligible = |n: &Node| {
-        !(n.obj.kind == "Cluster" && n.obj.api_version.starts_with("cluster.x-k8s.io/"))
-            && n.data["metadata"]["labels"][CLUSTER_NAME_LABEL]
-                .as_str()
-                .is_none_or(|c| c == cluster)
-            && !others.contains(&n.obj.uid)
-            && !g.located.contains_key(&n.obj.uid)
+        let is_cluster =
+            n.obj.kind == "Cluster" && n.obj.api_version.starts_with("cluster.x-k8s.io/");
+        let foreign = n.data["metadata"]["labels"][CLUSTER_NAME_LABEL]
+            .as_str()
+            .is_some_and(|c| c != cluster);
+        !(is_cluster
+            || foreign
+            || others.contains(&n.obj.uid)
+            || g.located.contains_key(&n.obj.uid))
     };
     let labels = |n: &Node| n.data["metadata"]["labels"].as_object().cloned();
     let mut set = BTreeSet::new();
