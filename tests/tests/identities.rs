@@ -347,6 +347,9 @@ async fn holdings(client: &kube::Client) -> BTreeMap<String, (Value, Vec<String>
     out
 }
 
+/// Whether (clusterctl's source, its target, fledge's source, its target) hold an object.
+type Row<'a> = (&'a str, &'a str, &'a str, &'a str);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mover {
     Fledge,
@@ -515,8 +518,7 @@ async fn identities_are_moved_as_clusterctl_move_moves_them() {
         ("Secret azure/az-secret", ("-", "yes", "-", "yes")),
         ("Secret gcp/gcp-creds", ("-", "yes", "-", "yes")),
     ];
-    let got: Vec<(&str, (&str, &str, &str, &str))> =
-        table.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+    let got: Vec<(&str, Row)> = table.iter().map(|(k, r)| (k.as_str(), *r)).collect();
     assert_eq!(got, want);
     // What both copied is the same in both targets: body and owners.
     for (k, (body, owners)) in &ft {
