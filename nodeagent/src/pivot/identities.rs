@@ -369,18 +369,22 @@ async fn provider_secret(
                 .into(),
         );
     }
+    // A namespace the pivot may not read is passed over: the Secret may be in the next one.
+    let mut forbidden = Vec::new();
     for ns in namespaces {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
         match api.get_opt(name).await {
             Ok(Some(s)) => return Ok((s, ar)),
             Ok(None) => {}
-            Err(kube::Error::Api(s)) if s.code == 403 => {
-                return Err(format!(
-                    "which the pivot may not read in namespace {ns} (HTTP 403: grant get on secrets there)"
-                ));
-            }
+            Err(kube::Error::Api(s)) if s.code == 403 => forbidden.push(ns.as_str()),
             Err(e) => return Err(format!("which could not be read in namespace {ns}: {e}")),
         }
+    }
+    if !forbidden.is_empty() {
+        return Err(format!(
+            "which is not in the infrastructure provider namespaces the pivot may read, and it may not read {} (HTTP 403: grant get on secrets there)",
+            forbidden.join(", ")
+        ));
     }
     Err(format!(
         "which does not exist in the infrastructure provider namespace{} {}",
