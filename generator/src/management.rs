@@ -130,6 +130,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
         "moved_groups": MOVED_API_GROUPS,
         "variables_secret": infra.variables_secret,
         "node_file": provider.template_secret_file(),
+        "global_identity": provider.global_identity(infra).map(|(resource, name)| json!({"resource": resource, "name": name})),
         // CP-A only; the agent applies the spec's count after the pivot (see `workload`).
         "replicas": 1,
         // CAPA's default instance profile for the machines rendered with this context.

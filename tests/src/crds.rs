@@ -167,3 +167,37 @@ pub fn own_crds() -> Vec<Value> {
         .filter_map(|d| Value::deserialize(d).ok())
         .collect()
 }
+
+/// CAPA v2.11.1's cluster-scoped identity CRDs (`AWSCluster{Static,Role,Controller}Identity`)
+/// from its Go module (`scripts/go-peers.sh` writes `capa.dir`; `shared/crds` lacks them), with
+/// the `clusterctl.cluster.x-k8s.io/move-hierarchy` label its release adds
+/// (`config/crd/patches/label_in_*.yaml`) and clusterctl's provider labels. None (and, under
+/// CI, a failure naming what is missing) when the module is not there.
+pub fn capa_identity_crds() -> Option<Vec<Value>> {
+    let marker = crate::cluster::assets_bin().join("capa.dir");
+    let Ok(dir) = std::fs::read_to_string(&marker) else {
+        crate::missing(
+            &format!("{} (the CAPA Go module's path)", marker.display()),
+            "run scripts/go-peers.sh",
+        );
+        return None;
+    };
+    let bases = Path::new(dir.trim()).join("config/crd/bases");
+    let crds = [
+        "awsclusterstaticidentities",
+        "awsclusterroleidentities",
+        "awsclustercontrolleridentities",
+    ]
+    .iter()
+    .map(|plural| {
+        let path = bases.join(format!("infrastructure.cluster.x-k8s.io_{plural}.yaml"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut crd: Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        crd["metadata"]["labels"]["clusterctl.cluster.x-k8s.io/move-hierarchy"] = json!("");
+        crate::install::clusterctl_labels(crd, "infrastructure-aws")
+    })
+    .collect();
+    Some(crds)
+}

@@ -9,6 +9,8 @@
 //!   VSPHERE_PASSWORD from the Secret, through the agent's token and Role.
 //! - `a_missing_secret_or_a_key_that_is_no_variable_is_a_clear_error`: the error names the
 //!   Secret, the field and the rule.
+//! - `the_agents_cluster_role_reads_the_named_aws_identity_and_no_other`: the cluster-scoped
+//!   identity an AWS request names, which the pivot copies, and nothing else of its kind.
 
 use std::collections::BTreeMap;
 
@@ -255,5 +257,87 @@ async fn a_missing_secret_or_a_key_that_is_no_variable_is_a_clear_error() {
         format!(
             "Secret {ns}/{name} (spec.infrastructure.variablesSecret): key \"VSPHERE-USERNAME\" is not a variable name (letters, digits and '_', not starting with a digit)"
         )
+    );
+}
+
+/// The AWS request names a cluster-scoped identity (`aws.identityRef`); the pivot copies it, so
+/// the rendered ClusterRole lets the agent `get` that one identity (CAPA v2.11.1's real CRD), and
+/// no other tenant's, and list none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_cluster_role_reads_the_named_aws_identity_and_no_other() {
+    let checked =
+        spec::load_request(&workspace_root().join("tests/cases/aws-v1beta2/input.yaml")).unwrap();
+    let named = checked
+        .spec
+        .infrastructure
+        .aws
+        .as_ref()
+        .unwrap()
+        .identity_ref
+        .clone()
+        .unwrap();
+    assert_eq!(named.kind, "AWSClusterStaticIdentity");
+    let Some(crds) = fledge_tests::crds::capa_identity_crds() else {
+        return;
+    };
+    let Some(mgmt) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let admin = mgmt.client().await;
+    fledge_tests::install::create_and_wait(&admin, crds)
+        .await
+        .unwrap();
+    let objects = management::objects(&checked, &Templates::embedded()).unwrap();
+    let role = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRole")
+        .unwrap()
+        .clone();
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "agent-test-user"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}]});
+    let target = client_from_kubeconfig(Some(&mgmt.kubeconfig))
+        .await
+        .unwrap();
+    apply(&target, &[role, binding], &ApplyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let ar = kube::api::ApiResource {
+        group: "infrastructure.cluster.x-k8s.io".into(),
+        version: "v1beta2".into(),
+        api_version: "infrastructure.cluster.x-k8s.io/v1beta2".into(),
+        kind: named.kind.clone(),
+        plural: "awsclusterstaticidentities".into(),
+    };
+    for name in [named.name.as_str(), "other-tenant"] {
+        let body: kube::api::DynamicObject = serde_json::from_value(json!({
+            "apiVersion": ar.api_version, "kind": ar.kind, "metadata": {"name": name},
+            "spec": {"secretRef": format!("{name}-credentials"), "allowedNamespaces": {}}}))
+        .unwrap();
+        Api::<kube::api::DynamicObject>::all_with(admin.clone(), &ar)
+            .create(&PostParams::default(), &body)
+            .await
+            .unwrap();
+    }
+    let agent = client_from_kubeconfig(Some(&mgmt.user_kubeconfig))
+        .await
+        .unwrap()
+        .client;
+    let api = Api::<kube::api::DynamicObject>::all_with(agent, &ar);
+    let got = api.get(&named.name).await.unwrap();
+    assert_eq!(
+        got.data["spec"]["secretRef"],
+        format!("{}-credentials", named.name)
+    );
+    let forbidden =
+        |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    assert!(
+        forbidden(api.get("other-tenant").await.map(|_| ())),
+        "another tenant's identity"
+    );
+    assert!(
+        forbidden(api.list(&Default::default()).await.map(|_| ())),
+        "a list of identities"
     );
 }

@@ -2,12 +2,8 @@
 //! on the same fixture: CAPA's global identities (a role identity chained to a static identity
 //! whose Secret lives in `capa-system`, owned by it as CAPA sets it), CAPZ's
 //! `AzureClusterIdentity` labelled `move-hierarchy` with its labelled client Secret, and CAPG's
-//! `credentialsRef` Secret labelled `move`, with the providers' real CRDs (`shared/crds`).
-//!
-//! The shared CRD test data holds no CAPA identity CRDs; they are declared here with CAPA
-//! v2.11.1's names, scope (Cluster), versions and the `move-hierarchy` label its release puts on
-//! them (`config/crd/patches/label_in_awscluster*identities.yaml`), and a schema that keeps every
-//! field.
+//! `credentialsRef` Secret labelled `move`, with the providers' real CRDs (`shared/crds`, and
+//! CAPA v2.11.1's identity CRDs from its Go module, which `shared/crds` lacks).
 
 use std::collections::BTreeMap;
 
@@ -15,7 +11,7 @@ use fledge_agent::pivot::apply::{Direction, Options as PivotOptions, Pivot, Pivo
 use fledge_agent::pivot::discover::discover;
 use fledge_agent::pivot::plan::plan;
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
-use fledge_tests::install::{clusterctl_labels, create_and_wait, install_crds};
+use fledge_tests::install::{create_and_wait, install_crds};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -37,30 +33,6 @@ const INFRA: [(&str, &str, &str); 3] = [
     ("infrastructure-gcp", "gcp", "capg-system"),
 ];
 
-fn aws_identity_crds() -> Vec<Value> {
-    [
-        ("AWSClusterStaticIdentity", "awsclusterstaticidentities"),
-        ("AWSClusterRoleIdentity", "awsclusterroleidentities"),
-        ("AWSClusterControllerIdentity", "awsclustercontrolleridentities"),
-    ]
-    .iter()
-    .map(|(kind, plural)| {
-        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": format!("{plural}.infrastructure.cluster.x-k8s.io"),
-                "labels": {MOVE_HIERARCHY: ""}},
-            "spec": {"group": "infrastructure.cluster.x-k8s.io", "scope": "Cluster",
-                "names": {"kind": kind, "plural": plural, "singular": kind.to_lowercase(),
-                    "listKind": format!("{kind}List"), "categories": ["cluster-api"]},
-                "versions": [
-                    {"name": "v1beta1", "served": true, "storage": false,
-                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}},
-                    {"name": "v1beta2", "served": true, "storage": true,
-                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
-        clusterctl_labels(crd, "infrastructure-aws")
-    })
-    .collect()
-}
-
 async fn ensure_namespace(client: &kube::Client, ns: &str) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     match api
@@ -79,6 +51,7 @@ async fn ensure_namespace(client: &kube::Client, ns: &str) {
 /// A management cluster as `clusterctl init --infrastructure aws,azure,gcp` leaves it (the
 /// CRDs, the provider namespaces and clusterctl's inventory; no controllers).
 async fn management_cluster() -> Option<TestCluster> {
+    let aws_identities = fledge_tests::crds::capa_identity_crds()?;
     let c = start_or_skip(Options::default()).await?;
     let client = c.client().await;
     install_crds(
@@ -92,7 +65,7 @@ async fn management_cluster() -> Option<TestCluster> {
     )
     .await
     .unwrap();
-    create_and_wait(&client, aws_identity_crds()).await.unwrap();
+    create_and_wait(&client, aws_identities).await.unwrap();
     fledge_tests::install::clusterctl_inventory(&client, "v1.13.5")
         .await
         .unwrap();

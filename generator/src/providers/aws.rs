@@ -37,6 +37,17 @@ impl InfraProvider for Aws {
     fn credential_variables(&self) -> &'static [&'static str] {
         &["AWS_B64ENCODED_CREDENTIALS"]
     }
+    fn global_identity(&self, infra: &Infrastructure) -> Option<(String, String)> {
+        let id = infra.aws.as_ref()?.identity_ref.as_ref()?;
+        // CAPA's identity kinds are cluster-scoped (its CRDs' resource names).
+        let resource = match id.kind.as_str() {
+            "AWSClusterStaticIdentity" => "awsclusterstaticidentities",
+            "AWSClusterRoleIdentity" => "awsclusterroleidentities",
+            "AWSClusterControllerIdentity" => "awsclustercontrolleridentities",
+            _ => return None,
+        };
+        Some((resource.to_string(), id.name.clone()))
+    }
     fn external_cloud_provider(&self) -> bool {
         true
     }

@@ -76,6 +76,11 @@ pub trait InfraProvider: Sync {
     fn credential_variables(&self) -> &'static [&'static str] {
         &[]
     }
+    /// The cluster-scoped identity the request names, as (resource, name): the pivot copies it
+    /// (as clusterctl move copies global identities), so the agent's ClusterRole may `get` it.
+    fn global_identity(&self, _infra: &Infrastructure) -> Option<(String, String)> {
+        None
+    }
     /// The node configuration the provider's controller writes into a Secret per machine
     /// template, which every node of the template needs as a file (Azure's `azure.json`).
     fn template_secret_file(&self) -> Option<TemplateSecretFile> {
