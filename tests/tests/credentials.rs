@@ -11,6 +11,8 @@
 //!   Secret, the field and the rule.
 //! - `the_agents_cluster_role_reads_the_named_aws_identity_and_no_other`: the cluster-scoped
 //!   identity an AWS request names, which the pivot copies, and nothing else of its kind.
+//! - `vspheres_cloud_provider_gets_its_credentials_from_the_requests_secret`: the Secret
+//!   cloud-provider-vsphere reads, made before the core layers.
 
 use std::collections::BTreeMap;
 
@@ -340,4 +342,120 @@ async fn the_agents_cluster_role_reads_the_named_aws_identity_and_no_other() {
         forbidden(api.list(&Default::default()).await.map(|_| ())),
         "a list of identities"
     );
+}
+
+/// vSphere's cloud provider reads vCenter's credentials from
+/// `kube-system/cloud-provider-vsphere-credentials` (`<server>.username`, `<server>.password`,
+/// as CAPV's template makes it). Before the core layers the agent makes it from the request's
+/// `vsphere.credentialsSecret`: on the management plane before the pivot, the cluster's moved
+/// copy after it, and it keeps the one it made while neither can be read.
+#[tokio::test(flavor = "multi_thread")]
+async fn vspheres_cloud_provider_gets_its_credentials_from_the_requests_secret() {
+    let checked = request();
+    let block = checked.spec.infrastructure.vsphere.clone().unwrap();
+    let Some((mgmt, agent)) = management_plane(&checked).await else {
+        return;
+    };
+    let Some(local) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let ns = checked.namespace.as_str();
+    secret(
+        &mgmt.client().await,
+        ns,
+        &block.credentials_secret,
+        &[("username", USERNAME), ("password", PASSWORD)],
+    )
+    .await;
+    let state = tempfile::tempdir().unwrap();
+    let mut ctx = context(&checked, agent, state.path());
+    ctx.local = local.client().await;
+    let made = || async {
+        let s = Api::<Secret>::namespaced(local.client().await, "kube-system")
+            .get("cloud-provider-vsphere-credentials")
+            .await
+            .unwrap();
+        s.data
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8(v.0).unwrap()))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let want = |password: &str| {
+        BTreeMap::from([
+            (format!("{}.password", block.server), password.to_string()),
+            (format!("{}.username", block.server), USERNAME.to_string()),
+        ])
+    };
+    let did = phases::corelayers::ensure_cloud_secret(&ctx).await.unwrap();
+    assert_eq!(
+        did.as_deref(),
+        Some(
+            format!(
+                "kube-system/cloud-provider-vsphere-credentials made from Secret {ns}/{} in the management plane",
+                block.credentials_secret
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(made().await, want(PASSWORD));
+
+    // The management plane gone: the Secret made is kept.
+    let mut offline = context(&checked, dead_client(), state.path());
+    offline.local = local.client().await;
+    let did = phases::corelayers::ensure_cloud_secret(&offline)
+        .await
+        .unwrap();
+    assert!(did.unwrap().contains("kept"));
+    assert_eq!(made().await, want(PASSWORD));
+
+    // After the pivot the cluster holds the request's Secret (here with a new password).
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(local.client().await)
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap();
+    secret(
+        &local.client().await,
+        ns,
+        &block.credentials_secret,
+        &[("username", USERNAME), ("password", "rotated")],
+    )
+    .await;
+    let did = phases::corelayers::ensure_cloud_secret(&offline)
+        .await
+        .unwrap();
+    assert!(did.unwrap().ends_with("in the cluster"));
+    assert_eq!(made().await, want("rotated"));
+
+    // A Secret without the key the cloud provider needs is an error naming it.
+    Api::<Secret>::namespaced(local.client().await, ns)
+        .delete(&block.credentials_secret, &Default::default())
+        .await
+        .unwrap();
+    secret(
+        &local.client().await,
+        ns,
+        &block.credentials_secret,
+        &[("user", USERNAME), ("password", PASSWORD)],
+    )
+    .await;
+    let e = phases::corelayers::ensure_cloud_secret(&offline)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cloud provider credentials: Secret {ns}/{} has no key \"username\", which the cloud provider's credentials need",
+            block.credentials_secret
+        )
+    );
+}
+
+/// A client of a port nothing answers on.
+fn dead_client() -> kube::Client {
+    let mut c = kube::Config::new("https://127.0.0.1:1".parse().unwrap());
+    c.connect_timeout = Some(std::time::Duration::from_secs(1));
+    kube::Client::try_from(c).unwrap()
 }

@@ -81,6 +81,10 @@ pub trait InfraProvider: Sync {
     fn global_identity(&self, _infra: &Infrastructure) -> Option<(String, String)> {
         None
     }
+    /// The credentials Secret its cloud-controller-manager reads, made from the request's.
+    fn cloud_secret(&self, _infra: &Infrastructure) -> Option<CloudSecret> {
+        None
+    }
     /// The node configuration the provider's controller writes into a Secret per machine
     /// template, which every node of the template needs as a file (Azure's `azure.json`).
     fn template_secret_file(&self) -> Option<TemplateSecretFile> {
@@ -106,6 +110,21 @@ pub struct TemplateSecretFile {
     pub control_plane_key: &'static str,
     /// The key workers read.
     pub worker_key: &'static str,
+}
+
+/// A Secret the cloud provider (the `cloud` core layer) reads in the cluster, which the agent
+/// makes from a Secret the request names in the cluster's namespace (see
+/// [`InfraProvider::cloud_secret`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudSecret {
+    /// The request's Secret, in the cluster's namespace.
+    pub source: String,
+    /// Namespace of the Secret to make.
+    pub namespace: &'static str,
+    /// Its name.
+    pub name: &'static str,
+    /// (key in the source, key in the Secret made).
+    pub keys: Vec<(&'static str, String)>,
 }
 
 /// kube-vip's settings for one cluster (see [`InfraProvider::endpoint_vip`]).

@@ -1,6 +1,6 @@
 //! Cluster API Provider vSphere (CAPV).
 
-use super::{EndpointVip, InfraApi, InfraProvider, MachineRules, Need, text};
+use super::{CloudSecret, EndpointVip, InfraApi, InfraProvider, MachineRules, Need, text};
 use crate::spec::{
     CapiVersion, Infrastructure, KubeVip, Problems, check_dns_subdomain, check_host, check_text,
 };
@@ -51,6 +51,23 @@ impl InfraProvider for Vsphere {
         Err(format!(
             "must be an IP address for vsphere (got {host:?}): kube-vip on the control-plane nodes announces it as a virtual IP on their network, and vSphere has no load balancer or DNS record to serve a name"
         ))
+    }
+    /// cloud-provider-vsphere reads vCenter's credentials from a Secret holding
+    /// `<server>.username` and `<server>.password`; CAPV's template names it
+    /// `kube-system/cloud-provider-vsphere-credentials` and fills it with the cluster's
+    /// credentials, which here are `credentialsSecret`'s `username` and `password`. The `cloud`
+    /// layer's `vsphere.conf` names it (`secretName`, `secretNamespace`).
+    fn cloud_secret(&self, infra: &Infrastructure) -> Option<CloudSecret> {
+        let b = infra.vsphere.as_ref()?;
+        Some(CloudSecret {
+            source: b.credentials_secret.clone(),
+            namespace: "kube-system",
+            name: "cloud-provider-vsphere-credentials",
+            keys: vec![
+                ("username", format!("{}.username", b.server)),
+                ("password", format!("{}.password", b.server)),
+            ],
+        })
     }
     fn endpoint_vip(&self, infra: &Infrastructure) -> Option<EndpointVip> {
         let kv = infra

@@ -8,9 +8,10 @@
 //! ([`super::addons`]); a profile without core layers ends this phase at once (the image or
 //! the infrastructure brings its own CNI, or none is needed, as in tests that play the kubelet).
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::ListParams;
+use serde_json::{Value, json};
 
 use super::addons::{self, Stage};
 use super::{Context, PhaseError, Step};
@@ -56,6 +57,85 @@ async fn nodes_not_ready(ctx: &Context) -> Result<Option<String>, PhaseError> {
     Ok((!why.is_empty()).then(|| why.join("; ")))
 }
 
+/// Makes the cloud provider's credentials Secret in the local cluster when the provider needs
+/// one ([`fledge_generator::providers::InfraProvider::cloud_secret`]), from the request's Secret:
+/// the cluster's moved copy in the local cluster once the pivot has run, else the management
+/// plane's. With neither readable, a Secret made earlier is kept. Returns what it did.
+pub async fn ensure_cloud_secret(ctx: &Context) -> Result<Option<String>, PhaseError> {
+    let provider = fledge_generator::providers::get(ctx.spec.provider());
+    let Some(want) = provider.cloud_secret(&ctx.spec.spec.infrastructure) else {
+        return Ok(None);
+    };
+    let ns = ctx.spec.namespace.as_str();
+    let read = |client: &kube::Client| {
+        let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let name = want.source.clone();
+        async move { api.get_opt(&name).await }
+    };
+    let (source, from) = match read(&ctx.local).await {
+        Ok(Some(s)) => (s, "the cluster"),
+        _ => match read(&ctx.management).await {
+            Ok(Some(s)) => (s, "the management plane"),
+            answer => {
+                let made = Api::<Secret>::namespaced(ctx.local.clone(), want.namespace)
+                    .get_opt(want.name)
+                    .await
+                    .ok()
+                    .flatten();
+                if made.is_some() {
+                    return Ok(Some(format!(
+                        "{}/{} kept: Secret {ns}/{} cannot be read now",
+                        want.namespace, want.name, want.source
+                    )));
+                }
+                return Err(match answer {
+                    Err(source) => PhaseError::Request {
+                        what: format!(
+                            "read the cloud provider's credentials, Secret {ns}/{}",
+                            want.source
+                        ),
+                        source,
+                    },
+                    _ => PhaseError::CloudSecret(format!(
+                        "Secret {ns}/{} (the request's credentials for the cloud provider) exists neither in the cluster nor on the management plane",
+                        want.source
+                    )),
+                });
+            }
+        },
+    };
+    let data = source.data.unwrap_or_default();
+    let mut out = serde_json::Map::new();
+    for (from_key, to_key) in &want.keys {
+        let Some(v) = data.get(*from_key) else {
+            return Err(PhaseError::CloudSecret(format!(
+                "Secret {ns}/{} has no key {from_key:?}, which the cloud provider's credentials need",
+                want.source
+            )));
+        };
+        out.insert(to_key.clone(), Value::from(base64_encode(&v.0)));
+    }
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": want.name, "namespace": want.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "fledge"}},
+        "type": "Opaque",
+        "data": out,
+    });
+    super::apply_local(ctx, &[secret], |_| {})
+        .await
+        .map_err(|e| PhaseError::CloudSecret(format!("{}/{}: {e}", want.namespace, want.name)))?;
+    Ok(Some(format!(
+        "{}/{} made from Secret {ns}/{} in {from}",
+        want.namespace, want.name, want.source
+    )))
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 /// The plan: the core layers, and whether the nodes are Ready.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let profile = addons::profile_layers(ctx).await?;
@@ -71,6 +151,9 @@ pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
+    if let Some(did) = ensure_cloud_secret(ctx).await? {
+        progress(&did);
+    }
     let profile = addons::profile_layers(ctx).await?;
     if profile.core.is_empty() {
         return Ok(Step::Done(

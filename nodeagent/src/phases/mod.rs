@@ -118,6 +118,9 @@ pub enum PhaseError {
     /// Applying the scale-out objects failed.
     #[error(transparent)]
     ScaleOut(#[from] scaledout::ScaleOutError),
+    /// The cloud provider's credentials Secret cannot be made.
+    #[error("cloud provider credentials: {0}")]
+    CloudSecret(String),
     /// A request failed.
     #[error("cannot {what}")]
     Request {
