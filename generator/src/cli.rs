@@ -120,6 +120,17 @@ pub struct ApplyArgs {
     /// Directory of template overrides (see `fledge render --help`).
     #[arg(long, value_name = "DIR")]
     pub templates: Option<PathBuf>,
+    /// After applying, wait until CP-A's fledge-agent reports on the FledgeCluster's status, at
+    /// most DURATION (`90s`, `30m`, `1h`; a bare `--wait` is 30m). Fails when CP-A's node is up
+    /// for `--agent-grace` and no agent has reported: an image without fledge-agent would
+    /// otherwise leave a one-node cluster that nothing takes over, without a word.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          default_missing_value = "30m", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+    /// With `--wait`: how long CP-A's node may be up without an agent report.
+    #[arg(long, value_name = "DURATION", default_value = "5m", requires = "wait",
+          value_parser = humantime::parse_duration)]
+    pub agent_grace: std::time::Duration,
 }
 
 /// `--dry-run` modes.
@@ -289,6 +300,11 @@ fn warn(request: &Path, checked: &spec::CheckedCluster) {
 }
 
 fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
+    if args.wait.is_some() && args.dry_run != DryRun::None {
+        anyhow::bail!(
+            "--wait waits for an agent on a cluster that was applied; it cannot be combined with --dry-run"
+        );
+    }
     let checked = spec::load_request(&args.request)?;
     warn(&args.request, &checked);
     let templates = templates(args.templates.as_deref())?;
@@ -355,6 +371,21 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
             results.len(),
             target.server
         );
+        if let Some(timeout) = args.wait {
+            let outcome = crate::wait::wait_for_agent(
+                &target.client,
+                &checked,
+                args.agent_grace,
+                timeout,
+                std::time::Duration::from_secs(5),
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            match outcome {
+                Ok(line) => eprintln!("{line}"),
+                Err(why) => anyhow::bail!("{}/{}: {why}", checked.namespace, checked.name),
+            }
+        }
         Ok::<_, anyhow::Error>(())
     })
 }

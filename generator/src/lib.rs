@@ -15,5 +15,6 @@ pub mod schema;
 pub mod seed;
 pub mod spec;
 pub mod time;
+pub mod wait;
 pub mod workload;
 pub mod yaml;

@@ -639,3 +639,112 @@ async fn kube_vips_static_pod_is_a_valid_pod_as_joined_as_initialized_and_in_the
     }
     assert_eq!(checked, 6);
 }
+
+/// `fledge apply --wait`, as a user runs it: CP-A's node comes up and no agent reports, so the
+/// wait fails after `--agent-grace` saying what to check (an image without fledge-agent would
+/// otherwise leave a one-node cluster in silence); then, once an agent has reported on the
+/// FledgeCluster's status, the wait ends successfully.
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_wait_reports_a_silent_cp_a_and_ends_when_the_agent_reports() {
+    let Some((c, target)) = cluster_for(CapiVersion::V1beta2).await else {
+        return;
+    };
+    let request = case(ProviderKind::Docker, CapiVersion::V1beta2);
+    let checked = load(&request);
+    let ns = checked.namespace.as_str();
+    let bin = fledge_tests::binary("fledge");
+    let spawn = |grace: &str| {
+        std::process::Command::new(&bin)
+            .args([
+                "apply",
+                request.to_str().unwrap(),
+                "--install-crds",
+                "--wait=90s",
+            ])
+            .arg(format!("--agent-grace={grace}"))
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Refused before anything is applied.
+    let out = std::process::Command::new(&bin)
+        .args([
+            "apply",
+            request.to_str().unwrap(),
+            "--wait",
+            "--dry-run=server",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be combined with --dry-run"));
+
+    let silent = spawn("3s");
+    // CP-A's Machine, as CAPI on the management plane records it once the node registered.
+    let start = Instant::now();
+    loop {
+        let namespaces: Api<Namespace> = Api::all(target.client.clone());
+        if namespaces.get_opt(ns).await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "fledge apply created no namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    capi::create(
+        &target.client,
+        ns,
+        serde_json::json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "docker-demo-control-plane-x7k2p",
+                "labels": {"cluster.x-k8s.io/cluster-name": "docker-demo", "cluster.x-k8s.io/control-plane": ""}},
+            "spec": {"clusterName": "docker-demo", "bootstrap": {"dataSecretName": "cp-a-bootstrap"},
+                "infrastructureRef": {"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DockerMachine", "name": "cp-a"}}}),
+        &[],
+        Some(serde_json::json!({"phase": "Running", "nodeRef": {"name": "docker-demo-cp-a"}})),
+    )
+    .await;
+    let out = silent.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("waiting for fledge-agent on CP-A: Machine docker-demo-control-plane-x7k2p has node docker-demo-cp-a")
+            && said.contains("CP-A's node docker-demo-cp-a (Machine docker-demo-control-plane-x7k2p) has been up for ")
+            && said.contains("no fledge-agent has reported")
+            && said.contains("/usr/local/bin/fledge-agent"),
+        "{said}"
+    );
+
+    // An agent reports: the wait ends.
+    let reporting = spawn("5m");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fc: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        target.client.clone(),
+        ns,
+        &kube::api::ApiResource {
+            group: "fledge.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "fledge.dev/v1alpha1".into(),
+            kind: "FledgeCluster".into(),
+            plural: "fledgeclusters".into(),
+        },
+    );
+    fc.patch_status(
+        "docker-demo",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"lastSeen": "2026-12-07T12:00:00Z", "phase": "ProvidersInstalled"}})),
+    )
+    .await
+    .unwrap();
+    let out = reporting.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("fledge-agent reported (phase ProvidersInstalled)"),
+        "{said}"
+    );
+}
