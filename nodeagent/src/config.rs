@@ -34,6 +34,10 @@ pub struct AgentConfig {
     /// (default 20, below the unit's TimeoutStopSec=30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// This agent's name in the leader election among the control-plane nodes' agents
+    /// (default: the node's host name, which is unique among a cluster's nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
     /// Kubeconfig of the local cluster (default `/etc/kubernetes/admin.conf`, what
     /// `kubeadm init` writes).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod install;
 pub mod journal;
 pub mod json;
+pub mod leader;
 pub mod metrics;
 pub mod notify;
 pub mod phases;

@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub state_dir: Option<std::path::PathBuf>,
     /// Tasks of the agent that ended (returned or panicked); `/healthz` fails while any has.
     pub tasks_ended: Vec<&'static str>,
+    /// Leader election: None before the first round, Some(None) while this agent leads,
+    /// Some(Some(holder)) while it follows `holder`.
+    pub following: Option<Option<String>>,
 }
 
 impl crate::phases::Report for Shared {
@@ -72,7 +75,12 @@ impl Shared {
     pub fn healthz(&self) -> (&'static str, String) {
         let ended = self.snapshot().tasks_ended;
         if ended.is_empty() {
-            ("200 OK", "ok\n".to_string())
+            let role = match self.snapshot().following {
+                Some(Some(holder)) => format!("ok: follower of {holder}\n"),
+                Some(None) => "ok: leader\n".to_string(),
+                None => "ok\n".to_string(),
+            };
+            ("200 OK", role)
         } else {
             (
                 "503 Service Unavailable",
@@ -92,6 +100,11 @@ impl Shared {
                 u8::from(s.phase == Some(p))
             ));
         }
+        out.push_str("# HELP fledge_agent_leader 1 while this agent holds the cluster's leader Lease and acts, 0 while it follows.\n# TYPE fledge_agent_leader gauge\n");
+        out.push_str(&format!(
+            "fledge_agent_leader {}\n",
+            u8::from(s.following == Some(None))
+        ));
         out.push_str("# HELP fledge_agent_spec_generation Generation of the cached spec.\n# TYPE fledge_agent_spec_generation gauge\n");
         out.push_str(&format!(
             "fledge_agent_spec_generation {}\n",

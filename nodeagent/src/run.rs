@@ -216,6 +216,77 @@ pub fn management_client_counted(
         .build())
 }
 
+/// This agent's side of the leader election ([`crate::leader`]), kept by one task.
+struct Election {
+    identity: String,
+    kubeconfig: PathBuf,
+    counts: Arc<Counts>,
+    elector: Option<crate::leader::Elector>,
+    shared: Shared,
+    leading: watch::Sender<bool>,
+    /// While leading: when the Lease was last renewed.
+    renewed: Option<std::time::Instant>,
+}
+
+impl Election {
+    /// One round. False when this agent led and no longer does: it must stop (and restart as
+    /// a follower), since its phases may be mid-way.
+    async fn round(&mut self) -> bool {
+        if self.elector.is_none() {
+            match crate::phases::local_client(&self.kubeconfig, self.counts.clone()).await {
+                Ok(local) => {
+                    self.elector = Some(crate::leader::Elector::new(
+                        local,
+                        self.identity.clone(),
+                        crate::leader::LEASE_DURATION,
+                    ))
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "no local cluster yet for the leader election");
+                    return true;
+                }
+            }
+        }
+        let Some(elector) = self.elector.as_mut() else {
+            return true;
+        };
+        let round = elector.round().await;
+        let was = self.shared.snapshot().following.clone();
+        match round {
+            Ok(None) => {
+                if was != Some(None) {
+                    tracing::info!(me = %self.identity, "leading: this agent holds the cluster's leader Lease");
+                }
+                self.renewed = Some(std::time::Instant::now());
+                self.shared.update(|s| s.following = Some(None));
+                let _ = self.leading.send(true);
+                true
+            }
+            Ok(Some(holder)) => {
+                if self.renewed.is_some() {
+                    tracing::error!(%holder, "lost the leader Lease; stopping so that this agent restarts as a follower");
+                    return false;
+                }
+                if was.as_ref().and_then(|f| f.as_deref()) != Some(holder.as_str()) {
+                    tracing::info!(%holder, me = %self.identity, "following: another control-plane node's agent leads");
+                }
+                self.shared.update(|s| s.following = Some(Some(holder)));
+                true
+            }
+            Err(e) => {
+                if let Some(at) = self.renewed
+                    && at.elapsed() >= crate::leader::RENEW_DEADLINE
+                {
+                    tracing::error!(error = %e, "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
+                    return false;
+                }
+                tracing::warn!(error = %e, "leader election: cannot read or write the Lease in the local cluster");
+                true
+            }
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves; in-flight work (a store, a status update) finishes.
 pub async fn run<F: Future<Output = ()>>(
     cfg: AgentConfig,
@@ -304,6 +375,42 @@ pub async fn run<F: Future<Output = ()>>(
         s.requests = Some((management_counts.clone(), local_counts.clone()));
         s.state_dir = Some(state_dir.clone());
     });
+    // Only the leader acts ([`crate::leader`]): the phase runner starts once this agent holds
+    // the cluster's Lease, and a follower writes no status; the spec sync runs on every agent,
+    // so a follower that takes over has the spec already. The first round runs before the
+    // sync starts, so that a follower never reports as if it led.
+    let identity = cfg
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::leader::node_identity);
+    let lease_kubeconfig = crate::config::rooted(&opts.root, &cfg.local_kubeconfig());
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let mut election = Election {
+        identity,
+        kubeconfig: lease_kubeconfig,
+        counts: local_counts.clone(),
+        elector: None,
+        shared: shared.clone(),
+        leading: leading_tx,
+        renewed: None,
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), election.round()).await;
+    let election_task = {
+        let guard = tasks.start("leader election", &shared);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(crate::leader::RETRY_PERIOD) => {}
+                }
+                if !election.round().await {
+                    return;
+                }
+            }
+        })
+    };
     let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
     let spec_changed = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());
@@ -328,6 +435,18 @@ pub async fn run<F: Future<Output = ()>>(
                 }
             };
             rt.block_on(async move {
+                // Only the leader runs the phases.
+                let mut leading = leading_rx;
+                let mut stopped = stop.clone();
+                loop {
+                    if *leading.borrow() {
+                        break;
+                    }
+                    tokio::select! {
+                        r = leading.changed() => if r.is_err() { return },
+                        _ = stopped.changed() => return,
+                    }
+                }
                 let management = match management_client_counted(&cfg, &opts, management_counts) {
                     Ok(c) => c,
                     Err(e) => {
@@ -378,6 +497,7 @@ pub async fn run<F: Future<Output = ()>>(
         ("spec sync", sync_task),
         ("phase runner", runner_task),
         ("metrics", metrics_task),
+        ("leader election", election_task),
     ];
     let outcome = supervise(&mut running, shutdown).await;
     match &outcome {

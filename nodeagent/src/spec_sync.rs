@@ -560,6 +560,13 @@ impl Sync {
         ) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
+        // A follower's journal is not the cluster's state: only the leader (or an agent with
+        // no local cluster to elect in yet) reports.
+        if let Some(Some(holder)) = self.shared.snapshot().following {
+            tracing::debug!(%holder, "following: the leader reports the status");
+            self.shared.update(|s| s.status_pending = false);
+            return;
+        }
         let patch = serde_json::json!({"status": status});
         match self
             .api

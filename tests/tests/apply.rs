@@ -401,8 +401,8 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
         "the pivot left objects"
     );
     assert_eq!(clusters(&local_client).await.len(), 2);
-    // Only CP-A runs the agent: the workload cluster's KCP names no Secret the pivot left on
-    // the management plane (the agent's token), so CAPI there can bootstrap CP-B and CP-C.
+    // Every control-plane node runs the agent: the KCP keeps its files and install command
+    // (the agent's ScaledOut keeps the token Secret they name in the cluster).
     let kcps: Api<kube::api::DynamicObject> = Api::namespaced_with(
         local_client.clone(),
         ns,
@@ -416,8 +416,16 @@ async fn apply_after_the_pivot_applies_only_the_fledge_cluster() {
         .remove(0);
     let spec = &kcp.data["spec"]["kubeadmConfigSpec"];
     let text = spec.to_string();
-    assert!(!text.contains("fledge-agent-token"), "{spec:#}");
-    assert!(!text.contains("/etc/fledge/"), "{spec:#}");
+    assert!(text.contains("fledge-agent-token"), "{spec:#}");
+    assert!(text.contains("/etc/fledge/agent.yaml"), "{spec:#}");
+    assert!(
+        spec["postKubeadmCommands"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c
+                .as_str()
+                .is_some_and(|c| c.ends_with("install --config /etc/fledge/agent.yaml")))),
+        "{spec:#}"
+    );
     // The rest of the bootstrap config stays (a docker cluster: the API server's SANs; no
     // users, which CAPD cannot run).
     assert!(

@@ -160,8 +160,6 @@ impl Fixture {
             .filter(|o| keep.contains(&o["kind"].as_str().unwrap_or_default()))
             .collect();
         for o in &mut objects {
-            let kind = o["kind"].as_str().unwrap_or_default().to_string();
-            fledge_generator::workload::strip_agent(&kind, o);
             if o["kind"] == "Cluster" {
                 o["spec"]["paused"] = json!(true);
             }

@@ -150,7 +150,7 @@ async fn fixture(mgmt_providers: &str) -> Option<Fixture> {
     let lc = local.client().await;
     install_crds(&lc, &["cluster-api/v1.13.5"]).await.unwrap();
     clusterctl_inventory(&lc, "v1.13.5").await.unwrap();
-    let mut pivoted: Vec<Value> = objects
+    let pivoted: Vec<Value> = objects
         .iter()
         .filter(|o| {
             kind(
@@ -166,10 +166,6 @@ async fn fixture(mgmt_providers: &str) -> Option<Fixture> {
         })
         .cloned()
         .collect();
-    for o in &mut pivoted {
-        let k = o["kind"].as_str().unwrap_or_default().to_string();
-        fledge_generator::workload::strip_agent(&k, o);
-    }
     let target = client_from_kubeconfig(Some(&local.kubeconfig))
         .await
         .unwrap();

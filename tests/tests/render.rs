@@ -152,12 +152,14 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
             on_management.as_deref()
         );
         assert_eq!(kinds.last(), Some(&"KubeadmControlPlane"));
-        // In the form the pivot leaves it: only CP-A runs the agent.
-        let kcp = workload.last().unwrap()["spec"]["kubeadmConfigSpec"].to_string();
-        assert!(
-            !kcp.contains("/etc/fledge") && !kcp.contains("fledge-agent"),
-            "{kcp}"
-        );
+        // As the management plane's: every control-plane node runs the agent.
+        let kcp = &workload.last().unwrap()["spec"]["kubeadmConfigSpec"];
+        let on_management = docs(&text("management.yaml"))
+            .into_iter()
+            .find(|o| o["kind"] == "KubeadmControlPlane")
+            .unwrap();
+        assert_eq!(kcp, &on_management["spec"]["kubeadmConfigSpec"]);
+        assert!(kcp.to_string().contains("/etc/fledge/agent.yaml"), "{kcp}");
         assert_eq!(
             workload.last().unwrap()["spec"]["replicas"],
             checked_req.spec.control_plane.replicas

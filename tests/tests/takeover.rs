@@ -317,8 +317,8 @@ async fn serve_release(dir: &Path) -> (String, tokio::task::JoinHandle<()>) {
     (url, task)
 }
 
-/// The scale-out in the local cluster: KCP at 3 replicas without the agent's files, the
-/// worker MachineDeployment at 2. Returns both.
+/// The scale-out in the local cluster: KCP at 3 replicas with the agent's files and the
+/// Secret they name, the worker MachineDeployment at 2. Returns both.
 async fn scaled_out(lc: &kube::Client) -> (DynamicObject, DynamicObject) {
     let kcp = api(
         lc,
@@ -329,12 +329,23 @@ async fn scaled_out(lc: &kube::Client) -> (DynamicObject, DynamicObject) {
     .await
     .unwrap();
     assert_eq!(kcp.data["spec"]["replicas"], 3);
-    // Only CP-A runs the agent: the scale-out did not put its files back into the KCP (the
-    // machines KCP adds would wait for a token Secret that stays on the management plane).
+    // Every control-plane node runs the agent: the KCP keeps its files, and the Secret they
+    // name is in the cluster (what CABPK here reads for each machine KCP adds).
     let spec = kcp.data["spec"]["kubeadmConfigSpec"].to_string();
     assert!(
-        !spec.contains("/etc/fledge") && !spec.contains("fledge-agent"),
+        spec.contains("/etc/fledge/agent.yaml")
+            && spec.contains(&format!("{NAME}-fledge-agent-token")),
         "{spec}"
+    );
+    let secret = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(lc.clone(), NS)
+        .get(&format!("{NAME}-fledge-agent-token"))
+        .await
+        .unwrap();
+    let data = secret.data.unwrap();
+    assert!(
+        !data["token"].0.is_empty()
+            && String::from_utf8_lossy(&data["ca.crt"].0).contains("BEGIN CERTIFICATE"),
+        "the agent's Secret holds its token and CA"
     );
     let md = api(lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
         .get(&format!("{NAME}-md-0"))
@@ -541,18 +552,24 @@ impl Fixture {
         }
     }
     async fn metric(&self, name: &str) -> f64 {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.metrics).await.unwrap();
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        out.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
+        metric_at(&self.metrics, name).await
+    }
+
+    /// A second control-plane node's agent on the same local cluster: its own configuration
+    /// (node name, state directory, metrics address), the same credentials. Returns its
+    /// configuration, state directory, metrics address and log.
+    fn second_agent(&self, node: &str) -> (PathBuf, PathBuf, String, PathBuf) {
+        let r = self.root.path();
+        let mut cfg: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
+        let state = r.join(format!("var/lib/fledge-{node}"));
+        let metrics = format!("127.0.0.1:{}", fledge_tests::cluster::free_port().unwrap());
+        cfg["nodeName"] = json!(node);
+        cfg["stateDir"] = json!(state.display().to_string());
+        cfg["metricsAddress"] = json!(metrics);
+        let config = r.join(format!("etc/fledge/agent-{node}.yaml"));
+        std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        (config, state, metrics, r.join(format!("agent-{node}.log")))
     }
 
     /// The end state: the management plane keeps only the FledgeCluster and the agent's
@@ -861,6 +878,142 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
     );
     assert_eq!(sets[0].data["spec"]["replicas"], 2);
     drop(agent);
+    kubelet.abort();
+}
+
+/// One line of an agent's `/metrics` (NaN when missing), or its `/healthz` body for "healthz".
+async fn metric_at(address: &str, name: &str) -> f64 {
+    match http_get(address, "/metrics").await {
+        Some(out) => out
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN),
+        None => f64::NAN,
+    }
+}
+
+async fn http_get(address: &str, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(address).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+/// Every control-plane node runs the agent and one leads (issue 28): a second node's agent on
+/// the same cluster follows (does nothing, says so on /healthz and /metrics) while CP-A's agent
+/// leads; when CP-A's agent dies it takes the Lease over after its duration, runs the phases
+/// to Steady (each finds its work done) and then applies a later spec change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
+    let Some(f) = fixture().await else {
+        return;
+    };
+    let kubelet = play_kubelet(f.local.client().await);
+    let mut leader = Agent::start(&f.config, &f.log());
+    f.wait_phase(Phase::Steady, Duration::from_secs(300)).await;
+    let (config, state, metrics, log) = f.second_agent("cp-b");
+    let follower = Agent::start(&config, &log);
+    let start = Instant::now();
+    let healthz = loop {
+        let h = http_get(&metrics, "/healthz").await.unwrap_or_default();
+        if h.contains("follower of") {
+            break h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "cp-b does not follow: {h}\n{}",
+            fledge_tests::cluster::tail(&log, 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        metric_at(&metrics, "fledge_agent_leader").await,
+        0.0,
+        "{healthz}"
+    );
+    assert_eq!(f.metric("fledge_agent_leader").await, 1.0);
+    // A follower acts on nothing: after a while its journal has no phase past Installed.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let j = Journal::load(&state).unwrap_or_default();
+    assert_eq!(j.current(), Some(Phase::Installed), "{j:#?}");
+
+    leader.kill();
+    let killed = Instant::now();
+    let start = Instant::now();
+    loop {
+        if Journal::load(&state)
+            .unwrap_or_default()
+            .done(Phase::Steady)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "cp-b did not take over: {:#?}\n{}",
+            Journal::load(&state).unwrap_or_default(),
+            fledge_tests::cluster::tail(&log, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = killed.elapsed();
+    eprintln!(
+        "BENCH leader killed -> new leader Steady {:.1}s",
+        took.as_secs_f64()
+    );
+    assert!(
+        took >= fledge_agent::leader::LEASE_DURATION,
+        "took over before the Lease expired: {took:?}"
+    );
+    assert_eq!(metric_at(&metrics, "fledge_agent_leader").await, 1.0);
+    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        f.local.client().await,
+        fledge_agent::leader::LEASE_NAMESPACE,
+    )
+    .get(fledge_agent::leader::LEASE_NAME)
+    .await
+    .unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cp-b"));
+
+    // The new leader keeps the cluster reconciling: a later spec change is applied.
+    let mc = f.mgmt.client().await;
+    api(&mc, "fledge.dev/v1alpha1", "FledgeCluster")
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Json::<()>(
+                serde_json::from_value(json!([
+                    {"op": "replace", "path": "/spec/workers/0/replicas", "value": 3}
+                ]))
+                .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+    let lc = f.local.client().await;
+    let start = Instant::now();
+    loop {
+        let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+            .get(&format!("{NAME}-md-0"))
+            .await
+            .unwrap();
+        if md.data["spec"]["replicas"] == 3 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the new leader did not apply the change: {}\n{}",
+            md.data["spec"],
+            fledge_tests::cluster::tail(&log, 40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(follower);
     kubelet.abort();
 }
 

@@ -118,6 +118,9 @@ pub enum PhaseError {
     /// Applying the scale-out objects failed.
     #[error(transparent)]
     ScaleOut(#[from] scaledout::ScaleOutError),
+    /// The agent's credentials Secret for the control-plane machines cannot be kept.
+    #[error("the agent's Secret for new control-plane machines: {0}")]
+    AgentSecret(String),
     /// The cloud provider's credentials Secret cannot be made.
     #[error("cloud provider credentials: {0}")]
     CloudSecret(String),

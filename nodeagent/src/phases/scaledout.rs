@@ -52,11 +52,44 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     Ok((steps, None))
 }
 
+/// Keeps `<cluster>-fledge-agent-token` in the cluster's namespace of the local cluster: the
+/// management token and CA this agent uses, which the KubeadmControlPlane's files name, so that
+/// every control-plane machine CAPI adds here gets the agent's credentials and runs it too. (On
+/// the management plane the same name is the service-account token Secret, which the pivot
+/// never moves.) Written with mode-0600 files' contents; never logged.
+pub async fn ensure_agent_secret(ctx: &Context) -> Result<(), PhaseError> {
+    let read = |path: &std::path::Path| {
+        let rooted = crate::config::rooted(&ctx.root, path);
+        std::fs::read(&rooted)
+            .map_err(|e| PhaseError::AgentSecret(format!("cannot read {}: {e}", rooted.display())))
+    };
+    let token = read(&ctx.cfg.management.token_file)?;
+    let ca = read(&ctx.cfg.management.ca_file)?;
+    // The file as the agent reads it: the token without the whitespace around it.
+    let token = String::from_utf8_lossy(&token).trim().to_string();
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let names = fledge_generator::management::Names::new(ctx.spec.name.as_str());
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": names.agent_token, "namespace": ctx.spec.namespace.as_str(),
+            "labels": {"cluster.x-k8s.io/cluster-name": ctx.spec.name.as_str(),
+                "app.kubernetes.io/managed-by": "fledge"}},
+        "type": "Opaque",
+        "data": {"token": b64(token.as_bytes()), "ca.crt": b64(&ca)},
+    });
+    super::apply_local(ctx, &[secret], |_| {})
+        .await
+        .map_err(|e| PhaseError::AgentSecret(format!("{}: {e}", names.agent_token)))?;
+    Ok(())
+}
+
 /// Applies the objects and reports the machine counts.
 pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
+    ensure_agent_secret(ctx).await?;
     let objects = objects(ctx)?;
     // The KCP's replicas were written by the pivot's create; the agent owns them now.
     let results = super::apply_local(ctx, &objects, |a| progress(&a.to_string()))

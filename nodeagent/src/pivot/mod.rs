@@ -2,7 +2,6 @@
 //! workload cluster. Discovery (scoped to one cluster) gives a graph, the plan is pure data that
 //! `--dry-run` prints, and [`apply::Pivot`] carries it out, crash-safe.
 
-pub mod agent_files;
 pub mod apply;
 pub mod count;
 pub mod crds;

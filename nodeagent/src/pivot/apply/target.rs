@@ -149,8 +149,6 @@ impl<'a> Pivot<'a> {
                 }
             }
         }
-        // Only CP-A runs the agent: new machines bootstrap without its files.
-        crate::pivot::agent_files::strip(&node.obj.kind, &mut v);
         if is_root {
             v["spec"]["paused"] = Value::Bool(true);
         } else if let Some(ann) = v["metadata"]["annotations"].as_object_mut()
