@@ -22,12 +22,15 @@
 # (the hash covers the wrapper's go.mod and go.sum, the versions and BUILD_REV), so a changed pin rebuilds
 # only that wrapper; each binary is built to a temporary name and renamed, so an interrupted run
 # resumes where it stopped. The combined directory printed by --print-dir holds links to all of
-# them (the CNI plugins as the directory cni/), plus cluster-api.dir, capd.dir, capv.dir and capa.dir:
-# the paths of sigs.k8s.io/cluster-api, sigs.k8s.io/cluster-api/test,
-# sigs.k8s.io/cluster-api-provider-vsphere and sigs.k8s.io/cluster-api-provider-aws/v2 in the Go
+# them (the CNI plugins as the directory cni/), plus cluster-api.dir, capd.dir, capv.dir, capa.dir,
+# capz.dir and capg.dir: the paths of sigs.k8s.io/cluster-api, sigs.k8s.io/cluster-api/test,
+# sigs.k8s.io/cluster-api-provider-vsphere, sigs.k8s.io/cluster-api-provider-aws/v2,
+# sigs.k8s.io/cluster-api-provider-azure and sigs.k8s.io/cluster-api-provider-gcp in the Go
 # module cache. cluster-api's and CAPV's config/ hold the CRDs and webhook manifests the tests
 # install; capd.dir's infrastructure/docker/config holds CAPD's kustomize config; CAPA's
-# config/crd/bases its identity CRDs. `versions` lists the pinned versions.
+# config/crd/bases its identity CRDs; the four infrastructure providers' config/ and
+# metadata.yaml are what tests/tests/provider_components.rs builds their components from.
+# `versions` lists the pinned versions.
 #
 # Usage:
 #   scripts/go-peers.sh               build what is missing (cold: about 40 minutes on 2 cores;
@@ -42,7 +45,9 @@ K8S_VERSION=v1.34.4      # k8s.io/kubernetes; staging modules at v0.34.4, derive
 ETCD_VERSION=v3.6.16     # go.etcd.io/etcd/server/v3
 CAPI_VERSION=v1.13.5     # sigs.k8s.io/cluster-api (the CRDs the tests validate against)
 CAPV_VERSION=v1.16.1     # sigs.k8s.io/cluster-api-provider-vsphere: CRDs only, not built
-CAPA_VERSION=v2.11.1     # sigs.k8s.io/cluster-api-provider-aws/v2: its identity CRDs only, not built
+CAPA_VERSION=v2.11.1     # sigs.k8s.io/cluster-api-provider-aws/v2: its config/ only, not built
+CAPZ_VERSION=v1.26.0     # sigs.k8s.io/cluster-api-provider-azure: its config/ only, not built
+CAPG_VERSION=v1.12.0     # sigs.k8s.io/cluster-api-provider-gcp: its config/ only, not built
 CAPD_VERSION=v1.13.7     # sigs.k8s.io/cluster-api/test (v1.13.5 is not served)
 CRICTL_VERSION=v1.34.0   # sigs.k8s.io/cri-tools
 CNI_VERSION=v1.10.0      # github.com/containernetworking/plugins
@@ -322,6 +327,16 @@ capa_src=$(cd "$ROOT" && go mod download -json "sigs.k8s.io/cluster-api-provider
 [ -f "$capa_src/config/crd/bases/infrastructure.cluster.x-k8s.io_awsclusterstaticidentities.yaml" ] ||
   { echo "go-peers: $capa_src has no identity CRDs under config/crd/bases" >&2; exit 1; }
 printf '%s\n' "$capa_src" > "$BIN/capa.dir"
+# CAPZ's and CAPG's modules, likewise: their config/ (kustomize) and metadata.yaml.
+while read -r name mod; do
+  src=$(cd "$ROOT" && go mod download -json "$mod" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir", ""))')
+  [ -n "$src" ] && [ -f "$src/metadata.yaml" ] && [ -d "$src/config/default" ] ||
+    { echo "go-peers: $mod has no metadata.yaml and config/default (go mod download failed?)" >&2; exit 1; }
+  printf '%s\n' "$src" > "$BIN/$name.dir"
+done <<EOF
+capz sigs.k8s.io/cluster-api-provider-azure@$CAPZ_VERSION
+capg sigs.k8s.io/cluster-api-provider-gcp@$CAPG_VERSION
+EOF
 {
   printf 'kubernetes %s\netcd %s\ncluster-api %s\ncapd %s\n' "$K8S_VERSION" "$ETCD_VERSION" "$CAPI_VERSION" "$CAPD_VERSION"
   printf 'crictl %s\ncni-plugins %s\nflannel %s\ncoredns %s\nkustomize %s\n' "$CRICTL_VERSION" "$CNI_VERSION" \
