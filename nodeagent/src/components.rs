@@ -916,6 +916,22 @@ mod tests {
     }
 
     #[test]
+    fn capa_role_annotation_comes_from_its_prefix_replacement() {
+        // CAPA v2.11.1's config/rbac/serviceaccount.yaml: the replacement's string is the
+        // components' text (a mapping entry), the rest of the value stays a string.
+        let text = "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: controller-manager\n  annotations:\n    # envsubst's prefix substitution\n    ${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}\n";
+        let path = Path::new("components.yaml");
+        let unset = substitute(path, text, &vars(&[])).unwrap();
+        assert_eq!(unset[0]["metadata"]["annotations"], Value::Null);
+        let role = "arn:aws:iam::123456789012:role/capa # x: y";
+        let set = substitute(path, text, &vars(&[("AWS_CONTROLLER_IAM_ROLE", role)])).unwrap();
+        assert_eq!(
+            set[0]["metadata"]["annotations"],
+            json!({"eks.amazonaws.com/role-arn": role})
+        );
+    }
+
+    #[test]
     fn malformed_fields_in_a_release_are_errors_naming_the_document_not_panics() {
         let v = vars(&[]);
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, labels: [x]}\n";

@@ -11,9 +11,17 @@
 //! - a variable is required when its first reference has no default, or an empty one;
 //! - a `${` that does not start a well-formed reference is an error, as in clusterctl.
 //!
-//! envsubst's string functions (`${#X}`, `${X:1:2}`, `${X/a/b}`, `${X#p}`, `${X%s}`, `${X^^}`,
-//! `${X,,}`) are refused with an error naming them: no provider uses them, and fledge does not
-//! implement them. Names are letters, digits and `_` (envsubst's Unicode letters and decimal
+//! - `${NAME/pattern/string}`, `${NAME//pattern/string}`, `${NAME/#pattern/string}` and
+//!   `${NAME/%pattern/string}` replace the first, every, a leading or a trailing occurrence of the
+//!   literal `pattern` in the value (CAPA's `${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}`);
+//!   `pattern` runs to the next `/`, `string` to the next `}`, and `\/`, `\\` and `$$` stand for
+//!   `/`, `\` and `$` in both; without `string`, `/` and `//` remove the pattern and `/#` and
+//!   `/%` do nothing (envsubst's `funcs.go`). Such a reference never makes its variable required:
+//!   clusterctl takes the pattern and string for a default.
+//!
+//! envsubst's other string functions (`${#X}`, `${X:1:2}`, `${X#p}`, `${X%s}`, `${X^^}`,
+//! `${X,,}`), and references nested in a replacement's pattern or string, are refused with an
+//! error naming them: no provider uses them, and fledge does not implement them. Names are letters, digits and `_` (envsubst's Unicode letters and decimal
 //! digits; Rust's alphabetic and numeric classes, identical for ASCII).
 //!
 //! This module only reads the syntax and evaluates it into text; how values enter YAML without
@@ -35,8 +43,66 @@ pub enum Node {
 pub struct Var {
     /// The variable.
     pub name: String,
-    /// The default's parts (empty for `${NAME}` and for `${NAME:=}`).
+    /// The default's parts (empty for `${NAME}`, for `${NAME:=}` and for a replacement).
     pub default: Vec<Node>,
+    /// `${NAME/pattern/string}` and its variants (none for a plain reference or a default).
+    pub replace: Option<Replace>,
+}
+
+/// Which occurrence of the pattern a replacement replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Occurrence {
+    /// `${NAME/pattern/string}`: the first.
+    First,
+    /// `${NAME//pattern/string}`: every one.
+    All,
+    /// `${NAME/#pattern/string}`: one at the start.
+    Prefix,
+    /// `${NAME/%pattern/string}`: one at the end.
+    Suffix,
+}
+
+/// A replacement's parts, escapes resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replace {
+    /// Which occurrence.
+    pub occurrence: Occurrence,
+    /// The literal text to find (never empty).
+    pub pattern: String,
+    /// What replaces it (none when the reference ends after the pattern's `/`).
+    pub with: Option<String>,
+}
+
+impl Replace {
+    /// `value` as envsubst's replacement rewrites it, in order: the value's pieces that stay
+    /// (`Ok`) and, between them, the components' replacement text (`Err`).
+    fn apply<'a>(&'a self, value: &'a str) -> Vec<Result<&'a str, &'a str>> {
+        let p = self.pattern.as_str();
+        let w = self.with.as_deref();
+        match (self.occurrence, w) {
+            (Occurrence::Prefix, Some(w)) if value.starts_with(p) => {
+                vec![Err(w), Ok(&value[p.len()..])]
+            }
+            (Occurrence::Suffix, Some(w)) if value.ends_with(p) => {
+                vec![Ok(&value[..value.len() - p.len()]), Err(w)]
+            }
+            (Occurrence::First, w) => match value.split_once(p) {
+                Some((before, after)) => vec![Ok(before), Err(w.unwrap_or("")), Ok(after)],
+                None => vec![Ok(value)],
+            },
+            (Occurrence::All, w) => {
+                let mut out = Vec::new();
+                for (i, part) in value.split(p).enumerate() {
+                    if i > 0 {
+                        out.push(Err(w.unwrap_or("")));
+                    }
+                    out.push(Ok(part));
+                }
+                out
+            }
+            _ => vec![Ok(value)],
+        }
+    }
 }
 
 /// Why a text is not valid variable syntax.
@@ -169,6 +235,7 @@ impl Parser<'_> {
                 Ok(Var {
                     name,
                     default: vec![],
+                    replace: None,
                 })
             }
             (Some(':'), Some('=' | '-' | '?' | '+')) => {
@@ -181,7 +248,10 @@ impl Parser<'_> {
             }
             (Some(':'), _) => Err(unsupported(self, "substring ${NAME:offset:length}")),
             (Some(',' | '^'), _) => Err(unsupported(self, "case conversion")),
-            (Some('/'), _) => Err(unsupported(self, "replacement ${NAME/pattern/string}")),
+            (Some('/'), _) => {
+                self.pos += 1;
+                self.replacement(start, name, &unsupported)
+            }
             (Some('#' | '%'), _) => Err(unsupported(self, "prefix or suffix removal")),
             _ => Err(self.error(start, "missing closing brace")),
         }
@@ -197,7 +267,11 @@ impl Parser<'_> {
             }
             if rest.starts_with('}') {
                 self.pos += 1;
-                return Ok(Var { name, default });
+                return Ok(Var {
+                    name,
+                    default,
+                    replace: None,
+                });
             }
             if rest.starts_with("${") {
                 let nested = self.pos;
@@ -213,6 +287,90 @@ impl Parser<'_> {
             self.pos += end;
         }
     }
+
+    /// After `${NAME/` (at `start`): the rest of a replacement, up to and including the `}`,
+    /// read as envsubst's `parseReplaceFunc` reads it.
+    fn replacement(
+        &mut self,
+        start: usize,
+        name: String,
+        unsupported: &dyn Fn(&Self, &str) -> SyntaxError,
+    ) -> Result<Var, SyntaxError> {
+        let occurrence = match self.peek() {
+            Some('/') => Occurrence::All,
+            Some('#') => Occurrence::Prefix,
+            Some('%') => Occurrence::Suffix,
+            _ => Occurrence::First,
+        };
+        if occurrence != Occurrence::First {
+            self.pos += 1;
+        }
+        let pattern = self.replacement_part('/', unsupported)?;
+        if pattern.is_empty() {
+            return Err(self.error(start, "unable to parse substitution within function"));
+        }
+        if self.peek() != Some('/') {
+            return Err(self.error(start, "bad substitution"));
+        }
+        // envsubst takes a run of slashes for the separator.
+        while self.peek() == Some('/') {
+            self.pos += 1;
+        }
+        let with = if self.peek() == Some('}') {
+            None
+        } else {
+            Some(self.replacement_part('}', unsupported)?)
+        };
+        if self.peek() != Some('}') {
+            return Err(self.error(start, "bad substitution"));
+        }
+        self.pos += 1;
+        Ok(Var {
+            name,
+            default: vec![],
+            replace: Some(Replace {
+                occurrence,
+                pattern,
+                with,
+            }),
+        })
+    }
+
+    /// A replacement's pattern or string: up to `end` (not consumed), `\/`, `\\` and `$$`
+    /// resolved.
+    fn replacement_part(
+        &mut self,
+        end: char,
+        unsupported: &dyn Fn(&Self, &str) -> SyntaxError,
+    ) -> Result<String, SyntaxError> {
+        let mut out = String::new();
+        loop {
+            let rest = self.rest();
+            if rest.starts_with("${") {
+                return Err(unsupported(
+                    self,
+                    "reference inside a replacement's pattern or string",
+                ));
+            }
+            let two =
+                if rest.starts_with("\\/") || rest.starts_with("\\\\") || rest.starts_with("$$") {
+                    rest[1..].chars().next()
+                } else {
+                    None
+                };
+            match (two, rest.chars().next()) {
+                (Some(c), _) => {
+                    out.push(c);
+                    self.pos += 2;
+                }
+                (None, Some(c)) if c != end => {
+                    out.push(c);
+                    self.pos += c.len_utf8();
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
 }
 
 /// Every variable with the default its first reference gives it (`${Y}` standing for a nested
@@ -223,6 +381,10 @@ pub fn inventory(nodes: &[Node]) -> BTreeMap<String, String> {
     for n in nodes {
         if let Node::Var(v) = n {
             out.entry(v.name.clone()).or_insert_with(|| {
+                if let Some(r) = &v.replace {
+                    // clusterctl joins the function's arguments.
+                    return format!("{}{}", r.pattern, r.with.as_deref().unwrap_or(""));
+                }
                 v.default
                     .iter()
                     .map(|d| match d {
@@ -248,7 +410,8 @@ pub fn required(nodes: &[Node], vars: &BTreeMap<String, String>) -> Vec<String> 
 
 /// Evaluates `nodes` into `out`: text as it is; a variable with a non-empty value through
 /// `value` (which writes what stands for it); otherwise its default, evaluated the same way
-/// (nothing when it has none).
+/// (nothing when it has none). A replacement's string is text, and the pieces of the value
+/// around it go through `value` (empty ones not at all).
 pub fn evaluate(
     nodes: &[Node],
     vars: &BTreeMap<String, String>,
@@ -258,6 +421,19 @@ pub fn evaluate(
     for n in nodes {
         match n {
             Node::Text(t) => out.push_str(t),
+            Node::Var(Var {
+                name,
+                replace: Some(r),
+                ..
+            }) => {
+                for piece in r.apply(vars.get(name).map_or("", String::as_str)) {
+                    match piece {
+                        Ok("") => {}
+                        Ok(p) => value(p, out),
+                        Err(t) => out.push_str(t),
+                    }
+                }
+            }
             Node::Var(v) => match vars.get(&v.name).filter(|x| !x.is_empty()) {
                 Some(x) => value(x, out),
                 None => evaluate(&v.default, vars, out, value),
@@ -340,7 +516,14 @@ mod tests {
             );
         }
         for text in [
-            "${#X}", "${X:1:2}", "${X/a/b}", "${X#p}", "${X%s}", "${X^^}", "${X,,}",
+            "${#X}",
+            "${X:1:2}",
+            "${X#p}",
+            "${X%s}",
+            "${X^^}",
+            "${X,,}",
+            "${X/${Y}/b}",
+            "${X/a/${Y}}",
         ] {
             let e = expand(text, &BTreeMap::new()).unwrap_err().to_string();
             assert!(e.contains("is not supported"), "{text}: {e}");
@@ -357,5 +540,69 @@ mod tests {
         );
         assert_eq!(inventory(&nodes)["E"], "${F}");
         assert_eq!(inventory(&nodes)["D"], r#""""#);
+    }
+    #[test]
+    fn replacements_replace_literal_text_in_the_value_as_envsubst_does() {
+        // CAPA v2.11.1's config/rbac/serviceaccount.yaml.
+        let capa = "${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}";
+        let role = "arn:aws:iam::123456789012:role/capa";
+        assert_eq!(
+            expand(capa, &vars(&[("AWS_CONTROLLER_IAM_ROLE", role)])).unwrap(),
+            "eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/capa"
+        );
+        assert_eq!(expand(capa, &vars(&[])).unwrap(), "");
+        assert_eq!(
+            expand(capa, &vars(&[("AWS_CONTROLLER_IAM_ROLE", "not-an-arn")])).unwrap(),
+            "not-an-arn"
+        );
+        let v = vars(&[("X", "a.b.a")]);
+        for (text, want) in [
+            ("${X/a/c}", "c.b.a"),
+            ("${X//a/c}", "c.b.c"),
+            ("${X/#a/c}", "c.b.a"),
+            ("${X/%a/c}", "a.b.c"),
+            ("${X/#b/c}", "a.b.a"),
+            ("${X/%b/c}", "a.b.a"),
+            // Without a string: `/` and `//` remove, `/#` and `/%` leave the value alone.
+            ("${X/a/}", ".b.a"),
+            ("${X//a/}", ".b."),
+            ("${X/#a/}", "a.b.a"),
+            ("${X/%a/}", "a.b.a"),
+            // Escapes: `\/`, `\\` and `$$`; a run of slashes separates; `}` in a pattern.
+            ("${X/./\\/}", "a/b.a"),
+            ("${X/./\\\\}", "a\\b.a"),
+            ("${X/./$$}", "a$b.a"),
+            ("${X/.//c}", "acb.a"),
+        ] {
+            assert_eq!(expand(text, &v).unwrap(), want, "{text}");
+        }
+        assert_eq!(expand("${X/a}/c}", &vars(&[("X", "a}")])).unwrap(), "c");
+    }
+
+    #[test]
+    fn a_replacement_never_makes_its_variable_required() {
+        let nodes = parse("${A/#x/y} ${A} ${B/x/} ${B}").unwrap();
+        assert_eq!(required(&nodes, &vars(&[])), Vec::<String>::new());
+        assert_eq!(inventory(&nodes)["A"], "xy");
+    }
+
+    #[test]
+    fn malformed_replacements_are_errors_as_in_clusterctl() {
+        for (text, want) in [
+            // `//` is the operator, then `}` starts the pattern.
+            ("${X//}", "line 1: bad substitution"),
+            (
+                "${X/",
+                "line 1: unable to parse substitution within function",
+            ),
+            ("${X/a", "line 1: bad substitution"),
+            ("${X/a/b", "line 1: bad substitution"),
+        ] {
+            assert_eq!(
+                expand(text, &BTreeMap::new()).unwrap_err().to_string(),
+                want,
+                "{text}"
+            );
+        }
     }
 }
