@@ -88,6 +88,16 @@ const SAME: &[Case] = &[
     // A variable whose first reference has a default is not required.
     case("a: ${X:=d}\nb: ${X}", &[]),
     case("# a comment ${C:=c}\nv: ${C}", &[]),
+    // Replacements (CAPA's `${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}`):
+    // the string is components text, the value's pieces values; never required.
+    case("a:\n  ${R/#arn/k: arn}", &[("R", "arn:aws:iam::1:role/x")]),
+    case("a:\n  ${R/#arn/k: arn}", &[("R", "other")]),
+    case("a:\n  ${R/#arn/k: arn}", &[]),
+    case("v: ${X/./}", &[("X", "1.5")]),
+    case("v: ${X//./-}", &[("X", "1.2.3")]),
+    case("v: ${X/%.0/}", &[("X", "v1.0")]),
+    case("v: \"${X/%.0/x}\"", &[("X", "1.0")]),
+    case("v: ${X/a/\\/}-${X}", &[("X", "ab")]),
 ];
 
 /// Cases both must refuse.
@@ -100,6 +110,8 @@ const REFUSED: &[Case] = &[
     case("v: ${", &[]),
     case("v: ${X:=abc", &[]),
     case("v: \"${X:=\"\"}\"", &[]),
+    case("v: ${X/a", &[]),
+    case("v: ${X//}", &[]),
 ];
 
 fn clusterctl() -> Option<std::path::PathBuf> {
