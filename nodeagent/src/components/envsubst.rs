@@ -9,20 +9,21 @@
 //! - `$$` in text is one `$` (so `$${X}` is the text `${X}`); in a default it stays `$$`;
 //! - `${ NAME }`, `${ NAME}` and `${NAME }` are `${NAME}` (clusterctl rewrites them first);
 //! - a variable is required when its first reference has no default, or an empty one;
-//! - a `${` that does not start a well-formed reference is an error, as in clusterctl.
-//!
+//! - a `${` that does not start a well-formed reference is an error, as in clusterctl;
 //! - `${NAME/pattern/string}`, `${NAME//pattern/string}`, `${NAME/#pattern/string}` and
 //!   `${NAME/%pattern/string}` replace the first, every, a leading or a trailing occurrence of the
-//!   literal `pattern` in the value (CAPA's `${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}`);
-//!   `pattern` runs to the next `/`, `string` to the next `}`, and `\/`, `\\` and `$$` stand for
-//!   `/`, `\` and `$` in both; without `string`, `/` and `//` remove the pattern and `/#` and
-//!   `/%` do nothing (envsubst's `funcs.go`). Such a reference never makes its variable required:
-//!   clusterctl takes the pattern and string for a default.
+//!   literal `pattern` in the value (CAPA's
+//!   `${AWS_CONTROLLER_IAM_ROLE/#arn/eks.amazonaws.com/role-arn: arn}`); `pattern` runs to the
+//!   next `/`, `string` to the next `}`, and `\/`, `\\` and `$$` stand for `/`, `\` and `$` in
+//!   both; without `string`, `/` and `//` remove the pattern and `/#` and `/%` do nothing
+//!   (envsubst's `funcs.go`). Such a reference never makes its variable required: clusterctl
+//!   takes the pattern and string for a default.
 //!
 //! envsubst's other string functions (`${#X}`, `${X:1:2}`, `${X#p}`, `${X%s}`, `${X^^}`,
 //! `${X,,}`), and references nested in a replacement's pattern or string, are refused with an
-//! error naming them: no provider uses them, and fledge does not implement them. Names are letters, digits and `_` (envsubst's Unicode letters and decimal
-//! digits; Rust's alphabetic and numeric classes, identical for ASCII).
+//! error naming them: no provider uses them, and fledge does not implement them. Names are
+//! letters, digits and `_` (envsubst's Unicode letters and decimal digits; Rust's alphabetic
+//! and numeric classes, identical for ASCII).
 //!
 //! This module only reads the syntax and evaluates it into text; how values enter YAML without
 //! changing its structure is [`super`]'s business.
