@@ -938,10 +938,13 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         "{healthz}"
     );
     assert_eq!(f.metric("fledge_agent_leader").await, 1.0);
-    // A follower acts on nothing: after a while its journal has no phase past Installed.
+    // A follower caches the spec and runs no phase: after a while its journal has none.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let j = Journal::load(&state).unwrap_or_default();
-    assert_eq!(j.current(), Some(Phase::Installed), "{j:#?}");
+    assert!(j.done(Phase::SpecFetched), "{j:#?}");
+    for p in fledge_agent::phases::RUN {
+        assert!(j.entry(p).is_none(), "a follower ran {p}: {j:#?}");
+    }
 
     leader.kill();
     let killed = Instant::now();

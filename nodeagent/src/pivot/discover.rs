@@ -774,12 +774,21 @@ fn membership(g: &mut Graph, root: &str, cluster: &str) {
         // management identity is one): moving it would revoke it and mean nothing in the target.
         let token = n.data["type"] == "kubernetes.io/service-account-token"
             || n.data["metadata"]["annotations"]["kubernetes.io/service-account.name"].is_string();
-        if n.obj.kind == "Secret" && token && members.remove(&n.obj.uid) {
+        // The agents' copy of that token in the cluster (kept by the leading agent for the
+        // control-plane machines CAPI adds there) stays too: on the management plane the name
+        // is the service-account token Secret itself.
+        let agents = n.obj.name == fledge_generator::management::Names::new(cluster).agent_token;
+        if n.obj.kind == "Secret" && (token || agents) && members.remove(&n.obj.uid) {
             g.shared.remove(&n.obj.uid);
             g.keep.remove(&n.obj.uid);
             g.excluded.push((
                 n.obj.clone(),
-                "service-account token: it stays with the cluster that issued it".into(),
+                if token {
+                    "service-account token: it stays with the cluster that issued it".into()
+                } else {
+                    "the agents' management credentials: they stay in the cluster the agents run in"
+                        .into()
+                },
             ));
             continue;
         }
@@ -967,6 +976,18 @@ mod tests {
             labels: &'a [(&'a str, &'a str)],
         }
         let cases = [
+            Case {
+                name: "the agents' token copy in the cluster is not moved, its kubeconfig is",
+                rows: vec![
+                    ("Cluster", "a", None, &[], cluster_spec("a")),
+                    ("Secret", "a-fledge-agent-token", Some("a"), &[], json!({})),
+                    ("Secret", "a-kubeconfig", Some("a"), &[], json!({})),
+                ],
+                cluster: "a",
+                members: &["Cluster/a", "Secret/a-kubeconfig"],
+                kept: &[],
+                labels: &[],
+            },
             Case {
                 name: "a template owned by two clusters is copied and kept in the source",
                 rows: vec![
