@@ -475,6 +475,57 @@ pub fn label(kind: &str, group: &str, name: &str) -> String {
 /// The agent's phases that come after the pivot.
 const POST_PIVOT_PHASES: [&str; 4] = ["Pivoted", "ScaledOut", "AddonsReady", "Steady"];
 
+/// Applies a request's management objects (in their order): up to its FledgeCluster first,
+/// then the rest with the FledgeCluster as the owner of the agent's access objects
+/// ([`crate::management::own_access`]), so that deleting it revokes them. A server dry run
+/// persists no FledgeCluster, so there it applies them without an owner.
+pub async fn apply_request(
+    target: &Target,
+    c: &CheckedCluster,
+    mut objects: Vec<Value>,
+    opts: &ApplyOptions,
+    mut progress: impl FnMut(&Applied),
+) -> Result<Vec<Applied>, ApplyError> {
+    let split = objects
+        .iter()
+        .position(|o| o["kind"] == "FledgeCluster")
+        .map_or(0, |i| i + 1);
+    let mut rest = objects.split_off(split);
+    let mut results = apply(target, &objects, opts, &mut progress).await?;
+    if !opts.dry_run
+        && split > 0
+        && let Some(uid) = fledge_cluster_uid(target, c).await?
+    {
+        crate::management::own_access(&mut rest, c, &uid);
+    }
+    results.extend(apply(target, &rest, opts, &mut progress).await?);
+    Ok(results)
+}
+
+/// The UID of the request's FledgeCluster on the management plane, if it exists.
+pub async fn fledge_cluster_uid(
+    target: &Target,
+    c: &CheckedCluster,
+) -> Result<Option<String>, ApplyError> {
+    let ar = ApiResource {
+        group: "fledge.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: crate::spec::API_VERSION.into(),
+        kind: "FledgeCluster".into(),
+        plural: "fledgeclusters".into(),
+    };
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(target.client.clone(), c.namespace.as_str(), &ar);
+    let got = api
+        .get_opt(c.name.as_str())
+        .await
+        .map_err(|source| ApplyError::Request {
+            object: format!("FledgeCluster/{}", c.name),
+            source,
+        })?;
+    Ok(got.and_then(|o| o.metadata.uid))
+}
+
 /// Of the management objects, what to apply once the cluster was pivoted: only its
 /// FledgeCluster (a new generation is the day-2 path; the agent picks it up).
 pub fn after_pivot(objects: Vec<Value>) -> Vec<Value> {

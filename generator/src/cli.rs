@@ -360,8 +360,10 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
             );
             objects = crate::apply::after_pivot(objects);
         }
-        let results =
-            crate::apply::apply(&target, &objects, &opts, |a| println!("{a}{suffix}")).await?;
+        let results = crate::apply::apply_request(&target, &checked, objects, &opts, |a| {
+            println!("{a}{suffix}")
+        })
+        .await?;
         let changed = results
             .iter()
             .filter(|a| a.outcome != crate::apply::Outcome::Unchanged)

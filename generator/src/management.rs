@@ -262,6 +262,40 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
     Ok(docs)
 }
 
+/// Makes the FledgeCluster (`uid`) the owner of the agent's access objects among `objects`: its
+/// ServiceAccount, Role, RoleBinding and token Secret, which the garbage collector then deletes
+/// with it (after the agent's own finalizer is released: the agent unpivots first). The
+/// cluster-scoped ClusterRole and its binding cannot have a namespaced owner and are left as
+/// they are. Returns how many objects it marked.
+pub fn own_access(objects: &mut [Value], c: &CheckedCluster, uid: &str) -> usize {
+    let names = Names::new(c.name.as_str());
+    let owned = [
+        ("ServiceAccount", names.agent.as_str()),
+        ("Role", names.agent.as_str()),
+        ("RoleBinding", names.agent.as_str()),
+        ("Secret", names.agent_token.as_str()),
+    ];
+    let mut marked = 0;
+    for o in objects.iter_mut() {
+        let (kind, name) = (
+            o["kind"].as_str().unwrap_or_default(),
+            o["metadata"]["name"].as_str().unwrap_or_default(),
+        );
+        if o["metadata"]["namespace"] == c.namespace.as_str()
+            && owned.iter().any(|(k, n)| *k == kind && *n == name)
+        {
+            o["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": crate::spec::API_VERSION,
+                "kind": "FledgeCluster",
+                "name": c.name.as_str(),
+                "uid": uid,
+            }]);
+            marked += 1;
+        }
+    }
+    marked
+}
+
 /// The annotation on machine and bootstrap templates that records the Kubernetes version they
 /// were rendered for.
 pub const KUBERNETES_VERSION_ANNOTATION: &str = "fledge.dev/kubernetes-version";

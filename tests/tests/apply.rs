@@ -28,6 +28,18 @@ fn case(provider: ProviderKind, capi: CapiVersion) -> PathBuf {
     ))
 }
 
+/// The CRD directories the cases of one CAPI contract need.
+fn dirs_with_providers(capi: CapiVersion) -> Vec<&'static str> {
+    let mut dirs = vec![core_dir(capi)];
+    for p in ProviderKind::ALL {
+        let d = providers::get(p).api(capi).crd_dir;
+        if !dirs.contains(&d) {
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
 /// A cluster with every CRD the cases of one CAPI contract need.
 async fn cluster_for(capi: CapiVersion) -> Option<(TestCluster, Target)> {
     cluster_with(capi, false).await
@@ -40,14 +52,9 @@ async fn cluster_with(capi: CapiVersion, managers: bool) -> Option<(TestCluster,
     } else {
         start_or_skip(Options::default()).await?
     };
-    let mut dirs = vec![core_dir(capi)];
-    for p in ProviderKind::ALL {
-        let d = providers::get(p).api(capi).crd_dir;
-        if !dirs.contains(&d) {
-            dirs.push(d);
-        }
-    }
-    install_crds(&c.client().await, &dirs).await.unwrap();
+    install_crds(&c.client().await, &dirs_with_providers(capi))
+        .await
+        .unwrap();
     let target = client_from_kubeconfig(Some(&c.kubeconfig)).await.unwrap();
     Some((c, target))
 }
@@ -225,12 +232,13 @@ async fn applying_twice_changes_nothing_and_fledge_crds_serve_status() {
 
     let checked = load(&request);
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
-    let before = apply(&target, &objects, &ApplyOptions::default(), |_| {})
-        .await
-        .unwrap();
-    let again = apply(&target, &objects, &ApplyOptions::default(), |_| {})
-        .await
-        .unwrap();
+    // As the binary applies them (the FledgeCluster owns the agent's access objects).
+    let defaults = ApplyOptions::default();
+    let apply_request = |objects: Vec<serde_json::Value>| {
+        fledge_generator::apply::apply_request(&target, &checked, objects, &defaults, |_| {})
+    };
+    let before = apply_request(objects.clone()).await.unwrap();
+    let again = apply_request(objects.clone()).await.unwrap();
     for (a, b) in before.iter().zip(&again) {
         assert_eq!(b.outcome, Outcome::Unchanged, "{}", b.object);
         assert_eq!(a.resource_version, b.resource_version, "{}", b.object);
@@ -256,9 +264,7 @@ async fn applying_twice_changes_nothing_and_fledge_crds_serve_status() {
     let got = api.get(checked.name.as_str()).await.unwrap();
     assert_eq!(got.status.unwrap().phase.as_deref(), Some("Installed"));
     // Status is not part of what fledge applies, so a re-apply keeps it.
-    apply(&target, &objects, &ApplyOptions::default(), |_| {})
-        .await
-        .unwrap();
+    apply_request(objects.clone()).await.unwrap();
     assert!(
         api.get(checked.name.as_str())
             .await
@@ -754,5 +760,99 @@ async fn apply_wait_reports_a_silent_cp_a_and_ends_when_the_agent_reports() {
     assert!(
         said.contains("fledge-agent reported (phase ProvidersInstalled)"),
         "{said}"
+    );
+}
+
+/// The agent's access is revoked with its FledgeCluster (issue 28): `fledge apply` makes the
+/// FledgeCluster the owner of the agent's ServiceAccount, Role, RoleBinding and token Secret,
+/// and deleting it (once the agent released its finalizer) lets the garbage collector delete
+/// them. The cluster-scoped ClusterRole cannot have a namespaced owner and stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_access_is_owned_by_its_fledge_cluster_and_goes_with_it() {
+    let Some(c) = start_or_skip(Options {
+        controller_manager: true,
+        ..Default::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let client = c.client().await;
+    let dirs = dirs_with_providers(CapiVersion::V1beta2);
+    install_crds(&client, &dirs).await.unwrap();
+    let request = case(ProviderKind::Docker, CapiVersion::V1beta2);
+    let checked = load(&request);
+    let ns = checked.namespace.as_str();
+    let out = std::process::Command::new(fledge_tests::binary("fledge"))
+        .args([
+            "apply",
+            request.to_str().unwrap(),
+            "--install-crds",
+            "--kubeconfig",
+        ])
+        .arg(&c.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fc: Api<FledgeCluster> = Api::namespaced(client.clone(), ns);
+    let uid = fc
+        .get(checked.name.as_str())
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let names = management::Names::new(checked.name.as_str());
+    let access = [
+        ("v1", "ServiceAccount", names.agent.clone()),
+        ("rbac.authorization.k8s.io/v1", "Role", names.agent.clone()),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            names.agent.clone(),
+        ),
+        ("v1", "Secret", names.agent_token.clone()),
+    ];
+    let get = |api_version: &str, kind: &str, name: &str| {
+        let api: Api<kube::api::DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &capi::resource(api_version, kind));
+        let name = name.to_string();
+        async move { api.get_opt(&name).await.unwrap() }
+    };
+    for (v, kind, name) in &access {
+        let o = get(v, kind, name)
+            .await
+            .unwrap_or_else(|| panic!("{kind}/{name}"));
+        let owners = o.metadata.owner_references.unwrap_or_default();
+        assert!(
+            owners
+                .iter()
+                .any(|r| r.kind == "FledgeCluster" && r.uid == uid),
+            "{kind}/{name}: {owners:?}"
+        );
+    }
+    fc.delete(checked.name.as_str(), &Default::default())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    for (v, kind, name) in &access {
+        while get(v, kind, name).await.is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(90),
+                "{kind}/{name} outlived its FledgeCluster"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let role: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    assert!(
+        role.get_opt(&management::agent_cluster_role(ns, checked.name.as_str()))
+            .await
+            .unwrap()
+            .is_some()
     );
 }
