@@ -77,11 +77,6 @@ impl Elector {
         }
     }
 
-    /// This agent's identity.
-    pub fn identity(&self) -> &str {
-        &self.identity
-    }
-
     /// One round: reads the Lease, then takes or renews it when [`decide`] says so. Ok(None)
     /// when this agent leads after the round, Ok(Some(holder)) when another one does.
     pub async fn round(&mut self) -> Result<Option<String>, kube::Error> {

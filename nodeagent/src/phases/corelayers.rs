@@ -11,7 +11,6 @@
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
 use kube::api::ListParams;
-use serde_json::{Value, json};
 
 use super::addons::{self, Stage};
 use super::{Context, PhaseError, Step};
@@ -104,24 +103,18 @@ pub async fn ensure_cloud_secret(ctx: &Context) -> Result<Option<String>, PhaseE
             }
         },
     };
-    let data = source.data.unwrap_or_default();
-    let mut out = serde_json::Map::new();
+    let mut data = source.data.unwrap_or_default();
+    let mut out = Vec::new();
     for (from_key, to_key) in &want.keys {
-        let Some(v) = data.get(*from_key) else {
+        let Some(v) = data.remove(*from_key) else {
             return Err(PhaseError::CloudSecret(format!(
                 "Secret {ns}/{} has no key {from_key:?}, which the cloud provider's credentials need",
                 want.source
             )));
         };
-        out.insert(to_key.clone(), Value::from(base64_encode(&v.0)));
+        out.push((to_key.clone(), v.0));
     }
-    let secret = json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": want.name, "namespace": want.namespace,
-            "labels": {"app.kubernetes.io/managed-by": "fledge"}},
-        "type": "Opaque",
-        "data": out,
-    });
+    let secret = super::opaque_secret(want.namespace, want.name, &[], out);
     super::apply_local(ctx, &[secret], |_| {})
         .await
         .map_err(|e| PhaseError::CloudSecret(format!("{}/{}: {e}", want.namespace, want.name)))?;
@@ -129,11 +122,6 @@ pub async fn ensure_cloud_secret(ctx: &Context) -> Result<Option<String>, PhaseE
         "{}/{} made from Secret {ns}/{} in {from}",
         want.namespace, want.name, want.source
     )))
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// The plan: the core layers, and whether the nodes are Ready.

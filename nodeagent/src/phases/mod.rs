@@ -328,6 +328,30 @@ where
     }
 }
 
+/// A Secret the agent keeps in the local cluster, as applied there: Opaque, labelled as
+/// fledge's (plus `labels`), its `data` given as bytes (the type's serializer encodes them).
+pub(crate) fn opaque_secret(
+    namespace: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+    data: impl IntoIterator<Item = (String, Vec<u8>)>,
+) -> serde_json::Value {
+    use k8s_openapi::ByteString;
+    let mut secret = k8s_openapi::api::core::v1::Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.namespace = Some(namespace.into());
+    secret.metadata.labels = Some(
+        labels
+            .iter()
+            .chain(&[("app.kubernetes.io/managed-by", "fledge")])
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    secret.type_ = Some("Opaque".into());
+    secret.data = Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
+    serde_json::to_value(&secret).unwrap_or_default()
+}
+
 /// A client for the local cluster from its kubeconfig, counting its requests.
 pub async fn local_client(
     path: &std::path::Path,

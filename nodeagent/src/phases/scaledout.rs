@@ -67,17 +67,13 @@ pub async fn ensure_agent_secret(ctx: &Context) -> Result<(), PhaseError> {
     let ca = read(&ctx.cfg.management.ca_file)?;
     // The file as the agent reads it: the token without the whitespace around it.
     let token = String::from_utf8_lossy(&token).trim().to_string();
-    use base64::Engine;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let names = fledge_generator::management::Names::new(ctx.spec.name.as_str());
-    let secret = serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": names.agent_token, "namespace": ctx.spec.namespace.as_str(),
-            "labels": {"cluster.x-k8s.io/cluster-name": ctx.spec.name.as_str(),
-                "app.kubernetes.io/managed-by": "fledge"}},
-        "type": "Opaque",
-        "data": {"token": b64(token.as_bytes()), "ca.crt": b64(&ca)},
-    });
+    let secret = super::opaque_secret(
+        ctx.spec.namespace.as_str(),
+        &names.agent_token,
+        &[("cluster.x-k8s.io/cluster-name", ctx.spec.name.as_str())],
+        [("token".into(), token.into_bytes()), ("ca.crt".into(), ca)],
+    );
     super::apply_local(ctx, &[secret], |_| {})
         .await
         .map_err(|e| PhaseError::AgentSecret(format!("{}: {e}", names.agent_token)))?;

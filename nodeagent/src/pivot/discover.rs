@@ -310,7 +310,8 @@ async fn list_type(
     }
 }
 
-fn node(obj: DynamicObject, api_version: &str, kind: &str) -> Node {
+/// A discovered object as a graph node (its owners, its body with apiVersion and kind set).
+pub(super) fn node(obj: DynamicObject, api_version: &str, kind: &str) -> Node {
     let owners = obj
         .metadata
         .owner_references

@@ -277,7 +277,7 @@ pub async fn global(
 /// Adds a global object to the graph as a member; returns its uid.
 fn add_global(g: &mut Graph, (obj, ar): (DynamicObject, ApiResource)) -> String {
     let location = obj.metadata.namespace.clone();
-    let mut node = node_of(obj, &ar);
+    let mut node = super::discover::node(obj, &ar.api_version, &ar.kind);
     let uid = node.obj.uid.clone();
     if let Some(old) = g.nodes.get(&uid) {
         node = old.clone();
@@ -292,35 +292,6 @@ fn add_global(g: &mut Graph, (obj, ar): (DynamicObject, ApiResource)) -> String 
         g.types.push(ar);
     }
     uid
-}
-
-fn node_of(obj: DynamicObject, ar: &ApiResource) -> Node {
-    let owners = obj
-        .metadata
-        .owner_references
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|o| super::discover::OwnerRef {
-            api_version: o.api_version,
-            kind: o.kind,
-            name: o.name,
-            uid: o.uid,
-        })
-        .collect();
-    let mut data = serde_json::to_value(&obj).unwrap_or_default();
-    data["apiVersion"] = Value::String(ar.api_version.clone());
-    data["kind"] = Value::String(ar.kind.clone());
-    Node {
-        obj: ObjRef {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-            name: obj.metadata.name.clone().unwrap_or_default(),
-            uid: obj.metadata.uid.clone().unwrap_or_default(),
-        },
-        owners,
-        data,
-    }
 }
 
 /// The namespaces of the infrastructure providers in clusterctl's inventory (where a global
