@@ -222,6 +222,20 @@ fn diagnostics(mgmt: &TestCluster) -> String {
     let mut out = format!("containers: {:?}\n", containers());
     if let Some(cp) = cp_a() {
         for (what, cmd) in [
+            // First what a stalled scale-out or rollout shows (CI keeps a failure's first and
+            // last lines only).
+            (
+                "Cluster API objects",
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf get cluster,kcp,md,ms,machines -A -o wide",
+            ),
+            (
+                "conditions not True",
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf get kcp,md,ms,machines -A -o go-template='{{range .items}}{{$k := .kind}}{{$n := .metadata.name}}{{range .status.conditions}}{{if ne .status \"True\"}}{{$k}}/{{$n}} {{.type}}={{.status}} {{.reason}}: {{.message}}{{\"\\n\"}}{{end}}{{end}}{{end}}' | head -n 30",
+            ),
+            (
+                "workload controllers, last lines",
+                "for d in capi-system/capi-controller-manager capd-system/capd-controller-manager capi-kubeadm-control-plane-system/capi-kubeadm-control-plane-controller-manager; do echo \"== $d\"; kubectl --kubeconfig /etc/kubernetes/admin.conf logs -n ${d%/*} deploy/${d#*/} --tail 8 2>&1 | cut -c1-400; done",
+            ),
             ("agent journal", "cat /var/lib/fledge/journal.json"),
             (
                 "agent log",
