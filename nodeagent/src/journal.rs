@@ -373,6 +373,30 @@ impl Journal {
         Ok(true)
     }
 
+    /// Replaces the journal with [`merged`] of the one on disk and `held` (the copy a new leader
+    /// takes from the cluster, see [`crate::clusterstate`]), under the journal lock.
+    pub fn adopt(state_dir: &Path, held: &Journal) -> Result<Journal, JournalError> {
+        let _lock = lock_file(state_dir)?;
+        let ours = match read(state_dir)? {
+            OnDisk::Valid(j) => j,
+            OnDisk::Missing => Journal::empty(),
+            // Never overwritten: set aside first.
+            OnDisk::Corrupt(problem) => {
+                set_aside(state_dir, problem, unix_now())?;
+                Journal::empty()
+            }
+        };
+        let j = merged(&ours, held);
+        let p = path(state_dir);
+        let bytes = serde_json::to_vec_pretty(&j).unwrap_or_default();
+        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
+            path: p,
+            op: "write",
+            source,
+        })?;
+        Ok(j)
+    }
+
     /// The entry of `phase`.
     pub fn entry(&self, phase: Phase) -> Option<&Entry> {
         self.phases.iter().find(|e| e.phase == phase)
@@ -403,6 +427,29 @@ impl Journal {
     pub fn current(&self) -> Option<Phase> {
         Phase::ALL.into_iter().rev().find(|p| self.done(*p))
     }
+}
+
+/// The journal a new leader goes on from: `held`'s (the leader's, from the cluster), except that
+/// `Installed` stays this node's and `SpecFetched` is the one for the higher generation. Pure.
+pub fn merged(ours: &Journal, held: &Journal) -> Journal {
+    let mut phases: Vec<Entry> = held
+        .phases
+        .iter()
+        .filter(|e| !matches!(e.phase, Phase::Installed | Phase::SpecFetched))
+        .cloned()
+        .collect();
+    phases.extend(ours.entry(Phase::Installed).cloned());
+    let fetched = match (
+        ours.entry(Phase::SpecFetched),
+        held.entry(Phase::SpecFetched),
+    ) {
+        (Some(o), Some(h)) if h.generation > o.generation => Some(h),
+        (Some(o), _) => Some(o),
+        (None, h) => h,
+    };
+    phases.extend(fetched.cloned());
+    phases.sort_by_key(|e| e.phase);
+    Journal { version: 1, phases }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod clusterstate;
 pub mod components;
 pub mod config;
 pub mod day2;

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fledge_agent::cache;
+use fledge_agent::clusterstate;
 use fledge_agent::journal::{Journal, Phase};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
@@ -918,7 +920,7 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
     let mut leader = Agent::start(&f.config, &f.log());
     f.wait_phase(Phase::Steady, Duration::from_secs(300)).await;
     let (config, state, metrics, log) = f.second_agent("cp-b");
-    let follower = Agent::start(&config, &log);
+    let mut follower = Agent::start(&config, &log);
     let start = Instant::now();
     let healthz = loop {
         let h = http_get(&metrics, "/healthz").await.unwrap_or_default();
@@ -945,21 +947,66 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
     for p in fledge_agent::phases::RUN {
         assert!(j.entry(p).is_none(), "a follower ran {p}: {j:#?}");
     }
+    let fetched_by_b = cache::load(&state).unwrap().unwrap().generation;
 
+    // cp-b goes down with the spec it has; the spec changes, and the leader applies it and
+    // keeps its state in the cluster.
+    follower.kill();
+    let mc = f.mgmt.client().await;
+    let lc = f.local.client().await;
+    set_workers(&mc, 3).await;
+    wait_workers(&lc, 3, &f.log()).await;
+    let start = Instant::now();
+    let held = loop {
+        let held = clusterstate::read(&lc).await.unwrap().map(|(h, _)| h);
+        let spec = held
+            .as_ref()
+            .and_then(|h| h.files.get(clusterstate::SPEC))
+            .map(|b| serde_yaml::from_slice::<cache::CachedSpec>(b).unwrap());
+        if let (Some(h), Some(s)) = (&held, spec)
+            && s.generation > fetched_by_b
+            && serde_json::from_slice::<Journal>(&h.files[clusterstate::JOURNAL])
+                .unwrap()
+                .entry(Phase::Steady)
+                .is_some_and(|e| e.generation == Some(s.generation))
+        {
+            break held.unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the leader's state is not held in the cluster: {held:?}\n{}",
+            fledge_tests::cluster::tail(&f.log(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // Written by the leader (this host's name: the first agent names no node).
+    assert_eq!(held.holder, fledge_agent::leader::node_identity());
+    let leaders = f.journal();
+
+    // The leader dies, and cp-b comes back while the management plane is out of its reach: its
+    // disk holds the older spec, the cluster the newer one.
     leader.kill();
     let killed = Instant::now();
+    let mut cfg: Value = serde_yaml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let reachable = cfg["management"]["server"].clone();
+    cfg["management"]["server"] = json!("https://127.0.0.1:1");
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let mut follower = Agent::start(&config, &log);
     let start = Instant::now();
     loop {
-        if Journal::load(&state)
-            .unwrap_or_default()
-            .done(Phase::Steady)
-        {
+        // Never rolled back to the older spec.
+        let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+            .get(&format!("{NAME}-md-0"))
+            .await
+            .unwrap();
+        assert_eq!(md.data["spec"]["replicas"], 3, "rolled back by cp-b");
+        let j = Journal::load(&state).unwrap_or_default();
+        if j.done(Phase::Steady) {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(180),
-            "cp-b did not take over: {:#?}\n{}",
-            Journal::load(&state).unwrap_or_default(),
+            "cp-b did not take over: {j:#?}\n{}",
             fledge_tests::cluster::tail(&log, 40)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -975,49 +1022,79 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
     );
     assert_eq!(metric_at(&metrics, "fledge_agent_leader").await, 1.0);
     let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
-        f.local.client().await,
+        lc.clone(),
         fledge_agent::leader::LEASE_NAMESPACE,
     )
     .get(fledge_agent::leader::LEASE_NAME)
     .await
     .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cp-b"));
+    // cp-b resumed from the cluster's state: the leader's phases are on record as the leader
+    // ran them (not run again), and its spec is the newer one.
+    let taken = Journal::load(&state).unwrap();
+    for p in [Phase::ProvidersInstalled, Phase::Pivoted, Phase::ScaledOut] {
+        assert_eq!(
+            taken.entry(p).map(|e| &e.time),
+            leaders.entry(p).map(|e| &e.time),
+            "{p} run again by cp-b: {taken:#?}"
+        );
+    }
+    let spec = cache::load(&state).unwrap().unwrap();
+    assert!(spec.generation > fetched_by_b, "{}", spec.generation);
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("took the cluster's copy of the agent's state"),
+        "{}",
+        fledge_tests::cluster::tail(&log, 40)
+    );
 
-    // The new leader keeps the cluster reconciling: a later spec change is applied.
-    let mc = f.mgmt.client().await;
-    api(&mc, "fledge.dev/v1alpha1", "FledgeCluster")
+    // With the management plane in reach again, the new leader keeps the cluster reconciling:
+    // a later spec change is applied.
+    follower.kill();
+    cfg["management"]["server"] = reachable;
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let follower = Agent::start(&config, &log);
+    set_workers(&mc, 4).await;
+    wait_workers(&lc, 4, &log).await;
+    drop(follower);
+    kubelet.abort();
+}
+
+async fn set_workers(mc: &kube::Client, replicas: i64) {
+    api(mc, "fledge.dev/v1alpha1", "FledgeCluster")
         .patch(
             NAME,
             &PatchParams::default(),
             &Patch::Json::<()>(
                 serde_json::from_value(json!([
-                    {"op": "replace", "path": "/spec/workers/0/replicas", "value": 3}
+                    {"op": "replace", "path": "/spec/workers/0/replicas", "value": replicas}
                 ]))
                 .unwrap(),
             ),
         )
         .await
         .unwrap();
-    let lc = f.local.client().await;
+}
+
+async fn wait_workers(lc: &kube::Client, replicas: i64, log: &Path) {
     let start = Instant::now();
     loop {
-        let md = api(&lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
+        let md = api(lc, "cluster.x-k8s.io/v1beta2", "MachineDeployment")
             .get(&format!("{NAME}-md-0"))
             .await
             .unwrap();
-        if md.data["spec"]["replicas"] == 3 {
-            break;
+        if md.data["spec"]["replicas"] == replicas {
+            return;
         }
         assert!(
             start.elapsed() < Duration::from_secs(120),
-            "the new leader did not apply the change: {}\n{}",
+            "the change to {replicas} workers was not applied: {}\n{}",
             md.data["spec"],
-            fledge_tests::cluster::tail(&log, 40)
+            fledge_tests::cluster::tail(log, 40)
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    drop(follower);
-    kubelet.abort();
 }
 
 /// A point at which the test SIGKILLs the agent.

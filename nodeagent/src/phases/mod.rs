@@ -448,6 +448,15 @@ pub trait Report: Send + Sync {
     fn failed(&self, phase: Phase);
 }
 
+/// The runner's side of the cluster-held state ([`crate::clusterstate`]).
+#[derive(Default)]
+struct ClusterCopy {
+    /// Whether the cluster's copy was taken (or there was no local cluster to hold one).
+    taken: bool,
+    /// The files last published.
+    last: Option<crate::clusterstate::Files>,
+}
+
 /// Walks the journal's phases.
 pub struct Runner {
     /// The configuration.
@@ -480,8 +489,9 @@ impl Runner {
         let mut local: Option<kube::Client> = None;
         // Whether this process has made sure the agent's finalizer is on its FledgeCluster.
         let mut held = false;
+        let mut copy = ClusterCopy::default();
         while !*stop.borrow() {
-            let delay = match self.attempt(&mut local, &mut held).await {
+            let delay = match self.attempt(&mut local, &mut held, &mut copy).await {
                 Attempt::Progressed => {
                     backoff = self.backoff();
                     waits.reset();
@@ -519,7 +529,88 @@ impl Runner {
             .build()
     }
 
-    async fn attempt(&self, local: &mut Option<kube::Client>, held: &mut bool) -> Attempt {
+    /// The local client, made on first use; `Ok(None)` while the local cluster has no
+    /// kubeconfig yet (CP-A before `kubeadm init`).
+    async fn local(
+        &self,
+        local: &mut Option<kube::Client>,
+    ) -> Result<Option<kube::Client>, PhaseError> {
+        if let Some(c) = local {
+            return Ok(Some(c.clone()));
+        }
+        let path = crate::config::rooted(&self.root, &self.cfg.local_kubeconfig());
+        if !path.exists() {
+            return Ok(None);
+        }
+        let c = local_client(&path, self.local_counts.clone()).await?;
+        *local = Some(c.clone());
+        Ok(Some(c))
+    }
+
+    /// Takes the cluster's copy of the state ([`crate::clusterstate`]) once, before this
+    /// process's first phase, where it is newer than the disk. False when it could not be read:
+    /// no phase runs on a state that may be older than the cluster's.
+    async fn take_cluster_copy(
+        &self,
+        local: &mut Option<kube::Client>,
+        copy: &mut ClusterCopy,
+    ) -> bool {
+        if copy.taken {
+            return true;
+        }
+        let client = match self.local(local).await {
+            Ok(Some(c)) => c,
+            // No local cluster: nothing can be held in it yet.
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot read the cluster's copy of the agent's state; no phase runs until it can be");
+                return false;
+            }
+        };
+        match crate::clusterstate::restore(&client, &self.state_dir).await {
+            Ok(r) => {
+                if !r.taken.is_empty() {
+                    tracing::info!(sequence = r.sequence, written_by = %r.holder, taken = ?r.taken, "took the cluster's copy of the agent's state (newer than this node's)");
+                }
+                copy.taken = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot take the cluster's copy of the agent's state; no phase runs until it can be");
+                false
+            }
+        }
+    }
+
+    /// Keeps the cluster's copy of the state equal to the disk (a write only when it changed).
+    async fn publish_cluster_copy(&self, local: &mut Option<kube::Client>, copy: &mut ClusterCopy) {
+        let Ok(Some(client)) = self.local(local).await else {
+            return;
+        };
+        let holder = self
+            .cfg
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::leader::node_identity);
+        match crate::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last).await
+        {
+            Ok(Some(n)) => tracing::debug!(
+                sequence = n,
+                "the cluster's copy of the agent's state updated"
+            ),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "cannot update the cluster's copy of the agent's state; the disk keeps it, and the next attempt tries again")
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        local: &mut Option<kube::Client>,
+        held: &mut bool,
+        copy: &mut ClusterCopy,
+    ) -> Attempt {
         // Held until the attempt ends: `fledge-agent unpivot` run by hand waits for it, and
         // while it holds the lock (moving the cluster away) no attempt starts.
         let _run = match crate::runlock::try_acquire(&self.state_dir) {
@@ -536,6 +627,17 @@ impl Runner {
                 return Attempt::Failed;
             }
         };
+        if !self.take_cluster_copy(local, copy).await {
+            return Attempt::Failed;
+        }
+        let attempt = self.attempt_locked(local, held).await;
+        if copy.taken {
+            self.publish_cluster_copy(local, copy).await;
+        }
+        attempt
+    }
+
+    async fn attempt_locked(&self, local: &mut Option<kube::Client>, held: &mut bool) -> Attempt {
         let mut journal = match Journal::load(&self.state_dir) {
             Ok(j) => j,
             Err(e) => {
@@ -730,12 +832,16 @@ mod tests {
         let before = std::fs::read(crate::journal::path(&state)).unwrap();
         let held = crate::runlock::try_acquire(&state).unwrap().unwrap();
         let (mut local, mut finalizer) = (None, false);
-        let a = runner.attempt(&mut local, &mut finalizer).await;
+        let a = runner
+            .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
+            .await;
         assert!(matches!(a, Attempt::Wait(d) if d == POLL));
         assert_eq!(std::fs::read(crate::journal::path(&state)).unwrap(), before);
         // The attempt held the lock only while it ran; with the lock free it runs again.
         drop(held);
-        let a = runner.attempt(&mut local, &mut finalizer).await;
+        let a = runner
+            .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
+            .await;
         assert!(matches!(a, Attempt::Wait(d) if d == Duration::from_secs(3600)));
         assert!(crate::runlock::try_acquire(&state).unwrap().is_some());
     }

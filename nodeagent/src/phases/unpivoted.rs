@@ -153,6 +153,17 @@ fn update_request<T>(
     Ok(out)
 }
 
+/// Writes `bytes` (a request as another node's agent recorded it, see
+/// [`crate::clusterstate`]) as the recorded request, under its lock. Bytes that are not a
+/// request are not written.
+pub fn adopt_request(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let request: Request = serde_json::from_slice(bytes).map_err(std::io::Error::other)?;
+    update_request(state_dir, |r| {
+        *r = Some(request);
+        (true, ())
+    })
+}
+
 /// Whether the runner acts on a deletion: an order is recorded, or a cancelled one is not yet
 /// settled (an unreadable record counts as an order, as its existence always did).
 pub fn deletion_requested(state_dir: &Path) -> bool {
