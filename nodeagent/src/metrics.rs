@@ -1,11 +1,20 @@
 //! What the agent knows, shared between its tasks, the metrics endpoint and tests: the
-//! [`Snapshot`] behind [`Shared`], its Prometheus exposition, and the loopback HTTP server for
-//! `/healthz` and `/metrics`.
+//! [`Snapshot`] behind [`Shared`], its Prometheus exposition (encoded from a snapshot at each
+//! scrape with `prometheus-client`), and the loopback HTTP server for `/healthz` and `/metrics`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -89,75 +98,148 @@ impl Shared {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (format 0.0.4).
     pub fn metrics(&self) -> String {
-        let s = self.snapshot();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition(self.snapshot())));
         let mut out = String::new();
-        out.push_str("# HELP fledge_agent_phase The agent's latest completed phase.\n# TYPE fledge_agent_phase gauge\n");
-        for p in Phase::ALL {
-            out.push_str(&format!(
-                "fledge_agent_phase{{phase=\"{p}\"}} {}\n",
-                u8::from(s.phase == Some(p))
-            ));
-        }
-        out.push_str("# HELP fledge_agent_leader 1 while this agent holds the cluster's leader Lease and acts, 0 while it follows.\n# TYPE fledge_agent_leader gauge\n");
-        out.push_str(&format!(
-            "fledge_agent_leader {}\n",
-            u8::from(s.following == Some(None))
-        ));
-        out.push_str("# HELP fledge_agent_spec_generation Generation of the cached spec.\n# TYPE fledge_agent_spec_generation gauge\n");
-        out.push_str(&format!(
-            "fledge_agent_spec_generation {}\n",
-            s.spec_generation.unwrap_or(0)
-        ));
-        out.push_str("# HELP fledge_agent_last_sync_timestamp_seconds Last successful sync with the management plane.\n# TYPE fledge_agent_last_sync_timestamp_seconds gauge\n");
-        out.push_str(&format!(
-            "fledge_agent_last_sync_timestamp_seconds {}\n",
-            s.last_sync.unwrap_or(0)
-        ));
-        out.push_str("# HELP fledge_agent_management_reachable 1 when the management plane answered the last request.\n# TYPE fledge_agent_management_reachable gauge\n");
-        out.push_str(&format!(
-            "fledge_agent_management_reachable {}\n",
-            u8::from(s.reachable)
-        ));
-        out.push_str("# HELP fledge_agent_errors_total Errors by kind.\n# TYPE fledge_agent_errors_total counter\n");
-        for (k, v) in &s.errors {
-            out.push_str(&format!("fledge_agent_errors_total{{kind=\"{k}\"}} {v}\n"));
-        }
-        out.push_str("# HELP fledge_agent_phase_failures_total Failed phase attempts (each is retried with backoff).\n# TYPE fledge_agent_phase_failures_total counter\n");
-        for (p, v) in &s.phase_failures {
-            out.push_str(&format!(
-                "fledge_agent_phase_failures_total{{phase=\"{p}\"}} {v}\n"
-            ));
-        }
-        if let Some((m, l)) = &s.requests {
-            out.push_str("# HELP fledge_agent_requests_total Requests sent, by cluster.\n# TYPE fledge_agent_requests_total counter\n");
-            out.push_str(&format!(
-                "fledge_agent_requests_total{{cluster=\"management\"}} {}\nfledge_agent_requests_total{{cluster=\"local\"}} {}\n",
-                m.total(),
-                l.total()
-            ));
-        }
-        if let Some(dir) = &s.state_dir {
-            let layers = crate::phases::addons::states(dir);
-            if !layers.is_empty() {
-                out.push_str("# HELP fledge_agent_addon_layer_healthy 1 when every object of the add-on layer is healthy.\n# TYPE fledge_agent_addon_layer_healthy gauge\n");
-                for (name, st) in &layers {
-                    out.push_str(&format!(
-                        "fledge_agent_addon_layer_healthy{{layer=\"{name}\",state=\"{}\"}} {}\n",
-                        st.state,
-                        u8::from(st.state == "Healthy")
-                    ));
-                }
-            }
-        }
-        out.push_str("# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.\n# TYPE fledge_agent_watchdog_pings_total counter\n");
-        out.push_str(&format!(
-            "fledge_agent_watchdog_pings_total {}\n",
-            s.watchdog_pings
-        ));
+        prometheus_text::encode(&mut out, &registry).expect("writing to a String does not fail");
         out
     }
+}
+
+/// The metrics of one [`Snapshot`], in a fixed order.
+#[derive(Debug)]
+struct Exposition(Snapshot);
+
+impl Collector for Exposition {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let s = &self.0;
+        let phases = Phase::ALL.map(|p| ([("phase", p.to_string())], gauge(s.phase == Some(p))));
+        family(
+            &mut e,
+            "fledge_agent_phase",
+            "The agent's latest completed phase.",
+            MetricType::Gauge,
+            phases,
+        )?;
+        one(
+            &mut e,
+            "fledge_agent_leader",
+            "1 while this agent holds the cluster's leader Lease and acts, 0 while it follows.",
+            None,
+            gauge(s.following == Some(None)),
+        )?;
+        one(
+            &mut e,
+            "fledge_agent_spec_generation",
+            "Generation of the cached spec.",
+            None,
+            ConstGauge::new(s.spec_generation.unwrap_or(0)),
+        )?;
+        one(
+            &mut e,
+            "fledge_agent_last_sync_timestamp",
+            "Last successful sync with the management plane.",
+            Some(&Unit::Seconds),
+            ConstGauge::new(s.last_sync.unwrap_or(0)),
+        )?;
+        one(
+            &mut e,
+            "fledge_agent_management_reachable",
+            "1 when the management plane answered the last request.",
+            None,
+            gauge(s.reachable),
+        )?;
+        // Counters: the encoder adds `_total` to their names.
+        let errors = s
+            .errors
+            .iter()
+            .map(|(k, v)| ([("kind", *k)], ConstCounter::new(*v)));
+        family(
+            &mut e,
+            "fledge_agent_errors",
+            "Errors by kind.",
+            MetricType::Counter,
+            errors,
+        )?;
+        let failures = s
+            .phase_failures
+            .iter()
+            .map(|(p, v)| ([("phase", p.to_string())], ConstCounter::new(*v)));
+        family(
+            &mut e,
+            "fledge_agent_phase_failures",
+            "Failed phase attempts (each is retried with backoff).",
+            MetricType::Counter,
+            failures,
+        )?;
+        if let Some((management, local)) = &s.requests {
+            family(
+                &mut e,
+                "fledge_agent_requests",
+                "Requests sent, by cluster.",
+                MetricType::Counter,
+                [("management", management), ("local", local)]
+                    .map(|(cluster, c)| ([("cluster", cluster)], ConstCounter::new(c.total()))),
+            )?;
+        }
+        let layers = s
+            .state_dir
+            .as_deref()
+            .map(crate::phases::addons::states)
+            .unwrap_or_default();
+        if !layers.is_empty() {
+            family(
+                &mut e,
+                "fledge_agent_addon_layer_healthy",
+                "1 when every object of the add-on layer is healthy.",
+                MetricType::Gauge,
+                layers.iter().map(|(name, st)| {
+                    let labels = [("layer", name.as_str()), ("state", st.state.as_str())];
+                    (labels, gauge(st.state == "Healthy"))
+                }),
+            )?;
+        }
+        one(
+            &mut e,
+            "fledge_agent_watchdog_pings",
+            "Watchdog notifications sent to systemd.",
+            None,
+            ConstCounter::new(s.watchdog_pings),
+        )
+    }
+}
+
+/// A 0/1 gauge.
+fn gauge(on: bool) -> ConstGauge {
+    ConstGauge::new(i64::from(on))
+}
+
+/// A metric without labels.
+fn one(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    metric: impl EncodeMetric,
+) -> fmt::Result {
+    metric.encode(e.encode_descriptor(name, help, unit, metric.metric_type())?)
+}
+
+/// A metric with one sample per label set.
+fn family<L: EncodeLabelSet, M: EncodeMetric>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: impl IntoIterator<Item = (L, M)>,
+) -> fmt::Result {
+    let mut m = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, metric) in samples {
+        metric.encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn serve_metrics(
@@ -192,5 +274,90 @@ pub(crate) async fn serve_metrics(
             );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot with every metric present: a phase, errors, failures, requests, a layer.
+    fn busy(state_dir: &std::path::Path) -> Shared {
+        let addons = crate::phases::addons::dir(state_dir);
+        std::fs::create_dir_all(&addons).unwrap();
+        std::fs::write(
+            addons.join("status.json"),
+            r#"{"hello": {"state": "Healthy", "objects": 2}, "mesh": {"state": "Progressing", "objects": 5}}"#,
+        )
+        .unwrap();
+        let shared = Shared::default();
+        shared.update(|s| {
+            s.phase = Some(Phase::CoreLayers);
+            s.following = Some(None);
+            s.spec_generation = Some(7);
+            s.last_sync = Some(1_700_000_000);
+            s.reachable = true;
+            s.errors.insert("unreachable", 3);
+            s.phase_failures.insert(Phase::Pivoted, 2);
+            s.requests = Some(Default::default());
+            s.watchdog_pings = 11;
+            s.state_dir = Some(state_dir.to_path_buf());
+        });
+        shared
+    }
+
+    #[test]
+    fn the_exposition_has_every_metric_with_its_type_help_and_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = busy(dir.path()).metrics();
+        for line in [
+            "# HELP fledge_agent_phase The agent's latest completed phase.",
+            "# TYPE fledge_agent_phase gauge",
+            "fledge_agent_phase{phase=\"Installed\"} 0",
+            "fledge_agent_phase{phase=\"CoreLayers\"} 1",
+            "# TYPE fledge_agent_leader gauge",
+            "fledge_agent_leader 1",
+            "# TYPE fledge_agent_spec_generation gauge",
+            "fledge_agent_spec_generation 7",
+            "# HELP fledge_agent_last_sync_timestamp_seconds Last successful sync with the management plane.",
+            "# TYPE fledge_agent_last_sync_timestamp_seconds gauge",
+            "fledge_agent_last_sync_timestamp_seconds 1700000000",
+            "# TYPE fledge_agent_management_reachable gauge",
+            "fledge_agent_management_reachable 1",
+            "# HELP fledge_agent_errors_total Errors by kind.",
+            "# TYPE fledge_agent_errors_total counter",
+            "fledge_agent_errors_total{kind=\"unreachable\"} 3",
+            "# TYPE fledge_agent_phase_failures_total counter",
+            "fledge_agent_phase_failures_total{phase=\"Pivoted\"} 2",
+            "# TYPE fledge_agent_requests_total counter",
+            "fledge_agent_requests_total{cluster=\"management\"} 0",
+            "fledge_agent_requests_total{cluster=\"local\"} 0",
+            "# TYPE fledge_agent_addon_layer_healthy gauge",
+            "fledge_agent_addon_layer_healthy{layer=\"hello\",state=\"Healthy\"} 1",
+            "fledge_agent_addon_layer_healthy{layer=\"mesh\",state=\"Progressing\"} 0",
+            "# HELP fledge_agent_watchdog_pings_total Watchdog notifications sent to systemd.",
+            "# TYPE fledge_agent_watchdog_pings_total counter",
+            "fledge_agent_watchdog_pings_total 11",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches("fledge_agent_phase{").count(),
+            Phase::ALL.len()
+        );
+    }
+
+    #[test]
+    fn a_fresh_agent_exposes_zeros_and_no_requests_or_layers() {
+        let text = Shared::default().metrics();
+        assert!(text.contains("\nfledge_agent_leader 0\n"), "{text}");
+        assert!(text.contains("\nfledge_agent_management_reachable 0\n"));
+        assert!(text.contains("# TYPE fledge_agent_errors_total counter\n"));
+        assert!(!text.contains("fledge_agent_errors_total{"));
+        assert!(!text.contains("fledge_agent_requests_total"));
+        assert!(!text.contains("fledge_agent_addon_layer_healthy"));
     }
 }
