@@ -1,12 +1,19 @@
 //! What the agent knows, shared between its tasks, the metrics endpoint and tests: the
 //! [`Snapshot`] behind [`Shared`], its Prometheus exposition (encoded from a snapshot at each
-//! scrape with `prometheus-client`), and the loopback HTTP server for `/healthz` and `/metrics`.
+//! scrape with `prometheus-client`), and the loopback HTTP server for `/healthz` and `/metrics`
+//! (`hyper`).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::{Response, StatusCode, header};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
     DescriptorEncoder, EncodeLabelSet, EncodeMetric, prometheus_text,
@@ -15,7 +22,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::journal::Phase;
@@ -81,21 +88,21 @@ impl Shared {
     }
 
     /// `/healthz`: ok while every task of the agent runs.
-    pub fn healthz(&self) -> (&'static str, String) {
-        let ended = self.snapshot().tasks_ended;
-        if ended.is_empty() {
-            let role = match self.snapshot().following {
-                Some(Some(holder)) => format!("ok: follower of {holder}\n"),
-                Some(None) => "ok: leader\n".to_string(),
-                None => "ok\n".to_string(),
-            };
-            ("200 OK", role)
-        } else {
-            (
-                "503 Service Unavailable",
-                format!("task ended: {}\n", ended.join(", ")),
-            )
+    pub fn healthz(&self) -> (StatusCode, String) {
+        let s = self.snapshot();
+        if !s.tasks_ended.is_empty() {
+            let ended = s.tasks_ended.join(", ");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("task ended: {ended}\n"),
+            );
         }
+        let role = match s.following {
+            Some(Some(holder)) => format!("ok: follower of {holder}\n"),
+            Some(None) => "ok: leader\n".to_string(),
+            None => "ok\n".to_string(),
+        };
+        (StatusCode::OK, role)
     }
 
     /// Prometheus text exposition (format 0.0.4).
@@ -242,38 +249,81 @@ fn family<L: EncodeLabelSet, M: EncodeMetric>(
     Ok(())
 }
 
+/// How long a client may take to send its request's head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the connections in flight may take to finish once the server stops.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The answer to a request for `path`.
+fn respond(shared: &Shared, path: &str) -> Response<String> {
+    let (status, content_type, body) = match path {
+        "/healthz" => {
+            let (status, body) = shared.healthz();
+            (status, "text/plain; charset=utf-8", body)
+        }
+        "/metrics" => (
+            StatusCode::OK,
+            prometheus_text::CONTENT_TYPE,
+            shared.metrics(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found\n".to_string(),
+        ),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+/// Serves `/healthz` and `/metrics` on `listener`, one task per connection, one request per
+/// connection, until `stop` changes; then lets the connections in flight finish for at most
+/// [`STOP_GRACE`].
 pub(crate) async fn serve_metrics(
-    listener: tokio::net::TcpListener,
+    listener: TcpListener,
     shared: Shared,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(false);
+    let graceful = GracefulShutdown::new();
     loop {
-        let conn = tokio::select! {
-            c = listener.accept() => c,
-            _ = stop.changed() => return,
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
         };
-        let Ok((mut sock, _)) = conn else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: accept failed");
+                continue;
+            }
+        };
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf))
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0);
-            let req = String::from_utf8_lossy(&buf[..n]);
-            let path = req.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = match path {
-                "/healthz" => shared.healthz(),
-                "/metrics" => ("200 OK", shared.metrics()),
-                _ => ("404 Not Found", "not found\n".to_string()),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(resp.as_bytes()).await;
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let response = respond(&shared, req.uri().path());
+            async move { Ok::<_, Infallible>(response) }
         });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics: connection failed");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(STOP_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics: connections still open after the stop grace period");
     }
 }
 
@@ -359,5 +409,89 @@ mod tests {
         assert!(!text.contains("fledge_agent_errors_total{"));
         assert!(!text.contains("fledge_agent_requests_total"));
         assert!(!text.contains("fledge_agent_addon_layer_healthy"));
+    }
+
+    #[test]
+    fn healthz_is_ok_with_the_role_until_a_task_ends() {
+        let shared = Shared::default();
+        assert_eq!(shared.healthz(), (StatusCode::OK, "ok\n".to_string()));
+        shared.update(|s| s.following = Some(Some("cp-b".into())));
+        assert_eq!(
+            shared.healthz(),
+            (StatusCode::OK, "ok: follower of cp-b\n".to_string())
+        );
+        shared.update(|s| s.following = Some(None));
+        assert_eq!(
+            shared.healthz(),
+            (StatusCode::OK, "ok: leader\n".to_string())
+        );
+        shared.update(|s| s.tasks_ended = vec!["spec sync", "metrics"]);
+        assert_eq!(
+            shared.healthz(),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "task ended: spec sync, metrics\n".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn requests_are_routed_by_path() {
+        let shared = Shared::default();
+        assert_eq!(respond(&shared, "/healthz").status(), StatusCode::OK);
+        let metrics = respond(&shared, "/metrics");
+        assert_eq!(metrics.status(), StatusCode::OK);
+        assert_eq!(
+            metrics.headers()[header::CONTENT_TYPE],
+            prometheus_text::CONTENT_TYPE
+        );
+        assert!(metrics.body().contains("fledge_agent_leader 0"));
+        assert_eq!(respond(&shared, "/").status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond(&shared, "/metricsx").status(),
+            StatusCode::NOT_FOUND
+        );
+        shared.update(|s| s.tasks_ended = vec!["metrics"]);
+        assert_eq!(
+            respond(&shared, "/healthz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    /// One request as the agent's readers send it (HTTP/1.1, no `Connection: close`), read to
+    /// the end.
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(address).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    }
+
+    async fn in_time<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(2), f)
+            .await
+            .expect("in time")
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_blocks_no_other_and_the_server_stops_on_the_signal() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = tokio::spawn(serve_metrics(listener, Shared::default(), stop_rx));
+        let _silent = tokio::net::TcpStream::connect(address).await.unwrap();
+        let healthz = in_time(get(address, "/healthz")).await;
+        assert!(healthz.starts_with("HTTP/1.1 200 OK\r\n"), "{healthz}");
+        assert!(healthz.ends_with("\r\n\r\nok\n"), "{healthz}");
+        let metrics = in_time(get(address, "/metrics")).await;
+        assert!(metrics.contains("\nfledge_agent_leader 0\n"), "{metrics}");
+        let other = in_time(get(address, "/other")).await;
+        assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
+        stop_tx.send(true).unwrap();
+        in_time(server).await.unwrap();
     }
 }
