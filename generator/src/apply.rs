@@ -146,6 +146,9 @@ pub struct ApplyOptions {
     pub force_conflicts: bool,
     /// Field manager; [`FIELD_MANAGER`] when `None`.
     pub field_manager: Option<String>,
+    /// Lifetime of the agent's first management token ([`crate::token`]);
+    /// [`crate::token::DEFAULT_DURATION`] when `None`.
+    pub token_duration: Option<Duration>,
 }
 
 /// A cluster to apply to: a client and the API server URL it talks to.
@@ -155,17 +158,39 @@ pub struct Target {
     pub client: kube::Client,
     /// The API server URL, for messages.
     pub server: String,
+    /// The CA bundle (PEM) the kubeconfig trusts for it, if it names one.
+    pub ca_pem: Option<String>,
 }
 
 /// Builds a client from a kubeconfig file (or the default locations), with short timeouts.
 pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<Target, ApplyError> {
     let config = config_from_kubeconfig(path).await?;
     let server = config.cluster_url.to_string();
+    let ca_pem = config.root_cert.as_ref().map(|ders| {
+        ders.iter()
+            .map(|der| {
+                let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
+                let lines: Vec<&str> = b64
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect::<String>()
+    });
     let client = kube::Client::try_from(config).map_err(|e| ApplyError::Kubeconfig {
         path: path.map(Path::to_path_buf),
         source: Box::new(e),
     })?;
-    Ok(Target { client, server })
+    Ok(Target {
+        client,
+        server,
+        ca_pem,
+    })
 }
 
 /// Loads a kubeconfig file (or the default locations) into a client configuration with short
@@ -498,8 +523,141 @@ pub async fn apply_request(
     {
         crate::management::own_access(&mut rest, c, &uid);
     }
+    let access = rest
+        .iter()
+        .any(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == names_agent(c));
     results.extend(apply(target, &rest, opts, &mut progress).await?);
+    if access && !opts.dry_run {
+        let minted = mint_agent_token(target, c, opts).await?;
+        progress(&minted);
+        results.push(minted);
+    }
     Ok(results)
+}
+
+fn names_agent(c: &CheckedCluster) -> String {
+    crate::management::Names::new(c.name.as_str()).agent
+}
+
+/// The agent's first management token ([`crate::token`]): a bound, expiring token for its
+/// ServiceAccount, in the Opaque Secret `<cluster>-fledge-agent-token` with the CA the agent
+/// trusts the management plane by (the namespace's `kube-root-ca.crt`, else the kubeconfig's).
+/// A token not yet due for renewal is kept, so that applying again changes nothing; a legacy
+/// token Secret (which never expires) is replaced. The Secret is owned by the FledgeCluster.
+pub async fn mint_agent_token(
+    target: &Target,
+    c: &CheckedCluster,
+    opts: &ApplyOptions,
+) -> Result<Applied, ApplyError> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    let names = crate::management::Names::new(c.name.as_str());
+    let ns = c.namespace.as_str();
+    let object = label("Secret", "", &names.agent_token);
+    let request = |source| ApplyError::Request {
+        object: object.clone(),
+        source,
+    };
+    let secrets: Api<Secret> = Api::namespaced(target.client.clone(), ns);
+    let existing = secrets.get_opt(&names.agent_token).await.map_err(request)?;
+    let legacy = existing
+        .as_ref()
+        .is_some_and(|s| s.type_.as_deref() == Some("kubernetes.io/service-account-token"));
+    let current = existing.as_ref().filter(|_| !legacy).and_then(|s| {
+        let token = s.data.as_ref()?.get("token")?;
+        crate::token::claims(&String::from_utf8_lossy(&token.0))
+    });
+    if let (Some(s), Some(claims)) = (&existing, current)
+        && !crate::token::renewal_due(&claims, unix_now())
+    {
+        return Ok(Applied {
+            object,
+            outcome: Outcome::Unchanged,
+            resource_version: s.metadata.resource_version.clone(),
+            namespace: Some(ns.to_string()),
+        });
+    }
+    if legacy {
+        secrets
+            .delete(&names.agent_token, &Default::default())
+            .await
+            .map_err(request)?;
+    }
+    let duration = opts
+        .token_duration
+        .unwrap_or(crate::token::DEFAULT_DURATION);
+    let token = crate::token::request(&target.client, ns, &names.agent, duration)
+        .await
+        .map_err(request)?;
+    let root_ca = Api::<ConfigMap>::namespaced(target.client.clone(), ns)
+        .get_opt("kube-root-ca.crt")
+        .await
+        .map_err(request)?
+        .and_then(|cm| cm.data?.get("ca.crt").cloned());
+    let Some(ca) = root_ca.or_else(|| target.ca_pem.clone()) else {
+        return Err(ApplyError::Refused {
+            object,
+            reason: format!(
+                "no CA for the agent to trust {} by: namespace {ns} has no kube-root-ca.crt ConfigMap (kube-controller-manager publishes it) and the kubeconfig names no certificate-authority",
+                target.server
+            ),
+        });
+    };
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(names.agent_token.clone());
+    secret.metadata.namespace = Some(ns.to_string());
+    secret.metadata.labels = Some(
+        [
+            ("cluster.x-k8s.io/cluster-name", c.name.as_str()),
+            ("app.kubernetes.io/managed-by", "fledge"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    if let Some(uid) = fledge_cluster_uid(target, c).await? {
+        secret.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: crate::spec::API_VERSION.into(),
+                kind: "FledgeCluster".into(),
+                name: c.name.to_string(),
+                uid,
+                ..Default::default()
+            },
+        ]);
+    }
+    secret.type_ = Some("Opaque".into());
+    secret.data = Some(
+        [
+            ("token".to_string(), ByteString(token.into_bytes())),
+            ("ca.crt".to_string(), ByteString(ca.into_bytes())),
+        ]
+        .into(),
+    );
+    let pp = kube::api::PostParams::default();
+    let (written, outcome) = match existing.filter(|_| !legacy) {
+        Some(old) => {
+            secret.metadata.resource_version = old.metadata.resource_version;
+            (
+                secrets.replace(&names.agent_token, &pp, &secret).await,
+                Outcome::Configured,
+            )
+        }
+        None => (secrets.create(&pp, &secret).await, Outcome::Created),
+    };
+    let written = written.map_err(request)?;
+    Ok(Applied {
+        object,
+        outcome,
+        resource_version: written.metadata.resource_version,
+        namespace: Some(ns.to_string()),
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The UID of the request's FledgeCluster on the management plane, if it exists.

@@ -127,10 +127,25 @@ pub struct ApplyArgs {
     #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
           default_missing_value = "30m", value_parser = humantime::parse_duration)]
     pub wait: Option<std::time::Duration>,
+    /// Lifetime of the agent's first management token: a bound, expiring token (TokenRequest)
+    /// for its ServiceAccount, kept in the Secret `<cluster>-fledge-agent-token`, which CP-A
+    /// reads when it boots. CP-A must boot within it; the agent renews the token after 80% of
+    /// its lifetime or a day. At least 10m. Applying again keeps a token not yet due for renewal.
+    #[arg(long, value_name = "DURATION", default_value = "168h",
+          value_parser = token_duration)]
+    pub token_duration: std::time::Duration,
     /// With `--wait`: how long CP-A's node may be up without an agent report.
     #[arg(long, value_name = "DURATION", default_value = "5m", requires = "wait",
           value_parser = humantime::parse_duration)]
     pub agent_grace: std::time::Duration,
+}
+
+fn token_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < crate::token::MIN_DURATION {
+        return Err("must be at least 10m (the API server's shortest token lifetime)".into());
+    }
+    Ok(d)
 }
 
 /// `--dry-run` modes.
@@ -329,6 +344,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         dry_run: args.dry_run == DryRun::Server,
         force_conflicts: args.force_conflicts,
         field_manager: None,
+        token_duration: Some(args.token_duration),
     };
     let suffix = if opts.dry_run {
         " (server dry run)"

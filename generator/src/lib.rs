@@ -15,6 +15,7 @@ pub mod schema;
 pub mod seed;
 pub mod spec;
 pub mod time;
+pub mod token;
 pub mod wait;
 pub mod workload;
 pub mod yaml;

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod phases;
 pub mod pivot;
+pub mod renew;
 pub mod run;
 pub mod runlock;
 pub mod spec_sync;

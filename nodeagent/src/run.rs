@@ -226,6 +226,13 @@ struct Election {
     leading: watch::Sender<bool>,
     /// While leading: when the Lease was last renewed.
     renewed: Option<std::time::Instant>,
+    /// The local client the election uses.
+    local: Option<kube::Client>,
+    /// Where a follower takes the leader's renewed management token from, and to:
+    /// (namespace, Secret in the local cluster, token file).
+    token: (String, String, PathBuf),
+    /// When a follower last looked at that Secret.
+    token_looked: Option<std::time::Instant>,
 }
 
 impl Election {
@@ -235,6 +242,7 @@ impl Election {
         if self.elector.is_none() {
             match crate::phases::local_client(&self.kubeconfig, self.counts.clone()).await {
                 Ok(local) => {
+                    self.local = Some(local.clone());
                     self.elector = Some(crate::leader::Elector::new(
                         local,
                         self.identity.clone(),
@@ -271,6 +279,7 @@ impl Election {
                     tracing::info!(%holder, me = %self.identity, "following: another control-plane node's agent leads");
                 }
                 self.shared.update(|s| s.following = Some(Some(holder)));
+                self.take_token().await;
                 true
             }
             Err(e) => {
@@ -283,6 +292,32 @@ impl Election {
                 tracing::warn!(error = %e, "leader election: cannot read or write the Lease in the local cluster");
                 true
             }
+        }
+    }
+}
+
+impl Election {
+    /// A follower takes the leader's renewed management token from the local cluster
+    /// ([`crate::renew::take_from_cluster`]), at most every 30 s.
+    async fn take_token(&mut self) {
+        if self
+            .token_looked
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(30))
+        {
+            return;
+        }
+        self.token_looked = Some(std::time::Instant::now());
+        let Some(local) = &self.local else {
+            return;
+        };
+        let (ns, secret, file) = &self.token;
+        match crate::renew::take_from_cluster(local, ns, secret, file).await {
+            Ok(Some(c)) => tracing::info!(
+                expires = c.expires,
+                "took the leader's renewed management token from the local cluster"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "cannot read the agents' token copy yet"),
         }
     }
 }
@@ -393,6 +428,13 @@ pub async fn run<F: Future<Output = ()>>(
         shared: shared.clone(),
         leading: leading_tx,
         renewed: None,
+        local: None,
+        token: (
+            cfg.cluster.namespace.clone(),
+            fledge_generator::management::Names::new(&cfg.cluster.name).agent_token,
+            crate::config::rooted(&opts.root, &cfg.management.token_file),
+        ),
+        token_looked: None,
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), election.round()).await;
     let election_task = {

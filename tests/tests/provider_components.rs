@@ -387,11 +387,13 @@ async fn whole_providers_match_clusterctl_pass_the_contract_check_and_install() 
     let target = fledge_generator::apply::Target {
         client: client.clone(),
         server: "the test apiserver".into(),
+        ca_pem: None,
     };
     let opts = fledge_generator::apply::ApplyOptions {
         dry_run: false,
         force_conflicts: true,
         field_manager: Some("fledge-agent".into()),
+        ..Default::default()
     };
     for c in &installs {
         let label = c.provider.label();

@@ -105,7 +105,6 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
             "ServiceAccount",
             "Role",
             "RoleBinding",
-            "Secret",
         ] {
             assert!(
                 kinds.contains(&want),
@@ -113,6 +112,12 @@ fn every_rendered_capi_object_passes_its_upstream_crd_schema() {
                 dir.display()
             );
         }
+        // No legacy, never-expiring token Secret: `fledge apply` mints a bound token.
+        assert!(
+            !text("management.yaml").contains("kubernetes.io/service-account-token"),
+            "{}: a legacy token Secret is rendered",
+            dir.display()
+        );
         assert!(
             !kinds.contains(&"MachineDeployment"),
             "workers are the agent's job"

@@ -394,11 +394,13 @@ pub async fn apply_local_as(
     let target = fledge_generator::apply::Target {
         client: ctx.local.clone(),
         server: "the local cluster".into(),
+        ca_pem: None,
     };
     let opts = fledge_generator::apply::ApplyOptions {
         dry_run: false,
         force_conflicts: true,
         field_manager: Some(field_manager.into()),
+        ..Default::default()
     };
     fledge_generator::apply::apply_guarded(&target, objects, &opts, guard, progress).await
 }
@@ -605,6 +607,32 @@ impl Runner {
         }
     }
 
+    /// Renews the management token when it is due ([`crate::renew`]); a failure is logged and
+    /// tried again at the next attempt (the token stays valid for a fifth of its lifetime).
+    async fn renew_token(&self) {
+        let names = fledge_generator::management::Names::new(&self.cfg.cluster.name);
+        let file = crate::config::rooted(&self.root, &self.cfg.management.token_file);
+        match crate::renew::renew_if_due(
+            &self.management,
+            &self.cfg.cluster.namespace,
+            &names.agent,
+            &file,
+            crate::renew::unix_now(),
+        )
+        .await
+        {
+            Ok(Some(c)) => tracing::info!(
+                expires = c.expires,
+                "renewed the management token (bound, for the agent's own ServiceAccount)"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = %chain(&e),
+                "cannot renew the management token; trying again at the next attempt"
+            ),
+        }
+    }
+
     async fn attempt(
         &self,
         local: &mut Option<kube::Client>,
@@ -630,6 +658,7 @@ impl Runner {
         if !self.take_cluster_copy(local, copy).await {
             return Attempt::Failed;
         }
+        self.renew_token().await;
         let attempt = self.attempt_locked(local, held).await;
         if copy.taken {
             self.publish_cluster_copy(local, copy).await;

@@ -190,6 +190,8 @@ pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
+    // The agents' copy of the management token follows the leader's renewals.
+    super::scaledout::ensure_agent_secret(ctx).await?;
     let r = resources(ctx);
     let (observed, machine_sets) = observe(ctx, &r).await?;
     let desired = desired(ctx, &observed)?;

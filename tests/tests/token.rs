@@ -1,0 +1,218 @@
+//! Issue 28: the agent's management credential is a bound, expiring token. `fledge apply`
+//! mints it (TokenRequest) into an Opaque Secret and keeps it while it is not due; a legacy
+//! token Secret is replaced; the leader renews the token for its own ServiceAccount before it
+//! expires, and a follower takes a newer token from the cluster's copy but never an older one.
+//! Against a real API server; the rendered Role is what the token may do.
+
+use std::path::Path;
+
+use fledge_agent::renew;
+use fledge_generator::management;
+use fledge_generator::spec::{self, CapiVersion, CheckedCluster, ProviderKind};
+use fledge_generator::token;
+use fledge_tests::cluster::{Options, kubeconfig_yaml, start_or_skip};
+use fledge_tests::crds::core_dir;
+use fledge_tests::install::install_crds;
+use fledge_tests::workspace_root;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+
+fn request() -> std::path::PathBuf {
+    workspace_root().join("tests/cases/docker-v1beta2/input.yaml")
+}
+
+fn fledge_apply(kubeconfig: &Path, extra: &[&str]) -> String {
+    let out = std::process::Command::new(fledge_tests::binary("fledge"))
+        .arg("apply")
+        .arg(request())
+        .args(["--install-crds", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn token_of(s: &Secret) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()["token"].0.clone()).unwrap()
+}
+
+async fn client_with(url: &str, ca: &str, token: &str) -> kube::Client {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kubeconfig");
+    std::fs::write(&path, kubeconfig_yaml(url, ca, token)).unwrap();
+    fledge_generator::apply::client_from_kubeconfig(Some(&path))
+        .await
+        .unwrap()
+        .client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_never_taken_older() {
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let admin = c.client().await;
+    let docker = fledge_generator::providers::get(ProviderKind::Docker)
+        .api(CapiVersion::V1beta2)
+        .crd_dir;
+    install_crds(&admin, &[core_dir(CapiVersion::V1beta2), docker])
+        .await
+        .unwrap();
+    let checked: CheckedCluster = spec::load_request(&request()).unwrap();
+    let ns = checked.namespace.as_str();
+    let names = management::Names::new(checked.name.as_str());
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+
+    // `fledge apply` mints a bound token for the agent's ServiceAccount, valid for the
+    // requested time, with the CA the agent trusts the API server by (this server runs no
+    // kube-controller-manager, so no kube-root-ca.crt: the kubeconfig's CA).
+    let out = fledge_apply(&c.kubeconfig, &["--token-duration", "2h"]);
+    assert!(
+        out.contains(&format!("secret/{} created", names.agent_token)),
+        "{out}"
+    );
+    let minted = secrets.get(&names.agent_token).await.unwrap();
+    assert_eq!(minted.type_.as_deref(), Some("Opaque"));
+    let first = token_of(&minted);
+    let claims = token::claims(&first).expect("a bound token has iat and exp");
+    assert_eq!(claims.lifetime().as_secs(), 7200);
+    let ca = String::from_utf8(minted.data.as_ref().unwrap()["ca.crt"].0.clone()).unwrap();
+    assert_eq!(ca.trim(), c.ca_pem.trim());
+    let owner = &minted.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("FledgeCluster", checked.name.as_str())
+    );
+
+    // Applying again keeps a token that is not due: nothing changes.
+    let out = fledge_apply(&c.kubeconfig, &["--token-duration", "2h"]);
+    assert!(
+        out.contains(&format!("secret/{} unchanged", names.agent_token)),
+        "{out}"
+    );
+    assert_eq!(
+        token_of(&secrets.get(&names.agent_token).await.unwrap()),
+        first
+    );
+
+    // A legacy token Secret (never expires) left by an older fledge is replaced.
+    secrets
+        .delete(&names.agent_token, &DeleteParams::default())
+        .await
+        .unwrap();
+    let mut legacy = Secret::default();
+    legacy.metadata.name = Some(names.agent_token.clone());
+    legacy.metadata.annotations = Some(
+        [(
+            "kubernetes.io/service-account.name".to_string(),
+            names.agent.clone(),
+        )]
+        .into(),
+    );
+    legacy.type_ = Some("kubernetes.io/service-account-token".into());
+    secrets
+        .create(&PostParams::default(), &legacy)
+        .await
+        .unwrap();
+    fledge_apply(&c.kubeconfig, &["--token-duration", "2h"]);
+    let replaced = secrets.get(&names.agent_token).await.unwrap();
+    assert_eq!(replaced.type_.as_deref(), Some("Opaque"));
+    let token_a = token_of(&replaced);
+    assert!(token::claims(&token_a).is_some());
+
+    // What the token may do: renew itself, by name, and mint a token for no other account.
+    let agent = client_with(&c.url, &c.ca_pem, &token_a).await;
+    token::request(&agent, ns, &names.agent, token::MIN_DURATION)
+        .await
+        .expect("the agent renews its own token");
+    let mut other = ServiceAccount::default();
+    other.metadata.name = Some("someone-else".into());
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+    match token::request(&agent, ns, "someone-else", token::MIN_DURATION).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("the agent's token minted a token for another account: {other:?}"),
+    }
+
+    // The leader renews: not before it is due, and once due a new token for the same
+    // lifetime replaces the file's, 0600, and works.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token_a}\n")).unwrap();
+    let a = token::claims(&token_a).unwrap();
+    let not_due = renew::renew_if_due(&agent, ns, &names.agent, &file, a.issued_at + 60)
+        .await
+        .unwrap();
+    assert_eq!(not_due, None);
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), token_a);
+    // Past 80% of its lifetime (the claims' clock; a later issued-at makes the new one expire
+    // later).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let renewed = renew::renew_if_due(
+        &agent,
+        ns,
+        &names.agent,
+        &file,
+        a.issued_at + a.lifetime().as_secs() as i64 * 9 / 10,
+    )
+    .await
+    .unwrap()
+    .expect("renewed once due");
+    assert_eq!(renewed.lifetime(), a.lifetime());
+    let token_b = std::fs::read_to_string(&file).unwrap();
+    assert_ne!(token_b, token_a);
+    assert!(renewed.expires > a.expires, "{renewed:?} {a:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let b_client = client_with(&c.url, &c.ca_pem, &token_b).await;
+    Api::<Secret>::namespaced(b_client, ns)
+        .get_opt("no-such-secret")
+        .await
+        .expect("the renewed token authenticates");
+
+    // A follower takes the newer token from the cluster's copy, and never an older one.
+    let copy = "copy-of-the-agents-token";
+    let put = |token: String| {
+        let mut s = Secret::default();
+        s.metadata.name = Some(copy.into());
+        s.data = Some([("token".to_string(), ByteString(token.into_bytes()))].into());
+        s
+    };
+    secrets
+        .create(&PostParams::default(), &put(token_b.clone()))
+        .await
+        .unwrap();
+    let follower = dir.path().join("follower-token");
+    std::fs::write(&follower, &token_a).unwrap();
+    let took = renew::take_from_cluster(&admin, ns, copy, &follower)
+        .await
+        .unwrap();
+    assert_eq!(took, Some(renewed));
+    assert_eq!(std::fs::read_to_string(&follower).unwrap(), token_b);
+    secrets
+        .delete(copy, &DeleteParams::default())
+        .await
+        .unwrap();
+    secrets
+        .create(&PostParams::default(), &put(token_a.clone()))
+        .await
+        .unwrap();
+    let took = renew::take_from_cluster(&admin, ns, copy, &follower)
+        .await
+        .unwrap();
+    assert_eq!(took, None, "an older token was taken");
+    assert_eq!(std::fs::read_to_string(&follower).unwrap(), token_b);
+}
