@@ -453,6 +453,23 @@ async fn fixture() -> Option<Fixture> {
     .await
     .unwrap();
 
+    // CP-A's bootstrap data as CABPK renders it: user-data with the agent's token inline.
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(mc.clone(), NS)
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": format!("{NAME}-control-plane-bootdata"),
+                    "labels": {"cluster.x-k8s.io/cluster-name": NAME}},
+                "type": "cluster.x-k8s.io/secret",
+                "stringData": {"format": "cloud-config", "value": format!(
+                    "#cloud-config\nwrite_files:\n- path: /etc/fledge/management/token\n  content: {}\n",
+                    mgmt.user_token)},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
     let root = tempfile::tempdir().unwrap();
     let r = root.path();
     std::fs::create_dir_all(r.join("etc/fledge/management")).unwrap();
@@ -782,6 +799,21 @@ async fn one_agent_takes_the_cluster_from_cp_a_only_to_scaled_out() {
         }
     }
     assert!(found.is_empty(), "the credential is written in {found:?}");
+    // The copy of CP-A's bootstrap data in the cluster carries no management token.
+    let bootdata =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(f.local.client().await, NS)
+            .get(&format!("{NAME}-control-plane-bootdata"))
+            .await
+            .unwrap();
+    let value = String::from_utf8(bootdata.data.unwrap()["value"].0.clone()).unwrap();
+    assert!(
+        value.contains("path: /etc/fledge/management/token"),
+        "{value}"
+    );
+    assert!(
+        !value.contains(&f.mgmt.user_token),
+        "the copied bootstrap data holds the token"
+    );
     // The add-on layer is applied, then the agent goes on to Steady, and its first reconcile
     // finds the cluster as the scale-out left it (no field the servers defaulted reads as a
     // change).

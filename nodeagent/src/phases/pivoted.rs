@@ -86,5 +86,73 @@ pub async fn apply(
     )
     .run()
     .await?;
-    Ok(Step::Done(summary.describe()))
+    let redacted = redact_copied_token(ctx).await?;
+    let mut done = summary.describe();
+    if redacted > 0 {
+        done.push_str(&format!(
+            "; the management token cut out of {redacted} copied Secrets"
+        ));
+    }
+    Ok(Step::Done(done))
+}
+
+/// Cuts the agent's management token out of the Secrets the pivot copied into the local
+/// cluster: CABPK rendered CP-A's bootstrap data with the token inline (CP-A's machine files
+/// read it from `<cluster>-fledge-agent-token`), and nothing reads that data again once the
+/// machine is up. Every Secret of the cluster's namespace but the agents' own token copy is
+/// checked; the token's bytes are removed where found. Idempotent; returns how many changed.
+pub async fn redact_copied_token(ctx: &Context) -> Result<usize, PhaseError> {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{ListParams, Patch, PatchParams};
+    let path = crate::config::rooted(&ctx.root, &ctx.cfg.management.token_file);
+    let token = std::fs::read_to_string(&path)
+        .map_err(|e| PhaseError::AgentSecret(format!("cannot read {}: {e}", path.display())))?;
+    let token = token.trim();
+    // Nothing that short is a service-account token; never cut common bytes out of data.
+    if token.len() < 32 {
+        return Ok(0);
+    }
+    let ns = ctx.spec.namespace.as_str();
+    let own = Names::new(ctx.spec.name.as_str()).agent_token;
+    let api: Api<Secret> = Api::namespaced(ctx.local.clone(), ns);
+    let request = |what: String| move |source| PhaseError::Request { what, source };
+    let secrets = api
+        .list(&ListParams::default())
+        .await
+        .map_err(request(format!(
+            "list the Secrets of {ns} in the local cluster"
+        )))?;
+    let mut changed = 0;
+    for s in secrets.items {
+        let name = s.metadata.name.clone().unwrap_or_default();
+        if name == own {
+            continue;
+        }
+        let mut data = serde_json::Map::new();
+        for (k, v) in s.data.unwrap_or_default() {
+            let text = String::from_utf8_lossy(&v.0);
+            if text.contains(token) {
+                let cut = text.replace(token, "");
+                data.insert(
+                    k,
+                    serde_json::to_value(k8s_openapi::ByteString(cut.into_bytes()))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+        if data.is_empty() {
+            continue;
+        }
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": data})),
+        )
+        .await
+        .map_err(request(format!(
+            "remove the management token from Secret {ns}/{name}"
+        )))?;
+        changed += 1;
+    }
+    Ok(changed)
 }
