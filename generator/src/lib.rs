@@ -14,7 +14,6 @@ pub mod render;
 pub mod schema;
 pub mod seed;
 pub mod spec;
-pub mod time;
 pub mod token;
 pub mod wait;
 pub mod workload;

@@ -5,18 +5,10 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
+/// Now, as RFC 3339 (the clock's home is [`crate::time`]; `spec_sync` still calls it here).
+pub use crate::time::now_rfc3339;
 /// Writes `bytes` to `path` atomically with permission bits `mode` (the generator's helper).
 pub use fledge_generator::output::write_file_atomic as write_atomic;
-pub use fledge_generator::time::rfc3339;
-
-/// Now, as RFC 3339.
-pub fn now_rfc3339() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    rfc3339(secs)
-}
 
 /// Opens (creating it and its directory) the empty lock file `path`, mode 0600, for
 /// `File::lock`/`File::try_lock` (`flock(2)`: the kernel releases a dead holder's lock).

@@ -198,7 +198,7 @@ fn read(state_dir: &Path) -> Result<OnDisk, JournalError> {
 
 /// Moves the corrupt journal to `journal.json.corrupt-<secs>` (never replacing an earlier
 /// copy); the caller holds the journal lock.
-fn set_aside(state_dir: &Path, problem: String, secs: u64) -> Result<SetAside, JournalError> {
+fn set_aside(state_dir: &Path, problem: String, secs: i64) -> Result<SetAside, JournalError> {
     let journal = path(state_dir);
     let kept =
         crate::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(|source| {
@@ -212,13 +212,6 @@ fn set_aside(state_dir: &Path, problem: String, secs: u64) -> Result<SetAside, J
         kept,
         problem,
     })
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Journal {
@@ -255,7 +248,7 @@ impl Journal {
             OnDisk::Missing => Ok((Journal::empty(), None)),
             OnDisk::Valid(j) => Ok((j, None)),
             OnDisk::Corrupt(problem) => {
-                let aside = set_aside(state_dir, problem, unix_now())?;
+                let aside = set_aside(state_dir, problem, crate::time::unix_now())?;
                 tracing::error!(
                     journal = %aside.journal.display(),
                     kept = %aside.kept.display(),
@@ -283,7 +276,7 @@ impl Journal {
             Ok(OnDisk::Missing) => *self = Journal::empty(),
             // Never overwritten: set aside, and this copy (the best record left) is written.
             Ok(OnDisk::Corrupt(problem)) => {
-                let aside = set_aside(state_dir, problem, unix_now())?;
+                let aside = set_aside(state_dir, problem, crate::time::unix_now())?;
                 tracing::error!(
                     journal = %aside.journal.display(),
                     kept = %aside.kept.display(),
@@ -297,7 +290,7 @@ impl Journal {
         let entry = Entry {
             phase,
             outcome,
-            time: crate::fsutil::now_rfc3339(),
+            time: crate::time::now_rfc3339(),
             message,
             generation,
         };
@@ -348,7 +341,7 @@ impl Journal {
             Ok(OnDisk::Missing) => *self = Journal::empty(),
             // Never overwritten: set aside, and this copy (the best record left) is written.
             Ok(OnDisk::Corrupt(problem)) => {
-                let aside = set_aside(state_dir, problem, unix_now())?;
+                let aside = set_aside(state_dir, problem, crate::time::unix_now())?;
                 tracing::error!(
                     journal = %aside.journal.display(),
                     kept = %aside.kept.display(),
@@ -382,7 +375,7 @@ impl Journal {
             OnDisk::Missing => Journal::empty(),
             // Never overwritten: set aside first.
             OnDisk::Corrupt(problem) => {
-                set_aside(state_dir, problem, unix_now())?;
+                set_aside(state_dir, problem, crate::time::unix_now())?;
                 Journal::empty()
             }
         };

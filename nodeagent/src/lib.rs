@@ -23,6 +23,7 @@ pub mod renew;
 pub mod run;
 pub mod runlock;
 pub mod spec_sync;
+pub mod time;
 
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,16 +1,19 @@
 //! FAT12 with VFAT long file names, sized to its content. Layout: boot sector, two FATs, the
 //! fixed root directory (volume label entry first), then data clusters in sorted order.
 
+use jiff::Timestamp;
+
 use super::{Dir, SeedError, civil};
 
 const SECTOR: usize = 512;
 const MAX_FAT12_CLUSTERS: usize = 4084;
 
-fn dos_datetime(t: i64) -> (u16, u16) {
+fn dos_datetime(t: Timestamp) -> (u16, u16) {
     let c = civil(t);
-    let date =
-        (((c.year - 1980).clamp(0, 127) as u16) << 9) | ((c.month as u16) << 5) | c.day as u16;
-    let time = ((c.hour as u16) << 11) | ((c.minute as u16) << 5) | (c.second as u16 / 2);
+    let date = (((c.year() - 1980).clamp(0, 127) as u16) << 9)
+        | ((c.month() as u16) << 5)
+        | c.day() as u16;
+    let time = ((c.hour() as u16) << 11) | ((c.minute() as u16) << 5) | (c.second() as u16 / 2);
     (date, time)
 }
 
@@ -75,7 +78,7 @@ fn lfn_entries(name: &str, checksum: u8) -> Vec<[u8; 32]> {
     out
 }
 
-fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32, t: i64) -> [u8; 32] {
+fn short_entry(name: &[u8; 11], attr: u8, cluster: u32, size: u32, t: Timestamp) -> [u8; 32] {
     let (date, time) = dos_datetime(t);
     let mut e = [0u8; 32];
     e[..11].copy_from_slice(name);
@@ -150,7 +153,7 @@ fn write_dir(
     own: u32,
     parent: u32,
     alloc: &mut Alloc,
-    t: i64,
+    t: Timestamp,
     root_label: Option<&[u8; 11]>,
 ) -> Vec<u8> {
     let mut out = Vec::new();
@@ -199,7 +202,12 @@ fn write_dir(
 }
 
 /// Builds the image.
-pub(super) fn build(root: &Dir, label: &str, serial: u32, t: i64) -> Result<Vec<u8>, SeedError> {
+pub(super) fn build(
+    root: &Dir,
+    label: &str,
+    serial: u32,
+    t: Timestamp,
+) -> Result<Vec<u8>, SeedError> {
     let mut label11 = [b' '; 11];
     for (i, b) in label.bytes().take(11).enumerate() {
         label11[i] = b.to_ascii_uppercase();

@@ -3,6 +3,8 @@
 //! 0-15 system area, 16 PVD, 17 Joliet SVD, 18 terminator, then the four path tables, the
 //! primary and Joliet directory extents (breadth-first), then file data in sorted order.
 
+use jiff::Timestamp;
+
 use super::{Dir, SeedError, civil};
 
 const SECTOR: usize = 2048;
@@ -69,31 +71,36 @@ fn ucs2(s: &str) -> Vec<u8> {
     s.encode_utf16().flat_map(u16::to_be_bytes).collect()
 }
 
-fn date7(t: i64) -> [u8; 7] {
+fn date7(t: Timestamp) -> [u8; 7] {
     let c = civil(t);
     [
-        (c.year - 1900) as u8,
-        c.month as u8,
-        c.day as u8,
-        c.hour as u8,
-        c.minute as u8,
-        c.second as u8,
+        (c.year() - 1900) as u8,
+        c.month() as u8,
+        c.day() as u8,
+        c.hour() as u8,
+        c.minute() as u8,
+        c.second() as u8,
         0,
     ]
 }
 
-fn date17(t: i64) -> [u8; 17] {
+fn date17(t: Timestamp) -> [u8; 17] {
     let c = civil(t);
     let s = format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}00",
-        c.year, c.month, c.day, c.hour, c.minute, c.second
+        c.year(),
+        c.month(),
+        c.day(),
+        c.hour(),
+        c.minute(),
+        c.second()
     );
     let mut out = [0u8; 17];
     out[..16].copy_from_slice(s.as_bytes());
     out
 }
 
-fn record(name: &[u8], extent: u32, len: u32, is_dir: bool, t: i64) -> Vec<u8> {
+fn record(name: &[u8], extent: u32, len: u32, is_dir: bool, t: Timestamp) -> Vec<u8> {
     let mut r = vec![0u8; 33];
     r[2..10].copy_from_slice(&both32(extent));
     r[10..18].copy_from_slice(&both32(len));
@@ -150,7 +157,7 @@ fn put_str(buf: &mut [u8], at: usize, width: usize, s: &[u8], pad: &[u8]) {
 }
 
 /// Builds the image.
-pub(super) fn build(root: &Dir, volume_id: &str, t: i64) -> Result<Vec<u8>, SeedError> {
+pub(super) fn build(root: &Dir, volume_id: &str, t: Timestamp) -> Result<Vec<u8>, SeedError> {
     // Breadth-first directory list (path tables require it).
     let mut dirs = vec![DirInfo {
         dir: root,

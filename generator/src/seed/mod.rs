@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
-pub(crate) use crate::time::civil;
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+use jiff::tz::Offset;
 
 /// Seed image formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -102,13 +104,19 @@ impl Dir {
     }
 }
 
-/// Seconds since the epoch for every timestamp in an image.
-pub fn timestamp() -> i64 {
+/// The time of every timestamp in an image.
+pub fn timestamp() -> Timestamp {
     std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|&t| (315_532_800..=4_102_444_800).contains(&t)) // 1980..2100: what FAT and ISO can hold
-        .unwrap_or(946_684_800) // 2000-01-01T00:00:00Z
+        .and_then(|t| Timestamp::from_second(t).ok())
+        .unwrap_or(Timestamp::constant(946_684_800, 0)) // 2000-01-01T00:00:00Z
+}
+
+/// `t` as a UTC calendar time, the form FAT and ISO9660 record.
+pub(crate) fn civil(t: Timestamp) -> DateTime {
+    Offset::UTC.to_datetime(t)
 }
 
 /// Builds an image of `format` from `content`.
@@ -190,11 +198,18 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        let c = civil(946_684_800);
-        assert_eq!((c.year, c.month, c.day, c.hour), (2000, 1, 1, 0));
-        let c = civil(1_700_000_000);
+        let c = civil(Timestamp::constant(946_684_800, 0));
+        assert_eq!((c.year(), c.month(), c.day(), c.hour()), (2000, 1, 1, 0));
+        let c = civil(Timestamp::constant(1_700_000_000, 0));
         assert_eq!(
-            (c.year, c.month, c.day, c.hour, c.minute, c.second),
+            (
+                c.year(),
+                c.month(),
+                c.day(),
+                c.hour(),
+                c.minute(),
+                c.second()
+            ),
             (2023, 11, 14, 22, 13, 20)
         );
     }

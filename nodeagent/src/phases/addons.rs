@@ -669,7 +669,8 @@ pub async fn reconcile_stage(
                     >= layer.timeout;
                 // For people (status, metrics): when, on the wall clock; the timeout itself
                 // runs on the monotonic clock above.
-                st.unhealthy_since.get_or_insert_with(now_secs);
+                st.unhealthy_since
+                    .get_or_insert_with(|| crate::time::unix_now() as u64);
                 st.state = if late { "Failed" } else { "Progressing" }.into();
                 st.message = Some(why.clone());
                 for later in &layers[i + 1..] {
@@ -716,13 +717,6 @@ pub async fn reconcile_stage(
         msg.push_str(&format!("; {pruned} objects of removed layers pruned"));
     }
     Ok(Step::Done(msg))
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Discovered kinds, by `Kind.group`.

@@ -303,7 +303,7 @@ async fn delete(api: &Api<DynamicObject>, name: &str) -> Result<(), PhaseError> 
 async fn event(ctx: &Context, c: &day2::Change) {
     let ns = ctx.spec.namespace.as_str();
     let (kind, name) = c.object.split_once('/').unwrap_or(("", &c.object));
-    let now = crate::fsutil::now_rfc3339();
+    let now = crate::time::now_rfc3339();
     let ev = json!({
         "metadata": {"generateName": format!("{name}.drift-"), "namespace": ns},
         "involvedObject": {"kind": kind, "name": name, "namespace": ns},

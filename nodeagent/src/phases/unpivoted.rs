@@ -316,7 +316,7 @@ pub fn cancel(
             }
             req.cancelled = Some(Cancelled {
                 reason: why,
-                time: crate::fsutil::now_rfc3339(),
+                time: crate::time::now_rfc3339(),
                 settled: false,
             });
             (true, true)
@@ -330,7 +330,7 @@ pub fn cancel(
                 unpivot: None,
                 cancelled: Some(Cancelled {
                     reason: why,
-                    time: crate::fsutil::now_rfc3339(),
+                    time: crate::time::now_rfc3339(),
                     settled: true,
                 }),
             });

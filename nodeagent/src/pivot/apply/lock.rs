@@ -20,8 +20,9 @@
 //! Cluster.
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
+use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -147,23 +148,16 @@ fn this_host_and_boot() -> String {
 /// RFC 3339 to milliseconds since the Unix epoch.
 fn millis(rfc3339: &str) -> Option<i64> {
     rfc3339
-        .parse::<k8s_openapi::jiff::Timestamp>()
+        .parse::<Timestamp>()
         .ok()
         .map(|t| t.as_millisecond())
 }
 
 /// Milliseconds since the Unix epoch to RFC 3339.
 fn rfc3339(ms: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_millisecond(ms)
+    Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
         .unwrap_or_default()
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// The identity a run holds the lock under unless it is given one: this host, boot and
@@ -276,7 +270,7 @@ impl<'a> Pivot<'a> {
             else {
                 return Ok(false);
             };
-            let now = now_ms();
+            let now = Timestamp::now().as_millisecond();
             match decide(annotation(&current, LOCK), &self.holder, now, &gone_here) {
                 Decision::Held(hold) => {
                     return Err(PivotError::Locked(Box::new(LockedBy {
@@ -396,7 +390,7 @@ impl<'a> Pivot<'a> {
             let Some(current) = api.get_opt(self.cluster).await? else {
                 return Ok(Renewal::Gone);
             };
-            let now = now_ms();
+            let now = Timestamp::now().as_millisecond();
             match decide(annotation(&current, LOCK), &self.holder, now, &gone_here) {
                 Decision::TakeBack => {}
                 Decision::Held(h) => return Ok(Renewal::Lost(h.holder)),
@@ -457,9 +451,12 @@ impl<'a> Pivot<'a> {
                 }
                 Err(e) => return warn_release(self.cluster, &e),
             };
-            if decide(annotation(&current, LOCK), &self.holder, now_ms(), &|_| {
-                false
-            }) != Decision::TakeBack
+            if decide(
+                annotation(&current, LOCK),
+                &self.holder,
+                Timestamp::now().as_millisecond(),
+                &|_| false,
+            ) != Decision::TakeBack
             {
                 return;
             }

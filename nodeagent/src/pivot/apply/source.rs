@@ -194,7 +194,7 @@ impl<'a> Pivot<'a> {
         );
         let patch = json!({"status": {"pivot": {
             "state": state,
-            "lastTransitionTime": crate::fsutil::now_rfc3339(),
+            "lastTransitionTime": crate::time::now_rfc3339(),
         }}});
         let r = self
             .retry(
