@@ -568,7 +568,7 @@ pub async fn mint_agent_token(
         crate::token::claims(&String::from_utf8_lossy(&token.0))
     });
     if let (Some(s), Some(claims)) = (&existing, current)
-        && !crate::token::renewal_due(&claims, unix_now())
+        && !crate::token::renewal_due(&claims, jiff::Timestamp::now().as_second())
     {
         return Ok(Applied {
             object,
@@ -652,12 +652,6 @@ pub async fn mint_agent_token(
         resource_version: written.metadata.resource_version,
         namespace: Some(ns.to_string()),
     })
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The UID of the request's FledgeCluster on the management plane, if it exists.

@@ -5,8 +5,6 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 
-/// Now, as RFC 3339 (the clock's home is [`crate::time`]; `spec_sync` still calls it here).
-pub use crate::time::now_rfc3339;
 /// Writes `bytes` to `path` atomically with permission bits `mode` (the generator's helper).
 pub use fledge_generator::output::write_file_atomic as write_atomic;
 

@@ -103,7 +103,7 @@ impl Elector {
             now.saturating_duration_since(since),
             self.duration,
         );
-        let stamp = Some(MicroTime(k8s_openapi::jiff::Timestamp::now()));
+        let stamp = Some(MicroTime(jiff::Timestamp::now()));
         let mut next = LeaseSpec {
             holder_identity: Some(self.identity.clone()),
             lease_duration_seconds: Some(self.duration.as_secs() as i32),

@@ -60,13 +60,6 @@ fn write(path: &Path, token: &str) -> Result<(), RenewError> {
     })
 }
 
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Renews the token in `token_file` when [`token::renewal_due`] at `now`: a new token for the
 /// ServiceAccount `namespace/service_account`, for the same lifetime, written in place (0600,
 /// atomically). `Ok(None)` when not due, or for a token that never expires.

@@ -173,8 +173,6 @@ impl Default for RunOptions {
     }
 }
 
-pub(crate) use crate::time::unix_now as now;
-
 /// A client for the management plane from the agent's token and CA files.
 pub fn management_client(cfg: &AgentConfig, opts: &RunOptions) -> Result<kube::Client, RunError> {
     management_client_counted(cfg, opts, Arc::default())

@@ -22,7 +22,8 @@ use crate::journal::{Journal, Outcome, Phase};
 use crate::metrics::Shared;
 use crate::notify::Notifier;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
-use crate::run::{SYNC_BEAT, now};
+use crate::run::SYNC_BEAT;
+use crate::time::unix_now as now;
 
 /// The kind of a failed management-plane request, as counted in the metrics.
 pub fn error_kind(e: &kube::Error) -> &'static str {
@@ -427,7 +428,7 @@ impl Sync {
     }
 
     fn status_now(&self) -> FledgeClusterStatus {
-        let now_s = crate::fsutil::now_rfc3339();
+        let now_s = crate::time::now_rfc3339();
         let cond = |t: &str, ok: bool, reason: &str, message: String| Condition {
             type_: t.to_string(),
             status: if ok { "True" } else { "False" }.to_string(),

@@ -617,7 +617,7 @@ impl Runner {
             &self.cfg.cluster.namespace,
             &names.agent,
             &file,
-            crate::renew::unix_now(),
+            crate::time::unix_now(),
         )
         .await
         {
