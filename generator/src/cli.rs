@@ -73,8 +73,10 @@ pub struct RenderArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_user_data: Option<usize>,
     /// File holding the agent's management service-account token, embedded into CP-A's
-    /// user-data (which is then written with mode 0600). Without it the token is expected from
-    /// CABPK (the KubeadmControlPlane's contentFrom) or placed on the node by other means.
+    /// user-data (which is then written with mode 0600): a bound token, for example from
+    /// `kubectl -n NS create token CLUSTER-fledge-agent --duration=168h`, which the agent renews
+    /// before it expires. Without it the token is expected from CABPK (the
+    /// KubeadmControlPlane's contentFrom) or placed on the node by other means.
     #[arg(long, value_name = "FILE")]
     pub management_token: Option<PathBuf>,
     /// File holding the management API server's CA bundle (PEM), embedded like the token.
