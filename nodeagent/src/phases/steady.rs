@@ -190,8 +190,12 @@ pub async fn apply(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Step, PhaseError> {
-    // The agents' copy of the management token follows the leader's renewals.
-    super::scaledout::ensure_agent_secret(ctx).await?;
+    // The agents' copy of the management token follows the leader's renewals. Best effort: the
+    // copy serves joining control-plane nodes and followers, and a day-2 change must not wait
+    // for it; the next reconcile tries again.
+    if let Err(e) = super::scaledout::ensure_agent_secret(ctx).await {
+        tracing::warn!(error = %super::chain(&e), "cannot update the agents' copy of the management token; trying again at the next reconcile");
+    }
     let r = resources(ctx);
     let (observed, machine_sets) = observe(ctx, &r).await?;
     let desired = desired(ctx, &observed)?;
