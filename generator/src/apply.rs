@@ -158,30 +158,15 @@ pub struct Target {
     pub client: kube::Client,
     /// The API server URL, for messages.
     pub server: String,
-    /// The CA bundle (PEM) the kubeconfig trusts for it, if it names one.
-    pub ca_pem: Option<String>,
+    /// The CA certificates (DER) the kubeconfig trusts it by, if it names any.
+    pub ca_certs: Option<Vec<Vec<u8>>>,
 }
 
 /// Builds a client from a kubeconfig file (or the default locations), with short timeouts.
 pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<Target, ApplyError> {
     let config = config_from_kubeconfig(path).await?;
     let server = config.cluster_url.to_string();
-    let ca_pem = config.root_cert.as_ref().map(|ders| {
-        ders.iter()
-            .map(|der| {
-                let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der);
-                let lines: Vec<&str> = b64
-                    .as_bytes()
-                    .chunks(64)
-                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
-                    .collect();
-                format!(
-                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-                    lines.join("\n")
-                )
-            })
-            .collect::<String>()
-    });
+    let ca_certs = config.root_cert.clone();
     let client = kube::Client::try_from(config).map_err(|e| ApplyError::Kubeconfig {
         path: path.map(Path::to_path_buf),
         source: Box::new(e),
@@ -189,7 +174,7 @@ pub async fn client_from_kubeconfig(path: Option<&Path>) -> Result<Target, Apply
     Ok(Target {
         client,
         server,
-        ca_pem,
+        ca_certs,
     })
 }
 
@@ -517,18 +502,20 @@ pub async fn apply_request(
         .map_or(0, |i| i + 1);
     let mut rest = objects.split_off(split);
     let mut results = apply(target, &objects, opts, &mut progress).await?;
-    if !opts.dry_run
-        && split > 0
-        && let Some(uid) = fledge_cluster_uid(target, c).await?
-    {
-        crate::management::own_access(&mut rest, c, &uid);
+    let uid = if !opts.dry_run && split > 0 {
+        fledge_cluster_uid(target, c).await?
+    } else {
+        None
+    };
+    if let Some(uid) = &uid {
+        crate::management::own_access(&mut rest, c, uid);
     }
     let access = rest
         .iter()
         .any(|o| o["kind"] == "ServiceAccount" && o["metadata"]["name"] == names_agent(c));
     results.extend(apply(target, &rest, opts, &mut progress).await?);
     if access && !opts.dry_run {
-        let minted = mint_agent_token(target, c, opts).await?;
+        let minted = mint_agent_token(target, c, opts, uid.as_deref()).await?;
         progress(&minted);
         results.push(minted);
     }
@@ -543,11 +530,13 @@ fn names_agent(c: &CheckedCluster) -> String {
 /// ServiceAccount, in the Opaque Secret `<cluster>-fledge-agent-token` with the CA the agent
 /// trusts the management plane by (the namespace's `kube-root-ca.crt`, else the kubeconfig's).
 /// A token not yet due for renewal is kept, so that applying again changes nothing; a legacy
-/// token Secret (which never expires) is replaced. The Secret is owned by the FledgeCluster.
+/// token Secret (which never expires) is replaced. The Secret is owned by the FledgeCluster
+/// (`uid`), like the rest of the agent's access.
 pub async fn mint_agent_token(
     target: &Target,
     c: &CheckedCluster,
     opts: &ApplyOptions,
+    uid: Option<&str>,
 ) -> Result<Applied, ApplyError> {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -594,7 +583,7 @@ pub async fn mint_agent_token(
         .await
         .map_err(request)?
         .and_then(|cm| cm.data?.get("ca.crt").cloned());
-    let Some(ca) = root_ca.or_else(|| target.ca_pem.clone()) else {
+    let Some(ca) = root_ca.or_else(|| target.ca_certs.as_deref().map(pem)) else {
         return Err(ApplyError::Refused {
             object,
             reason: format!(
@@ -615,13 +604,13 @@ pub async fn mint_agent_token(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
     );
-    if let Some(uid) = fledge_cluster_uid(target, c).await? {
+    if let Some(uid) = uid {
         secret.metadata.owner_references = Some(vec![
             k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
                 api_version: crate::spec::API_VERSION.into(),
                 kind: "FledgeCluster".into(),
                 name: c.name.to_string(),
-                uid,
+                uid: uid.to_string(),
                 ..Default::default()
             },
         ]);
@@ -652,6 +641,22 @@ pub async fn mint_agent_token(
         resource_version: written.metadata.resource_version,
         namespace: Some(ns.to_string()),
     })
+}
+
+/// DER certificates as a PEM bundle.
+fn pem(ders: &[Vec<u8>]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }
 
 /// The UID of the request's FledgeCluster on the management plane, if it exists.

@@ -387,7 +387,7 @@ async fn whole_providers_match_clusterctl_pass_the_contract_check_and_install() 
     let target = fledge_generator::apply::Target {
         client: client.clone(),
         server: "the test apiserver".into(),
-        ca_pem: None,
+        ca_certs: None,
     };
     let opts = fledge_generator::apply::ApplyOptions {
         dry_run: false,

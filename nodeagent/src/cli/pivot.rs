@@ -166,7 +166,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
                 client: client.clone(),
                 server,
-                ca_pem: None,
+                ca_certs: None,
             })
             .await
         };

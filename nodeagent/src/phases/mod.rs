@@ -394,7 +394,7 @@ pub async fn apply_local_as(
     let target = fledge_generator::apply::Target {
         client: ctx.local.clone(),
         server: "the local cluster".into(),
-        ca_pem: None,
+        ca_certs: None,
     };
     let opts = fledge_generator::apply::ApplyOptions {
         dry_run: false,
@@ -745,13 +745,12 @@ impl Runner {
     ) -> Result<(Step, bool), PhaseError> {
         let generation = Some(cached.generation);
         let spec = checked(&self.cfg, cached)?;
-        let client = match local {
-            Some(c) => c.clone(),
+        let client = match self.local(local).await? {
+            Some(c) => c,
+            // No kubeconfig: the client's own error says so, naming the file.
             None => {
                 let path = crate::config::rooted(&self.root, &self.cfg.local_kubeconfig());
-                let c = local_client(&path, self.local_counts.clone()).await?;
-                *local = Some(c.clone());
-                c
+                local_client(&path, self.local_counts.clone()).await?
             }
         };
         let ctx = Context {
