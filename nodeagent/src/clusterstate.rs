@@ -77,6 +77,10 @@ pub enum HeldError {
     Cache(#[from] cache::CacheError),
 }
 
+/// The held keys.
+pub const KEYS: [&str; 4] = [JOURNAL, SPEC, LAYERS, DELETION];
+
+/// Each held key with its file in `state_dir`.
 fn paths(state_dir: &Path) -> [(&'static str, PathBuf); 4] {
     [
         (JOURNAL, crate::journal::path(state_dir)),
@@ -142,12 +146,10 @@ impl Held {
             data.get(k)
                 .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
         };
-        let mut files = Files::new();
-        for (key, _) in paths(Path::new("")) {
-            if let Some(b) = data.get(key) {
-                files.insert(key, b.0.clone());
-            }
-        }
+        let files = KEYS
+            .into_iter()
+            .filter_map(|k| Some((k, data.get(k)?.0.clone())))
+            .collect();
         Held {
             sequence: text(SEQUENCE).and_then(|s| s.parse().ok()).unwrap_or(0),
             holder: text(HOLDER).unwrap_or_default(),
