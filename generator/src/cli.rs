@@ -45,6 +45,17 @@ pub enum Command {
     /// Objects are applied in order with field manager "fledge"; each line of output says
     /// whether an object was created, configured or unchanged. Applying twice changes nothing.
     Apply(ApplyArgs),
+    /// Delete a cluster: its FledgeCluster, which makes the agent move the cluster's Cluster API
+    /// objects back to the management cluster and delete the Cluster there.
+    ///
+    /// The agent gives up its move rights on the management cluster once the pivot is done;
+    /// this binds them again (their Role and RoleBinding, labelled fledge.dev/rights=move and
+    /// owned by the FledgeCluster) after the deletion is requested. Cluster API then
+    /// deprovisions the machines, and the agent releases the FledgeCluster. Running it again
+    /// re-binds the rights of an unpivot that waits for them. With kubectl: `kubectl delete
+    /// fledgecluster NAME --wait=false`, then `kubectl apply -f management.yaml -l
+    /// fledge.dev/rights=move`.
+    Delete(DeleteArgs),
     /// Check a request and report every problem in it.
     Validate(ValidateArgs),
     /// Print the CustomResourceDefinitions of FledgeCluster and ClusterProfile.
@@ -142,6 +153,30 @@ pub struct ApplyArgs {
     pub agent_grace: std::time::Duration,
 }
 
+/// Arguments of `fledge delete`.
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The FledgeCluster request (YAML) that was applied: it names the cluster and its
+    /// namespace, and renders the agent's move rights.
+    #[arg(value_name = "REQUEST")]
+    pub request: PathBuf,
+    /// Kubeconfig of the management cluster; default: $KUBECONFIG, then ~/.kube/config.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Wait until the FledgeCluster is gone (the agent moved the objects back and released
+    /// it), at most DURATION (`90s`, `30m`, `1h`; a bare `--wait` is 30m), printing the agent's
+    /// progress. Without it, return once the deletion is requested and the rights are bound.
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, require_equals = true,
+          default_missing_value = "30m", value_parser = humantime::parse_duration)]
+    pub wait: Option<std::time::Duration>,
+    /// Succeed when the FledgeCluster does not exist (as kubectl's --ignore-not-found).
+    #[arg(long)]
+    pub ignore_not_found: bool,
+    /// Directory of template overrides (see `fledge render --help`), as given to `fledge apply`.
+    #[arg(long, value_name = "DIR")]
+    pub templates: Option<PathBuf>,
+}
+
 fn token_duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < crate::token::MIN_DURATION {
@@ -209,6 +244,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Render(args) => render(&args),
         Command::Apply(args) => apply(&args),
+        Command::Delete(args) => delete(&args),
         Command::Validate(args) => {
             let checked = spec::load_request(&args.request)?;
             warn(&args.request, &checked);
@@ -405,6 +441,55 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
                 Ok(line) => eprintln!("{line}"),
                 Err(why) => anyhow::bail!("{}/{}: {why}", checked.namespace, checked.name),
             }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
+    use crate::delete::Deleted;
+    let checked = spec::load_request(&args.request)?;
+    let templates = templates(args.templates.as_deref())?;
+    let objects = management::objects(&checked, &templates)?;
+    let (ns, name) = (checked.namespace.as_str(), checked.name.as_str());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
+        crate::apply::check_reachable(&target).await?;
+        match crate::delete::delete(&target, &checked, &objects, |line| println!("{line}"))
+            .await?
+        {
+            Deleted::NotFound if args.ignore_not_found => return Ok(()),
+            Deleted::NotFound => anyhow::bail!(
+                "FledgeCluster {ns}/{name} not found on {} (--ignore-not-found accepts that)",
+                target.server
+            ),
+            Deleted::Gone => {
+                eprintln!("FledgeCluster {ns}/{name} is gone: no agent held it (the cluster was not pivoted; its Cluster API objects, if any, are on the management cluster)");
+                return Ok(());
+            }
+            Deleted::Unpivoting => eprintln!(
+                "the agent of {ns}/{name} moves the cluster's objects back and deletes the Cluster; the FledgeCluster goes once that is done"
+            ),
+        }
+        if let Some(timeout) = args.wait {
+            let gone = crate::delete::wait_gone(
+                &target,
+                &checked,
+                timeout,
+                std::time::Duration::from_secs(5),
+                |line| eprintln!("{line}"),
+            )
+            .await?;
+            if !gone {
+                anyhow::bail!(
+                    "FledgeCluster {ns}/{name} is still there after {}: the agent has not finished the unpivot (its status says why; run fledge delete again if it waits for its move rights)",
+                    humantime::format_duration(timeout)
+                );
+            }
+            eprintln!("FledgeCluster {ns}/{name} deleted");
         }
         Ok::<_, anyhow::Error>(())
     })

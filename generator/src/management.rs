@@ -52,8 +52,11 @@ pub struct Names {
     pub control_plane: String,
     /// Control-plane machine template.
     pub control_plane_template: String,
-    /// ServiceAccount, Role and RoleBinding of the agent.
+    /// ServiceAccount, Role and RoleBinding of the agent: what it always needs.
     pub agent: String,
+    /// Role and RoleBinding of the agent's move rights, bound only while a pivot or unpivot
+    /// needs them ([`MOVE_RIGHTS_LABEL`]).
+    pub agent_move: String,
     /// The agent's service-account token Secret.
     pub agent_token: String,
 }
@@ -67,10 +70,16 @@ impl Names {
             control_plane: format!("{cluster}-control-plane"),
             control_plane_template: format!("{cluster}-control-plane"),
             agent: format!("{cluster}-fledge-agent"),
+            agent_move: format!("{cluster}-fledge-agent-move"),
             agent_token: format!("{cluster}-fledge-agent-token"),
         }
     }
 }
+
+/// The label (key, value) on the agent's move Role and RoleBinding: `kubectl apply -f
+/// management.yaml -l fledge.dev/rights=move` binds the move rights again, which an unpivot
+/// needs (`fledge delete` does it).
+pub const MOVE_RIGHTS_LABEL: (&str, &str) = ("fledge.dev/rights", "move");
 
 /// The name of the agent's ClusterRole and ClusterRoleBinding on the management plane:
 /// `fledge:<namespace>:<cluster>-fledge-agent`. Cluster-scoped, so the namespace is part of it
@@ -141,6 +150,11 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
             "cluster.x-k8s.io/cluster-name": c.name.as_str(),
             "app.kubernetes.io/managed-by": "fledge",
         },
+        "move_labels": {
+            "cluster.x-k8s.io/cluster-name": c.name.as_str(),
+            "app.kubernetes.io/managed-by": "fledge",
+            MOVE_RIGHTS_LABEL.0: MOVE_RIGHTS_LABEL.1,
+        },
         "names": {
             "cluster": names.cluster,
             "infra_cluster": names.infra_cluster,
@@ -148,6 +162,7 @@ pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, Rende
             "control_plane_template": names.control_plane_template,
             "agent": names.agent,
             "agent_token": names.agent_token,
+            "agent_move": names.agent_move,
             "agent_cluster_role": agent_cluster_role(c.namespace.as_str(), c.name.as_str()),
         },
         "kubernetes_version": c.kubernetes_version.to_string(),
@@ -263,7 +278,7 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
 }
 
 /// Makes the FledgeCluster (`uid`) the owner of the agent's access objects among `objects`: its
-/// ServiceAccount, Role, RoleBinding and token Secret, which the garbage collector then deletes
+/// ServiceAccount, Roles, RoleBindings and token Secret, which the garbage collector then deletes
 /// with it (after the agent's own finalizer is released: the agent unpivots first). The
 /// cluster-scoped ClusterRole and its binding cannot have a namespaced owner and are left as
 /// they are. Returns how many objects it marked.
@@ -273,6 +288,8 @@ pub fn own_access(objects: &mut [Value], c: &CheckedCluster, uid: &str) -> usize
         ("ServiceAccount", names.agent.as_str()),
         ("Role", names.agent.as_str()),
         ("RoleBinding", names.agent.as_str()),
+        ("Role", names.agent_move.as_str()),
+        ("RoleBinding", names.agent_move.as_str()),
         ("Secret", names.agent_token.as_str()),
     ];
     let mut marked = 0;

@@ -64,6 +64,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+pub mod access;
 pub mod capi;
 pub mod cluster;
 pub mod fault;

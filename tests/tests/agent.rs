@@ -42,17 +42,8 @@ async fn setup(c: &TestCluster, root: &Path) -> (AgentConfig, Api<FledgeCluster>
     let checked = spec::load_request(&workspace_root().join("examples/docker.yaml")).unwrap();
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
     let target = client_from_kubeconfig(Some(&c.kubeconfig)).await.unwrap();
-    let role = objects
-        .iter()
-        .find(|o| o["kind"] == "Role")
-        .expect("the agent's Role is rendered")
-        .clone();
-    let binding = serde_json::json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "agent-test-user", "namespace": checked.namespace.as_str()},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
     let mut wanted = objects[..2].to_vec();
-    wanted.extend([role, binding]);
+    wanted.extend(fledge_tests::access::for_test_user(&objects));
     apply(&target, &wanted, &ApplyOptions::default(), |_| {})
         .await
         .unwrap();

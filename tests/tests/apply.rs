@@ -764,7 +764,7 @@ async fn apply_wait_reports_a_silent_cp_a_and_ends_when_the_agent_reports() {
 }
 
 /// The agent's access is revoked with its FledgeCluster (issue 28): `fledge apply` makes the
-/// FledgeCluster the owner of the agent's ServiceAccount, Role, RoleBinding and token Secret,
+/// FledgeCluster the owner of the agent's ServiceAccount, Roles, RoleBindings and token Secret,
 /// and deleting it (once the agent released its finalizer) lets the garbage collector delete
 /// them. The cluster-scoped ClusterRole cannot have a namespaced owner and stays.
 #[tokio::test(flavor = "multi_thread")]
@@ -814,6 +814,16 @@ async fn the_agents_access_is_owned_by_its_fledge_cluster_and_goes_with_it() {
             "rbac.authorization.k8s.io/v1",
             "RoleBinding",
             names.agent.clone(),
+        ),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            names.agent_move.clone(),
+        ),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            names.agent_move.clone(),
         ),
         ("v1", "Secret", names.agent_token.clone()),
     ];

@@ -41,16 +41,7 @@ fn request() -> CheckedCluster {
 async fn management_plane(checked: &CheckedCluster) -> Option<(TestCluster, kube::Client)> {
     let mgmt = start_or_skip(Options::default()).await?;
     let objects = management::objects(checked, &Templates::embedded()).unwrap();
-    let role = objects
-        .iter()
-        .find(|o| o["kind"] == "Role")
-        .unwrap()
-        .clone();
-    let ns = checked.namespace.as_str();
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "agent-test-user", "namespace": ns},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": USER}]});
+    let access = fledge_tests::access::for_test_user(&objects);
     let namespace = objects[0].clone();
     assert_eq!(namespace["kind"], "Namespace");
     let target = client_from_kubeconfig(Some(&mgmt.kubeconfig))
@@ -58,7 +49,7 @@ async fn management_plane(checked: &CheckedCluster) -> Option<(TestCluster, kube
         .unwrap();
     apply(
         &target,
-        &[namespace, role, binding],
+        &[vec![namespace], access].concat(),
         &ApplyOptions::default(),
         |_| {},
     )

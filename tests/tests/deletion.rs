@@ -127,20 +127,11 @@ async fn fixture(mgmt_providers: &str) -> Option<Fixture> {
         .unwrap();
     let mut wanted: Vec<Value> = objects
         .iter()
-        .filter(|o| kind(o, &["Namespace", "FledgeCluster", "Role", "ClusterRole"]))
+        .filter(|o| kind(o, &["Namespace", "FledgeCluster"]))
         .cloned()
         .collect();
-    let name_of =
-        |k: &str| objects.iter().find(|o| o["kind"] == k).unwrap()["metadata"]["name"].clone();
-    let subject = json!([{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]);
-    wanted.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "agent-test-user", "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name_of("Role")},
-        "subjects": subject}));
-    wanted.push(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "agent-test-user"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name_of("ClusterRole")},
-        "subjects": subject}));
+    // The agent's access (its move rights too, which it gives up in Steady).
+    wanted.extend(fledge_tests::access::for_test_user(&objects));
     apply(&target, &wanted, &ApplyOptions::default(), |_| {})
         .await
         .unwrap();
@@ -392,10 +383,39 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
     let fcs = fledge_clusters(&mc);
     let old_uid = fcs.get(NAME).await.unwrap().uid().unwrap();
 
-    // The FledgeCluster alone is deleted: an order. This management plane cannot take the
-    // cluster's objects back (its providers are older than the cluster's): the unpivot is
-    // refused before any write, again and again.
-    fcs.delete(NAME, &Default::default()).await.unwrap();
+    // Past the pivot the agent holds no move rights here.
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(mc.clone(), NS);
+    let move_rights = management::Names::new(NAME).agent_move;
+    f.wait(
+        "the agent to give up its move rights",
+        Duration::from_secs(30),
+        async || bindings.get_opt(&move_rights).await.unwrap().is_none(),
+    )
+    .await;
+
+    // The FledgeCluster alone is deleted, as `fledge delete` does it: an order, and the move
+    // rights bound again. This management plane cannot take the cluster's objects back (its
+    // providers are older than the cluster's): the unpivot is refused before any write, again
+    // and again.
+    let target = client_from_kubeconfig(Some(&f.mgmt.kubeconfig))
+        .await
+        .unwrap();
+    let objects = management::objects(&request(), &Templates::embedded()).unwrap();
+    let deleted = fledge_generator::delete::delete(
+        &target,
+        &request(),
+        &fledge_tests::access::for_test_user(&objects),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted, fledge_generator::delete::Deleted::Unpivoting);
+    let rebound = bindings.get(&move_rights).await.unwrap();
+    assert_eq!(
+        rebound.metadata.owner_references.unwrap()[0].uid,
+        old_uid,
+        "owned by the FledgeCluster"
+    );
     f.wait(
         "the unpivot to be tried and refused",
         Duration::from_secs(60),

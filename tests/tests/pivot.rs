@@ -580,40 +580,27 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     let (sc, tc) = (s.client().await, t.client().await);
     let ns = "scoped";
     namespace(&sc, ns).await;
-    // The Role fledge renders for the agent, bound to a user with no other rights.
+    // The Roles fledge renders for the agent (what it always needs, and its move rights, bound
+    // while it moves), bound to a user with no other rights.
     let request = fledge_tests::workspace_root().join("tests/cases/vsphere-v1beta2/input.yaml");
     let checked = spec::load_request(&request).unwrap();
     let objects = management::objects(&checked, &Templates::embedded()).unwrap();
-    let mut role = serde_json::to_value(
-        objects
-            .iter()
-            .find(|o| o["kind"] == "Role")
-            .expect("the agent's Role is rendered"),
-    )
-    .unwrap();
-    role["metadata"]["namespace"] = json!(ns);
-    let role_name = role["metadata"]["name"].as_str().unwrap().to_string();
     let rbac = |kind: &str| capi::resource("rbac.authorization.k8s.io/v1", kind);
-    let roles: Api<DynamicObject> = Api::namespaced_with(sc.clone(), ns, &rbac("Role"));
-    roles
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(role).unwrap(),
-        )
-        .await
-        .unwrap();
-    let bindings: Api<DynamicObject> = Api::namespaced_with(sc.clone(), ns, &rbac("RoleBinding"));
-    bindings
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-                "metadata": {"name": "agent"},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]}))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    let access = fledge_tests::access::for_test_user(&objects);
+    let namespaced: Vec<&serde_json::Value> = access
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "RoleBinding")
+        .collect();
+    assert_eq!(namespaced.len(), 4, "two Roles and their bindings");
+    for o in namespaced {
+        let mut o = o.clone();
+        o["metadata"]["namespace"] = json!(ns);
+        let kind = o["kind"].as_str().unwrap().to_string();
+        Api::<DynamicObject>::namespaced_with(sc.clone(), ns, &rbac(&kind))
+            .create(&PostParams::default(), &serde_json::from_value(o).unwrap())
+            .await
+            .unwrap();
+    }
     // A management cluster as `clusterctl init --infrastructure vsphere` leaves it: the
     // inventory CRD and every CAPV CRD (the supervisor-mode vmware.infrastructure group too),
     // with objects of both groups the Role does not grant in the namespace.

@@ -364,6 +364,8 @@ struct Fixture {
     root: tempfile::TempDir,
     config: PathBuf,
     metrics: String,
+    /// The request, as applied.
+    checked: spec::CheckedCluster,
     /// Serves the release the infrastructure provider is fetched from.
     _release: (tokio::task::JoinHandle<()>, tempfile::TempDir),
 }
@@ -416,21 +418,11 @@ async fn fixture() -> Option<Fixture> {
         .create(&Default::default(), &variables)
         .await
         .unwrap();
-    // The agent's identity: the rendered Role, bound to the test user whose token the node holds.
-    let role = objects.iter().find(|o| o["kind"] == "Role").unwrap();
-    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "agent-test-user", "namespace": NS},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
-    // And the rendered ClusterRole (the reads an unpivot checks before writing).
-    let cluster_role = objects.iter().find(|o| o["kind"] == "ClusterRole").unwrap();
-    let cluster_binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": "agent-test-user"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role["metadata"]["name"]},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": fledge_tests::cluster::USER}]});
+    // The agent's identity: the rendered Roles and ClusterRole (the reads an unpivot checks
+    // before writing), bound to the test user whose token the node holds.
     apply(
         &target,
-        &[binding, cluster_binding],
+        &fledge_tests::access::for_test_user(&objects),
         &ApplyOptions::default(),
         |_| {},
     )
@@ -544,6 +536,7 @@ async fn fixture() -> Option<Fixture> {
         root,
         config,
         metrics,
+        checked,
         _release: (server, staging),
     })
 }
@@ -1351,8 +1344,29 @@ async fn deleting_the_fledge_cluster_moves_the_cluster_back_and_the_management_p
     f.mgmt.start_capi_managers(&[]).await.unwrap();
     f.mgmt.start_controller_manager().unwrap();
 
+    // Past the pivot the agent holds no move rights on the management plane.
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = Api::namespaced(mc.clone(), NS);
+    let move_rights = management::Names::new(NAME).agent_move;
+    assert!(
+        bindings.get_opt(&move_rights).await.unwrap().is_none(),
+        "the agent gave up its move rights"
+    );
+
     let start = Instant::now();
-    fcs.delete(NAME, &Default::default()).await.unwrap();
+    // As `fledge delete` does it: the deletion, then the move rights bound again.
+    let target = client_from_kubeconfig(Some(&f.mgmt.kubeconfig))
+        .await
+        .unwrap();
+    let objects = management::objects(&f.checked, &Templates::embedded()).unwrap();
+    let deleted = fledge_generator::delete::delete(
+        &target,
+        &f.checked,
+        &fledge_tests::access::for_test_user(&objects),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted, fledge_generator::delete::Deleted::Unpivoting);
     // The FledgeCluster goes once the management plane's Cluster API is deleting the cluster.
     loop {
         if fcs.get_opt(NAME).await.unwrap().is_none() {

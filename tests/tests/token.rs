@@ -216,3 +216,221 @@ async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_ne
     assert_eq!(took, None, "an older token was taken");
     assert_eq!(std::fs::read_to_string(&follower).unwrap(), token_b);
 }
+
+fn fledge(args: &[&str], kubeconfig: &Path) -> std::process::Output {
+    std::process::Command::new(fledge_tests::binary("fledge"))
+        .args(args)
+        .arg(request())
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .output()
+        .unwrap()
+}
+
+/// Whether `client` may do `verb` on `resource` in `ns`, asked by doing it: a 403 is a no.
+fn denied<T: std::fmt::Debug>(r: kube::Result<T>) -> bool {
+    match r {
+        Err(kube::Error::Api(s)) => s.code == 403,
+        other => panic!("expected a 403, got {other:?}"),
+    }
+}
+
+/// Issue 28: the agent's move rights exist only while it moves. `fledge apply` binds them; the
+/// agent gives them up once the pivot is done (it may delete that one RoleBinding, by name);
+/// from then on its token, stolen from a node, cannot create a Cluster, read or list Secrets,
+/// mint a token for another account or bind itself more rights, while it still reads its
+/// FledgeCluster, reports status and renews itself. `fledge delete` requests the deletion and
+/// binds the rights again for the unpivot, owned by the FledgeCluster.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_token_of_a_pivoted_cluster_cannot_create_clusters_read_secrets_or_mint_tokens() {
+    use fledge_agent::phases::pivoted::{Revoked, move_rights_bound, revoke};
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+    let Some(c) = start_or_skip(Options::default()).await else {
+        return;
+    };
+    let admin = c.client().await;
+    let docker = fledge_generator::providers::get(ProviderKind::Docker)
+        .api(CapiVersion::V1beta2)
+        .crd_dir;
+    install_crds(&admin, &[core_dir(CapiVersion::V1beta2), docker])
+        .await
+        .unwrap();
+    let checked: CheckedCluster = spec::load_request(&request()).unwrap();
+    let (ns, name) = (checked.namespace.as_str(), checked.name.as_str());
+    let names = management::Names::new(name);
+    fledge_apply(&c.kubeconfig, &[]);
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), ns);
+    let token = token_of(&secrets.get(&names.agent_token).await.unwrap());
+    let agent = client_with(&c.url, &c.ca_pem, &token).await;
+    let mut other_secret = Secret::default();
+    other_secret.metadata.name = Some("someone-elses-credentials".into());
+    secrets
+        .create(&PostParams::default(), &other_secret)
+        .await
+        .unwrap();
+    let mut other = ServiceAccount::default();
+    other.metadata.name = Some("someone-else".into());
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &other)
+        .await
+        .unwrap();
+
+    // Until the pivot is done the agent holds its move rights.
+    assert!(move_rights_bound(&agent, ns).await.unwrap());
+    let agent_secrets: Api<Secret> = Api::namespaced(agent.clone(), ns);
+    agent_secrets
+        .list(&ListParams::default())
+        .await
+        .expect("the move lists the namespace's Secrets");
+
+    // The pivot is done: the agent gives them up, once.
+    assert_eq!(revoke(&agent, ns, name).await.unwrap(), Revoked::Now);
+    assert_eq!(revoke(&agent, ns, name).await.unwrap(), Revoked::Already);
+    assert!(!move_rights_bound(&agent, ns).await.unwrap());
+
+    // What the stolen token cannot do.
+    let clusters: Api<DynamicObject> = Api::namespaced_with(
+        agent.clone(),
+        ns,
+        &fledge_tests::capi::resource("cluster.x-k8s.io/v1beta2", "Cluster"),
+    );
+    let cluster: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+        "metadata": {"name": "launched-with-the-management-planes-identity", "namespace": ns},
+        "spec": {}}))
+    .unwrap();
+    assert!(
+        denied(clusters.create(&PostParams::default(), &cluster).await),
+        "create a Cluster"
+    );
+    assert!(
+        denied(agent_secrets.get("someone-elses-credentials").await),
+        "read another Secret"
+    );
+    assert!(
+        denied(agent_secrets.get(&names.agent_token).await),
+        "read its own token Secret"
+    );
+    assert!(
+        denied(agent_secrets.list(&ListParams::default()).await),
+        "list Secrets"
+    );
+    assert!(
+        denied(token::request(&agent, ns, "someone-else", token::MIN_DURATION).await),
+        "mint a token for another account"
+    );
+    let bind_back: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": names.agent_move, "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": names.agent_move},
+        "subjects": [{"kind": "ServiceAccount", "name": names.agent, "namespace": ns}]}))
+    .unwrap();
+    assert!(
+        denied(
+            Api::<RoleBinding>::namespaced(agent.clone(), ns)
+                .create(&PostParams::default(), &bind_back)
+                .await
+        ),
+        "bind its move rights again"
+    );
+
+    // What the agent still does: read its FledgeCluster, report status, renew itself.
+    let fcs: Api<DynamicObject> = Api::namespaced_with(
+        agent.clone(),
+        ns,
+        &fledge_tests::capi::resource("fledge.dev/v1alpha1", "FledgeCluster"),
+    );
+    fcs.get(name).await.expect("reads its FledgeCluster");
+    fcs.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": {"phase": "Steady"}})),
+    )
+    .await
+    .expect("reports its status");
+    token::request(&agent, ns, &names.agent, token::MIN_DURATION)
+        .await
+        .expect("renews its own token");
+
+    // `fledge delete`: the deletion requested (the agent's finalizer holds the FledgeCluster),
+    // then the move rights bound again, owned by the FledgeCluster.
+    let admin_fcs: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        ns,
+        &fledge_tests::capi::resource("fledge.dev/v1alpha1", "FledgeCluster"),
+    );
+    admin_fcs
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"finalizers": [fledge_agent::phases::unpivoted::FINALIZER]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let uid = admin_fcs.get(name).await.unwrap().metadata.uid.unwrap();
+    let out = fledge(&["delete"], &c.kubeconfig);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        format!("fledgecluster.fledge.dev/{name} deleted"),
+        // The Role stayed; only its binding was given up.
+        format!(
+            "role.rbac.authorization.k8s.io/{} unchanged",
+            names.agent_move
+        ),
+        format!(
+            "rolebinding.rbac.authorization.k8s.io/{} created",
+            names.agent_move
+        ),
+    ] {
+        assert!(stdout.contains(&line), "{line} in:\n{stdout}");
+    }
+    let fc = admin_fcs.get(name).await.unwrap();
+    assert!(fc.metadata.deletion_timestamp.is_some());
+    assert!(move_rights_bound(&agent, ns).await.unwrap());
+    let rebound = Api::<RoleBinding>::namespaced(admin.clone(), ns)
+        .get(&names.agent_move)
+        .await
+        .unwrap();
+    assert_eq!(rebound.metadata.owner_references.unwrap()[0].uid, uid);
+    // Again: nothing more is deleted, the rights are as they were.
+    let out = fledge(&["delete"], &c.kubeconfig);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !stdout.contains("deleted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "rolebinding.rbac.authorization.k8s.io/{} unchanged",
+            names.agent_move
+        )),
+        "{stdout}"
+    );
+
+    // Released by the agent: gone. A third run says so, unless told to ignore it.
+    admin_fcs
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    let out = fledge(&["delete"], &c.kubeconfig);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!("FledgeCluster {ns}/{name} not found"))
+            && stderr.contains("--ignore-not-found"),
+        "{stderr}"
+    );
+    let out = fledge(&["delete", "--ignore-not-found"], &c.kubeconfig);
+    assert!(out.status.success());
+}

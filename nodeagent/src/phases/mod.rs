@@ -776,8 +776,14 @@ impl Runner {
         if phase == Phase::Steady && !*held {
             // Once per process: a cluster pivoted by an agent that did not take the finalizer
             // (an older one), or whose finalizer was removed, is deletable from here on.
+            // And the move rights are given up (an agent that could not at the pivot's end).
             match unpivoted::hold(&ctx).await {
-                Ok(()) => *held = true,
+                Ok(()) => match pivoted::revoke_move_rights(&ctx).await {
+                    Ok(_) => *held = true,
+                    Err(e) => {
+                        tracing::warn!(error = %chain(&e), "cannot give up the agent's move rights on the management plane; trying again next attempt")
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %chain(&e), "cannot make sure the agent's finalizer is on its FledgeCluster; trying again next attempt")
                 }

@@ -93,7 +93,109 @@ pub async fn apply(
             "; the management token cut out of {redacted} copied Secrets"
         ));
     }
+    // Best effort: Steady gives them up too, once per process.
+    match revoke_move_rights(ctx).await {
+        Ok(Revoked::Now) => done.push_str("; the agent's move rights given up"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %super::chain(&e), "cannot give up the agent's move rights on the management plane; trying again in Steady")
+        }
+    }
     Ok(Step::Done(done))
+}
+
+/// What [`revoke_move_rights`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// This call deleted the move rights' RoleBinding.
+    Now,
+    /// There was none (given up before, or never bound).
+    Already,
+    /// Kept: the FledgeCluster's deletion is requested, and the unpivot needs them.
+    KeptForUnpivot,
+    /// The agent's Role does not let it (rendered by an older fledge, which had no move Role).
+    NotAllowed,
+}
+
+/// Gives up the agent's move rights on the management plane once the pivot is done: deletes
+/// their RoleBinding `<cluster>-fledge-agent-move`, which its Role lets it delete by that name
+/// only. A token stolen from the cluster from then on cannot create Clusters or read Secrets on
+/// the management plane. Not while the FledgeCluster's deletion is requested: the unpivot needs
+/// them (`fledge delete` binds them again).
+pub async fn revoke_move_rights(ctx: &Context) -> Result<Revoked, PhaseError> {
+    let (ns, name) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
+    if super::unpivoted::deletion_requested(&ctx.state_dir) {
+        return Ok(Revoked::KeptForUnpivot);
+    }
+    let fcs = super::unpivoted::fledge_cluster_api(ctx.management.clone(), ns);
+    let deleting = fcs
+        .get_opt(name)
+        .await
+        .map_err(|source| PhaseError::Request {
+            what: format!("read FledgeCluster {ns}/{name}"),
+            source,
+        })?
+        .is_some_and(|fc| fc.metadata.deletion_timestamp.is_some());
+    if deleting {
+        return Ok(Revoked::KeptForUnpivot);
+    }
+    revoke(&ctx.management, ns, name)
+        .await
+        .map_err(|source| PhaseError::Request {
+            what: format!(
+                "delete RoleBinding {ns}/{} on the management plane",
+                Names::new(name).agent_move
+            ),
+            source,
+        })
+}
+
+/// Whether the agent's identity (`client`) holds its move rights in `ns`: may it create
+/// Clusters there (a SelfSubjectAccessReview, which every authenticated identity may ask).
+pub async fn move_rights_bound(client: &kube::Client, ns: &str) -> kube::Result<bool> {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some("cluster.x-k8s.io".into()),
+                resource: Some("clusters".into()),
+                verb: Some("create".into()),
+                namespace: Some(ns.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+/// Deletes the move rights' RoleBinding of the agent of `cluster` in `ns` with `client` (the
+/// agent's management identity). Idempotent.
+pub async fn revoke(client: &kube::Client, ns: &str, cluster: &str) -> kube::Result<Revoked> {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let api: Api<RoleBinding> = Api::namespaced(client.clone(), ns);
+    let binding = Names::new(cluster).agent_move;
+    match api
+        .delete(&binding, &kube::api::DeleteParams::default())
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(binding = %format!("{ns}/{binding}"), "gave up the agent's move rights on the management plane");
+            Ok(Revoked::Now)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Revoked::Already),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(binding = %format!("{ns}/{binding}"), "the agent may not delete its move rights' binding (render and apply its access objects again with this fledge): its token keeps the move rights");
+            Ok(Revoked::NotAllowed)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Cuts the agent's management token out of the Secrets the pivot copied into the local

@@ -26,6 +26,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fledge_generator::management::Names;
 use fledge_generator::spec::FledgeCluster;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -630,6 +631,21 @@ pub async fn apply(
                 "the deletion request was cancelled meanwhile".into(),
             ));
         }
+    }
+    // The move rights were given up after the pivot; `fledge delete` binds them again.
+    let bound = super::pivoted::move_rights_bound(&ctx.management, ns)
+        .await
+        .map_err(request(format!(
+            "ask the management plane whether the agent may move the cluster's objects into {ns}"
+        )))?;
+    if !bound {
+        let names = Names::new(ctx.spec.name.as_str());
+        return Ok(Step::Waiting(format!(
+            "the agent's move rights are not bound on the management plane (RoleBinding {ns}/{}), which the unpivot needs: `fledge delete` binds them, or `kubectl apply -f management.yaml -l {}={}`",
+            names.agent_move,
+            fledge_generator::management::MOVE_RIGHTS_LABEL.0,
+            fledge_generator::management::MOVE_RIGHTS_LABEL.1,
+        )));
     }
     let events = |e: &crate::pivot::apply::Event| progress_line(&e.to_string());
     let outcome = Pivot::new(

@@ -1,0 +1,180 @@
+//! `fledge delete`: deletes a cluster from the management plane side. Deleting its FledgeCluster
+//! makes the agent move the cluster's Cluster API objects back (the unpivot) and delete the
+//! Cluster there, after which Cluster API deprovisions its machines and the agent releases its
+//! finalizer. The agent gave up its move rights after the pivot, so this binds them again: their
+//! Role and RoleBinding, owned by the FledgeCluster, go with it.
+//!
+//! The order is delete, then bind: once the deletion is requested the agent keeps its move
+//! rights, while a binding made before could be given up again by an agent that has not seen
+//! the deletion yet.
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Preconditions, PropagationPolicy};
+use serde_json::Value;
+
+use crate::apply::{Applied, ApplyError, ApplyOptions, Target};
+use crate::management::Names;
+use crate::spec::CheckedCluster;
+
+/// What [`delete`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deleted {
+    /// There was no FledgeCluster.
+    NotFound,
+    /// The FledgeCluster is gone (no agent held it: nothing was pivoted).
+    Gone,
+    /// The agent holds the FledgeCluster until its unpivot is done; its move rights are bound.
+    Unpivoting,
+}
+
+fn fledge_clusters(target: &Target, c: &CheckedCluster) -> Api<DynamicObject> {
+    let ar = ApiResource {
+        group: "fledge.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: crate::spec::API_VERSION.into(),
+        kind: "FledgeCluster".into(),
+        plural: "fledgeclusters".into(),
+    };
+    Api::namespaced_with(target.client.clone(), c.namespace.as_str(), &ar)
+}
+
+fn request(target: &Target, object: String) -> impl FnOnce(kube::Error) -> ApplyError {
+    let server = target.server.clone();
+    move |source| match source {
+        kube::Error::Api(s) if s.code == 401 || s.code == 403 => ApplyError::Unauthorized {
+            server,
+            code: s.code,
+            message: s.message,
+        },
+        source => ApplyError::Request { object, source },
+    }
+}
+
+/// Deletes the request's FledgeCluster (background propagation, as kubectl) unless its deletion
+/// was requested before, then binds the agent's move rights (`objects`: the request's rendered
+/// management objects, of which the move Role and RoleBinding are taken) while the agent holds
+/// it. `progress` gets each line kubectl would print. Idempotent: running it again re-binds the
+/// rights of an unpivot that is still waiting for them.
+pub async fn delete(
+    target: &Target,
+    c: &CheckedCluster,
+    objects: &[Value],
+    mut progress: impl FnMut(&str),
+) -> Result<Deleted, ApplyError> {
+    let (ns, name) = (c.namespace.as_str(), c.name.as_str());
+    let label = format!("fledgecluster.fledge.dev/{name}");
+    let api = fledge_clusters(target, c);
+    let Some(fc) = api
+        .get_opt(name)
+        .await
+        .map_err(request(target, label.clone()))?
+    else {
+        return Ok(Deleted::NotFound);
+    };
+    if fc.metadata.deletion_timestamp.is_none() {
+        let dp = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: fc.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &dp).await {
+            Ok(_) => progress(&format!("{label} deleted")),
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Deleted::Gone),
+            Err(e) => return Err(request(target, label)(e)),
+        }
+    }
+    // Still there: the agent holds it until the cluster's objects are back and the Cluster is
+    // deleted here.
+    let Some(fc) = api
+        .get_opt(name)
+        .await
+        .map_err(request(target, label.clone()))?
+    else {
+        return Ok(Deleted::Gone);
+    };
+    let names = Names::new(name);
+    let mut rights: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            o["metadata"]["name"] == names.agent_move.as_str()
+                && o["metadata"]["namespace"] == ns
+                && (o["kind"] == "Role" || o["kind"] == "RoleBinding")
+        })
+        .cloned()
+        .collect();
+    if let Some(uid) = &fc.metadata.uid {
+        crate::management::own_access(&mut rights, c, uid);
+    }
+    crate::apply::apply(target, &rights, &ApplyOptions::default(), |a: &Applied| {
+        progress(&a.to_string())
+    })
+    .await?;
+    Ok(Deleted::Unpivoting)
+}
+
+/// What `--wait` sees of a FledgeCluster being deleted: the agent's phase and pivot state, or
+/// None once it is gone.
+pub async fn observe(target: &Target, c: &CheckedCluster) -> Result<Option<String>, ApplyError> {
+    let label = format!("fledgecluster.fledge.dev/{}", c.name);
+    let Some(fc) = fledge_clusters(target, c)
+        .get_opt(c.name.as_str())
+        .await
+        .map_err(request(target, label))?
+    else {
+        return Ok(None);
+    };
+    let status = &fc.data["status"];
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let mut line = format!(
+        "agent phase {}, pivot {}",
+        text(&status["phase"]),
+        text(&status["pivot"]["state"])
+    );
+    // The first condition that is not True says what the agent waits for.
+    let waiting = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["status"] != "True");
+    if let Some(c) = waiting {
+        line.push_str(&format!(
+            "; {} {}: {}",
+            text(&c["type"]),
+            text(&c["reason"]),
+            text(&c["message"])
+        ));
+    }
+    Ok(Some(line))
+}
+
+/// Waits until the FledgeCluster is gone, looking every `every`, at most `timeout`; `progress`
+/// gets each new status line. Ok(true) when gone, Ok(false) at the timeout.
+pub async fn wait_gone(
+    target: &Target,
+    c: &CheckedCluster,
+    timeout: Duration,
+    every: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<bool, ApplyError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        match observe(target, c).await? {
+            None => return Ok(true),
+            Some(line) if line != last => {
+                progress(&line);
+                last = line;
+            }
+            Some(_) => {}
+        }
+        if tokio::time::Instant::now() + every > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
