@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark: one cluster on real nodes (CAPD-made containers, real kubeadm; see the README's
+# Benchmark: one cluster on real nodes (CAPD-made containers, real kubeadm; see docs/testing.md,
 # "Real nodes"), built twice in the same run on the same machine:
 #   decentralized  fledge apply -> CP-A (KCP replicas 1) -> the baked agent pivots and scales
 #                  out (tests/tests/real_nodes.rs a_cluster_builds_itself_on_real_nodes_and_goes_away)

@@ -89,7 +89,7 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
 /// `cluster.x-k8s.io/deployment-name`), named like what they check; none for a switched-off
 /// check. They are rendered for the workload cluster only, where the agent applies them after
 /// the pivot: on the management plane the KubeadmControlPlane has one machine, which Cluster
-/// API never remediates once the control plane is initialized (README, "Health checks").
+/// API never remediates once the control plane is initialized (docs/request.md, "Health checks").
 fn health_checks(c: &CheckedCluster) -> Vec<Value> {
     let cluster = c.name.as_str();
     let mut out = Vec::new();

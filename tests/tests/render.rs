@@ -442,11 +442,11 @@ fn no_credentials_in_examples_or_rendered_output() {
 }
 
 #[test]
-fn readme_machine_field_table_matches_the_providers() {
+fn the_documented_machine_field_table_matches_the_providers() {
     use fledge_generator::providers::{self, Need};
-    let readme = std::fs::read_to_string(workspace_root().join("README.md")).unwrap();
+    let doc = std::fs::read_to_string(workspace_root().join("docs/request.md")).unwrap();
     let mut seen = 0;
-    for line in readme.lines() {
+    for line in doc.lines() {
         let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
         let Some(kind) = ProviderKind::ALL.iter().find(|k| cells[0] == k.as_str()) else {
             continue;
@@ -472,7 +472,12 @@ fn readme_machine_field_table_matches_the_providers() {
             r.machine_type,
         ]
         .map(|n| mark(n).to_string());
-        assert_eq!(got, want, "README machine table row for {}", kind.as_str());
+        assert_eq!(
+            got,
+            want,
+            "docs/request.md machine table row for {}",
+            kind.as_str()
+        );
         if r.disk_gib.0 != Need::Unused {
             assert!(cells[3].contains(&format!(">= {}", r.disk_gib.1)), "{line}");
         }
@@ -481,7 +486,11 @@ fn readme_machine_field_table_matches_the_providers() {
         assert_eq!(cells[8] == "required", p.needs_endpoint(), "{line}");
         seen += 1;
     }
-    assert_eq!(seen, ProviderKind::ALL.len(), "one README row per provider");
+    assert_eq!(
+        seen,
+        ProviderKind::ALL.len(),
+        "one docs/request.md row per provider"
+    );
 }
 
 /// The agent's cluster-scoped RBAC objects are named `fledge:<namespace>:<cluster>-fledge-agent`

@@ -13,9 +13,9 @@ use clap::{Parser, Subcommand};
 
 use crate::install::{self, Target};
 
-/// The fledge node agent: a systemd service on a cluster's first control-plane node that
-/// installs the Cluster API providers, takes the cluster's objects over from the management
-/// plane and scales the cluster out.
+/// The fledge node agent: a systemd service on a cluster's control-plane nodes; the one that
+/// leads installs the Cluster API providers, takes the cluster's objects over from the
+/// management plane, scales the cluster out and keeps it running from a local copy of its spec.
 #[derive(Parser, Debug)]
 #[command(name = "fledge-agent", version = crate::VERSION, max_term_width = 100)]
 pub struct Cli {
@@ -60,10 +60,11 @@ pub enum Cmd {
     /// Run the agent (what the systemd unit starts): keep the spec cached, run the phases, report
     /// status.
     ///
-    /// The phases (ProvidersInstalled, Pivoted, ScaledOut, AddonsReady, then Steady for good)
-    /// run from the journal in the state directory; a restart resumes where the last run stopped
-    /// (`fledge-agent plan` shows what comes next). Deleting the FledgeCluster makes the agent
-    /// unpivot into the management plane, which deletes the cluster (Unpivoted, Released). The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a
+    /// The phases (CoreLayers, ProvidersInstalled, Pivoted, ScaledOut, AddonsReady, then Steady
+    /// for good) run from the journal in the state directory; a restart resumes where the last
+    /// run stopped (`fledge-agent plan` shows what comes next). Deleting the FledgeCluster makes
+    /// the agent unpivot into the management plane, which deletes the cluster (Unpivoted,
+    /// Released). The first SIGTERM or SIGINT stops new work and lets in-flight work finish; a
     /// second one exits at once.
     Run {
         /// Configuration file.
