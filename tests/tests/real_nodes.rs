@@ -15,8 +15,11 @@
 //! join` → add-on layer → Steady. Then a day-2 change (one more worker) that reaches Ready with
 //! the management plane stopped; with it still stopped, a worker's container is killed and the
 //! cluster's own MachineHealthCheck and controllers replace it (with 3 control planes, a
-//! control-plane node other than CP-A too); then the deletion of the FledgeCluster: unpivot, and
-//! the management plane's CAPD removes every container.
+//! control-plane node other than CP-A too); a control-plane rollout replaces CP-A, and the agent
+//! on a new control-plane node takes the leader Lease and goes on from the state held in the
+//! cluster, the management plane still stopped; with it back, that agent applies a later change
+//! (one worker less); then `fledge delete`: unpivot, and the management plane's CAPD removes
+//! every container.
 //!
 //! `FLEDGE_REAL_NODES_CP` sets the control-plane size (default 1 in this test; the benchmark
 //! `benches/real-nodes.sh` runs 3).
@@ -30,7 +33,7 @@ use fledge_agent::journal::{Journal, Phase};
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip, tail};
 use fledge_tests::install::{clusterctl_inventory_versions, install_fledge_crds};
-use kube::api::{DeleteParams, DynamicObject, ListParams};
+use kube::api::{DynamicObject, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -453,6 +456,96 @@ async fn kill_and_wait_replaced(
     killed.elapsed()
 }
 
+/// Restarts the control plane's rollout in the workload cluster (KCP `spec.rollout.after` = now,
+/// as `clusterctl alpha rollout restart`) and waits until CP-A's container is gone, another
+/// control-plane node's agent holds the leader Lease, and the cluster is back to `want` Ready
+/// nodes. Returns the takeover time (the new holder's acquireTime minus the last renewal of
+/// CP-A's agent seen, polled every 5 s: an upper bound) and the new leader's container.
+async fn cp_a_replaced(
+    mgmt: &TestCluster,
+    workload: &kube::Client,
+    want: usize,
+) -> (Duration, String) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cp_a = cp_a().expect("CP-A's container");
+    let leases: Api<Lease> = Api::namespaced(workload.clone(), "kube-system");
+    let lease = || async {
+        let l = leases
+            .get("fledge-agent")
+            .await
+            .map_err(|e| format!("the leader Lease: {e}"))?;
+        let spec = l.spec.unwrap_or_default();
+        Ok::<_, String>((
+            spec.holder_identity.unwrap_or_default(),
+            spec.renew_time.map(|t| t.0),
+            spec.acquire_time.map(|t| t.0),
+        ))
+    };
+    let (holder, ..) = lease().await.expect("the leader Lease");
+    assert_eq!(holder, cp_a, "CP-A's agent leads before the rollout");
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    api(
+        workload,
+        "controlplane.cluster.x-k8s.io/v1beta2",
+        "KubeadmControlPlane",
+    )
+    .patch(
+        &format!("{NAME}-control-plane"),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"spec": {"rollout": {"after": now}}})),
+    )
+    .await
+    .expect("restart the control plane's rollout");
+    let started = Instant::now();
+    let last_renew = std::sync::Mutex::new(None);
+    let (leader, acquired) = wait_for(
+        mgmt,
+        "CP-A replaced and another node's agent leading",
+        Duration::from_secs(1500),
+        || {
+            let (last_renew, cp_a) = (&last_renew, &cp_a);
+            async move {
+                let (holder, renewed, acquired) = lease().await?;
+                if holder == *cp_a {
+                    *last_renew.lock().unwrap() = renewed;
+                }
+                let gone = !containers().contains(cp_a);
+                match acquired {
+                    Some(at) if gone && !holder.is_empty() && holder != *cp_a => Ok((holder, at)),
+                    _ => Err(format!(
+                        "Lease held by {holder:?}; CP-A's container gone: {gone}"
+                    )),
+                }
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "[real-nodes] CP-A's container {cp_a} removed by the rollout, {leader} leading, after {:.0?}",
+        started.elapsed()
+    );
+    let last = last_renew
+        .lock()
+        .unwrap()
+        .expect("a renewal of CP-A's agent seen");
+    let takeover = Duration::try_from(acquired.duration_since(last)).unwrap_or_default();
+    wait_for(
+        mgmt,
+        "every node Ready after the rollout",
+        Duration::from_secs(600),
+        || async {
+            let n = nodes(workload).await?;
+            if n.len() == want && n.iter().all(|(_, r)| *r) {
+                Ok(())
+            } else {
+                Err(format!("nodes: {n:?}"))
+            }
+        },
+    )
+    .await;
+    (takeover, leader)
+}
+
 /// Kills node `container` and checks every 5 s for `window` that nothing takes its place (the
 /// centralized model with its management plane stopped); at the end the node is still there and
 /// not Ready. Returns the nodes as last seen.
@@ -760,6 +853,12 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
             "[real-nodes] management plane stopped: control-plane node {other} killed, the control plane back to {control_planes} Ready after {cp_back:.0?}"
         );
     }
+    // 5. The agent outlives CP-A: a control-plane rollout (what `clusterctl alpha rollout
+    // restart` does, and what an upgrade or the certificates' expiry bring) replaces every
+    // control-plane machine, the oldest, CP-A, first. The agent on a new control-plane node
+    // takes the leader Lease and goes on from the cluster-held state, the management plane
+    // still stopped.
+    let (takeover, leader) = cp_a_replaced(&mgmt, &workload, want + 1).await;
     mgmt.start_apiserver()
         .await
         .expect("restart the management plane");
@@ -770,11 +869,64 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         .await
         .expect("restart CAPD on the management plane");
 
-    // 5. Deletion: unpivot, and the management plane's CAPD removes every container.
-    fledge_clusters(&client)
-        .delete(NAME, &DeleteParams::default())
+    // 6. The new leader keeps reconciling: a later change (back to one worker) is applied.
+    let generation = fledge_clusters(&client)
+        .get(NAME)
         .await
-        .expect("delete the FledgeCluster");
+        .unwrap()
+        .metadata
+        .generation
+        .unwrap_or(0);
+    write_request(&request_path, &server, control_planes, 1);
+    fledge_apply(&mgmt.kubeconfig, &request_path, &[]);
+    let changed = Instant::now();
+    wait_for(
+        &mgmt,
+        "the new leader applying a later change (one worker)",
+        Duration::from_secs(600),
+        || async {
+            let fc = fledge_clusters(&client)
+                .get(NAME)
+                .await
+                .map_err(|e| e.to_string())?;
+            let seen = fc.data["status"]["observedGeneration"]
+                .as_i64()
+                .unwrap_or(0);
+            let n = nodes(&workload).await?;
+            if seen > generation && n.len() == want && n.iter().all(|(_, r)| *r) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "observedGeneration {seen} (was {generation}); nodes {n:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    let j = journal(&leader).expect("the new leader's journal");
+    assert!(j.done(Phase::Steady), "{j:#?}");
+    eprintln!(
+        "[real-nodes] after CP-A's replacement: the agent on {leader} took over {takeover:.1?} after CP-A's agent last renewed the Lease; a later change applied after {:.0?}",
+        changed.elapsed()
+    );
+
+    // 7. Deletion, as `fledge delete` does it (the agent gave up its move rights after the
+    // pivot; this binds them again): unpivot, and the management plane's CAPD removes every
+    // container.
+    let out = Command::new(fledge_tests::binary("fledge"))
+        .arg("delete")
+        .arg(&request_path)
+        .arg("--kubeconfig")
+        .arg(&mgmt.kubeconfig)
+        .output()
+        .expect("run fledge");
+    assert!(
+        out.status.success(),
+        "fledge delete failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
     wait_for(
         &mgmt,
         "every container removed",
