@@ -483,7 +483,13 @@ async fn cp_a_replaced(
     };
     let (holder, ..) = lease().await.expect("the leader Lease");
     assert_eq!(holder, cp_a, "CP-A's agent leads before the rollout");
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    // Whole seconds, as clusterctl writes it: a machine created in the same second as a
+    // fractional `after` counts as older than it and is rolled out again.
+    let now = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second(),
+    )
+    .expect("now")
+    .to_string();
     api(
         workload,
         "controlplane.cluster.x-k8s.io/v1beta2",
@@ -859,6 +865,9 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     // takes the leader Lease and goes on from the cluster-held state, the management plane
     // still stopped.
     let (takeover, leader) = cp_a_replaced(&mgmt, &workload, want + 1).await;
+    eprintln!(
+        "[real-nodes] management plane stopped: the agent on {leader} took the leader Lease {takeover:.1?} after CP-A's agent last renewed it"
+    );
     mgmt.start_apiserver()
         .await
         .expect("restart the management plane");
@@ -906,7 +915,7 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
     let j = journal(&leader).expect("the new leader's journal");
     assert!(j.done(Phase::Steady), "{j:#?}");
     eprintln!(
-        "[real-nodes] after CP-A's replacement: the agent on {leader} took over {takeover:.1?} after CP-A's agent last renewed the Lease; a later change applied after {:.0?}",
+        "[real-nodes] after CP-A's replacement: the new leader {leader} applied a later change after {:.0?}",
         changed.elapsed()
     );
 
