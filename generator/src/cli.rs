@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 use serde::Deserialize;
 
+use crate::diagnostics::print_warnings;
 use crate::output::{self, OutputFile};
 use crate::render::{Templates, yaml};
 use crate::seed::{self, SeedFormat};
@@ -218,27 +219,6 @@ pub struct ValidateArgs {
     pub request: PathBuf,
 }
 
-/// An error and its causes, each once, as both binaries print them before exiting non-zero.
-pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut msg = format!("error: {err}");
-    for cause in err.chain().skip(1) {
-        msg.push_str(&format!("\n  caused by: {cause}"));
-    }
-    msg
-}
-
-/// Installs the tracing subscriber both binaries use: logs on stderr (stdout carries data),
-/// filtered by `FLEDGE_LOG` (env-filter syntax), else `default`.
-pub fn init_logging(default: &str) {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLEDGE_LOG")
-                .unwrap_or_else(|_| default.into()),
-        )
-        .init();
-}
-
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -247,7 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(args) => delete(&args),
         Command::Validate(args) => {
             let checked = spec::load_request(&args.request)?;
-            warn(&args.request, &checked);
+            print_warnings(&args.request, &checked);
             eprintln!(
                 "{}: valid FledgeCluster {}/{} ({}, CAPI {})",
                 args.request.display(),
@@ -301,7 +281,7 @@ pub struct RenderOptions {
 /// Renders every artifact of a request into memory, in output order.
 pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<OutputFile>> {
     let checked = spec::load_request(request)?;
-    warn(request, &checked);
+    print_warnings(request, &checked);
     let templates = templates(opts.templates.as_deref())?;
     let objects = management::objects(&checked, &templates)?;
     let limit = opts
@@ -345,13 +325,6 @@ pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<
     Ok(files)
 }
 
-/// Prints what the request lacks that a real node needs, when it is not an error (on stderr).
-fn warn(request: &Path, checked: &spec::CheckedCluster) {
-    for w in spec::warnings(checked) {
-        eprintln!("warning: {}: {w}", request.display());
-    }
-}
-
 fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     if args.wait.is_some() && args.dry_run != DryRun::None {
         anyhow::bail!(
@@ -359,7 +332,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         );
     }
     let checked = spec::load_request(&args.request)?;
-    warn(&args.request, &checked);
+    print_warnings(&args.request, &checked);
     let templates = templates(args.templates.as_deref())?;
     let mut objects = management::objects(&checked, &templates)?;
     if args.install_crds {

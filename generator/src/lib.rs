@@ -8,6 +8,7 @@ pub mod apply;
 pub mod cli;
 pub mod cloudinit;
 pub mod delete;
+pub mod diagnostics;
 pub mod management;
 pub mod output;
 pub mod providers;
