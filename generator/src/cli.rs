@@ -9,11 +9,12 @@ use kube::CustomResourceExt;
 use serde::Deserialize;
 
 use crate::diagnostics::print_warnings;
-use crate::output::{self, OutputFile};
+use crate::output;
+use crate::render::pipeline::{RenderOptions, render_files};
 use crate::render::{Templates, yaml};
 use crate::seed::{self, SeedFormat};
 use crate::spec::{self, ClusterProfile, FledgeCluster};
-use crate::{cloudinit, management, workload};
+use crate::{cloudinit, management};
 
 /// Render Cluster API objects, cloud-init and seed images for a decentralized cluster.
 ///
@@ -258,73 +259,6 @@ pub fn crd_yaml() -> String {
     yaml::documents(&docs)
 }
 
-fn templates(dir: Option<&Path>) -> anyhow::Result<Templates> {
-    Ok(match dir {
-        Some(d) => Templates::with_overrides(d)?,
-        None => Templates::embedded(),
-    })
-}
-
-/// Options of [`render_files`].
-#[derive(Debug, Clone, Default)]
-pub struct RenderOptions {
-    /// Template override directory.
-    pub templates: Option<PathBuf>,
-    /// User-data limit; the provider's default when `None`.
-    pub max_user_data: Option<usize>,
-    /// Management credentials to embed in CP-A's user-data.
-    pub credentials: cloudinit::Credentials,
-    /// Seed image to build.
-    pub seed: Option<SeedFormat>,
-}
-
-/// Renders every artifact of a request into memory, in output order.
-pub fn render_files(request: &Path, opts: &RenderOptions) -> anyhow::Result<Vec<OutputFile>> {
-    let checked = spec::load_request(request)?;
-    print_warnings(request, &checked);
-    let templates = templates(opts.templates.as_deref())?;
-    let objects = management::objects(&checked, &templates)?;
-    let limit = opts
-        .max_user_data
-        .unwrap_or_else(|| cloudinit::default_limit(checked.provider()));
-    let seed = cloudinit::render(&checked, &templates, &opts.credentials, limit)?;
-    for path in &seed.compressed {
-        tracing::info!(file = %path, "compressed with gzip+base64 to fit the user-data limit");
-    }
-    let mut files = vec![
-        OutputFile::public("management.yaml", yaml::documents(&objects)),
-        OutputFile {
-            path: "cp-a/user-data".into(),
-            contents: seed.user_data.into_bytes(),
-            mode: 0o600,
-        },
-        OutputFile::public("cp-a/meta-data", seed.meta_data),
-    ];
-    if let Some(format) = opts.seed {
-        let content = seed::SeedContent {
-            user_data: files[1].contents.clone(),
-            meta_data: files[2].contents.clone(),
-            network_config: seed.network_config.as_ref().map(|n| n.clone().into_bytes()),
-            vendor_data: None,
-        };
-        let image = seed::build(format, &content)?;
-        files.push(OutputFile {
-            path: PathBuf::from("cp-a").join(format.file_name()),
-            contents: image,
-            mode: 0o600,
-        });
-    }
-    if let Some(net) = seed.network_config {
-        files.push(OutputFile::public("cp-a/network-config", net));
-    }
-    let workload = workload::objects(&checked, &templates)?;
-    files.push(OutputFile::public(
-        "workload.yaml",
-        yaml::documents(&workload),
-    ));
-    Ok(files)
-}
-
 fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     if args.wait.is_some() && args.dry_run != DryRun::None {
         anyhow::bail!(
@@ -333,7 +267,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     }
     let checked = spec::load_request(&args.request)?;
     print_warnings(&args.request, &checked);
-    let templates = templates(args.templates.as_deref())?;
+    let templates = Templates::load(args.templates.as_deref())?;
     let mut objects = management::objects(&checked, &templates)?;
     if args.install_crds {
         let crds = serde_yaml::Deserializer::from_str(&crd_yaml())
@@ -422,7 +356,7 @@ fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
 fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
     use crate::delete::Deleted;
     let checked = spec::load_request(&args.request)?;
-    let templates = templates(args.templates.as_deref())?;
+    let templates = Templates::load(args.templates.as_deref())?;
     let objects = management::objects(&checked, &templates)?;
     let (ns, name) = (checked.namespace.as_str(), checked.name.as_str());
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,9 @@
 //! Templates: structure comes from minijinja templates in `templates/`, values from the checked
 //! spec. Every value a template prints is emitted as an escaped YAML scalar (see [`yaml`]), so no
 //! user string can change a document's structure. Every rendered document is parsed back.
+//! [`pipeline`] renders a whole request into the files `fledge render` writes.
 
+pub mod pipeline;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +63,14 @@ impl Templates {
         let mut env = environment();
         minijinja_embed::load_templates!(&mut env);
         Templates { env }
+    }
+
+    /// The embedded templates, replaced from `overrides` when it is given.
+    pub fn load(overrides: Option<&Path>) -> Result<Self, RenderError> {
+        match overrides {
+            Some(dir) => Self::with_overrides(dir),
+            None => Ok(Self::embedded()),
+        }
     }
 
     /// Embedded templates, with any file present under `dir` (same relative name) used instead.
