@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fledge_generator::cli::{RenderOptions, render_files};
+use fledge_generator::render::pipeline::{RenderOptions, render_files};
 use fledge_generator::seed::SeedFormat;
 
 fn main() -> anyhow::Result<()> {

@@ -3,11 +3,24 @@
 //!
 //! The flow is parse → validate → render: [`spec::load_request`] gives a
 //! [`spec::CheckedCluster`], the only input [`management::objects`] and friends accept.
+//!
+//! Where things live:
+//! - the request: [`spec`] (types, parsing, validation; [`schema`] checks against CRD schemas,
+//!   [`yaml`] reads outside YAML safely), [`providers`] (one module per infrastructure provider);
+//! - rendering: [`render`] (the templates of `templates/`, embedded by `build.rs`, and
+//!   [`render::pipeline`], a request to every output file), [`management`], [`workload`] and
+//!   [`cloudinit`] (the objects and CP-A's seed content), [`seed`] (seed images), [`output`]
+//!   (the atomic output directory);
+//! - the management cluster: [`apply`], [`delete`], [`wait`], [`token`];
+//! - the `fledge` binary: [`cli`] (clap definition and dispatch), [`commands`] (each
+//!   subcommand's body), [`diagnostics`] (error chain, warnings, logging; the agent uses it too).
 
 pub mod apply;
 pub mod cli;
 pub mod cloudinit;
+pub mod commands;
 pub mod delete;
+pub mod diagnostics;
 pub mod management;
 pub mod output;
 pub mod providers;

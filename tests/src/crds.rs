@@ -162,7 +162,7 @@ impl SchemaSet {
 
 /// fledge's own CRDs as JSON.
 pub fn own_crds() -> Vec<Value> {
-    let text = fledge_generator::cli::crd_yaml();
+    let text = fledge_generator::spec::crd_yaml();
     serde_yaml::Deserializer::from_str(&text)
         .filter_map(|d| Value::deserialize(d).ok())
         .collect()

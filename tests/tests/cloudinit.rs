@@ -5,9 +5,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use fledge_generator::cli::{RenderOptions, render_files};
 use fledge_generator::cloudinit::{self, CloudInitError, Credentials};
 use fledge_generator::render::Templates;
+use fledge_generator::render::pipeline::{RenderOptions, render_files};
 use fledge_generator::spec;
 use fledge_tests::{missing, workspace_root};
 use serde_json::{Value, json};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fledge_generator::cli::render_files;
+use fledge_generator::render::pipeline::render_files;
 use fledge_generator::spec::{self, MAX_REQUEST_BYTES, ProviderKind};
 use fledge_tests::crds::{SchemaSet, crds_dir, dirs_for};
 use fledge_tests::{missing, workspace_root};

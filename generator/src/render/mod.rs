@@ -1,86 +1,15 @@
 //! Templates: structure comes from minijinja templates in `templates/`, values from the checked
 //! spec. Every value a template prints is emitted as an escaped YAML scalar (see [`yaml`]), so no
 //! user string can change a document's structure. Every rendered document is parsed back.
+//! [`pipeline`] renders a whole request into the files `fledge render` writes.
 
+pub mod pipeline;
 pub mod yaml;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
-
-/// Templates compiled into the binary: (name, source).
-const EMBEDDED: &[(&str, &str)] = &[
-    (
-        "management/namespace.yaml.j2",
-        include_str!("../../../templates/management/namespace.yaml.j2"),
-    ),
-    (
-        "management/cluster.yaml.j2",
-        include_str!("../../../templates/management/cluster.yaml.j2"),
-    ),
-    (
-        "management/kubeadmcontrolplane.yaml.j2",
-        include_str!("../../../templates/management/kubeadmcontrolplane.yaml.j2"),
-    ),
-    (
-        "management/agent-access.yaml.j2",
-        include_str!("../../../templates/management/agent-access.yaml.j2"),
-    ),
-    (
-        "workload/machinedeployment.yaml.j2",
-        include_str!("../../../templates/workload/machinedeployment.yaml.j2"),
-    ),
-    (
-        "workload/kubeadmconfigtemplate.yaml.j2",
-        include_str!("../../../templates/workload/kubeadmconfigtemplate.yaml.j2"),
-    ),
-    (
-        "workload/machinehealthcheck.yaml.j2",
-        include_str!("../../../templates/workload/machinehealthcheck.yaml.j2"),
-    ),
-    (
-        "node/kube-vip.yaml.j2",
-        include_str!("../../../templates/node/kube-vip.yaml.j2"),
-    ),
-    (
-        "agent/config.yaml.j2",
-        include_str!("../../../templates/agent/config.yaml.j2"),
-    ),
-    (
-        "cloudinit/user-data.yaml.j2",
-        include_str!("../../../templates/cloudinit/user-data.yaml.j2"),
-    ),
-    (
-        "cloudinit/kubeadm.yaml.j2",
-        include_str!("../../../templates/cloudinit/kubeadm.yaml.j2"),
-    ),
-    (
-        "infra/vsphere.yaml.j2",
-        include_str!("../../../templates/infra/vsphere.yaml.j2"),
-    ),
-    (
-        "infra/aws.yaml.j2",
-        include_str!("../../../templates/infra/aws.yaml.j2"),
-    ),
-    (
-        "infra/azure.yaml.j2",
-        include_str!("../../../templates/infra/azure.yaml.j2"),
-    ),
-    (
-        "infra/gcp.yaml.j2",
-        include_str!("../../../templates/infra/gcp.yaml.j2"),
-    ),
-    (
-        "infra/maas.yaml.j2",
-        include_str!("../../../templates/infra/maas.yaml.j2"),
-    ),
-    (
-        "infra/docker.yaml.j2",
-        include_str!("../../../templates/infra/docker.yaml.j2"),
-    ),
-];
 
 /// Errors from rendering a template.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +51,8 @@ pub enum RenderError {
     },
 }
 
-/// The template set: embedded templates, each replaceable from an override directory.
+/// The template set: the `.j2` files of `templates/`, embedded at build time (`build.rs`), each
+/// replaceable from an override directory.
 pub struct Templates {
     env: Environment<'static>,
 }
@@ -130,97 +60,52 @@ pub struct Templates {
 impl Templates {
     /// The templates compiled into the binary.
     pub fn embedded() -> Self {
-        Self::build(BTreeMap::new())
+        let mut env = environment();
+        minijinja_embed::load_templates!(&mut env);
+        Templates { env }
+    }
+
+    /// The embedded templates, replaced from `overrides` when it is given.
+    pub fn load(overrides: Option<&Path>) -> Result<Self, RenderError> {
+        match overrides {
+            Some(dir) => Self::with_overrides(dir),
+            None => Ok(Self::embedded()),
+        }
     }
 
     /// Embedded templates, with any file present under `dir` (same relative name) used instead.
+    /// Every file under `dir` must name an embedded template.
     pub fn with_overrides(dir: &Path) -> Result<Self, RenderError> {
-        let mut overrides = BTreeMap::new();
-        for (name, _) in EMBEDDED {
-            let path = dir.join(name);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    overrides.insert(name.to_string(), text);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(RenderError::ReadOverrides { path, source }),
-            }
-        }
         if !dir.is_dir() {
             return Err(RenderError::ReadOverrides {
                 path: dir.to_path_buf(),
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
             });
         }
-        // Every file under the directory must be one of the templates.
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            let entries = std::fs::read_dir(&d).map_err(|source| RenderError::ReadOverrides {
-                path: d.clone(),
-                source,
-            })?;
-            for entry in entries {
-                let path = entry
-                    .map_err(|source| RenderError::ReadOverrides {
-                        path: d.clone(),
-                        source,
-                    })?
-                    .path();
-                if path.is_dir() {
-                    stack.push(path);
-                    continue;
-                }
-                let rel = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy();
-                if !EMBEDDED.iter().any(|(name, _)| *name == rel) {
-                    let known: Vec<&str> = EMBEDDED.iter().map(|(n, _)| *n).collect();
-                    return Err(RenderError::UnknownOverride {
-                        path,
-                        known: known.join(", "),
-                    });
-                }
+        let mut templates = Self::embedded();
+        for (name, path) in files_under(dir)? {
+            if !templates.names().contains(&name.as_str()) {
+                return Err(RenderError::UnknownOverride {
+                    path,
+                    known: templates.names().join(", "),
+                });
             }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| RenderError::ReadOverrides { path, source })?;
+            templates
+                .env
+                .add_template_owned(name.clone(), text)
+                .map_err(|e| RenderError::Template {
+                    name,
+                    message: format!("{e:#}"),
+                })?;
         }
-        Ok(Self::build(overrides))
+        Ok(templates)
     }
 
-    fn build(overrides: BTreeMap<String, String>) -> Self {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
-            .trim_blocks(true)
-            .lstrip_blocks(true)
-            .keep_trailing_newline(true)
-            .build()
-        {
-            env.set_syntax(syntax);
-        }
-        env.set_formatter(|out, _state, value| {
-            if value.is_undefined() {
-                return Err(minijinja::Error::new(
-                    minijinja::ErrorKind::UndefinedError,
-                    "undefined value printed",
-                ));
-            }
-            let json = serde_json::to_value(value).map_err(|e| {
-                minijinja::Error::new(
-                    minijinja::ErrorKind::BadSerialization,
-                    "value cannot be written as YAML",
-                )
-                .with_source(e)
-            })?;
-            out.write_str(&yaml::inline(&json))
-                .map_err(minijinja::Error::from)
-        });
-        env.set_loader(move |name| {
-            if let Some(text) = overrides.get(name) {
-                return Ok(Some(text.clone()));
-            }
-            Ok(EMBEDDED
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, src)| src.to_string()))
-        });
-        Templates { env }
+    /// The template names, sorted.
+    fn names(&self) -> Vec<&str> {
+        self.env.templates().map(|(name, _)| name).collect()
     }
 
     /// Renders `name` with `ctx` and parses the result back into its YAML documents
@@ -257,10 +142,79 @@ impl Templates {
     }
 }
 
+/// An environment without templates: strict about undefined values, every printed value an
+/// escaped YAML scalar.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .keep_trailing_newline(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env.set_formatter(|out, _state, value| {
+        if value.is_undefined() {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::UndefinedError,
+                "undefined value printed",
+            ));
+        }
+        let json = serde_json::to_value(value).map_err(|e| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::BadSerialization,
+                "value cannot be written as YAML",
+            )
+            .with_source(e)
+        })?;
+        out.write_str(&yaml::inline(&json))
+            .map_err(minijinja::Error::from)
+    });
+    env
+}
+
+/// Every file under `dir`, as (name relative to `dir`, path), sorted by name.
+fn files_under(dir: &Path) -> Result<Vec<(String, PathBuf)>, RenderError> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let read_error = |source| RenderError::ReadOverrides {
+            path: d.clone(),
+            source,
+        };
+        for entry in std::fs::read_dir(&d).map_err(read_error)? {
+            let path = entry.map_err(read_error)?.path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let name = path.strip_prefix(dir).unwrap_or(&path).to_string_lossy();
+            files.push((name.into_owned(), path));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_j2_file_under_templates_is_embedded_under_its_relative_name() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates");
+        let expected: Vec<String> = files_under(&root)
+            .unwrap()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| name.ends_with(".j2"))
+            .collect();
+        assert!(expected.contains(&"management/cluster.yaml.j2".to_string()));
+        assert_eq!(Templates::embedded().names(), expected);
+    }
 
     #[test]
     fn an_override_file_that_names_no_template_is_an_error() {

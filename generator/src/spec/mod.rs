@@ -16,6 +16,8 @@ pub use types::*;
 
 use std::collections::BTreeMap;
 
+use kube::CustomResourceExt;
+
 use crate::providers;
 use crate::schema::Violation;
 
@@ -124,6 +126,15 @@ impl CheckedCluster {
         }
         obj
     }
+}
+
+/// The CRDs of FledgeCluster and ClusterProfile as a multi-document YAML stream (`fledge crd`).
+pub fn crd_yaml() -> String {
+    let docs: Vec<serde_json::Value> = [FledgeCluster::crd(), ClusterProfile::crd()]
+        .into_iter()
+        .map(|c| serde_json::to_value(c).unwrap_or_default())
+        .collect();
+    crate::render::yaml::documents(&docs)
 }
 
 /// Metadata of a request document.
