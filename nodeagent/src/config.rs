@@ -240,7 +240,7 @@ impl AgentConfig {
         if word == text || word.is_empty() {
             return Ok(false);
         }
-        crate::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| ConfigError {
+        crate::state::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| ConfigError {
             file: token.clone(),
             problem: format!(
                 "the management token has whitespace around it, which the Kubernetes client would \

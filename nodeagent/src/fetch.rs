@@ -355,7 +355,7 @@ pub async fn ensure(base: &Path, f: &Fetch) -> Result<bool, FetchError> {
         .tempdir_in(&parent)
         .map_err(werr(&parent))?;
     for (name, bytes) in &files {
-        crate::fsutil::write_atomic(&tmp.path().join(name), bytes, 0o644)
+        crate::state::fsutil::write_atomic(&tmp.path().join(name), bytes, 0o644)
             .map_err(werr(&tmp.path().join(name)))?;
     }
     let at = parent.join(&f.version);

@@ -3,16 +3,12 @@
 //! of its spec. Implemented so far: configuration, self-installation, the spec cache and journal,
 //! status reporting (`run`), and the pivot (`pivot`).
 
-pub mod cache;
 pub mod cli;
-pub mod clusterstate;
 pub mod components;
 pub mod config;
 pub mod day2;
 pub mod fetch;
-pub mod fsutil;
 pub mod install;
-pub mod journal;
 pub mod json;
 pub mod leader;
 pub mod metrics;
@@ -21,8 +17,8 @@ pub mod phases;
 pub mod pivot;
 pub mod renew;
 pub mod run;
-pub mod runlock;
 pub mod spec_sync;
+pub mod state;
 pub mod time;
 
 /// The agent's version.

@@ -12,15 +12,15 @@ use std::time::Duration;
 use kube::Api;
 use tokio::sync::watch;
 
-use crate::cache;
 use crate::config::{AgentConfig, ConfigError};
-use crate::journal::{Journal, JournalError, Outcome, Phase};
 use crate::metrics::serve_metrics;
 pub use crate::metrics::{Shared, Snapshot};
 use crate::notify::Notifier;
 use crate::pivot::count::{CountLayer, Counts};
 use crate::spec_sync::Sync;
 pub use crate::spec_sync::error_kind;
+use crate::state::cache;
+use crate::state::journal::{Journal, JournalError, Outcome, Phase};
 
 /// Errors that stop the agent (everything else is retried).
 #[derive(Debug, thiserror::Error)]

@@ -16,13 +16,13 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
 
-use crate::cache::{self, CachedSpec, Decision};
 use crate::config::AgentConfig;
-use crate::journal::{Journal, Outcome, Phase};
 use crate::metrics::Shared;
 use crate::notify::Notifier;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
 use crate::run::SYNC_BEAT;
+use crate::state::cache::{self, CachedSpec, Decision};
+use crate::state::journal::{Journal, Outcome, Phase};
 use crate::time::unix_now as now;
 
 /// The kind of a failed management-plane request, as counted in the metrics.
@@ -554,7 +554,7 @@ impl Sync {
         }
         let status = self.status();
         self.last_status = Some(status.clone());
-        if let Err(e) = crate::fsutil::write_atomic(
+        if let Err(e) = crate::state::fsutil::write_atomic(
             &self.state_dir.join("status.json"),
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,

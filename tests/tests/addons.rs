@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fledge_agent::cache::CachedSpec;
 use fledge_agent::phases::{self, Context, Step, addons};
+use fledge_agent::state::cache::CachedSpec;
 use fledge_generator::spec::{self, FledgeClusterSpec};
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
 use fledge_tests::install::{install_crds, install_fledge_crds};
@@ -414,9 +414,13 @@ async fn core_layers_go_first_and_wait_for_every_node_to_be_ready() {
         )
         .await
         .unwrap();
-    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
-        .await
-        .unwrap();
+    let step = phases::apply(
+        &ctx,
+        fledge_agent::state::journal::Phase::CoreLayers,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         step,
         Step::Waiting("core layers: network healthy; node cp-a has not reported Ready yet".into())
@@ -444,9 +448,13 @@ async fn core_layers_go_first_and_wait_for_every_node_to_be_ready() {
         )
         .await
         .unwrap();
-    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
-        .await
-        .unwrap();
+    let step = phases::apply(
+        &ctx,
+        fledge_agent::state::journal::Phase::CoreLayers,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         step,
         Step::Done("core layers: network healthy; every node Ready".into())

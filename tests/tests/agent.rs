@@ -28,7 +28,7 @@ async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn cached_generation(root: &Path) -> Option<i64> {
-    fledge_agent::cache::load(&root.join("var/lib/fledge"))
+    fledge_agent::state::cache::load(&root.join("var/lib/fledge"))
         .ok()
         .flatten()
         .map(|c| c.generation)
@@ -312,8 +312,8 @@ async fn a_missing_token_file_is_one_clear_error() {
     );
 }
 
-fn cached(root: &Path) -> Option<fledge_agent::cache::CachedSpec> {
-    fledge_agent::cache::load(&root.join("var/lib/fledge"))
+fn cached(root: &Path) -> Option<fledge_agent::state::cache::CachedSpec> {
+    fledge_agent::state::cache::load(&root.join("var/lib/fledge"))
         .ok()
         .flatten()
 }

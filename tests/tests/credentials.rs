@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use fledge_agent::cache::CachedSpec;
 use fledge_agent::phases::{self, Context, providers};
+use fledge_agent::state::cache::CachedSpec;
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;

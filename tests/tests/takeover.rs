@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fledge_agent::cache;
-use fledge_agent::clusterstate;
-use fledge_agent::journal::{Journal, Phase};
+use fledge_agent::state::cache;
+use fledge_agent::state::clusterstate;
+use fledge_agent::state::journal::{Journal, Phase};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -1144,7 +1144,7 @@ async fn sigkill_at_each_phase_boundary_and_inside_each_phase_resumes_and_scale_
     let kubelet = play_kubelet(f.local.client().await);
     let lc = f.local.client().await;
     let local_cluster = api(&lc, "cluster.x-k8s.io/v1beta2", "Cluster");
-    use fledge_agent::journal::Outcome;
+    use fledge_agent::state::journal::Outcome;
     let state = |j: &Journal, p: Phase| j.entry(p).map(|e| e.outcome);
     let points = [
         KillPoint {

@@ -148,8 +148,8 @@ pub(super) fn unpivot(a: UnpivotArgs) -> anyhow::Result<()> {
 }
 
 fn run_move(a: Move) -> anyhow::Result<()> {
-    use crate::journal::{Journal, Outcome, Phase};
     use crate::pivot::apply::Direction;
+    use crate::state::journal::{Journal, Outcome, Phase};
     let noun = a.opts.direction.noun();
     // Only the side the objects leave from needs to be read for a dry run.
     use crate::pivot::{apply, count, discover, plan};
@@ -205,11 +205,11 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         let mut journal = match &a.journal {
             Some(dir) if a.opts.direction == Direction::Unpivot => {
                 _run = Some(
-                    crate::runlock::acquire(dir, |p| {
+                    crate::state::runlock::acquire(dir, |p| {
                         eprintln!("waiting for the agent's current attempt to finish (it holds {})", p.display())
                     })
                     .await
-                    .map_err(|e| anyhow::Error::new(e).context(format!("run lock {}", crate::runlock::path(dir).display())))?,
+                    .map_err(|e| anyhow::Error::new(e).context(format!("run lock {}", crate::state::runlock::path(dir).display())))?,
                 );
                 let mut j = Journal::load(dir)?;
                 j.record(dir, Phase::Unpivoted, Outcome::Started, None, Some(format!("to {}", to.display())))?;

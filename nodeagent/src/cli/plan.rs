@@ -57,14 +57,14 @@ pub(super) fn providers(dir: &std::path::Path, images: bool, json: bool) -> anyh
 }
 
 pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    use crate::journal::Journal;
     use crate::phases;
+    use crate::state::journal::Journal;
     let cfg = crate::config::AgentConfig::load(config)?;
     let opts = crate::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
     let phase = phases::next(&journal, phases::unpivoted::deletion_requested(&state_dir));
-    let Some(cached) = crate::cache::load(&state_dir)? else {
+    let Some(cached) = crate::state::cache::load(&state_dir)? else {
         println!(
             "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",
             cfg.management.server

@@ -227,7 +227,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), AddonsError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(werr)?;
     }
-    crate::fsutil::write_atomic(path, bytes, 0o600).map_err(werr)
+    crate::state::fsutil::write_atomic(path, bytes, 0o600).map_err(werr)
 }
 
 /// The ApplySet ID of a layer's parent Secret (KEP-3659: `applyset-` + unpadded URL-safe

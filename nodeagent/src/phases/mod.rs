@@ -24,10 +24,10 @@ use fledge_generator::spec::CheckedCluster;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::cache;
 use crate::config::AgentConfig;
-use crate::journal::{Journal, JournalError, Outcome, Phase};
 use crate::pivot::count::Counts;
+use crate::state::cache;
+use crate::state::journal::{Journal, JournalError, Outcome, Phase};
 
 /// The phases this version of the agent runs, in order.
 pub const RUN: [Phase; 6] = [
@@ -450,13 +450,13 @@ pub trait Report: Send + Sync {
     fn failed(&self, phase: Phase);
 }
 
-/// The runner's side of the cluster-held state ([`crate::clusterstate`]).
+/// The runner's side of the cluster-held state ([`crate::state::clusterstate`]).
 #[derive(Default)]
 struct ClusterCopy {
     /// Whether the cluster's copy was taken (or there was no local cluster to hold one).
     taken: bool,
     /// The files last published.
-    last: Option<crate::clusterstate::Files>,
+    last: Option<crate::state::clusterstate::Files>,
 }
 
 /// Walks the journal's phases.
@@ -549,7 +549,7 @@ impl Runner {
         Ok(Some(c))
     }
 
-    /// Takes the cluster's copy of the state ([`crate::clusterstate`]) once, before this
+    /// Takes the cluster's copy of the state ([`crate::state::clusterstate`]) once, before this
     /// process's first phase, where it is newer than the disk. False when it could not be read:
     /// no phase runs on a state that may be older than the cluster's.
     async fn take_cluster_copy(
@@ -569,7 +569,7 @@ impl Runner {
                 return false;
             }
         };
-        match crate::clusterstate::restore(&client, &self.state_dir).await {
+        match crate::state::clusterstate::restore(&client, &self.state_dir).await {
             Ok(r) => {
                 if !r.taken.is_empty() {
                     tracing::info!(sequence = r.sequence, written_by = %r.holder, taken = ?r.taken, "took the cluster's copy of the agent's state (newer than this node's)");
@@ -594,7 +594,8 @@ impl Runner {
             .node_name
             .clone()
             .unwrap_or_else(crate::leader::node_identity);
-        match crate::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last).await
+        match crate::state::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last)
+            .await
         {
             Ok(Some(n)) => tracing::debug!(
                 sequence = n,
@@ -641,17 +642,17 @@ impl Runner {
     ) -> Attempt {
         // Held until the attempt ends: `fledge-agent unpivot` run by hand waits for it, and
         // while it holds the lock (moving the cluster away) no attempt starts.
-        let _run = match crate::runlock::try_acquire(&self.state_dir) {
+        let _run = match crate::state::runlock::try_acquire(&self.state_dir) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 tracing::info!(
-                    lock = %crate::runlock::path(&self.state_dir).display(),
+                    lock = %crate::state::runlock::path(&self.state_dir).display(),
                     "fledge-agent unpivot, run by hand, holds the run lock; waiting"
                 );
                 return Attempt::Wait(POLL);
             }
             Err(e) => {
-                tracing::error!(error = %e, lock = %crate::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
+                tracing::error!(error = %e, lock = %crate::state::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
                 return Attempt::Failed;
             }
         };
@@ -857,21 +858,28 @@ mod tests {
         let mut j = Journal::load(&state).unwrap();
         j.record(&state, Phase::Installed, Outcome::Succeeded, None, None)
             .unwrap();
-        let before = std::fs::read(crate::journal::path(&state)).unwrap();
-        let held = crate::runlock::try_acquire(&state).unwrap().unwrap();
+        let before = std::fs::read(crate::state::journal::path(&state)).unwrap();
+        let held = crate::state::runlock::try_acquire(&state).unwrap().unwrap();
         let (mut local, mut finalizer) = (None, false);
         let a = runner
             .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == POLL));
-        assert_eq!(std::fs::read(crate::journal::path(&state)).unwrap(), before);
+        assert_eq!(
+            std::fs::read(crate::state::journal::path(&state)).unwrap(),
+            before
+        );
         // The attempt held the lock only while it ran; with the lock free it runs again.
         drop(held);
         let a = runner
             .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == Duration::from_secs(3600)));
-        assert!(crate::runlock::try_acquire(&state).unwrap().is_some());
+        assert!(
+            crate::state::runlock::try_acquire(&state)
+                .unwrap()
+                .is_some()
+        );
     }
 
     fn journal(entries: &[(Phase, Outcome)]) -> Journal {

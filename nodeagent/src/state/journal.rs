@@ -96,7 +96,7 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
 /// service, and `fledge-agent unpivot` run by hand).
 fn lock_file(state_dir: &Path) -> Result<std::fs::File, JournalError> {
     let path = lock_path(state_dir);
-    let file = crate::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
+    let file = crate::state::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
         path: path.clone(),
         op: "open",
         source,
@@ -200,13 +200,12 @@ fn read(state_dir: &Path) -> Result<OnDisk, JournalError> {
 /// copy); the caller holds the journal lock.
 fn set_aside(state_dir: &Path, problem: String, secs: i64) -> Result<SetAside, JournalError> {
     let journal = path(state_dir);
-    let kept =
-        crate::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(|source| {
-            JournalError::SetAside {
-                path: journal.clone(),
-                source,
-            }
-        })?;
+    let kept = crate::state::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(
+        |source| JournalError::SetAside {
+            path: journal.clone(),
+            source,
+        },
+    )?;
     Ok(SetAside {
         journal,
         kept,
@@ -304,7 +303,7 @@ impl Journal {
         self.version = 1;
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
             path: p,
             op: "write",
             source,
@@ -358,16 +357,18 @@ impl Journal {
         self.phases.retain(|e| e.phase != phase);
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
-            path: p,
-            op: "write",
-            source,
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| {
+            JournalError::Io {
+                path: p,
+                op: "write",
+                source,
+            }
         })?;
         Ok(true)
     }
 
     /// Replaces the journal with [`merged`] of the one on disk and `held` (the copy a new leader
-    /// takes from the cluster, see [`crate::clusterstate`]), under the journal lock.
+    /// takes from the cluster, see [`crate::state::clusterstate`]), under the journal lock.
     pub fn adopt(state_dir: &Path, held: &Journal) -> Result<Journal, JournalError> {
         let _lock = lock_file(state_dir)?;
         let ours = match read(state_dir)? {
@@ -382,10 +383,12 @@ impl Journal {
         let j = merged(&ours, held);
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(&j).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
-            path: p,
-            op: "write",
-            source,
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| {
+            JournalError::Io {
+                path: p,
+                op: "write",
+                source,
+            }
         })?;
         Ok(j)
     }

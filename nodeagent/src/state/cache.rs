@@ -177,10 +177,12 @@ pub fn decide(
 pub fn store(state_dir: &Path, spec: &CachedSpec) -> Result<(), CacheError> {
     let p = path(state_dir);
     let text = serde_yaml::to_string(spec).unwrap_or_default();
-    crate::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|source| CacheError::Io {
-        path: p,
-        op: "write",
-        source,
+    crate::state::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|source| {
+        CacheError::Io {
+            path: p,
+            op: "write",
+            source,
+        }
     })
 }
 
