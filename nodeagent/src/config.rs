@@ -180,7 +180,7 @@ impl AgentConfig {
                 )));
             }
             for (file, h) in &f.sha256 {
-                if !crate::fetch::FILES.contains(&file.as_str()) {
+                if !crate::clusterctl::fetch::FILES.contains(&file.as_str()) {
                     return Err(err(format!(
                         "{at}.sha256: unknown file {file:?} (components.yaml, metadata.yaml)"
                     )));
@@ -212,7 +212,7 @@ impl AgentConfig {
         self.providers
             .as_ref()
             .and_then(|p| p.directory.clone())
-            .unwrap_or_else(|| PathBuf::from(crate::components::DEFAULT_DIR))
+            .unwrap_or_else(|| PathBuf::from(crate::clusterctl::components::DEFAULT_DIR))
     }
 
     /// Rewrites the management token file without whitespace around the token (atomically,
@@ -284,7 +284,7 @@ impl AgentConfig {
 /// Checks a provider name that names a directory (`providers.fetch[].name`): `cert-manager`,
 /// `cluster-api`, `bootstrap-*`, `control-plane-*` or `infrastructure-*`, and a DNS-1123 label.
 pub fn check_provider_name(name: &str) -> Result<(), String> {
-    if crate::components::kind_of(name).is_some()
+    if crate::clusterctl::components::kind_of(name).is_some()
         && fledge_generator::spec::check_dns_label(name, 63).is_ok()
     {
         Ok(())

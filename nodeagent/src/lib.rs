@@ -4,10 +4,9 @@
 //! status reporting (`run`), and the pivot (`pivot`).
 
 pub mod cli;
-pub mod components;
+pub mod clusterctl;
 pub mod config;
 pub mod day2;
-pub mod fetch;
 pub mod install;
 pub mod json;
 pub mod leader;

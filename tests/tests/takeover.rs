@@ -382,7 +382,7 @@ async fn fixture() -> Option<Fixture> {
     checked.spec.workers[0].replicas = 2;
     // One inline add-on layer (the example's layer points at a URL that does not resolve).
     let hello = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fledge-hello, namespace: default}\ndata: {k: v}\n";
-    let sha = fledge_agent::fetch::hex(hello.as_bytes());
+    let sha = fledge_agent::clusterctl::fetch::hex(hello.as_bytes());
     checked.spec.profile = Some(spec::Profile {
         core_layers: Vec::new(),
         name: Some("base".into()),

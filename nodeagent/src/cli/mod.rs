@@ -111,7 +111,7 @@ pub enum Cmd {
     /// line, for an image build to pre-pull (see images/bake-providers.sh).
     Providers {
         /// The providers directory.
-        #[arg(long, value_name = "DIR", default_value = crate::components::DEFAULT_DIR)]
+        #[arg(long, value_name = "DIR", default_value = crate::clusterctl::components::DEFAULT_DIR)]
         dir: PathBuf,
         /// Print only the container images, one per line.
         #[arg(long)]

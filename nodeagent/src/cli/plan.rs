@@ -1,7 +1,7 @@
 //! `fledge-agent plan` and `fledge-agent providers`.
 
 pub(super) fn providers(dir: &std::path::Path, images: bool, json: bool) -> anyhow::Result<()> {
-    let baked = crate::components::baked(dir, &Default::default());
+    let baked = crate::clusterctl::components::baked(dir, &Default::default());
     if baked.is_empty() {
         anyhow::bail!(
             "{}: no providers baked (expected <name>/<version>/components.yaml)",

@@ -102,7 +102,7 @@ pub enum AddonsError {
         manifest: String,
         /// Why.
         #[source]
-        source: crate::fetch::FetchError,
+        source: crate::clusterctl::fetch::FetchError,
     },
     /// A manifest is not a list of Kubernetes objects.
     #[error("layer {layer}, manifest {manifest}, document {index}: {message}")]
@@ -369,7 +369,7 @@ async fn manifest_bytes(
 ) -> Result<Vec<u8>, AddonsError> {
     let want = m.sha256.to_ascii_lowercase();
     let check = |bytes: Vec<u8>| {
-        let got = crate::fetch::hex(&bytes);
+        let got = crate::clusterctl::fetch::hex(&bytes);
         if got == want {
             Ok(bytes)
         } else {
@@ -386,13 +386,13 @@ async fn manifest_bytes(
     }
     let cached = dir(state_dir).join(format!("{want}.yaml"));
     if let Ok(bytes) = std::fs::read(&cached)
-        && crate::fetch::hex(&bytes) == want
+        && crate::clusterctl::fetch::hex(&bytes) == want
     {
         return Ok(bytes);
     }
     let url = m.url.clone().unwrap_or_default();
     let bytes = check(
-        crate::fetch::get(&url)
+        crate::clusterctl::fetch::get(&url)
             .await
             .map_err(|source| AddonsError::Fetch {
                 layer: layer.into(),

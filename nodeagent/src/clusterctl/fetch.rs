@@ -2,7 +2,7 @@
 //! `providers.fetch` in the agent configuration names a base URL (a release's download
 //! directory) and the sha256 of its `components.yaml` and `metadata.yaml`. Both files are
 //! downloaded, checked against their pins, and only then written (temp directory, fsync,
-//! rename) to `<stateDir>/providers/<name>/<version>/`, where [`crate::components`] reads them
+//! rename) to `<stateDir>/providers/<name>/<version>/`, where [`crate::clusterctl::components`] reads them
 //! like a baked directory. A file whose hash does not match is never written; a version already
 //! downloaded with the right hashes is not fetched again.
 //!
