@@ -266,7 +266,7 @@ async fn a_target_with_older_or_missing_providers_is_refused_before_any_write() 
     let inv: Api<DynamicObject> = Api::namespaced_with(
         mc.clone(),
         "capi-system",
-        &fledge_agent::pivot::providers::inventory_resource(),
+        &fledge_agent::clusterctl::inventory::inventory_resource(),
     );
     for name in ["cluster-api", "bootstrap-kubeadm", "control-plane-kubeadm"] {
         inv.patch(

@@ -189,7 +189,7 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
 async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String, String> {
     let api: Api<DynamicObject> = Api::all_with(
         ctx.local.clone(),
-        &crate::pivot::providers::inventory_resource(),
+        &crate::clusterctl::inventory::inventory_resource(),
     );
     let items = api
         .list(&Default::default())
@@ -513,7 +513,7 @@ fn probes(c: &Components) -> Vec<(String, ApiResource, bool)> {
 /// None once it is Established, else why not yet.
 async fn ensure_inventory_crd(ctx: &Context) -> Result<Option<String>, PhaseError> {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
-    let crd = components::inventory_crd();
+    let crd = crate::clusterctl::inventory::inventory_crd();
     let name = crd["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
