@@ -6,17 +6,12 @@
 pub mod cli;
 pub mod clusterctl;
 pub mod config;
+pub mod daemon;
 pub mod day2;
 pub mod install;
 pub mod json;
-pub mod leader;
-pub mod metrics;
-pub mod notify;
 pub mod phases;
 pub mod pivot;
-pub mod renew;
-pub mod run;
-pub mod spec_sync;
 pub mod state;
 pub mod time;
 

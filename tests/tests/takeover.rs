@@ -1012,7 +1012,7 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     // Written by the leader (this host's name: the first agent names no node).
-    assert_eq!(held.holder, fledge_agent::leader::node_identity());
+    assert_eq!(held.holder, fledge_agent::daemon::leader::node_identity());
     let leaders = f.journal();
 
     // The leader dies, and cp-b comes back while the management plane is out of its reach: its
@@ -1049,15 +1049,15 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         took.as_secs_f64()
     );
     assert!(
-        took >= fledge_agent::leader::LEASE_DURATION,
+        took >= fledge_agent::daemon::leader::LEASE_DURATION,
         "took over before the Lease expired: {took:?}"
     );
     assert_eq!(metric_at(&metrics, "fledge_agent_leader").await, 1.0);
     let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         lc.clone(),
-        fledge_agent::leader::LEASE_NAMESPACE,
+        fledge_agent::daemon::leader::LEASE_NAMESPACE,
     )
-    .get(fledge_agent::leader::LEASE_NAME)
+    .get(fledge_agent::daemon::leader::LEASE_NAME)
     .await
     .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cp-b"));

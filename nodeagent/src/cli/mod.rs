@@ -191,10 +191,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(crate::run::run(
+            let result = runtime.block_on(crate::daemon::run::run(
                 cfg,
-                crate::run::RunOptions::default(),
-                crate::run::Shared::default(),
+                crate::daemon::run::RunOptions::default(),
+                crate::daemon::run::Shared::default(),
                 shutdown_signal(),
             ));
             // A task wedged past the shutdown grace period (the phase runner's thread) must not

@@ -60,7 +60,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     use crate::phases;
     use crate::state::journal::Journal;
     let cfg = crate::config::AgentConfig::load(config)?;
-    let opts = crate::run::RunOptions::default();
+    let opts = crate::daemon::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
     let phase = phases::next(&journal, phases::unpivoted::deletion_requested(&state_dir));
@@ -76,7 +76,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let spec = phases::checked(&cfg, &cached)?;
-        let management = crate::run::management_client(&cfg, &opts)?;
+        let management = crate::daemon::run::management_client(&cfg, &opts)?;
         let local = phases::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
         let ctx = phases::Context {
             cfg: cfg.clone(),

@@ -593,7 +593,7 @@ impl Runner {
             .cfg
             .node_name
             .clone()
-            .unwrap_or_else(crate::leader::node_identity);
+            .unwrap_or_else(crate::daemon::leader::node_identity);
         match crate::state::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last)
             .await
         {
@@ -608,12 +608,12 @@ impl Runner {
         }
     }
 
-    /// Renews the management token when it is due ([`crate::renew`]); a failure is logged and
+    /// Renews the management token when it is due ([`crate::daemon::renew`]); a failure is logged and
     /// tried again at the next attempt (the token stays valid for a fifth of its lifetime).
     async fn renew_token(&self) {
         let names = fledge_generator::management::Names::new(&self.cfg.cluster.name);
         let file = crate::config::rooted(&self.root, &self.cfg.management.token_file);
-        match crate::renew::renew_if_due(
+        match crate::daemon::renew::renew_if_due(
             &self.management,
             &self.cfg.cluster.namespace,
             &names.agent,

@@ -17,10 +17,10 @@ use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
-use crate::metrics::Shared;
-use crate::notify::Notifier;
+use crate::daemon::metrics::Shared;
+use crate::daemon::notify::Notifier;
+use crate::daemon::run::SYNC_BEAT;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
-use crate::run::SYNC_BEAT;
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::journal::{Journal, Outcome, Phase};
 use crate::time::unix_now as now;
