@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fledge_agent::config::AgentConfig;
-use fledge_agent::daemon::run::{RunOptions, Shared, run};
+use fledge_agent::daemon::metrics::Shared;
+use fledge_agent::daemon::run::{RunOptions, run};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;

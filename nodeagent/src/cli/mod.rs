@@ -194,7 +194,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let result = runtime.block_on(crate::daemon::run::run(
                 cfg,
                 crate::daemon::run::RunOptions::default(),
-                crate::daemon::run::Shared::default(),
+                crate::daemon::metrics::Shared::default(),
                 shutdown_signal(),
             ));
             // A task wedged past the shutdown grace period (the phase runner's thread) must not

@@ -13,11 +13,9 @@ use kube::Api;
 use tokio::sync::watch;
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::daemon::metrics::serve_metrics;
-pub use crate::daemon::metrics::{Shared, Snapshot};
+use crate::daemon::metrics::{Shared, serve_metrics};
 use crate::daemon::notify::Notifier;
 use crate::daemon::spec_sync::Sync;
-pub use crate::daemon::spec_sync::error_kind;
 use crate::pivot::count::{CountLayer, Counts};
 use crate::state::cache;
 use crate::state::journal::{Journal, JournalError, Outcome, Phase};
@@ -59,8 +57,6 @@ pub enum RunError {
     },
 }
 
-/// How often the spec-sync task beats.
-pub(crate) const SYNC_BEAT: Duration = Duration::from_secs(5);
 /// A sync task silent for longer is wedged: the watchdog stops being fed, and systemd restarts
 /// the agent once `WatchdogSec` passes. Longer than any single request may take (connect 5 s,
 /// read 30 s).

@@ -19,11 +19,14 @@ use tokio::sync::watch;
 use crate::config::AgentConfig;
 use crate::daemon::metrics::Shared;
 use crate::daemon::notify::Notifier;
-use crate::daemon::run::SYNC_BEAT;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::journal::{Journal, Outcome, Phase};
 use crate::time::unix_now as now;
+
+/// How often the spec-sync task beats (the watchdog is fed while it does:
+/// [`crate::daemon::run::SYNC_STALL`]).
+pub(crate) const SYNC_BEAT: Duration = Duration::from_secs(5);
 
 /// The kind of a failed management-plane request, as counted in the metrics.
 pub fn error_kind(e: &kube::Error) -> &'static str {
