@@ -4,6 +4,7 @@
 //! status reporting (`run`), and the pivot (`pivot`).
 
 pub mod cli;
+pub mod clients;
 pub mod clusterctl;
 pub mod config;
 pub mod daemon;

@@ -12,11 +12,11 @@ use std::time::Duration;
 use kube::Api;
 use tokio::sync::watch;
 
+use crate::clients::{CountLayer, Counts};
 use crate::config::{AgentConfig, ConfigError};
 use crate::daemon::metrics::{Shared, serve_metrics};
 use crate::daemon::notify::Notifier;
 use crate::daemon::spec_sync::Sync;
-use crate::pivot::count::{CountLayer, Counts};
 use crate::state::cache;
 use crate::state::journal::{Journal, JournalError, Outcome, Phase};
 

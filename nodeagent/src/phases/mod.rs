@@ -24,8 +24,8 @@ use fledge_generator::spec::CheckedCluster;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
+use crate::clients::Counts;
 use crate::config::AgentConfig;
-use crate::pivot::count::Counts;
 use crate::state::cache;
 use crate::state::journal::{Journal, JournalError, Outcome, Phase};
 
@@ -357,7 +357,7 @@ pub async fn local_client(
     path: &std::path::Path,
     counts: Arc<Counts>,
 ) -> Result<kube::Client, PhaseError> {
-    crate::pivot::count::counted_client(Some(path), counts)
+    crate::clients::counted_client(Some(path), counts)
         .await
         .map(|(client, _)| client)
         .map_err(|e| PhaseError::LocalKubeconfig {

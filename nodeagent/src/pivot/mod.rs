@@ -3,7 +3,6 @@
 //! `--dry-run` prints, and [`apply::Pivot`] carries it out, crash-safe.
 
 pub mod apply;
-pub mod count;
 pub mod crds;
 pub mod discover;
 pub mod identities;
