@@ -224,7 +224,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         if let Some((dir, j)) = journal.as_mut() {
             let (outcome, message) = match &result {
                 Ok(s) => (Outcome::Succeeded, format!("to {}: {}", to.display(), s.describe())),
-                Err(e) => (Outcome::Failed, crate::phases::chain(e)),
+                Err(e) => (Outcome::Failed, crate::state::journal::chain(e)),
             };
             j.record(dir, Phase::Unpivoted, outcome, None, Some(message))?;
         }

@@ -220,7 +220,7 @@ impl Sync {
                 &self.cfg.cluster.namespace,
             );
             if let Err(e) = unpivoted::hold_on(&api, &self.cfg.cluster.name).await {
-                tracing::warn!(error = %crate::phases::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
+                tracing::warn!(error = %crate::state::journal::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
             }
         }
         let acted = self.deletion(Some(obj)).await;
@@ -328,7 +328,7 @@ impl Sync {
                         ),
                         Ok(false) => {}
                         Err(e) => {
-                            tracing::warn!(error = %crate::phases::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
+                            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
                         }
                     }
                 }

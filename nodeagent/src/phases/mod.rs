@@ -27,7 +27,7 @@ use tokio::sync::{Notify, watch};
 use crate::clients::Counts;
 use crate::config::AgentConfig;
 use crate::state::cache;
-use crate::state::journal::{Journal, JournalError, Outcome, Phase};
+use crate::state::journal::{Journal, JournalError, Outcome, Phase, chain};
 
 /// The phases this version of the agent runs, in order.
 pub const RUN: [Phase; 6] = [
@@ -271,60 +271,6 @@ pub async fn apply(
             "{other} is not run by fledge-agent {}",
             crate::VERSION
         ))),
-    }
-}
-
-/// The error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-/// Runs `work` as `phase` of the journal: `Started` before, `Succeeded` (with the summary) or
-/// `Failed` (with the error chain) after. A phase already succeeded is not run again.
-pub async fn journaled<T, E, F>(
-    state_dir: &std::path::Path,
-    journal: &mut Journal,
-    phase: Phase,
-    generation: Option<i64>,
-    work: F,
-    summary: impl FnOnce(&T) -> String,
-) -> Result<Option<T>, E>
-where
-    F: Future<Output = Result<T, E>>,
-    E: std::error::Error + From<JournalError>,
-{
-    if journal.done(phase) {
-        return Ok(None);
-    }
-    journal.record(state_dir, phase, Outcome::Started, generation, None)?;
-    match work.await {
-        Ok(v) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Succeeded,
-                generation,
-                Some(summary(&v)),
-            )?;
-            Ok(Some(v))
-        }
-        Err(e) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Failed,
-                generation,
-                Some(chain(&e)),
-            )?;
-            Err(e)
-        }
     }
 }
 

@@ -50,7 +50,7 @@ pub async fn run(
         .await
         .map_err(PhaseError::from)
     };
-    let done = crate::phases::journaled(
+    let done = crate::state::journal::journaled(
         state_dir,
         journal,
         Phase::Pivoted,
