@@ -90,7 +90,7 @@ pub enum FetchError {
 
 /// The directory downloaded providers live in.
 pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("providers")
+    state_dir.join(crate::state::layout::PROVIDERS)
 }
 
 /// Lower-case hex sha256 of `bytes`.

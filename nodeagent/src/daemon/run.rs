@@ -504,7 +504,7 @@ pub async fn run<F: Future<Output = ()>>(
         })
     };
     // The status written before a restart keeps its conditions' transition times.
-    let last_status = std::fs::read(state_dir.join("status.json"))
+    let last_status = std::fs::read(state_dir.join(crate::state::layout::STATUS))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let sync = Sync {

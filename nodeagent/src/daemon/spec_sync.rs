@@ -22,6 +22,7 @@ use crate::daemon::notify::Notifier;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::journal::{Journal, Outcome, Phase};
+use crate::state::layout;
 use crate::time::unix_now as now;
 
 /// How often the spec-sync task beats (the watchdog is fed while it does:
@@ -483,7 +484,7 @@ impl Sync {
         if let Some(c) = self.deletion_condition(&cond) {
             conditions.push(c);
         }
-        let failure = self.state_dir.join("bootstrap-failure.json");
+        let failure = self.state_dir.join(layout::BOOTSTRAP_FAILURE);
         if let Ok(text) = std::fs::read_to_string(&failure) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             conditions.push(cond(
@@ -558,7 +559,7 @@ impl Sync {
         let status = self.status();
         self.last_status = Some(status.clone());
         if let Err(e) = crate::state::fsutil::write_atomic(
-            &self.state_dir.join("status.json"),
+            &self.state_dir.join(layout::STATUS),
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,
         ) {

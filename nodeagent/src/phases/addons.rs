@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Context, PhaseError, Step};
+use crate::state::layout;
 
 /// The namespace of the layers' ApplySet parents.
 pub const PARENT_NAMESPACE: &str = "kube-system";
@@ -199,12 +200,12 @@ pub struct LayerState {
 
 /// `<stateDir>/addons`.
 pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("addons")
+    state_dir.join(layout::ADDONS)
 }
 
 /// Reads the layers' recorded states (empty when none were recorded).
 pub fn states(state_dir: &Path) -> BTreeMap<String, LayerState> {
-    std::fs::read(dir(state_dir).join("status.json"))
+    std::fs::read(layout::addons_status(state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
@@ -214,7 +215,7 @@ fn write_states(
     state_dir: &Path,
     states: &BTreeMap<String, LayerState>,
 ) -> Result<(), AddonsError> {
-    let path = dir(state_dir).join("status.json");
+    let path = layout::addons_status(state_dir);
     let bytes = serde_json::to_vec_pretty(states).unwrap_or_default();
     write(&path, &bytes)
 }

@@ -108,7 +108,7 @@ pub const REPLACES_UID: &str = "fledge.dev/replaces-uid";
 
 /// The cache file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("spec.yaml")
+    state_dir.join(super::layout::SPEC)
 }
 
 /// Loads the cache (`None` when there is none), checking the hash.

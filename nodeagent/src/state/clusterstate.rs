@@ -21,7 +21,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::phases::{addons, unpivoted};
+use super::layout;
+use crate::phases::unpivoted;
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::journal::{Journal, JournalError};
 
@@ -85,14 +86,14 @@ fn paths(state_dir: &Path) -> [(&'static str, PathBuf); 4] {
     [
         (JOURNAL, crate::state::journal::path(state_dir)),
         (SPEC, cache::path(state_dir)),
-        (LAYERS, addons::dir(state_dir).join("status.json")),
+        (LAYERS, layout::addons_status(state_dir)),
         (DELETION, unpivoted::request_path(state_dir)),
     ]
 }
 
 /// The file in the state directory that keeps the sequence number this node last wrote or took.
 pub fn sequence_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("cluster-state.sequence")
+    state_dir.join(layout::CLUSTER_STATE_SEQUENCE)
 }
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> HeldError {
@@ -257,7 +258,7 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
             DELETION => unpivoted::adopt_request(state_dir, bytes)
                 .map_err(io(&unpivoted::request_path(state_dir), "write"))?,
             _ => {
-                let path = addons::dir(state_dir).join("status.json");
+                let path = layout::addons_status(state_dir);
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(io(dir, "create"))?;
                 }

@@ -86,7 +86,7 @@ pub struct Entry {
 
 /// The lock file next to the journal (`journal.lock`, empty, mode 0600).
 pub fn lock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("journal.lock")
+    state_dir.join(super::layout::JOURNAL_LOCK)
 }
 
 /// Takes the exclusive lock that serializes the read-merge-write of the journal, held until the
@@ -145,7 +145,7 @@ pub struct Journal {
 
 /// The journal file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("journal.json")
+    state_dir.join(super::layout::JOURNAL)
 }
 
 /// A corrupt journal that was set aside: its bytes kept under a new name next to it, never

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The lock file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("run.lock")
+    state_dir.join(super::layout::RUN_LOCK)
 }
 
 /// A held run lock; dropping it releases the lock.
