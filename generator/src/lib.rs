@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cloudinit;
 pub mod management;
 pub mod output;
+pub mod process;
 pub mod providers;
 pub mod render;
 pub mod schema;

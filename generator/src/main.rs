@@ -7,11 +7,11 @@ use fledge_generator::cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    fledge_generator::cli::init_logging("warn");
+    fledge_generator::process::init_logging("warn");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{}", fledge_generator::cli::error_chain(&err));
+            eprintln!("{}", fledge_generator::process::error_chain(&err));
             ExitCode::FAILURE
         }
     }
