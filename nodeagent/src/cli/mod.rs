@@ -1,6 +1,7 @@
 //! The `fledge-agent` command line: the clap definitions (the doc comments are the help text)
 //! and one function per subcommand. `main.rs` parses, starts logging, calls [`run`] and prints
-//! the error chain.
+//! the error chain. The subcommands with more to them have a module each: `pivot` (`pivot`,
+//! `unpivot`), `plan` (`plan`, `providers`), `status`.
 
 mod pivot;
 pub use pivot::{PivotArgs, UnpivotArgs};

@@ -5,6 +5,11 @@
 //! that has not succeeded (`Steady` once all have: it reconciles on each new generation and
 //! every `resyncSeconds`), records each outcome with the spec generation it ran for, and retries
 //! a failure with capped, jittered backoff. It runs beside the spec sync and never blocks it.
+//!
+//! Here: the runner, the phase [`Context`] and what the phases share (the local client, applying
+//! to the local cluster). The phases: [`corelayers`], [`providers`], [`pivoted`], [`scaledout`],
+//! [`addons`] (its layers are also the core layers' and `Steady`'s), [`steady`], and
+//! [`unpivoted`] (deleting the cluster: `Unpivoted`, then `Released`).
 
 pub mod addons;
 pub mod corelayers;
