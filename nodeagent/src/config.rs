@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::clusterctl::fetch::{Fetch, check_provider_name, check_provider_version};
+
 /// Default location of the configuration.
 pub const DEFAULT_PATH: &str = "/etc/fledge/agent.yaml";
 
@@ -70,21 +72,6 @@ pub struct Providers {
     /// Provider versions the image does not carry, fetched once and pinned by sha256.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fetch: Vec<Fetch>,
-}
-
-/// A provider version fetched from a URL (`providers.fetch[]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Fetch {
-    /// Provider name as in the directory layout (`infrastructure-vsphere`).
-    pub name: String,
-    /// Version (`v1.16.1`).
-    pub version: String,
-    /// Base URL ending in `/` holding `components.yaml` and `metadata.yaml` (a release's
-    /// download directory).
-    pub url: String,
-    /// sha256 (hex) per file: `components.yaml` always, `metadata.yaml` for CAPI providers.
-    pub sha256: std::collections::BTreeMap<String, String>,
 }
 
 /// The cluster's FledgeCluster on the management plane.
@@ -180,7 +167,7 @@ impl AgentConfig {
                 )));
             }
             for (file, h) in &f.sha256 {
-                if !crate::fetch::FILES.contains(&file.as_str()) {
+                if !crate::clusterctl::fetch::FILES.contains(&file.as_str()) {
                     return Err(err(format!(
                         "{at}.sha256: unknown file {file:?} (components.yaml, metadata.yaml)"
                     )));
@@ -212,7 +199,7 @@ impl AgentConfig {
         self.providers
             .as_ref()
             .and_then(|p| p.directory.clone())
-            .unwrap_or_else(|| PathBuf::from(crate::components::DEFAULT_DIR))
+            .unwrap_or_else(|| PathBuf::from(crate::clusterctl::components::DEFAULT_DIR))
     }
 
     /// Rewrites the management token file without whitespace around the token (atomically,
@@ -240,7 +227,7 @@ impl AgentConfig {
         if word == text || word.is_empty() {
             return Ok(false);
         }
-        crate::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| ConfigError {
+        crate::state::fsutil::write_atomic(&token, word.as_bytes(), 0o600).map_err(|e| ConfigError {
             file: token.clone(),
             problem: format!(
                 "the management token has whitespace around it, which the Kubernetes client would \
@@ -278,37 +265,6 @@ impl AgentConfig {
             });
         }
         Ok(())
-    }
-}
-
-/// Checks a provider name that names a directory (`providers.fetch[].name`): `cert-manager`,
-/// `cluster-api`, `bootstrap-*`, `control-plane-*` or `infrastructure-*`, and a DNS-1123 label.
-pub fn check_provider_name(name: &str) -> Result<(), String> {
-    if crate::components::kind_of(name).is_some()
-        && fledge_generator::spec::check_dns_label(name, 63).is_ok()
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be cert-manager, cluster-api, bootstrap-*, control-plane-* or infrastructure-*, \
-             a DNS-1123 label (lower-case letters, digits and '-', at most 63) (got {name:?})"
-        ))
-    }
-}
-
-/// Checks a provider version that names a directory (`providers.fetch[].version`): `v` and a
-/// semantic version (`v1.16.1`, `v1.17.0-rc.1`), which holds no `/` and no `..`.
-pub fn check_provider_version(version: &str) -> Result<(), String> {
-    let semver = version
-        .strip_prefix('v')
-        .is_some_and(|v| semver::Version::parse(v).is_ok());
-    if semver && version.len() <= 128 {
-        Ok(())
-    } else {
-        Err(format!(
-            "must be v and a semantic version such as v1.16.1 or v1.17.0-rc.1, \
-             at most 128 characters, no '/' or '..' (got {version:?})"
-        ))
     }
 }
 

@@ -5,7 +5,7 @@
 //! carries them out. An empty plan means "up to date".
 //!
 //! Every path under `--root` is resolved inside the root the way the image's own system will see
-//! it, as after `chroot(root)` ([`crate::fsutil::resolve_in_root`]): an image's symbolic link
+//! it, as after `chroot(root)` ([`crate::state::fsutil::resolve_in_root`]): an image's symbolic link
 //! `/usr/local/bin -> /tmp/x` or `/etc/systemd/system -> /etc/systemd/system` is followed to
 //! `<root>/tmp/x` or `<root>/etc/systemd/system`, never to the build host's files. Refusing such
 //! links would reject ordinary images (merged `/usr`, `/etc/systemd/system` links); resolving
@@ -182,7 +182,7 @@ impl Target {
 /// `path` inside `root`, symbolic links resolved inside it (the last one only when
 /// `follow_last`).
 fn in_root(root: &Path, path: &Path, follow_last: bool) -> Result<PathBuf, InstallError> {
-    crate::fsutil::resolve_in_root(root, path, follow_last).map_err(|source| {
+    crate::state::fsutil::resolve_in_root(root, path, follow_last).map_err(|source| {
         InstallError::Resolve {
             path: path.to_path_buf(),
             root: root.to_path_buf(),
@@ -257,7 +257,7 @@ pub fn plan(t: &Target) -> Result<Vec<Action>, InstallError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    crate::fsutil::write_atomic(path, bytes, mode).map_err(io("write", path))
+    crate::state::fsutil::write_atomic(path, bytes, mode).map_err(io("write", path))
 }
 
 fn systemctl(args: &[&str]) -> Result<(), InstallError> {

@@ -1,28 +1,34 @@
 //! fledge-agent: runs on the first control-plane node, installs itself as a systemd service,
 //! takes the cluster's Cluster API objects over and keeps the cluster running from a local copy
-//! of its spec. Implemented so far: configuration, self-installation, the spec cache and journal,
-//! status reporting (`run`), and the pivot (`pivot`).
+//! of its spec.
+//!
+//! - [`cli`]: the command line, one function per subcommand; [`install`]: installing the agent
+//!   as a systemd service (on a node, or baked into an image).
+//! - [`daemon`]: the long-running service (`fledge-agent run`): its tasks and their supervision,
+//!   the spec sync with the management plane, `/healthz` and `/metrics`, systemd's notifications,
+//!   the leader election, keeping the management token alive.
+//! - [`phases`]: what the service does to the cluster, phase by phase, under a runner that
+//!   journals each outcome; [`day2`]: the `Steady` phase's plan of changes, pure data.
+//! - [`pivot`]: the pivot engine, moving one cluster's Cluster API objects from one cluster into
+//!   another (and back).
+//! - [`clusterctl`]: clusterctl's provider repository (components, fetched versions) and
+//!   inventory.
+//! - [`state`]: the state directory (spec cache, journal, run lock, its file names) and the copy
+//!   of it the cluster holds.
+//! - [`config`]: the agent configuration (`/etc/fledge/agent.yaml`); [`clients`]: Kubernetes
+//!   clients whose requests are counted; [`json`], [`time`]: small helpers.
 
-pub mod cache;
 pub mod cli;
-pub mod clusterstate;
-pub mod components;
+pub mod clients;
+pub mod clusterctl;
 pub mod config;
+pub mod daemon;
 pub mod day2;
-pub mod fetch;
-pub mod fsutil;
 pub mod install;
-pub mod journal;
 pub mod json;
-pub mod leader;
-pub mod metrics;
-pub mod notify;
 pub mod phases;
 pub mod pivot;
-pub mod renew;
-pub mod run;
-pub mod runlock;
-pub mod spec_sync;
+pub mod state;
 pub mod time;
 
 /// The agent's version.

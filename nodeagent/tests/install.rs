@@ -593,7 +593,7 @@ fn run_sets_a_corrupt_journal_aside_and_starts_from_the_first_phase() {
         }
         let parsed = std::fs::read(&journal)
             .ok()
-            .and_then(|b| serde_json::from_slice::<fledge_agent::journal::Journal>(&b).ok());
+            .and_then(|b| serde_json::from_slice::<fledge_agent::state::journal::Journal>(&b).ok());
         if let Some(j) = parsed {
             break j;
         }
@@ -605,11 +605,11 @@ fn run_sets_a_corrupt_journal_aside_and_starts_from_the_first_phase() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert!(
-        fresh.done(fledge_agent::journal::Phase::Installed),
+        fresh.done(fledge_agent::state::journal::Phase::Installed),
         "{fresh:?}"
     );
     assert!(
-        !fresh.done(fledge_agent::journal::Phase::Pivoted),
+        !fresh.done(fledge_agent::state::journal::Phase::Pivoted),
         "{fresh:?}"
     );
     // The corrupt bytes are kept next to it, and the log names both files.

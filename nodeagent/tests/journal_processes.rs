@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use fledge_agent::journal::{Journal, Outcome, Phase};
+use fledge_agent::state::journal::{Journal, Outcome, Phase};
 
 const WRITER: &str = "FLEDGE_TEST_JOURNAL_WRITER";
 const DIR: &str = "FLEDGE_TEST_JOURNAL_DIR";

@@ -14,7 +14,7 @@
 # CERT_MANAGER_MODULE_DIR=<dir> uses an unpacked module instead.
 #
 # clusterctl's labels (clusterctl.cluster.x-k8s.io, .../core: cert-manager) are not written:
-# fledge-agent adds them to every object as clusterctl does (nodeagent/src/components.rs).
+# fledge-agent adds them to every object as clusterctl does (nodeagent/src/clusterctl/components.rs).
 set -euo pipefail
 
 if [ $# -lt 3 ] || [ $# -gt 4 ]; then

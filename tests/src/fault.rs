@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use fledge_agent::pivot::count::is_write;
+use fledge_agent::clients::is_write;
 use http::Request;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -167,7 +167,11 @@ pub async fn clusterctl_inventory_versions(
     docker_version: &str,
 ) -> Result<(), String> {
     use kube::api::DynamicObject;
-    create_and_wait(client, vec![fledge_agent::components::inventory_crd()]).await?;
+    create_and_wait(
+        client,
+        vec![fledge_agent::clusterctl::inventory::inventory_crd()],
+    )
+    .await?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let ns = serde_json::from_value(json!({"metadata": {"name": "capi-system"}}))
         .map_err(|e| e.to_string())?;
@@ -179,7 +183,7 @@ pub async fn clusterctl_inventory_versions(
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "capi-system",
-        &fledge_agent::pivot::providers::inventory_resource(),
+        &fledge_agent::clusterctl::inventory::inventory_resource(),
     );
     for (name, kind, provider) in [
         ("cluster-api", "CoreProvider", "cluster-api"),

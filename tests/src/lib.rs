@@ -84,7 +84,7 @@ pub fn inline_layer(name: &str, docs: &[&str]) -> fledge_generator::spec::Layer 
                 version: "v1".into(),
                 url: None,
                 inline: Some((*d).into()),
-                sha256: fledge_agent::fetch::hex(d.as_bytes()),
+                sha256: fledge_agent::clusterctl::fetch::hex(d.as_bytes()),
             })
             .collect(),
         timeout_seconds: Some(60),

@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fledge_agent::cache::CachedSpec;
 use fledge_agent::phases::{self, Context, Step, addons};
+use fledge_agent::state::cache::CachedSpec;
+use fledge_agent::state::journal;
 use fledge_generator::spec::{self, FledgeClusterSpec};
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip};
 use fledge_tests::install::{install_crds, install_fledge_crds};
@@ -258,7 +259,7 @@ async fn a_layer_may_not_take_over_what_fledge_owns() {
             .ctx(profile(vec![inline("grabby", &[before, doc])]), None)
             .await;
         let e = addons::reconcile(&ctx, &|_| {}).await.unwrap_err();
-        let chain = phases::chain(&e);
+        let chain = journal::chain(&e);
         assert!(chain.contains(want), "{want}\nin: {chain}");
     }
     // The Namespace is untouched: not a member of the layer, still the agent's alone.
@@ -337,7 +338,7 @@ async fn a_cluster_profile_is_checked_before_anything_of_it_is_fetched() {
     };
     let ctx = f.ctx(referenced, Some(client.clone())).await;
     let e = addons::reconcile(&ctx, &|_| {}).await.unwrap_err();
-    let chain = phases::chain(&e);
+    let chain = journal::chain(&e);
     for want in [
         "ClusterProfile team-docker/shared is invalid",
         "spec.layers[0].manifests[0].url: must be an https:// URL",
@@ -414,9 +415,13 @@ async fn core_layers_go_first_and_wait_for_every_node_to_be_ready() {
         )
         .await
         .unwrap();
-    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
-        .await
-        .unwrap();
+    let step = phases::apply(
+        &ctx,
+        fledge_agent::state::journal::Phase::CoreLayers,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         step,
         Step::Waiting("core layers: network healthy; node cp-a has not reported Ready yet".into())
@@ -444,9 +449,13 @@ async fn core_layers_go_first_and_wait_for_every_node_to_be_ready() {
         )
         .await
         .unwrap();
-    let step = phases::apply(&ctx, fledge_agent::journal::Phase::CoreLayers, &|_| {})
-        .await
-        .unwrap();
+    let step = phases::apply(
+        &ctx,
+        fledge_agent::state::journal::Phase::CoreLayers,
+        &|_| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(
         step,
         Step::Done("core layers: network healthy; every node Ready".into())

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fledge_agent::config::AgentConfig;
-use fledge_agent::run::{RunOptions, Shared, run};
+use fledge_agent::daemon::metrics::Shared;
+use fledge_agent::daemon::run::{RunOptions, run};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -28,7 +29,7 @@ async fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn cached_generation(root: &Path) -> Option<i64> {
-    fledge_agent::cache::load(&root.join("var/lib/fledge"))
+    fledge_agent::state::cache::load(&root.join("var/lib/fledge"))
         .ok()
         .flatten()
         .map(|c| c.generation)
@@ -303,8 +304,8 @@ async fn a_missing_token_file_is_one_clear_error() {
     );
 }
 
-fn cached(root: &Path) -> Option<fledge_agent::cache::CachedSpec> {
-    fledge_agent::cache::load(&root.join("var/lib/fledge"))
+fn cached(root: &Path) -> Option<fledge_agent::state::cache::CachedSpec> {
+    fledge_agent::state::cache::load(&root.join("var/lib/fledge"))
         .ok()
         .flatten()
 }

@@ -1,6 +1,6 @@
 //! The agent's components pipeline against the real clusterctl (v1.13.5, built by
 //! `scripts/go-peers.sh`): the same components text and variables go through
-//! `fledge_agent::components::prepare` and `clusterctl generate yaml` (clusterctl's own
+//! `fledge_agent::clusterctl::components::prepare` and `clusterctl generate yaml` (clusterctl's own
 //! substitution and parse, the ones `clusterctl init` uses), and every case must give the same
 //! values, or fail in both.
 //!
@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fledge_agent::components::{self, Kind, Provider};
+use fledge_agent::clusterctl::components::{self, Kind, Provider};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

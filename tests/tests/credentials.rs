@@ -16,8 +16,8 @@
 
 use std::collections::BTreeMap;
 
-use fledge_agent::cache::CachedSpec;
 use fledge_agent::phases::{self, Context, providers};
+use fledge_agent::state::cache::CachedSpec;
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -166,7 +166,7 @@ async fn the_agent_reads_the_named_secret_with_its_role_and_fills_capvs_credenti
     };
     let file = std::path::Path::new(capv.trim()).join("config/base/credentials.yaml");
     let text = std::fs::read_to_string(&file).unwrap();
-    let docs = fledge_agent::components::substitute(&file, &text, &variables).unwrap();
+    let docs = fledge_agent::clusterctl::components::substitute(&file, &text, &variables).unwrap();
     assert_eq!(
         docs[0]["stringData"]["credentials.yaml"],
         format!("username: '{USERNAME}'\npassword: '{PASSWORD}'")

@@ -16,10 +16,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fledge_agent::cache::CachedSpec;
 use fledge_agent::day2::Class;
-use fledge_agent::journal::{Journal, Outcome, Phase};
 use fledge_agent::phases::{self, Context, Step, addons, steady};
+use fledge_agent::state::cache::CachedSpec;
+use fledge_agent::state::journal::{Journal, Outcome, Phase, chain};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -267,9 +267,7 @@ async fn run(f: &Fixture, spec: &FledgeClusterSpec, generation: i64) -> Ran {
             other => panic!("unknown class {other}"),
         }),
     };
-    let step = steady::apply(&ctx, &|_| {})
-        .await
-        .map_err(|e| phases::chain(&e));
+    let step = steady::apply(&ctx, &|_| {}).await.map_err(|e| chain(&e));
     let after = snapshot(&client).await;
     Ran {
         class,

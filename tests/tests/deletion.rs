@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fledge_agent::journal::{Journal, Outcome, Phase};
 use fledge_agent::phases::unpivoted::{self, Cancel, FINALIZER};
+use fledge_agent::state::journal::{Journal, Outcome, Phase};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -453,7 +453,7 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
     // Re-created, replacing the old object: its spec is accepted and the agent holds it, so
     // deleting it is an order again.
     let mut fc = f.fledge_cluster.clone();
-    fc["metadata"]["annotations"] = json!({fledge_agent::cache::REPLACES_UID: old_uid});
+    fc["metadata"]["annotations"] = json!({fledge_agent::state::cache::REPLACES_UID: old_uid});
     let fc: DynamicObject = serde_json::from_value(fc).unwrap();
     fcs.create(&PostParams::default(), &fc).await.unwrap();
     f.wait(
@@ -468,7 +468,7 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
         "the re-created FledgeCluster's spec to be cached",
         Duration::from_secs(30),
         async || {
-            fledge_agent::cache::load(&f.state())
+            fledge_agent::state::cache::load(&f.state())
                 .ok()
                 .flatten()
                 .is_some_and(|c| c.uid == new_uid)

@@ -69,7 +69,7 @@ async fn management_cluster() -> Option<TestCluster> {
     fledge_tests::install::clusterctl_inventory(&client, "v1.13.5")
         .await
         .unwrap();
-    let inventory = fledge_agent::pivot::providers::inventory_resource();
+    let inventory = fledge_agent::clusterctl::inventory::inventory_resource();
     for (name, provider, ns) in INFRA {
         ensure_namespace(&client, ns).await;
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &inventory);

@@ -685,8 +685,8 @@ async fn the_agents_management_role_is_enough_to_pivot() {
         matches!(crds.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
     );
     // As the agent runs it: the Pivoted phase of its journal.
-    use fledge_agent::journal::{Journal, Outcome, Phase};
     use fledge_agent::pivot::phase::{self, Clients};
+    use fledge_agent::state::journal::{Journal, Outcome, Phase};
     let state = tempfile::tempdir().unwrap();
     let mut journal = Journal::load(state.path()).unwrap();
     let quiet = |_: &Event| {};

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fledge_agent::components::{self, Components, Kind, Provider};
+use fledge_agent::clusterctl::components::{self, Components, Kind, Provider};
 use serde::Deserialize;
 use serde_json::{Value, json};
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fledge_agent::journal::{Journal, Phase};
+use fledge_agent::state::journal::{Journal, Phase};
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, start_or_skip, tail};
 use fledge_tests::install::{clusterctl_inventory_versions, install_fledge_crds};

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fledge_agent::cache;
-use fledge_agent::clusterstate;
-use fledge_agent::journal::{Journal, Phase};
+use fledge_agent::state::cache;
+use fledge_agent::state::clusterstate;
+use fledge_agent::state::journal::{Journal, Phase};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
@@ -384,7 +384,7 @@ async fn fixture() -> Option<Fixture> {
     checked.spec.workers[0].replicas = 2;
     // One inline add-on layer (the example's layer points at a URL that does not resolve).
     let hello = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: fledge-hello, namespace: default}\ndata: {k: v}\n";
-    let sha = fledge_agent::fetch::hex(hello.as_bytes());
+    let sha = fledge_agent::clusterctl::fetch::hex(hello.as_bytes());
     checked.spec.profile = Some(spec::Profile {
         core_layers: Vec::new(),
         name: Some("base".into()),
@@ -1005,7 +1005,7 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     // Written by the leader (this host's name: the first agent names no node).
-    assert_eq!(held.holder, fledge_agent::leader::node_identity());
+    assert_eq!(held.holder, fledge_agent::daemon::leader::node_identity());
     let leaders = f.journal();
 
     // The leader dies, and cp-b comes back while the management plane is out of its reach: its
@@ -1042,15 +1042,15 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         took.as_secs_f64()
     );
     assert!(
-        took >= fledge_agent::leader::LEASE_DURATION,
+        took >= fledge_agent::daemon::leader::LEASE_DURATION,
         "took over before the Lease expired: {took:?}"
     );
     assert_eq!(metric_at(&metrics, "fledge_agent_leader").await, 1.0);
     let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
         lc.clone(),
-        fledge_agent::leader::LEASE_NAMESPACE,
+        fledge_agent::daemon::leader::LEASE_NAMESPACE,
     )
-    .get(fledge_agent::leader::LEASE_NAME)
+    .get(fledge_agent::daemon::leader::LEASE_NAME)
     .await
     .unwrap();
     assert_eq!(lease.spec.unwrap().holder_identity.as_deref(), Some("cp-b"));
@@ -1137,7 +1137,7 @@ async fn sigkill_at_each_phase_boundary_and_inside_each_phase_resumes_and_scale_
     let kubelet = play_kubelet(f.local.client().await);
     let lc = f.local.client().await;
     let local_cluster = api(&lc, "cluster.x-k8s.io/v1beta2", "Cluster");
-    use fledge_agent::journal::Outcome;
+    use fledge_agent::state::journal::Outcome;
     let state = |j: &Journal, p: Phase| j.entry(p).map(|e| e.outcome);
     let points = [
         KillPoint {

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use fledge_agent::renew;
+use fledge_agent::daemon::renew;
 use fledge_generator::management;
 use fledge_generator::spec::{self, CapiVersion, CheckedCluster, ProviderKind};
 use fledge_generator::token;

@@ -266,7 +266,7 @@ async fn a_target_with_older_or_missing_providers_is_refused_before_any_write() 
     let inv: Api<DynamicObject> = Api::namespaced_with(
         mc.clone(),
         "capi-system",
-        &fledge_agent::pivot::providers::inventory_resource(),
+        &fledge_agent::clusterctl::inventory::inventory_resource(),
     );
     for name in ["cluster-api", "bootstrap-kubeadm", "control-plane-kubeadm"] {
         inv.patch(
@@ -460,7 +460,7 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
 
     // While the service's runner is mid-attempt (it holds the run lock), the unpivot waits,
     // before it journals or writes anything.
-    let attempt = fledge_agent::runlock::try_acquire(&state)
+    let attempt = fledge_agent::state::runlock::try_acquire(&state)
         .unwrap()
         .expect("the run lock is free");
     let mut child = std::process::Command::new(fledge_tests::binary("fledge-agent"))
@@ -507,9 +507,9 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
         "the unpivot wrote while the agent's attempt held the run lock"
     );
     assert!(
-        fledge_agent::journal::Journal::load(&state)
+        fledge_agent::state::journal::Journal::load(&state)
             .unwrap()
-            .entry(fledge_agent::journal::Phase::Unpivoted)
+            .entry(fledge_agent::state::journal::Phase::Unpivoted)
             .is_none(),
         "the unpivot journaled while the agent's attempt held the run lock"
     );
@@ -529,11 +529,11 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
     );
     assert!(capi::list_types(&lc, ns, &keys).await.is_empty());
     assert!(capi::list_types(&ac, ns, &keys).await.is_empty());
-    let journal = fledge_agent::journal::Journal::load(&state).unwrap();
+    let journal = fledge_agent::state::journal::Journal::load(&state).unwrap();
     let e = journal
-        .entry(fledge_agent::journal::Phase::Unpivoted)
+        .entry(fledge_agent::state::journal::Phase::Unpivoted)
         .expect("the unpivot is journaled");
-    assert_eq!(e.outcome, fledge_agent::journal::Outcome::Succeeded);
+    assert_eq!(e.outcome, fledge_agent::state::journal::Outcome::Succeeded);
     assert!(
         e.message
             .as_deref()
@@ -543,7 +543,7 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
     // The runner leaves a cluster unpivoted by hand alone.
     assert_eq!(
         fledge_agent::phases::next(&journal, false),
-        fledge_agent::journal::Phase::Unpivoted
+        fledge_agent::state::journal::Phase::Unpivoted
     );
 
     let (ok, out, err) = unpivot(&[]);

@@ -1,6 +1,7 @@
 //! The `fledge-agent` command line: the clap definitions (the doc comments are the help text)
 //! and one function per subcommand. `main.rs` parses, starts logging, calls [`run`] and prints
-//! the error chain.
+//! the error chain. The subcommands with more to them have a module each: `pivot` (`pivot`,
+//! `unpivot`), `plan` (`plan`, `providers`), `status`.
 
 mod pivot;
 pub use pivot::{PivotArgs, UnpivotArgs};
@@ -112,7 +113,7 @@ pub enum Cmd {
     /// line, for an image build to pre-pull (see images/bake-providers.sh).
     Providers {
         /// The providers directory.
-        #[arg(long, value_name = "DIR", default_value = crate::components::DEFAULT_DIR)]
+        #[arg(long, value_name = "DIR", default_value = crate::clusterctl::components::DEFAULT_DIR)]
         dir: PathBuf,
         /// Print only the container images, one per line.
         #[arg(long)]
@@ -192,10 +193,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let result = runtime.block_on(crate::run::run(
+            let result = runtime.block_on(crate::daemon::run::run(
                 cfg,
-                crate::run::RunOptions::default(),
-                crate::run::Shared::default(),
+                crate::daemon::run::RunOptions::default(),
+                crate::daemon::metrics::Shared::default(),
                 shutdown_signal(),
             ));
             // A task wedged past the shutdown grace period (the phase runner's thread) must not

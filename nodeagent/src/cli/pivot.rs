@@ -148,19 +148,20 @@ pub(super) fn unpivot(a: UnpivotArgs) -> anyhow::Result<()> {
 }
 
 fn run_move(a: Move) -> anyhow::Result<()> {
-    use crate::journal::{Journal, Outcome, Phase};
     use crate::pivot::apply::Direction;
+    use crate::state::journal::{Journal, Outcome, Phase};
     let noun = a.opts.direction.noun();
     // Only the side the objects leave from needs to be read for a dry run.
-    use crate::pivot::{apply, count, discover, plan};
+    use crate::clients;
+    use crate::pivot::{apply, discover, plan};
     use std::sync::Arc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let counts = Arc::new(count::Counts::default());
-        let (source, source_url) = count::counted_client(Some(&a.from), counts.clone()).await?;
+        let counts = Arc::new(clients::Counts::default());
+        let (source, source_url) = clients::counted_client(Some(&a.from), counts.clone()).await?;
         let from_side = if a.opts.direction == Direction::Pivot { "source cluster" } else { "local cluster" };
         let check = async |client: &kube::Client, server: String| {
             fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
@@ -186,7 +187,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             return Ok(());
         }
         let to = a.to.as_deref().ok_or_else(|| anyhow::anyhow!("--to is required without --dry-run"))?;
-        let (target, target_url) = count::counted_client(Some(to), counts.clone()).await?;
+        let (target, target_url) = clients::counted_client(Some(to), counts.clone()).await?;
         check(&target, target_url)
             .await
             .map_err(|e| anyhow::Error::new(e).context(format!("target cluster (--to {})", to.display())))?;
@@ -205,11 +206,11 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         let mut journal = match &a.journal {
             Some(dir) if a.opts.direction == Direction::Unpivot => {
                 _run = Some(
-                    crate::runlock::acquire(dir, |p| {
+                    crate::state::runlock::acquire(dir, |p| {
                         eprintln!("waiting for the agent's current attempt to finish (it holds {})", p.display())
                     })
                     .await
-                    .map_err(|e| anyhow::Error::new(e).context(format!("run lock {}", crate::runlock::path(dir).display())))?,
+                    .map_err(|e| anyhow::Error::new(e).context(format!("run lock {}", crate::state::runlock::path(dir).display())))?,
                 );
                 let mut j = Journal::load(dir)?;
                 j.record(dir, Phase::Unpivoted, Outcome::Started, None, Some(format!("to {}", to.display())))?;
@@ -223,7 +224,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         if let Some((dir, j)) = journal.as_mut() {
             let (outcome, message) = match &result {
                 Ok(s) => (Outcome::Succeeded, format!("to {}: {}", to.display(), s.describe())),
-                Err(e) => (Outcome::Failed, crate::phases::chain(e)),
+                Err(e) => (Outcome::Failed, crate::state::journal::chain(e)),
             };
             j.record(dir, Phase::Unpivoted, outcome, None, Some(message))?;
         }

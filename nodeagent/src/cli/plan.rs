@@ -1,7 +1,7 @@
 //! `fledge-agent plan` and `fledge-agent providers`.
 
 pub(super) fn providers(dir: &std::path::Path, images: bool, json: bool) -> anyhow::Result<()> {
-    let baked = crate::components::baked(dir, &Default::default());
+    let baked = crate::clusterctl::components::baked(dir, &Default::default());
     if baked.is_empty() {
         anyhow::bail!(
             "{}: no providers baked (expected <name>/<version>/components.yaml)",
@@ -57,14 +57,14 @@ pub(super) fn providers(dir: &std::path::Path, images: bool, json: bool) -> anyh
 }
 
 pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    use crate::journal::Journal;
     use crate::phases;
+    use crate::state::journal::Journal;
     let cfg = crate::config::AgentConfig::load(config)?;
-    let opts = crate::run::RunOptions::default();
+    let opts = crate::daemon::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
     let phase = phases::next(&journal, phases::unpivoted::deletion_requested(&state_dir));
-    let Some(cached) = crate::cache::load(&state_dir)? else {
+    let Some(cached) = crate::state::cache::load(&state_dir)? else {
         println!(
             "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",
             cfg.management.server
@@ -76,7 +76,7 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let spec = phases::checked(&cfg, &cached)?;
-        let management = crate::run::management_client(&cfg, &opts)?;
+        let management = crate::daemon::run::management_client(&cfg, &opts)?;
         let local = phases::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
         let ctx = phases::Context {
             cfg: cfg.clone(),

@@ -25,8 +25,8 @@ pub(super) fn status(
     json: bool,
 ) -> anyhow::Result<()> {
     let reachable = live_reachability(config);
-    let journal = crate::journal::Journal::load(state_dir)?;
-    let cached = crate::cache::load(state_dir);
+    let journal = crate::state::journal::Journal::load(state_dir)?;
+    let cached = crate::state::cache::load(state_dir);
     let spec = match &cached {
         Ok(Some(c)) => {
             serde_json::json!({"generation": c.generation, "uid": c.uid, "sha256": c.sha256})
@@ -39,8 +39,9 @@ pub(super) fn status(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let show =
-        |p: Option<crate::journal::Phase>| p.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+    let show = |p: Option<crate::state::journal::Phase>| {
+        p.map(|p| p.to_string()).unwrap_or_else(|| "-".into())
+    };
     println!(
         "phase: {}   next: {}",
         show(journal.current()),

@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Context, PhaseError, Step};
+use crate::state::layout;
 
 /// The namespace of the layers' ApplySet parents.
 pub const PARENT_NAMESPACE: &str = "kube-system";
@@ -102,7 +103,7 @@ pub enum AddonsError {
         manifest: String,
         /// Why.
         #[source]
-        source: crate::fetch::FetchError,
+        source: crate::clusterctl::fetch::FetchError,
     },
     /// A manifest is not a list of Kubernetes objects.
     #[error("layer {layer}, manifest {manifest}, document {index}: {message}")]
@@ -199,12 +200,12 @@ pub struct LayerState {
 
 /// `<stateDir>/addons`.
 pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("addons")
+    state_dir.join(layout::ADDONS)
 }
 
 /// Reads the layers' recorded states (empty when none were recorded).
 pub fn states(state_dir: &Path) -> BTreeMap<String, LayerState> {
-    std::fs::read(dir(state_dir).join("status.json"))
+    std::fs::read(layout::addons_status(state_dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or_default()
@@ -214,7 +215,7 @@ fn write_states(
     state_dir: &Path,
     states: &BTreeMap<String, LayerState>,
 ) -> Result<(), AddonsError> {
-    let path = dir(state_dir).join("status.json");
+    let path = layout::addons_status(state_dir);
     let bytes = serde_json::to_vec_pretty(states).unwrap_or_default();
     write(&path, &bytes)
 }
@@ -227,7 +228,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), AddonsError> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(werr)?;
     }
-    crate::fsutil::write_atomic(path, bytes, 0o600).map_err(werr)
+    crate::state::fsutil::write_atomic(path, bytes, 0o600).map_err(werr)
 }
 
 /// The ApplySet ID of a layer's parent Secret (KEP-3659: `applyset-` + unpadded URL-safe
@@ -369,7 +370,7 @@ async fn manifest_bytes(
 ) -> Result<Vec<u8>, AddonsError> {
     let want = m.sha256.to_ascii_lowercase();
     let check = |bytes: Vec<u8>| {
-        let got = crate::fetch::hex(&bytes);
+        let got = crate::clusterctl::fetch::hex(&bytes);
         if got == want {
             Ok(bytes)
         } else {
@@ -386,13 +387,13 @@ async fn manifest_bytes(
     }
     let cached = dir(state_dir).join(format!("{want}.yaml"));
     if let Ok(bytes) = std::fs::read(&cached)
-        && crate::fetch::hex(&bytes) == want
+        && crate::clusterctl::fetch::hex(&bytes) == want
     {
         return Ok(bytes);
     }
     let url = m.url.clone().unwrap_or_default();
     let bytes = check(
-        crate::fetch::get(&url)
+        crate::clusterctl::fetch::get(&url)
             .await
             .map_err(|source| AddonsError::Fetch {
                 layer: layer.into(),

@@ -5,6 +5,11 @@
 //! that has not succeeded (`Steady` once all have: it reconciles on each new generation and
 //! every `resyncSeconds`), records each outcome with the spec generation it ran for, and retries
 //! a failure with capped, jittered backoff. It runs beside the spec sync and never blocks it.
+//!
+//! Here: the runner, the phase [`Context`] and what the phases share (the local client, applying
+//! to the local cluster). The phases: [`corelayers`], [`providers`], [`pivoted`], [`scaledout`],
+//! [`addons`] (its layers are also the core layers' and `Steady`'s), [`steady`], and
+//! [`unpivoted`] (deleting the cluster: `Unpivoted`, then `Released`).
 
 pub mod addons;
 pub mod corelayers;
@@ -24,10 +29,10 @@ use fledge_generator::spec::CheckedCluster;
 use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
-use crate::cache;
+use crate::clients::Counts;
 use crate::config::AgentConfig;
-use crate::journal::{Journal, JournalError, Outcome, Phase};
-use crate::pivot::count::Counts;
+use crate::state::cache;
+use crate::state::journal::{Journal, JournalError, Outcome, Phase, chain};
 
 /// The phases this version of the agent runs, in order.
 pub const RUN: [Phase; 6] = [
@@ -274,60 +279,6 @@ pub async fn apply(
     }
 }
 
-/// The error and its causes on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
-}
-
-/// Runs `work` as `phase` of the journal: `Started` before, `Succeeded` (with the summary) or
-/// `Failed` (with the error chain) after. A phase already succeeded is not run again.
-pub async fn journaled<T, E, F>(
-    state_dir: &std::path::Path,
-    journal: &mut Journal,
-    phase: Phase,
-    generation: Option<i64>,
-    work: F,
-    summary: impl FnOnce(&T) -> String,
-) -> Result<Option<T>, E>
-where
-    F: Future<Output = Result<T, E>>,
-    E: std::error::Error + From<JournalError>,
-{
-    if journal.done(phase) {
-        return Ok(None);
-    }
-    journal.record(state_dir, phase, Outcome::Started, generation, None)?;
-    match work.await {
-        Ok(v) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Succeeded,
-                generation,
-                Some(summary(&v)),
-            )?;
-            Ok(Some(v))
-        }
-        Err(e) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Failed,
-                generation,
-                Some(chain(&e)),
-            )?;
-            Err(e)
-        }
-    }
-}
-
 /// A Secret the agent keeps in the local cluster, as applied there: Opaque, labelled as
 /// fledge's (plus `labels`), its `data` given as bytes (the type's serializer encodes them).
 pub(crate) fn opaque_secret(
@@ -357,7 +308,7 @@ pub async fn local_client(
     path: &std::path::Path,
     counts: Arc<Counts>,
 ) -> Result<kube::Client, PhaseError> {
-    crate::pivot::count::counted_client(Some(path), counts)
+    crate::clients::counted_client(Some(path), counts)
         .await
         .map(|(client, _)| client)
         .map_err(|e| PhaseError::LocalKubeconfig {
@@ -450,13 +401,13 @@ pub trait Report: Send + Sync {
     fn failed(&self, phase: Phase);
 }
 
-/// The runner's side of the cluster-held state ([`crate::clusterstate`]).
+/// The runner's side of the cluster-held state ([`crate::state::clusterstate`]).
 #[derive(Default)]
 struct ClusterCopy {
     /// Whether the cluster's copy was taken (or there was no local cluster to hold one).
     taken: bool,
     /// The files last published.
-    last: Option<crate::clusterstate::Files>,
+    last: Option<crate::state::clusterstate::Files>,
 }
 
 /// Walks the journal's phases.
@@ -549,7 +500,7 @@ impl Runner {
         Ok(Some(c))
     }
 
-    /// Takes the cluster's copy of the state ([`crate::clusterstate`]) once, before this
+    /// Takes the cluster's copy of the state ([`crate::state::clusterstate`]) once, before this
     /// process's first phase, where it is newer than the disk. False when it could not be read:
     /// no phase runs on a state that may be older than the cluster's.
     async fn take_cluster_copy(
@@ -569,7 +520,7 @@ impl Runner {
                 return false;
             }
         };
-        match crate::clusterstate::restore(&client, &self.state_dir).await {
+        match crate::state::clusterstate::restore(&client, &self.state_dir).await {
             Ok(r) => {
                 if !r.taken.is_empty() {
                     tracing::info!(sequence = r.sequence, written_by = %r.holder, taken = ?r.taken, "took the cluster's copy of the agent's state (newer than this node's)");
@@ -593,8 +544,9 @@ impl Runner {
             .cfg
             .node_name
             .clone()
-            .unwrap_or_else(crate::leader::node_identity);
-        match crate::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last).await
+            .unwrap_or_else(crate::daemon::leader::node_identity);
+        match crate::state::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last)
+            .await
         {
             Ok(Some(n)) => tracing::debug!(
                 sequence = n,
@@ -607,12 +559,12 @@ impl Runner {
         }
     }
 
-    /// Renews the management token when it is due ([`crate::renew`]); a failure is logged and
+    /// Renews the management token when it is due ([`crate::daemon::renew`]); a failure is logged and
     /// tried again at the next attempt (the token stays valid for a fifth of its lifetime).
     async fn renew_token(&self) {
         let names = fledge_generator::management::Names::new(&self.cfg.cluster.name);
         let file = crate::config::rooted(&self.root, &self.cfg.management.token_file);
-        match crate::renew::renew_if_due(
+        match crate::daemon::renew::renew_if_due(
             &self.management,
             &self.cfg.cluster.namespace,
             &names.agent,
@@ -641,17 +593,17 @@ impl Runner {
     ) -> Attempt {
         // Held until the attempt ends: `fledge-agent unpivot` run by hand waits for it, and
         // while it holds the lock (moving the cluster away) no attempt starts.
-        let _run = match crate::runlock::try_acquire(&self.state_dir) {
+        let _run = match crate::state::runlock::try_acquire(&self.state_dir) {
             Ok(Some(lock)) => lock,
             Ok(None) => {
                 tracing::info!(
-                    lock = %crate::runlock::path(&self.state_dir).display(),
+                    lock = %crate::state::runlock::path(&self.state_dir).display(),
                     "fledge-agent unpivot, run by hand, holds the run lock; waiting"
                 );
                 return Attempt::Wait(POLL);
             }
             Err(e) => {
-                tracing::error!(error = %e, lock = %crate::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
+                tracing::error!(error = %e, lock = %crate::state::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
                 return Attempt::Failed;
             }
         };
@@ -863,21 +815,28 @@ mod tests {
         let mut j = Journal::load(&state).unwrap();
         j.record(&state, Phase::Installed, Outcome::Succeeded, None, None)
             .unwrap();
-        let before = std::fs::read(crate::journal::path(&state)).unwrap();
-        let held = crate::runlock::try_acquire(&state).unwrap().unwrap();
+        let before = std::fs::read(crate::state::journal::path(&state)).unwrap();
+        let held = crate::state::runlock::try_acquire(&state).unwrap().unwrap();
         let (mut local, mut finalizer) = (None, false);
         let a = runner
             .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == POLL));
-        assert_eq!(std::fs::read(crate::journal::path(&state)).unwrap(), before);
+        assert_eq!(
+            std::fs::read(crate::state::journal::path(&state)).unwrap(),
+            before
+        );
         // The attempt held the lock only while it ran; with the lock free it runs again.
         drop(held);
         let a = runner
             .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == Duration::from_secs(3600)));
-        assert!(crate::runlock::try_acquire(&state).unwrap().is_some());
+        assert!(
+            crate::state::runlock::try_acquire(&state)
+                .unwrap()
+                .is_some()
+        );
     }
 
     fn journal(entries: &[(Phase, Outcome)]) -> Journal {

@@ -1,6 +1,6 @@
 //! `ProvidersInstalled`: cert-manager, then the core, kubeadm bootstrap, kubeadm control-plane
 //! and infrastructure providers, from the directory baked into the image, as `clusterctl init`
-//! installs them (see [`crate::components`]), with clusterctl's inventory so that clusterctl
+//! installs them (see [`crate::clusterctl::components`]), with clusterctl's inventory so that clusterctl
 //! recognises the installation later. Each provider is ready before the next is applied: every
 //! CRD Established, every Deployment Available, every webhook answering a server-side dry-run
 //! create.
@@ -17,7 +17,7 @@ use kube::api::{ApiResource, DynamicObject, PostParams};
 use serde_json::Value;
 
 use super::{Context, PhaseError, Step};
-use crate::components::{self, Components, ComponentsError, Kind, Provider};
+use crate::clusterctl::components::{self, Components, ComponentsError, Kind, Provider};
 
 /// The field manager of everything the agent applies.
 pub const FIELD_MANAGER: &str = "fledge-agent";
@@ -42,7 +42,7 @@ pub enum ProvidersError {
     },
     /// A provider could not be fetched.
     #[error(transparent)]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[from] crate::clusterctl::fetch::FetchError),
     /// The Secret named by `spec.infrastructure.variablesSecret` could not be read.
     #[error(
         "cannot read the providers' variables from Secret {namespace}/{name} on the management plane (spec.infrastructure.variablesSecret)"
@@ -87,7 +87,7 @@ pub enum ProvidersError {
 /// from: the baked directory, else the fetched ones (`providers.fetch`, in the state directory).
 pub fn wanted(ctx: &Context) -> Result<Vec<(Provider, PathBuf)>, ComponentsError> {
     let baked = crate::config::rooted(&ctx.root, &ctx.cfg.providers_dir());
-    let fetched = crate::fetch::dir(&ctx.state_dir);
+    let fetched = crate::clusterctl::fetch::dir(&ctx.state_dir);
     let providers = ctx.cfg.providers.clone().unwrap_or_default();
     let mut out = Vec::new();
     for (kind, name) in [
@@ -134,9 +134,9 @@ async fn fetch_missing(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<(), ProvidersError> {
-    let base = crate::fetch::dir(&ctx.state_dir);
+    let base = crate::clusterctl::fetch::dir(&ctx.state_dir);
     for f in ctx.cfg.providers.iter().flat_map(|p| &p.fetch) {
-        if crate::fetch::ensure(&base, f).await? {
+        if crate::clusterctl::fetch::ensure(&base, f).await? {
             progress(&format!(
                 "{} {}: fetched from {} (sha256 verified)",
                 f.name, f.version, f.url
@@ -149,9 +149,9 @@ async fn fetch_missing(
 /// The plan: each provider, and whether the local cluster's inventory already holds it.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
     let mut steps = Vec::new();
-    let fetched = crate::fetch::dir(&ctx.state_dir);
+    let fetched = crate::clusterctl::fetch::dir(&ctx.state_dir);
     for f in ctx.cfg.providers.iter().flat_map(|p| &p.fetch) {
-        if !crate::fetch::present(&fetched, f) {
+        if !crate::clusterctl::fetch::present(&fetched, f) {
             steps.push(format!(
                 "fetch {} {} from {} (pinned by sha256)",
                 f.name, f.version, f.url
@@ -189,7 +189,7 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
 async fn installed_versions(ctx: &Context) -> std::collections::BTreeMap<String, String> {
     let api: Api<DynamicObject> = Api::all_with(
         ctx.local.clone(),
-        &crate::pivot::providers::inventory_resource(),
+        &crate::clusterctl::inventory::inventory_resource(),
     );
     let items = api
         .list(&Default::default())
@@ -513,7 +513,7 @@ fn probes(c: &Components) -> Vec<(String, ApiResource, bool)> {
 /// None once it is Established, else why not yet.
 async fn ensure_inventory_crd(ctx: &Context) -> Result<Option<String>, PhaseError> {
     let api: Api<CustomResourceDefinition> = Api::all(ctx.local.clone());
-    let crd = components::inventory_crd();
+    let crd = crate::clusterctl::inventory::inventory_crd();
     let name = crd["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

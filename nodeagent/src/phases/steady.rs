@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use super::scaledout::ScaleOutError;
 use super::{Context, PhaseError, Step};
 use crate::day2::{self, Observed};
-use crate::journal::{Journal, Outcome, Phase};
+use crate::state::journal::{Journal, Outcome, Phase};
 
 fn resources(ctx: &Context) -> Resources {
     let provider = fledge_generator::providers::get(ctx.spec.provider());

@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Context, PhaseError, Step};
-use crate::journal::{Journal, JournalError, Phase};
 use crate::pivot::apply::{Direction, Options, Pivot};
+use crate::state::journal::{Journal, JournalError, Phase};
+use crate::state::{fsutil, runlock};
 
 /// The agent's finalizer on its FledgeCluster.
 pub const FINALIZER: &str = "fledge.dev/agent";
@@ -143,19 +144,19 @@ fn update_request<T>(
     state_dir: &Path,
     change: impl FnOnce(&mut Option<Request>) -> (bool, T),
 ) -> std::io::Result<T> {
-    let lock = crate::fsutil::open_lock_file(&request_lock_path(state_dir))?;
+    let lock = fsutil::open_lock_file(&request_lock_path(state_dir))?;
     lock.lock()?;
     let mut request = load_request(state_dir)?;
     let (write, out) = change(&mut request);
     if write && let Some(r) = &request {
         let body = serde_json::to_vec_pretty(r).unwrap_or_default();
-        crate::fsutil::write_atomic(&request_path(state_dir), &body, 0o600)?;
+        fsutil::write_atomic(&request_path(state_dir), &body, 0o600)?;
     }
     Ok(out)
 }
 
 /// Writes `bytes` (a request as another node's agent recorded it, see
-/// [`crate::clusterstate`]) as the recorded request, under its lock. Bytes that are not a
+/// [`crate::state::clusterstate`]) as the recorded request, under its lock. Bytes that are not a
 /// request are not written.
 pub fn adopt_request(state_dir: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let request: Request = serde_json::from_slice(bytes).map_err(std::io::Error::other)?;
@@ -369,8 +370,8 @@ pub fn settle(state_dir: &Path) -> Result<Option<Cancel>, JournalError> {
     {
         return Ok(None);
     }
-    let Some(_run) = crate::runlock::try_acquire(state_dir).map_err(|source| JournalError::Io {
-        path: crate::runlock::path(state_dir),
+    let Some(_run) = runlock::try_acquire(state_dir).map_err(|source| JournalError::Io {
+        path: runlock::path(state_dir),
         op: "lock",
         source,
     })?
@@ -750,7 +751,7 @@ pub async fn apply_release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::Outcome;
+    use crate::state::journal::Outcome;
     use Cancel::*;
     use NamespaceState::*;
 
@@ -949,7 +950,7 @@ mod tests {
         journal(state, &STEADY);
         assert!(request_deletion(state, UID, "t").unwrap());
         assert!(cancel(state, UID, "t", Replaced).unwrap());
-        let held = crate::runlock::try_acquire(state).unwrap().unwrap();
+        let held = crate::state::runlock::try_acquire(state).unwrap().unwrap();
         assert_eq!(settle(state).unwrap(), None);
         assert!(deletion_requested(state));
         drop(held);

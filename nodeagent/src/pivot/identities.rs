@@ -297,8 +297,10 @@ fn add_global(g: &mut Graph, (obj, ar): (DynamicObject, ApiResource)) -> String 
 /// The namespaces of the infrastructure providers in clusterctl's inventory (where a global
 /// identity's Secret lives).
 async fn infra_provider_namespaces(client: &kube::Client) -> Result<Vec<String>, DiscoverError> {
-    let api: Api<DynamicObject> =
-        Api::all_with(client.clone(), &super::providers::inventory_resource());
+    let api: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &crate::clusterctl::inventory::inventory_resource(),
+    );
     match api.list(&ListParams::default()).await {
         Ok(list) => {
             let set: BTreeSet<String> = list

@@ -1,9 +1,16 @@
 //! The pivot: moving one cluster's Cluster API objects from the management cluster into the
 //! workload cluster. Discovery (scoped to one cluster) gives a graph, the plan is pure data that
 //! `--dry-run` prints, and [`apply::Pivot`] carries it out, crash-safe.
+//!
+//! - [`discover`] (with [`crds`] and [`identities`]): the graph of one cluster's objects;
+//! - [`plan`]: the groups in creation order;
+//! - [`apply`]: the move, and the unpivot (the same engine in reverse), whose providers check
+//!   is [`providers`];
+//! - [`phase`]: the pivot journaled as the `Pivoted` phase on its own. The agent's runner does
+//!   not use it (it runs [`crate::phases::pivoted`] and journals that itself); the pivot
+//!   integration test does.
 
 pub mod apply;
-pub mod count;
 pub mod crds;
 pub mod discover;
 pub mod identities;

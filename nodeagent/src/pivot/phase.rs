@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::apply::{Event, Options, Pivot, PivotError, Summary};
-use crate::journal::{Journal, JournalError, Phase};
+use crate::state::journal::{Journal, JournalError, Phase};
 
 /// Why the phase failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub async fn run(
         .await
         .map_err(PhaseError::from)
     };
-    let done = crate::phases::journaled(
+    let done = crate::state::journal::journaled(
         state_dir,
         journal,
         Phase::Pivoted,

@@ -1,39 +1,9 @@
 //! The providers check of an unpivot, before any write: every provider clusterctl's inventory
 //! records in the source must be in the target's inventory at the same or a newer version, so
-//! that the target's controllers understand every object (and every field) the move brings.
+//! that the target's controllers understand every object (and every field) the move brings. The
+//! inventory itself is read with [`crate::clusterctl::inventory`].
 
 use std::collections::BTreeMap;
-
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
-
-/// clusterctl's inventory type (`providers.clusterctl.cluster.x-k8s.io`).
-pub fn inventory_resource() -> ApiResource {
-    ApiResource {
-        group: "clusterctl.cluster.x-k8s.io".into(),
-        version: "v1alpha3".into(),
-        api_version: "clusterctl.cluster.x-k8s.io/v1alpha3".into(),
-        kind: "Provider".into(),
-        plural: "providers".into(),
-    }
-}
-
-/// Provider versions by inventory name (`cluster-api`, `infrastructure-docker`, ...). `None`
-/// when the cluster has no inventory (the CRD is not served).
-pub async fn inventory(
-    client: &kube::Client,
-) -> Result<Option<BTreeMap<String, String>>, kube::Error> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &inventory_resource());
-    match api.list(&ListParams::default()).await {
-        Ok(list) => Ok(Some(
-            list.items
-                .into_iter()
-                .filter_map(|o| Some((o.metadata.name?, o.data["version"].as_str()?.to_string())))
-                .collect(),
-        )),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(e),
-    }
-}
 
 /// `v1.13.5` (the leading `v` optional) as a semantic version.
 fn parse(v: &str) -> Option<semver::Version> {

@@ -8,7 +8,8 @@ impl<'a> Pivot<'a> {
     /// Fails, before any write, unless the target's inventory holds every provider of the
     /// source's at the same or a newer version.
     pub(super) async fn check_providers(&self) -> Result<(), PivotError> {
-        use crate::pivot::providers::{compare, inventory};
+        use crate::clusterctl::inventory::inventory;
+        use crate::pivot::providers::compare;
         let read = |side: &'static str, client: &'a kube::Client| async move {
             self.retry(
                 || format!("listing clusterctl's provider inventory in the {side}"),

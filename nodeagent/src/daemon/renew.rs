@@ -14,6 +14,8 @@ use fledge_generator::token::{self, Claims};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
+use crate::state::fsutil;
+
 /// Errors renewing or taking a token.
 #[derive(Debug, thiserror::Error)]
 pub enum RenewError {
@@ -53,7 +55,7 @@ fn read(path: &Path) -> Result<String, RenewError> {
 }
 
 fn write(path: &Path, token: &str) -> Result<(), RenewError> {
-    crate::fsutil::write_atomic(path, token.as_bytes(), 0o600).map_err(|source| RenewError::File {
+    fsutil::write_atomic(path, token.as_bytes(), 0o600).map_err(|source| RenewError::File {
         path: path.to_path_buf(),
         op: "write",
         source,

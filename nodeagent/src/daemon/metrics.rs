@@ -25,8 +25,8 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::journal::Phase;
-use crate::pivot::count::Counts;
+use crate::clients::Counts;
+use crate::state::journal::Phase;
 
 /// What the agent knows, shared with the metrics endpoint and tests.
 #[derive(Debug, Default, Clone)]

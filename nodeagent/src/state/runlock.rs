@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The lock file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("run.lock")
+    state_dir.join(super::layout::RUN_LOCK)
 }
 
 /// A held run lock; dropping it releases the lock.
@@ -20,7 +20,7 @@ pub struct RunLock {
 
 /// Takes the run lock if no one holds it (`None` when someone does).
 pub fn try_acquire(state_dir: &Path) -> std::io::Result<Option<RunLock>> {
-    let file = crate::fsutil::open_lock_file(&path(state_dir))?;
+    let file = crate::state::fsutil::open_lock_file(&path(state_dir))?;
     match file.try_lock() {
         Ok(()) => Ok(Some(RunLock { _file: file })),
         Err(TryLockError::WouldBlock) => Ok(None),
@@ -34,7 +34,7 @@ pub async fn acquire(state_dir: &Path, waiting: impl FnOnce(&Path)) -> std::io::
         return Ok(lock);
     }
     waiting(&path(state_dir));
-    let file = crate::fsutil::open_lock_file(&path(state_dir))?;
+    let file = crate::state::fsutil::open_lock_file(&path(state_dir))?;
     tokio::task::spawn_blocking(move || file.lock().map(|()| RunLock { _file: file }))
         .await
         .map_err(std::io::Error::other)?

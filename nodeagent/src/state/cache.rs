@@ -108,7 +108,7 @@ pub const REPLACES_UID: &str = "fledge.dev/replaces-uid";
 
 /// The cache file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("spec.yaml")
+    state_dir.join(super::layout::SPEC)
 }
 
 /// Loads the cache (`None` when there is none), checking the hash.
@@ -177,10 +177,12 @@ pub fn decide(
 pub fn store(state_dir: &Path, spec: &CachedSpec) -> Result<(), CacheError> {
     let p = path(state_dir);
     let text = serde_yaml::to_string(spec).unwrap_or_default();
-    crate::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|source| CacheError::Io {
-        path: p,
-        op: "write",
-        source,
+    crate::state::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|source| {
+        CacheError::Io {
+            path: p,
+            op: "write",
+            source,
+        }
     })
 }
 

@@ -586,45 +586,6 @@ pub fn inventory(provider: &Provider, namespace: &str) -> Option<Value> {
     }))
 }
 
-/// The inventory's CRD, for a cluster that has none yet (clusterctl installs the same group,
-/// version and fields; it replaces this one when it upgrades the inventory).
-pub fn inventory_crd() -> Value {
-    let s = json!({"type": "string"});
-    json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": "providers.clusterctl.cluster.x-k8s.io",
-            "labels": {
-                "clusterctl.cluster.x-k8s.io": "",
-                "clusterctl.cluster.x-k8s.io/core": "inventory",
-            },
-        },
-        "spec": {
-            "group": "clusterctl.cluster.x-k8s.io",
-            "names": {"kind": "Provider", "listKind": "ProviderList", "plural": "providers", "singular": "provider", "categories": ["cluster-api"]},
-            "scope": "Namespaced",
-            "versions": [{
-                "name": "v1alpha3",
-                "served": true,
-                "storage": true,
-                "additionalPrinterColumns": [
-                    {"jsonPath": ".type", "name": "Type", "type": "string"},
-                    {"jsonPath": ".providerName", "name": "Provider", "type": "string"},
-                    {"jsonPath": ".version", "name": "Version", "type": "string"},
-                ],
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "properties": {
-                        "apiVersion": s, "kind": s, "metadata": {"type": "object"},
-                        "providerName": s, "type": s, "version": s, "watchedNamespace": s,
-                    },
-                }},
-            }],
-        },
-    })
-}
-
 /// The contract `metadata.yaml` gives `provider`'s version (`v1beta2`).
 pub fn contract_of(base: &Path, provider: &Provider) -> Result<String, ComponentsError> {
     let path = provider.dir(base).join("metadata.yaml");

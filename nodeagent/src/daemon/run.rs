@@ -1,8 +1,8 @@
 //! `fledge-agent run`: load state, tell systemd READY, then run three things until the stop
-//! signal: the spec sync ([`crate::spec_sync`]: the cached spec in step with the management
+//! signal: the spec sync ([`crate::daemon::spec_sync`]: the cached spec in step with the management
 //! plane, status reported when reachable, the cache used when not), the phase runner
 //! ([`crate::phases`], on a thread of its own), and `/healthz` + `/metrics` on loopback
-//! ([`crate::metrics`]). Feeds systemd's watchdog while the sync beats.
+//! ([`crate::daemon::metrics`]). Feeds systemd's watchdog while the sync beats.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -12,15 +12,13 @@ use std::time::Duration;
 use kube::Api;
 use tokio::sync::watch;
 
-use crate::cache;
+use crate::clients::{CountLayer, Counts};
 use crate::config::{AgentConfig, ConfigError};
-use crate::journal::{Journal, JournalError, Outcome, Phase};
-use crate::metrics::serve_metrics;
-pub use crate::metrics::{Shared, Snapshot};
-use crate::notify::Notifier;
-use crate::pivot::count::{CountLayer, Counts};
-use crate::spec_sync::Sync;
-pub use crate::spec_sync::error_kind;
+use crate::daemon::metrics::{Shared, serve_metrics};
+use crate::daemon::notify::Notifier;
+use crate::daemon::spec_sync::Sync;
+use crate::state::cache;
+use crate::state::journal::{Journal, JournalError, Outcome, Phase};
 
 /// Errors that stop the agent (everything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +57,6 @@ pub enum RunError {
     },
 }
 
-/// How often the spec-sync task beats.
-pub(crate) const SYNC_BEAT: Duration = Duration::from_secs(5);
 /// A sync task silent for longer is wedged: the watchdog stops being fed, and systemd restarts
 /// the agent once `WatchdogSec` passes. Longer than any single request may take (connect 5 s,
 /// read 30 s).
@@ -209,12 +205,12 @@ pub fn management_client_counted(
         .build())
 }
 
-/// This agent's side of the leader election ([`crate::leader`]), kept by one task.
+/// This agent's side of the leader election ([`crate::daemon::leader`]), kept by one task.
 struct Election {
     identity: String,
     kubeconfig: PathBuf,
     counts: Arc<Counts>,
-    elector: Option<crate::leader::Elector>,
+    elector: Option<crate::daemon::leader::Elector>,
     shared: Shared,
     leading: watch::Sender<bool>,
     /// While leading: when the Lease was last renewed.
@@ -236,10 +232,10 @@ impl Election {
             match crate::phases::local_client(&self.kubeconfig, self.counts.clone()).await {
                 Ok(local) => {
                     self.local = Some(local.clone());
-                    self.elector = Some(crate::leader::Elector::new(
+                    self.elector = Some(crate::daemon::leader::Elector::new(
                         local,
                         self.identity.clone(),
-                        crate::leader::LEASE_DURATION,
+                        crate::daemon::leader::LEASE_DURATION,
                     ))
                 }
                 Err(e) => {
@@ -277,7 +273,7 @@ impl Election {
             }
             Err(e) => {
                 if let Some(at) = self.renewed
-                    && at.elapsed() >= crate::leader::RENEW_DEADLINE
+                    && at.elapsed() >= crate::daemon::leader::RENEW_DEADLINE
                 {
                     tracing::error!(error = %e, "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
                     return false;
@@ -291,7 +287,7 @@ impl Election {
 
 impl Election {
     /// A follower takes the leader's renewed management token from the local cluster
-    /// ([`crate::renew::take_from_cluster`]), at most every 30 s.
+    /// ([`crate::daemon::renew::take_from_cluster`]), at most every 30 s.
     async fn take_token(&mut self) {
         if self
             .token_looked
@@ -304,7 +300,7 @@ impl Election {
             return;
         };
         let (ns, secret, file) = &self.token;
-        match crate::renew::take_from_cluster(local, ns, secret, file).await {
+        match crate::daemon::renew::take_from_cluster(local, ns, secret, file).await {
             Ok(Some(c)) => tracing::info!(
                 expires = c.expires,
                 "took the leader's renewed management token from the local cluster"
@@ -403,14 +399,14 @@ pub async fn run<F: Future<Output = ()>>(
         s.requests = Some((management_counts.clone(), local_counts.clone()));
         s.state_dir = Some(state_dir.clone());
     });
-    // Only the leader acts ([`crate::leader`]): the phase runner starts once this agent holds
+    // Only the leader acts ([`crate::daemon::leader`]): the phase runner starts once this agent holds
     // the cluster's Lease, and a follower writes no status; the spec sync runs on every agent,
     // so a follower that takes over has the spec already. The first round runs before the
     // sync starts, so that a follower never reports as if it led.
     let identity = cfg
         .node_name
         .clone()
-        .unwrap_or_else(crate::leader::node_identity);
+        .unwrap_or_else(crate::daemon::leader::node_identity);
     let lease_kubeconfig = crate::config::rooted(&opts.root, &cfg.local_kubeconfig());
     let (leading_tx, leading_rx) = watch::channel(false);
     let mut election = Election {
@@ -438,7 +434,7 @@ pub async fn run<F: Future<Output = ()>>(
             loop {
                 tokio::select! {
                     _ = stop.changed() => return,
-                    () = tokio::time::sleep(crate::leader::RETRY_PERIOD) => {}
+                    () = tokio::time::sleep(crate::daemon::leader::RETRY_PERIOD) => {}
                 }
                 if !election.round().await {
                     return;
@@ -508,7 +504,7 @@ pub async fn run<F: Future<Output = ()>>(
         })
     };
     // The status written before a restart keeps its conditions' transition times.
-    let last_status = std::fs::read(state_dir.join("status.json"))
+    let last_status = std::fs::read(state_dir.join(crate::state::layout::STATUS))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let sync = Sync {

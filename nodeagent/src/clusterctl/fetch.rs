@@ -2,7 +2,7 @@
 //! `providers.fetch` in the agent configuration names a base URL (a release's download
 //! directory) and the sha256 of its `components.yaml` and `metadata.yaml`. Both files are
 //! downloaded, checked against their pins, and only then written (temp directory, fsync,
-//! rename) to `<stateDir>/providers/<name>/<version>/`, where [`crate::components`] reads them
+//! rename) to `<stateDir>/providers/<name>/<version>/`, where [`crate::clusterctl::components`] reads them
 //! like a baked directory. A file whose hash does not match is never written; a version already
 //! downloaded with the right hashes is not fetched again.
 //!
@@ -17,15 +17,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls_platform_verifier::BuilderVerifierExt;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::config::Fetch;
 
 /// The largest file accepted (a big provider's components.yaml is a few MB).
 pub const MAX_BYTES: usize = 64 << 20;
 
 /// The files of a provider version.
 pub const FILES: [&str; 2] = ["components.yaml", "metadata.yaml"];
+
+/// A provider version fetched from a URL (`providers.fetch[]` in the agent configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fetch {
+    /// Provider name as in the directory layout (`infrastructure-vsphere`).
+    pub name: String,
+    /// Version (`v1.16.1`).
+    pub version: String,
+    /// Base URL ending in `/` holding `components.yaml` and `metadata.yaml` (a release's
+    /// download directory).
+    pub url: String,
+    /// sha256 (hex) per file: `components.yaml` always, `metadata.yaml` for CAPI providers.
+    pub sha256: std::collections::BTreeMap<String, String>,
+}
 
 /// Why a provider could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +90,7 @@ pub enum FetchError {
 
 /// The directory downloaded providers live in.
 pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("providers")
+    state_dir.join(crate::state::layout::PROVIDERS)
 }
 
 /// Lower-case hex sha256 of `bytes`.
@@ -87,14 +101,43 @@ pub fn hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// Checks a provider name that names a directory (`providers.fetch[].name`): `cert-manager`,
+/// `cluster-api`, `bootstrap-*`, `control-plane-*` or `infrastructure-*`, and a DNS-1123 label.
+pub fn check_provider_name(name: &str) -> Result<(), String> {
+    if crate::clusterctl::components::kind_of(name).is_some()
+        && fledge_generator::spec::check_dns_label(name, 63).is_ok()
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be cert-manager, cluster-api, bootstrap-*, control-plane-* or infrastructure-*, \
+             a DNS-1123 label (lower-case letters, digits and '-', at most 63) (got {name:?})"
+        ))
+    }
+}
+
+/// Checks a provider version that names a directory (`providers.fetch[].version`): `v` and a
+/// semantic version (`v1.16.1`, `v1.17.0-rc.1`), which holds no `/` and no `..`.
+pub fn check_provider_version(version: &str) -> Result<(), String> {
+    let semver = version
+        .strip_prefix('v')
+        .is_some_and(|v| semver::Version::parse(v).is_ok());
+    if semver && version.len() <= 128 {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be v and a semantic version such as v1.16.1 or v1.17.0-rc.1, \
+             at most 128 characters, no '/' or '..' (got {version:?})"
+        ))
+    }
+}
+
 /// Checks that `f`'s name and version are plain directory names (`<base>/<name>/<version>`
 /// stays under `base`).
 fn check_entry(f: &Fetch) -> Result<(), FetchError> {
-    let problem = crate::config::check_provider_name(&f.name)
+    let problem = check_provider_name(&f.name)
         .map_err(|r| format!("name: {r}"))
-        .and_then(|()| {
-            crate::config::check_provider_version(&f.version).map_err(|r| format!("version: {r}"))
-        });
+        .and_then(|()| check_provider_version(&f.version).map_err(|r| format!("version: {r}")));
     problem.map_err(|problem| FetchError::Entry {
         name: f.name.clone(),
         problem,
@@ -355,7 +398,7 @@ pub async fn ensure(base: &Path, f: &Fetch) -> Result<bool, FetchError> {
         .tempdir_in(&parent)
         .map_err(werr(&parent))?;
     for (name, bytes) in &files {
-        crate::fsutil::write_atomic(&tmp.path().join(name), bytes, 0o644)
+        crate::state::fsutil::write_atomic(&tmp.path().join(name), bytes, 0o644)
             .map_err(werr(&tmp.path().join(name)))?;
     }
     let at = parent.join(&f.version);

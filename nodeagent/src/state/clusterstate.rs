@@ -21,9 +21,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::cache::{self, CachedSpec, Decision};
-use crate::journal::{Journal, JournalError};
-use crate::phases::{addons, unpivoted};
+use super::layout;
+use crate::phases::unpivoted;
+use crate::state::cache::{self, CachedSpec, Decision};
+use crate::state::journal::{Journal, JournalError};
 
 /// Namespace of the Secret.
 pub const NAMESPACE: &str = "kube-system";
@@ -83,16 +84,16 @@ pub const KEYS: [&str; 4] = [JOURNAL, SPEC, LAYERS, DELETION];
 /// Each held key with its file in `state_dir`.
 fn paths(state_dir: &Path) -> [(&'static str, PathBuf); 4] {
     [
-        (JOURNAL, crate::journal::path(state_dir)),
+        (JOURNAL, crate::state::journal::path(state_dir)),
         (SPEC, cache::path(state_dir)),
-        (LAYERS, addons::dir(state_dir).join("status.json")),
+        (LAYERS, layout::addons_status(state_dir)),
         (DELETION, unpivoted::request_path(state_dir)),
     ]
 }
 
 /// The file in the state directory that keeps the sequence number this node last wrote or took.
 pub fn sequence_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("cluster-state.sequence")
+    state_dir.join(layout::CLUSTER_STATE_SEQUENCE)
 }
 
 fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> HeldError {
@@ -125,7 +126,8 @@ pub fn disk_sequence(state_dir: &Path) -> u64 {
 
 fn write_sequence(state_dir: &Path, n: u64) -> Result<(), HeldError> {
     let p = sequence_path(state_dir);
-    crate::fsutil::write_atomic(&p, format!("{n}\n").as_bytes(), 0o600).map_err(io(&p, "write"))
+    crate::state::fsutil::write_atomic(&p, format!("{n}\n").as_bytes(), 0o600)
+        .map_err(io(&p, "write"))
 }
 
 /// The cluster's copy: its sequence number and files.
@@ -187,7 +189,7 @@ pub fn merge(disk: &Files, disk_sequence: u64, held: &Held) -> Files {
     let journal = |b: Option<&Vec<u8>>| b.and_then(|b| serde_json::from_slice::<Journal>(b).ok());
     if let Some(theirs) = journal(held.files.get(JOURNAL)) {
         let ours = journal(disk.get(JOURNAL)).unwrap_or_default();
-        let merged = crate::journal::merged(&ours, &theirs);
+        let merged = crate::state::journal::merged(&ours, &theirs);
         if Some(&merged) != journal(disk.get(JOURNAL)).as_ref() {
             take.insert(
                 JOURNAL,
@@ -256,11 +258,12 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
             DELETION => unpivoted::adopt_request(state_dir, bytes)
                 .map_err(io(&unpivoted::request_path(state_dir), "write"))?,
             _ => {
-                let path = addons::dir(state_dir).join("status.json");
+                let path = layout::addons_status(state_dir);
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(io(dir, "create"))?;
                 }
-                crate::fsutil::write_atomic(&path, bytes, 0o600).map_err(io(&path, "write"))?;
+                crate::state::fsutil::write_atomic(&path, bytes, 0o600)
+                    .map_err(io(&path, "write"))?;
             }
         }
         taken.push(*key);
@@ -348,7 +351,7 @@ pub async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{Entry, Outcome, Phase};
+    use crate::state::journal::{Entry, Outcome, Phase};
 
     fn spec(generation: i64, uid: &str, workers: i64) -> Vec<u8> {
         let text = std::fs::read_to_string(concat!(

@@ -16,14 +16,18 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
 use tokio::sync::watch;
 
-use crate::cache::{self, CachedSpec, Decision};
 use crate::config::AgentConfig;
-use crate::journal::{Journal, Outcome, Phase};
-use crate::metrics::Shared;
-use crate::notify::Notifier;
+use crate::daemon::metrics::Shared;
+use crate::daemon::notify::Notifier;
 use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
-use crate::run::SYNC_BEAT;
+use crate::state::cache::{self, CachedSpec, Decision};
+use crate::state::journal::{Journal, Outcome, Phase};
+use crate::state::layout;
 use crate::time::unix_now as now;
+
+/// How often the spec-sync task beats (the watchdog is fed while it does:
+/// [`crate::daemon::run::SYNC_STALL`]).
+pub(crate) const SYNC_BEAT: Duration = Duration::from_secs(5);
 
 /// The kind of a failed management-plane request, as counted in the metrics.
 pub fn error_kind(e: &kube::Error) -> &'static str {
@@ -217,7 +221,7 @@ impl Sync {
                 &self.cfg.cluster.namespace,
             );
             if let Err(e) = unpivoted::hold_on(&api, &self.cfg.cluster.name).await {
-                tracing::warn!(error = %crate::phases::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
+                tracing::warn!(error = %crate::state::journal::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
             }
         }
         let acted = self.deletion(Some(obj)).await;
@@ -325,7 +329,7 @@ impl Sync {
                         ),
                         Ok(false) => {}
                         Err(e) => {
-                            tracing::warn!(error = %crate::phases::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
+                            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
                         }
                     }
                 }
@@ -480,7 +484,7 @@ impl Sync {
         if let Some(c) = self.deletion_condition(&cond) {
             conditions.push(c);
         }
-        let failure = self.state_dir.join("bootstrap-failure.json");
+        let failure = self.state_dir.join(layout::BOOTSTRAP_FAILURE);
         if let Ok(text) = std::fs::read_to_string(&failure) {
             let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             conditions.push(cond(
@@ -554,8 +558,8 @@ impl Sync {
         }
         let status = self.status();
         self.last_status = Some(status.clone());
-        if let Err(e) = crate::fsutil::write_atomic(
-            &self.state_dir.join("status.json"),
+        if let Err(e) = crate::state::fsutil::write_atomic(
+            &self.state_dir.join(layout::STATUS),
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,
         ) {

@@ -86,7 +86,7 @@ pub struct Entry {
 
 /// The lock file next to the journal (`journal.lock`, empty, mode 0600).
 pub fn lock_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("journal.lock")
+    state_dir.join(super::layout::JOURNAL_LOCK)
 }
 
 /// Takes the exclusive lock that serializes the read-merge-write of the journal, held until the
@@ -96,7 +96,7 @@ pub fn lock_path(state_dir: &Path) -> PathBuf {
 /// service, and `fledge-agent unpivot` run by hand).
 fn lock_file(state_dir: &Path) -> Result<std::fs::File, JournalError> {
     let path = lock_path(state_dir);
-    let file = crate::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
+    let file = crate::state::fsutil::open_lock_file(&path).map_err(|source| JournalError::Io {
         path: path.clone(),
         op: "open",
         source,
@@ -145,7 +145,7 @@ pub struct Journal {
 
 /// The journal file in a state directory.
 pub fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join("journal.json")
+    state_dir.join(super::layout::JOURNAL)
 }
 
 /// A corrupt journal that was set aside: its bytes kept under a new name next to it, never
@@ -200,13 +200,12 @@ fn read(state_dir: &Path) -> Result<OnDisk, JournalError> {
 /// copy); the caller holds the journal lock.
 fn set_aside(state_dir: &Path, problem: String, secs: i64) -> Result<SetAside, JournalError> {
     let journal = path(state_dir);
-    let kept =
-        crate::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(|source| {
-            JournalError::SetAside {
-                path: journal.clone(),
-                source,
-            }
-        })?;
+    let kept = crate::state::fsutil::move_aside(&journal, &format!("corrupt-{secs}")).map_err(
+        |source| JournalError::SetAside {
+            path: journal.clone(),
+            source,
+        },
+    )?;
     Ok(SetAside {
         journal,
         kept,
@@ -304,7 +303,7 @@ impl Journal {
         self.version = 1;
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
             path: p,
             op: "write",
             source,
@@ -358,16 +357,18 @@ impl Journal {
         self.phases.retain(|e| e.phase != phase);
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
-            path: p,
-            op: "write",
-            source,
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| {
+            JournalError::Io {
+                path: p,
+                op: "write",
+                source,
+            }
         })?;
         Ok(true)
     }
 
     /// Replaces the journal with [`merged`] of the one on disk and `held` (the copy a new leader
-    /// takes from the cluster, see [`crate::clusterstate`]), under the journal lock.
+    /// takes from the cluster, see [`crate::state::clusterstate`]), under the journal lock.
     pub fn adopt(state_dir: &Path, held: &Journal) -> Result<Journal, JournalError> {
         let _lock = lock_file(state_dir)?;
         let ours = match read(state_dir)? {
@@ -382,10 +383,12 @@ impl Journal {
         let j = merged(&ours, held);
         let p = path(state_dir);
         let bytes = serde_json::to_vec_pretty(&j).unwrap_or_default();
-        crate::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| JournalError::Io {
-            path: p,
-            op: "write",
-            source,
+        crate::state::fsutil::write_atomic(&p, &bytes, 0o600).map_err(|source| {
+            JournalError::Io {
+                path: p,
+                op: "write",
+                source,
+            }
         })?;
         Ok(j)
     }
@@ -443,6 +446,61 @@ pub fn merged(ours: &Journal, held: &Journal) -> Journal {
     phases.extend(fetched.cloned());
     phases.sort_by_key(|e| e.phase);
     Journal { version: 1, phases }
+}
+
+/// The error and its causes on one line: how the journal records a failure (and how the agent
+/// logs one).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
+}
+
+/// Runs `work` as `phase` of the journal: `Started` before, `Succeeded` (with the summary) or
+/// `Failed` (with the error chain) after. A phase already succeeded is not run again.
+pub async fn journaled<T, E, F>(
+    state_dir: &std::path::Path,
+    journal: &mut Journal,
+    phase: Phase,
+    generation: Option<i64>,
+    work: F,
+    summary: impl FnOnce(&T) -> String,
+) -> Result<Option<T>, E>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::error::Error + From<JournalError>,
+{
+    if journal.done(phase) {
+        return Ok(None);
+    }
+    journal.record(state_dir, phase, Outcome::Started, generation, None)?;
+    match work.await {
+        Ok(v) => {
+            journal.record(
+                state_dir,
+                phase,
+                Outcome::Succeeded,
+                generation,
+                Some(summary(&v)),
+            )?;
+            Ok(Some(v))
+        }
+        Err(e) => {
+            journal.record(
+                state_dir,
+                phase,
+                Outcome::Failed,
+                generation,
+                Some(chain(&e)),
+            )?;
+            Err(e)
+        }
+    }
 }
 
 #[cfg(test)]

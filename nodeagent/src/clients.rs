@@ -1,5 +1,9 @@
-//! A client layer that counts the requests a client sends, by kind (reads and writes), so that
-//! the pivot can report "requests made" in its summary.
+//! Kubernetes clients whose requests are counted: a client layer that counts the requests a
+//! client sends, by kind (reads and writes), so that the pivot can report "requests made" in its
+//! summary and `/metrics` the agent's requests per cluster; and a counted client built from a
+//! kubeconfig. The agent's own clients are built on them: the management plane's from its token
+//! and CA files ([`crate::daemon::run::management_client_counted`]) and the local cluster's from
+//! its kubeconfig ([`crate::phases::local_client`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
