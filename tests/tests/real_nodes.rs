@@ -485,11 +485,10 @@ async fn cp_a_replaced(
     assert_eq!(holder, cp_a, "CP-A's agent leads before the rollout");
     // Whole seconds, as clusterctl writes it: a machine created in the same second as a
     // fractional `after` counts as older than it and is rolled out again.
-    let now = k8s_openapi::jiff::Timestamp::from_second(
-        k8s_openapi::jiff::Timestamp::now().as_second(),
-    )
-    .expect("now")
-    .to_string();
+    let now =
+        k8s_openapi::jiff::Timestamp::from_second(k8s_openapi::jiff::Timestamp::now().as_second())
+            .expect("now")
+            .to_string();
     api(
         workload,
         "controlplane.cluster.x-k8s.io/v1beta2",
