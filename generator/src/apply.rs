@@ -400,7 +400,10 @@ pub async fn pivoted(
         }
         // Unpivoted: the objects are back here, whatever phase the agent last reported.
         let phase = status["phase"].as_str().unwrap_or_default();
-        if state != pivot_state::UNPIVOTED && POST_PIVOT_PHASES.contains(&phase) {
+        if state != pivot_state::UNPIVOTED
+            && crate::spec::Phase::parse(phase)
+                .is_some_and(crate::spec::Phase::objects_in_the_cluster)
+        {
             return Ok(Some(format!("its agent reports phase {phase}")));
         }
     }
@@ -481,9 +484,6 @@ pub fn label(kind: &str, group: &str, name: &str) -> String {
         format!("{}.{group}/{name}", kind.to_lowercase())
     }
 }
-
-/// The agent's phases that come after the pivot.
-const POST_PIVOT_PHASES: [&str; 4] = ["Pivoted", "ScaledOut", "AddonsReady", "Steady"];
 
 /// Applies a request's management objects (in their order): up to its FledgeCluster first,
 /// then the rest with the FledgeCluster as the owner of the agent's access objects

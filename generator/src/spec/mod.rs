@@ -1,12 +1,14 @@
 //! The `FledgeCluster` request: types, parsing, and validation into a [`CheckedCluster`].
 
 mod parse;
+mod phase;
 mod salvage;
 mod scalars;
 mod sshkey;
 mod types;
 
 pub use parse::{MAX_REQUEST_BYTES, RequestError, load_request, parse_request, spec_schema};
+pub use phase::Phase;
 pub use scalars::{
     Cidr, DnsLabel, KubeVersion, UserName, check_dns_label, check_dns_subdomain, check_host,
     check_https_url, check_text, is_metadata_host, is_metadata_ip,

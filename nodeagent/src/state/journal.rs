@@ -7,53 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// The agent's phases, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Phase {
-    /// The service is installed.
-    Installed,
-    /// The spec was fetched and cached.
-    SpecFetched,
-    /// The profile's core layers (network, cloud provider) are applied and every node is Ready.
-    CoreLayers,
-    /// The Cluster API providers run in the local cluster.
-    ProvidersInstalled,
-    /// The cluster's CAPI objects were moved into the local cluster.
-    Pivoted,
-    /// The remaining control-plane and worker machines were requested.
-    ScaledOut,
-    /// The profile's add-ons are installed.
-    AddonsReady,
-    /// Reconciling from the local spec.
-    Steady,
-    /// The cluster's CAPI objects were moved back to a management plane (the FledgeCluster's
-    /// deletion, or `fledge-agent unpivot`); the agent no longer manages the cluster.
-    Unpivoted,
-    /// The management plane deleted the cluster and the agent released its finalizer.
-    Released,
-}
-
-impl Phase {
-    /// All phases in order.
-    pub const ALL: [Phase; 10] = [
-        Phase::Installed,
-        Phase::SpecFetched,
-        Phase::CoreLayers,
-        Phase::ProvidersInstalled,
-        Phase::Pivoted,
-        Phase::ScaledOut,
-        Phase::AddonsReady,
-        Phase::Steady,
-        Phase::Unpivoted,
-        Phase::Released,
-    ];
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
+/// The agent's phases: the vocabulary of the FledgeCluster's `status.phase`, one enum for both
+/// crates (`fledge apply` reads it too).
+pub use fledge_generator::spec::Phase;
 
 /// How a phase ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
