@@ -414,6 +414,16 @@ async fn a_stolen_token_of_a_pivoted_cluster_cannot_create_clusters_read_secrets
         "{stdout}"
     );
 
+    // `--wait` on a FledgeCluster the agent still holds: the agent's state, then a clear error.
+    let out = fledge(&["delete", "--wait=3s"], &c.kubeconfig);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("agent phase Steady")
+            && stderr.contains(&format!("FledgeCluster {ns}/{name} is still there after 3s")),
+        "{stderr}"
+    );
+
     // Released by the agent: gone. A third run says so, unless told to ignore it.
     admin_fcs
         .patch(
