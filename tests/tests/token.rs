@@ -420,7 +420,9 @@ async fn a_stolen_token_of_a_pivoted_cluster_cannot_create_clusters_read_secrets
     assert!(
         !out.status.success()
             && stderr.contains("agent phase Steady")
-            && stderr.contains(&format!("FledgeCluster {ns}/{name} is still there after 3s")),
+            && stderr.contains(&format!(
+                "FledgeCluster {ns}/{name} is still there after 3s"
+            )),
         "{stderr}"
     );
 
