@@ -664,15 +664,11 @@ pub async fn fledge_cluster_uid(
     target: &Target,
     c: &CheckedCluster,
 ) -> Result<Option<String>, ApplyError> {
-    let ar = ApiResource {
-        group: "fledge.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: crate::spec::API_VERSION.into(),
-        kind: "FledgeCluster".into(),
-        plural: "fledgeclusters".into(),
-    };
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(target.client.clone(), c.namespace.as_str(), &ar);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        target.client.clone(),
+        c.namespace.as_str(),
+        &ApiResource::erase::<FledgeCluster>(&()),
+    );
     let got = api
         .get_opt(c.name.as_str())
         .await

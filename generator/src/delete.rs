@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::apply::{Applied, ApplyError, ApplyOptions, Target};
 use crate::management::Names;
-use crate::spec::CheckedCluster;
+use crate::spec::{CheckedCluster, FledgeCluster};
 
 /// What [`delete`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,14 +30,11 @@ pub enum Deleted {
 }
 
 fn fledge_clusters(target: &Target, c: &CheckedCluster) -> Api<DynamicObject> {
-    let ar = ApiResource {
-        group: "fledge.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: crate::spec::API_VERSION.into(),
-        kind: "FledgeCluster".into(),
-        plural: "fledgeclusters".into(),
-    };
-    Api::namespaced_with(target.client.clone(), c.namespace.as_str(), &ar)
+    Api::namespaced_with(
+        target.client.clone(),
+        c.namespace.as_str(),
+        &ApiResource::erase::<FledgeCluster>(&()),
+    )
 }
 
 fn request(target: &Target, object: String) -> impl FnOnce(kube::Error) -> ApplyError {
@@ -83,20 +80,19 @@ pub async fn delete(
             ..DeleteParams::default()
         };
         match api.delete(name, &dp).await {
-            Ok(_) => progress(&format!("{label} deleted")),
+            // The answer is the object while a finalizer holds it, a Status once it is gone.
+            Ok(answer) => {
+                progress(&format!("{label} deleted"));
+                if answer.is_right() {
+                    return Ok(Deleted::Gone);
+                }
+            }
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Deleted::Gone),
             Err(e) => return Err(request(target, label)(e)),
         }
     }
     // Still there: the agent holds it until the cluster's objects are back and the Cluster is
     // deleted here.
-    let Some(fc) = api
-        .get_opt(name)
-        .await
-        .map_err(request(target, label.clone()))?
-    else {
-        return Ok(Deleted::Gone);
-    };
     let names = Names::new(name);
     let mut rights: Vec<Value> = objects
         .iter()

@@ -13,7 +13,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
 
-use crate::spec::CheckedCluster;
+use crate::spec::{CheckedCluster, FledgeCluster};
 
 /// What one look at the management plane found.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -117,13 +117,7 @@ pub async fn observe(client: &kube::Client, c: &CheckedCluster) -> Result<Observ
     let fc = Api::<DynamicObject>::namespaced_with(
         client.clone(),
         ns,
-        &ApiResource {
-            group: "fledge.dev".into(),
-            version: "v1alpha1".into(),
-            api_version: "fledge.dev/v1alpha1".into(),
-            kind: "FledgeCluster".into(),
-            plural: "fledgeclusters".into(),
-        },
+        &ApiResource::erase::<FledgeCluster>(&()),
     )
     .get(name)
     .await
