@@ -1,6 +1,8 @@
 //! Cluster API Provider AWS (CAPA). CAPA serves `v1beta2` of its own API under both contracts.
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, text};
+use serde_json::Value;
+
+use super::{InfraApi, InfraProvider, MachineRules, Need, UnsetImage, block_json, text};
 use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain};
 
 pub(super) struct Aws;
@@ -33,6 +35,9 @@ impl InfraProvider for Aws {
             machine_type: Need::Unused,
         }
     }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.aws.as_ref())
+    }
     /// CAPA v2.11.1 `config/default/credentials.yaml`.
     fn credential_variables(&self) -> &'static [&'static str] {
         &["AWS_B64ENCODED_CREDENTIALS"]
@@ -50,6 +55,32 @@ impl InfraProvider for Aws {
     }
     fn external_cloud_provider(&self) -> bool {
         true
+    }
+    /// CAPA's templates name nodes after the EC2 private DNS name.
+    fn node_name(&self) -> Option<&'static str> {
+        Some("{{ ds.meta_data.local_hostname }}")
+    }
+    /// CAPA's default instance profiles, `<role>.cluster-api-provider-aws.sigs.k8s.io`.
+    fn default_instance_profile(&self, control_plane: bool) -> Option<&'static str> {
+        Some(if control_plane {
+            "control-plane"
+        } else {
+            "nodes"
+        })
+    }
+    /// EC2's limit.
+    fn user_data_limit(&self) -> usize {
+        16384
+    }
+    fn unset_image(&self, infra: &Infrastructure) -> Option<UnsetImage> {
+        infra
+            .aws
+            .as_ref()
+            .is_some_and(|b| b.ami.is_none())
+            .then_some(UnsetImage {
+                field: "spec.infrastructure.aws.ami",
+                what: "the AMI id",
+            })
     }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {
         let Some(b) = &infra.aws else { return };

@@ -1,6 +1,10 @@
 //! Cluster API Provider Azure (CAPZ). CAPZ serves only `v1beta1`, even with a v1beta2 core.
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, TemplateSecretFile};
+use serde_json::Value;
+
+use super::{
+    InfraApi, InfraProvider, MachineRules, Need, TemplateSecretFile, UnsetImage, block_json,
+};
 use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_text};
 
 pub(super) struct Azure;
@@ -27,6 +31,9 @@ impl InfraProvider for Azure {
             machine_type: Need::Unused,
         }
     }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.azure.as_ref())
+    }
     /// CAPZ v1.26.0's AzureMachineTemplate controller writes `<template>-azure-json` with both
     /// keys (`controllers/helpers.go` `GetCloudProviderSecret`); its templates mount them at
     /// `/etc/kubernetes/azure.json`, where cloud-provider-azure and the kubelet read them.
@@ -40,6 +47,16 @@ impl InfraProvider for Azure {
     }
     fn external_cloud_provider(&self) -> bool {
         true
+    }
+    fn unset_image(&self, infra: &Infrastructure) -> Option<UnsetImage> {
+        infra
+            .azure
+            .as_ref()
+            .is_some_and(|b| b.image_id.is_none())
+            .then_some(UnsetImage {
+                field: "spec.infrastructure.azure.imageID",
+                what: "the resource id",
+            })
     }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {
         let Some(b) = &infra.azure else { return };

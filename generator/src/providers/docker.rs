@@ -1,7 +1,9 @@
 //! CAPI's Docker test provider: `DockerCluster` (v1beta1) or its successor `DevCluster` with the
 //! docker backend (v1beta2, where the `Docker*` kinds are deprecated).
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, text};
+use serde_json::Value;
+
+use super::{InfraApi, InfraProvider, MachineRules, Need, block_json, text};
 use crate::spec::{CapiVersion, Infrastructure, Problems};
 
 pub(super) struct Docker;
@@ -33,7 +35,19 @@ impl InfraProvider for Docker {
             machine_type: Need::Unused,
         }
     }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.docker.as_ref())
+    }
+    /// Optional: without `customImage`, CAPD uses `kindest/node:<version>`.
+    fn requires_block(&self) -> bool {
+        false
+    }
     fn external_cloud_provider(&self) -> bool {
+        false
+    }
+    /// CAPD runs only a cloud-config's `write_files` and `runcmd` and fails on any other
+    /// module; its machines are containers.
+    fn bootstrap_users(&self) -> bool {
         false
     }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {

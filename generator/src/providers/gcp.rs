@@ -1,6 +1,8 @@
 //! Cluster API Provider GCP (CAPG). CAPG serves only `v1beta1`, even with a v1beta2 core.
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, text};
+use serde_json::Value;
+
+use super::{InfraApi, InfraProvider, MachineRules, Need, UnsetImage, block_json, text};
 use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_label, check_dns_subdomain};
 
 pub(super) struct Gcp;
@@ -27,12 +29,25 @@ impl InfraProvider for Gcp {
             machine_type: Need::Required,
         }
     }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.gcp.as_ref())
+    }
     /// CAPG v1.12.0 `config/default/credentials.yaml`.
     fn credential_variables(&self) -> &'static [&'static str] {
         &["GCP_B64ENCODED_CREDENTIALS"]
     }
     fn external_cloud_provider(&self) -> bool {
         true
+    }
+    fn unset_image(&self, infra: &Infrastructure) -> Option<UnsetImage> {
+        infra
+            .gcp
+            .as_ref()
+            .is_some_and(|b| b.image.is_none())
+            .then_some(UnsetImage {
+                field: "spec.infrastructure.gcp.image",
+                what: "the self-link",
+            })
     }
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems) {
         let Some(b) = &infra.gcp else { return };

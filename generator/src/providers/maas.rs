@@ -1,6 +1,8 @@
 //! Cluster API Provider MAAS (CAPMAAS, Spectro Cloud). Its API stays `v1beta1` under both contracts.
 
-use super::{InfraApi, InfraProvider, MachineRules, Need, text};
+use serde_json::Value;
+
+use super::{InfraApi, InfraProvider, MachineRules, Need, block_json, text};
 use crate::spec::{CapiVersion, Infrastructure, Problems, check_dns_subdomain, check_text};
 
 pub(super) struct Maas;
@@ -26,6 +28,9 @@ impl InfraProvider for Maas {
             vm_size: Need::Unused,
             machine_type: Need::Unused,
         }
+    }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.maas.as_ref())
     }
     /// CAPMAAS v0.9.0 `config/default/credentials.yaml`.
     fn credential_variables(&self) -> &'static [&'static str] {

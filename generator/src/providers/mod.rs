@@ -8,6 +8,8 @@ mod gcp;
 mod maas;
 mod vsphere;
 
+use serde_json::Value;
+
 use crate::spec::{
     CapiVersion, FledgeClusterSpec, Infrastructure, Machine, Problems, ProviderKind, check_text,
 };
@@ -59,13 +61,19 @@ pub trait InfraProvider: Sync {
     fn api(&self, capi: CapiVersion) -> InfraApi;
     /// Which machine fields it uses.
     fn machine_rules(&self) -> MachineRules;
+    /// Its block of `spec.infrastructure` as the request has it, as JSON; `None` when absent.
+    fn block(&self, infra: &Infrastructure) -> Option<Value>;
+    /// Whether the request must have its block (an optional one's defaults apply when absent).
+    fn requires_block(&self) -> bool {
+        true
+    }
     /// Whether nodes run an external cloud-controller-manager (`cloud-provider: external`).
     fn external_cloud_provider(&self) -> bool;
     /// Whether `spec.controlPlane.endpoint` is required (no provider-managed load balancer).
     fn needs_endpoint(&self) -> bool {
         false
     }
-    /// Checks the provider's block (present when this is called, except for Docker).
+    /// Checks the provider's block (present when this is called, unless it is optional).
     fn validate_block(&self, infra: &Infrastructure, p: &mut Problems);
     /// Checks `spec.controlPlane.endpoint.host` beyond the common host rule.
     fn validate_endpoint_host(&self, _infra: &Infrastructure, _host: &str) -> Result<(), String> {
@@ -95,6 +103,43 @@ pub trait InfraProvider: Sync {
     fn endpoint_vip(&self, _infra: &Infrastructure) -> Option<EndpointVip> {
         None
     }
+    /// The node name kubeadm registers, as a cloud-init expression, when it is not the host
+    /// name.
+    fn node_name(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether the machines' bootstrap may create the SSH user (cloud-init's `users` module).
+    fn bootstrap_users(&self) -> bool {
+        true
+    }
+    /// The instance profile of control-plane machines or workers that the request leaves to
+    /// the provider's default (the name before the provider's suffix).
+    fn default_instance_profile(&self, _control_plane: bool) -> Option<&'static str> {
+        None
+    }
+    /// The largest user-data its machines accept, in bytes.
+    fn user_data_limit(&self) -> usize {
+        64 * 1024
+    }
+    /// Where the request leaves the machine image to the provider's default: the field that
+    /// names the image, and what it holds. A provider's default image has no fledge-agent.
+    fn unset_image(&self, _infra: &Infrastructure) -> Option<UnsetImage> {
+        None
+    }
+}
+
+/// A machine image the request leaves to the provider (see [`InfraProvider::unset_image`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsetImage {
+    /// The request's field that names the image, such as `spec.infrastructure.aws.ami`.
+    pub field: &'static str,
+    /// What the field holds, such as `the AMI id`.
+    pub what: &'static str,
+}
+
+/// `block` as JSON, for [`InfraProvider::block`].
+fn block_json<T: serde::Serialize>(block: Option<&T>) -> Option<Value> {
+    block.map(|b| serde_json::to_value(b).unwrap_or(Value::Null))
 }
 
 /// A file every node gets from a Secret the provider creates for each machine template, named
@@ -153,31 +198,20 @@ pub fn template_name(kind: ProviderKind) -> String {
     format!("infra/{}.yaml.j2", kind.as_str())
 }
 
-fn block_present(infra: &Infrastructure, kind: ProviderKind) -> bool {
-    match kind {
-        ProviderKind::Vsphere => infra.vsphere.is_some(),
-        ProviderKind::Aws => infra.aws.is_some(),
-        ProviderKind::Azure => infra.azure.is_some(),
-        ProviderKind::Gcp => infra.gcp.is_some(),
-        ProviderKind::Maas => infra.maas.is_some(),
-        ProviderKind::Docker => infra.docker.is_some(),
-    }
-}
-
 /// Validates `spec.infrastructure` and every machine block against the chosen provider.
 pub fn validate(spec: &FledgeClusterSpec, p: &mut Problems) {
     let infra = &spec.infrastructure;
     let chosen = infra.provider;
     let provider = get(chosen);
     for other in ProviderKind::ALL {
-        if other != chosen && block_present(infra, other) {
+        if other != chosen && get(other).block(infra).is_some() {
             p.push(
                 format!("spec.infrastructure.{}", other.as_str()),
                 format!("must not be set when provider is {}", chosen.as_str()),
             );
         }
     }
-    if block_present(infra, chosen) || chosen == ProviderKind::Docker {
+    if provider.block(infra).is_some() || !provider.requires_block() {
         provider.validate_block(infra, p);
     } else {
         p.push(

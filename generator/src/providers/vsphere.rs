@@ -1,6 +1,10 @@
 //! Cluster API Provider vSphere (CAPV).
 
-use super::{CloudSecret, EndpointVip, InfraApi, InfraProvider, MachineRules, Need, text};
+use serde_json::Value;
+
+use super::{
+    CloudSecret, EndpointVip, InfraApi, InfraProvider, MachineRules, Need, block_json, text,
+};
 use crate::spec::{
     CapiVersion, Infrastructure, KubeVip, Problems, check_dns_subdomain, check_host, check_text,
 };
@@ -33,6 +37,9 @@ impl InfraProvider for Vsphere {
             vm_size: Need::Unused,
             machine_type: Need::Unused,
         }
+    }
+    fn block(&self, infra: &Infrastructure) -> Option<Value> {
+        block_json(infra.vsphere.as_ref())
     }
     /// CAPV v1.16.1 `config/base/credentials.yaml`.
     fn credential_variables(&self) -> &'static [&'static str] {

@@ -8,7 +8,6 @@ use std::sync::OnceLock;
 use kube::CustomResourceExt;
 use serde_json::Value;
 
-use super::ProviderKind;
 use super::salvage;
 use super::{
     CheckedCluster, FledgeCluster, FledgeClusterSpec, RequestMeta, types::API_VERSION, validate,
@@ -236,46 +235,30 @@ pub fn parse_request(label: &str, bytes: &[u8]) -> Result<CheckedCluster, Reques
 fn request_rules(checked: &CheckedCluster) -> Vec<Violation> {
     let mut out = Vec::new();
     let infra = &checked.spec.infrastructure;
-    let provider = infra.provider;
-    let missing_image = match provider {
-        ProviderKind::Aws => infra
-            .aws
-            .as_ref()
-            .is_some_and(|b| b.ami.is_none())
-            .then_some(("spec.infrastructure.aws.ami", "the AMI id")),
-        ProviderKind::Azure => infra
-            .azure
-            .as_ref()
-            .is_some_and(|b| b.image_id.is_none())
-            .then_some(("spec.infrastructure.azure.imageID", "the resource id")),
-        ProviderKind::Gcp => infra
-            .gcp
-            .as_ref()
-            .is_some_and(|b| b.image.is_none())
-            .then_some(("spec.infrastructure.gcp.image", "the self-link")),
-        _ => None,
-    };
-    if let Some((path, what)) = missing_image {
+    let kind = infra.provider;
+    let provider = crate::providers::get(kind);
+    if let Some(image) = provider.unset_image(infra) {
         out.push(Violation {
-            path: path.into(),
+            path: image.field.into(),
             rule: format!(
-                "is required for {}: {what} of an image with fledge-agent baked in (images/bake-agent.sh); with the provider's default image no agent runs on CP-A and the cluster stays at one control-plane machine",
-                provider.as_str()
+                "is required for {}: {} of an image with fledge-agent baked in (images/bake-agent.sh); with the provider's default image no agent runs on CP-A and the cluster stays at one control-plane machine",
+                kind.as_str(),
+                image.what
             ),
         });
     }
-    let needed = crate::providers::get(provider).credential_variables();
+    let needed = provider.credential_variables();
     if !needed.is_empty() && infra.variables_secret.is_none() {
         out.push(Violation {
             path: "spec.infrastructure.variablesSecret".into(),
             rule: format!(
                 "is required for {}: name a Secret in the cluster's namespace on the management plane with the keys {} (the credentials its provider's components need); the agent reads it when it installs the providers, so they never travel in user-data",
-                provider.as_str(),
+                kind.as_str(),
                 needed.join(", ")
             ),
         });
     }
-    if !crate::providers::get(provider).external_cloud_provider() {
+    if !provider.external_cloud_provider() {
         return out;
     }
     let profile = checked.spec.profile.as_ref();
@@ -289,7 +272,7 @@ fn request_rules(checked: &CheckedCluster) -> Vec<Violation> {
         path: "spec.profile.coreLayers".into(),
         rule: format!(
             "must hold a layer named cloud with the cloud-controller-manager for {}: its nodes run cloud-provider: external and keep the node.cloudprovider.kubernetes.io/uninitialized taint, with no providerID (so no Machine gets a nodeRef and the control plane never scales out), until one runs",
-            provider.as_str()
+            kind.as_str()
         ),
     });
     out
