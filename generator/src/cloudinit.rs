@@ -5,10 +5,11 @@
 use std::io::Write;
 
 use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::management::{self, paths};
+use crate::management::paths;
+use crate::render::context::{self, Context, SeedFile, SeedValues};
 use crate::render::{RenderError, Templates, yaml};
 use crate::spec::{CheckedCluster, ProviderKind};
 
@@ -61,10 +62,7 @@ pub enum CloudInitError {
 
 /// The default user-data limit for a provider: EC2's 16384 bytes for AWS, 64 KiB elsewhere.
 pub fn default_limit(provider: ProviderKind) -> usize {
-    match provider {
-        ProviderKind::Aws => 16384,
-        _ => 64 * 1024,
-    }
+    crate::providers::get(provider).user_data_limit()
 }
 
 /// The rendered seed content.
@@ -93,20 +91,24 @@ pub fn render(
     creds: &Credentials,
     limit: usize,
 ) -> Result<Seed, CloudInitError> {
-    let mut ctx = management::context(c, templates)?;
+    let mut ctx = Context::new(c, templates)?;
     let hostname = c
         .spec
         .nodes
         .first()
         .map(|n| n.hostname.clone())
         .unwrap_or_else(|| format!("{}-cp-a", c.name));
-    ctx["hostname"] = json!(hostname);
-    ctx["kubeadm_api"] = json!(if c.kubernetes_version.minor >= 31 {
-        "v1beta4"
-    } else {
-        "v1beta3"
-    });
-    ctx["bootstrap_path"] = json!(BOOTSTRAP_PATH);
+    let seed = SeedValues {
+        hostname: hostname.clone(),
+        kubeadm_api: if c.kubernetes_version.minor >= 31 {
+            "v1beta4"
+        } else {
+            "v1beta3"
+        },
+        bootstrap_path: BOOTSTRAP_PATH,
+        files: Vec::new(),
+    };
+    ctx.seed = Some(seed.clone());
     let kubeadm = templates.render_docs("cloudinit/kubeadm.yaml.j2", &ctx)?;
     let kubeadm_text: String = kubeadm
         .iter()
@@ -123,10 +125,7 @@ pub fn render(
         FileEntry {
             path: paths::AGENT_CONFIG.into(),
             permissions: "0600",
-            content: ctx["agent"]["config"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            content: ctx.agent.config.clone(),
         },
         FileEntry {
             path: BOOTSTRAP_PATH.into(),
@@ -135,19 +134,21 @@ pub fn render(
         },
     ];
     // The endpoint's virtual IP, when the provider needs one: this node runs `kubeadm init`, so
-    // kube-vip reads super-admin.conf (see `management::kube_vip`).
+    // kube-vip reads super-admin.conf (see `context::kube_vip`).
     let kubeconfig = if c.kubernetes_version.minor >= 29 {
         paths::SUPER_ADMIN_KUBECONFIG
     } else {
         paths::ADMIN_KUBECONFIG
     };
-    let vip = management::kube_vip(c, templates, &ctx, kubeconfig)?;
-    if !vip.is_null() {
-        for (path, content) in [("manifest_path", "manifest"), ("hosts_path", "hosts")] {
+    if let Some(vip) = context::kube_vip(c, templates, &ctx, kubeconfig)? {
+        for (path, content) in [
+            (vip.manifest_path, vip.manifest),
+            (vip.hosts_path, vip.hosts.to_string()),
+        ] {
             files.push(FileEntry {
-                path: vip[path].as_str().unwrap_or_default().into(),
+                path: path.into(),
                 permissions: "0644",
-                content: vip[content].as_str().unwrap_or_default().into(),
+                content,
             });
         }
     }
@@ -171,19 +172,10 @@ pub fn render(
     // Render; while over the limit, compress the largest uncompressed file.
     let mut compressed: Vec<usize> = Vec::new();
     let user_data = loop {
-        ctx["files"] = Value::Array(
-            files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    if compressed.contains(&i) {
-                        json!({"path": f.path, "permissions": f.permissions, "encoding": "gzip+base64", "content": gzip_base64(&f.content)})
-                    } else {
-                        json!({"path": f.path, "permissions": f.permissions, "encoding": null, "content": f.content})
-                    }
-                })
-                .collect(),
-        );
+        ctx.seed = Some(SeedValues {
+            files: seed_files(&files, &compressed),
+            ..seed.clone()
+        });
         let doc = templates.render_one("cloudinit/user-data.yaml.j2", &ctx)?;
         let text = format!("#cloud-config\n{}", yaml::to_string(&doc));
         if text.len() <= limit {
@@ -244,6 +236,27 @@ pub fn render(
         network_config,
         compressed: compressed.iter().map(|&i| files[i].path.clone()).collect(),
     })
+}
+
+/// `files` as the user-data template reads them, those at the indices in `compressed` encoded.
+fn seed_files(files: &[FileEntry], compressed: &[usize]) -> Vec<SeedFile> {
+    files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let gzip = compressed.contains(&i);
+            SeedFile {
+                path: f.path.clone(),
+                permissions: f.permissions,
+                encoding: gzip.then_some("gzip+base64"),
+                content: if gzip {
+                    gzip_base64(&f.content)
+                } else {
+                    f.content.clone()
+                },
+            }
+        })
+        .collect()
 }
 
 fn gzip_base64(text: &str) -> String {

@@ -5,6 +5,7 @@
 use serde_json::{Value, json};
 
 use crate::providers;
+use crate::render::context::Context;
 use crate::render::{RenderError, Templates};
 use crate::spec::CheckedCluster;
 
@@ -42,7 +43,7 @@ pub const MOVED_API_GROUPS: [&str; 6] = [
 ];
 
 /// Object names derived from the cluster name.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Names {
     /// `Cluster` and `FledgeCluster`.
     pub cluster: String,
@@ -88,187 +89,20 @@ pub fn agent_cluster_role(namespace: &str, cluster: &str) -> String {
     format!("fledge:{namespace}:{}", Names::new(cluster).agent)
 }
 
-/// The template context shared by the management objects and CP-A's cloud-init.
-pub fn context(c: &CheckedCluster, templates: &Templates) -> Result<Value, RenderError> {
-    let provider = providers::get(c.provider());
-    let api = provider.api(c.capi);
-    let names = Names::new(c.name.as_str());
-    let infra = &c.spec.infrastructure;
-    let block = match c.provider() {
-        crate::spec::ProviderKind::Vsphere => serde_json::to_value(&infra.vsphere),
-        crate::spec::ProviderKind::Aws => serde_json::to_value(&infra.aws),
-        crate::spec::ProviderKind::Azure => serde_json::to_value(&infra.azure),
-        crate::spec::ProviderKind::Gcp => serde_json::to_value(&infra.gcp),
-        crate::spec::ProviderKind::Maas => serde_json::to_value(&infra.maas),
-        crate::spec::ProviderKind::Docker => {
-            serde_json::to_value(infra.docker.clone().unwrap_or_default())
-        }
-    }
-    .unwrap_or(Value::Null);
-    let schema = crate::spec::spec_schema();
-    let block = with_nulls(
-        block,
-        &schema["properties"]["infrastructure"]["properties"][c.provider().as_str()],
-    );
-    let machine = with_nulls(
-        serde_json::to_value(&c.spec.control_plane.machine).unwrap_or(Value::Null),
-        &schema["properties"]["controlPlane"]["properties"]["machine"],
-    );
-    let endpoint = c
-        .spec
-        .control_plane
-        .endpoint
-        .as_ref()
-        .map(|e| json!({"host": e.host, "port": e.port.unwrap_or(6443)}))
-        .unwrap_or(Value::Null);
-    let kubelet_args: Vec<Value> = if provider.external_cloud_provider() {
-        vec![json!({"name": "cloud-provider", "value": "external"})]
-    } else {
-        vec![]
-    };
-    let node_name = match c.provider() {
-        // CAPA's templates name nodes after the EC2 private DNS name.
-        crate::spec::ProviderKind::Aws => json!("{{ ds.meta_data.local_hostname }}"),
-        _ => Value::Null,
-    };
-    let (group, _) = api
-        .api_version
-        .split_once('/')
-        .unwrap_or((api.api_version, ""));
-    let mut ctx = json!({
-        "moved_groups": MOVED_API_GROUPS,
-        "variables_secret": infra.variables_secret,
-        "node_file": provider.template_secret_file(),
-        "global_identity": provider.global_identity(infra).map(|(resource, name)| json!({"resource": resource, "name": name})),
-        // CP-A only; the agent applies the spec's count after the pivot (see `workload`).
-        "replicas": 1,
-        // CAPA's default instance profile for the machines rendered with this context.
-        "aws_iam_role": "control-plane",
-        "capi": c.capi.as_str(),
-        "namespace": c.namespace.as_str(),
-        "labels": {
-            "cluster.x-k8s.io/cluster-name": c.name.as_str(),
-            "app.kubernetes.io/managed-by": "fledge",
-        },
-        "move_labels": {
-            "cluster.x-k8s.io/cluster-name": c.name.as_str(),
-            "app.kubernetes.io/managed-by": "fledge",
-            MOVE_RIGHTS_LABEL.0: MOVE_RIGHTS_LABEL.1,
-        },
-        "names": {
-            "cluster": names.cluster,
-            "infra_cluster": names.infra_cluster,
-            "control_plane": names.control_plane,
-            "control_plane_template": names.control_plane_template,
-            "agent": names.agent,
-            "agent_token": names.agent_token,
-            "agent_move": names.agent_move,
-            "agent_cluster_role": agent_cluster_role(c.namespace.as_str(), c.name.as_str()),
-        },
-        "kubernetes_version": c.kubernetes_version.to_string(),
-        "certificates_expiry_days": c.spec.control_plane.certificates_expiry_days(),
-        "network": {
-            "pods": c.pods.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "services": c.services.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            "dns_domain": c.dns_domain(),
-        },
-        "provider": c.provider().as_str(),
-        // Whether the machines' bootstrap creates the SSH user: CAPD runs only a cloud-config's
-        // write_files and runcmd and fails on any other module; its machines are containers.
-        "bootstrap_users": c.provider() != crate::spec::ProviderKind::Docker,
-        "infra": {
-            "api_version": api.api_version,
-            "api_group": group,
-            "cluster_kind": api.cluster_kind,
-            "machine_template_kind": api.machine_template_kind,
-        },
-        "block": block,
-        "machine": machine,
-        "endpoint": endpoint,
-        "kubelet_args": kubelet_args,
-        "node_name": node_name,
-        "access": {
-            "user": c.user.as_str(),
-            "keys": c.ssh_keys.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        },
-        "management_server": c.spec.management.server,
-        "agent": {
-            "path": c.agent_path(),
-            "config_path": paths::AGENT_CONFIG,
-            "token_path": paths::MANAGEMENT_TOKEN,
-            "ca_path": paths::MANAGEMENT_CA,
-            "install_command": format!("{} install --config {}", shell_quote(c.agent_path()), paths::AGENT_CONFIG),
-        },
-    });
-    let config = templates.render_one("agent/config.yaml.j2", &ctx)?;
-    ctx["agent"]["config"] = Value::String(crate::render::yaml::to_string(&config));
-    ctx["kube_vip"] = kube_vip(c, templates, &ctx, paths::ADMIN_KUBECONFIG)?;
-    Ok(ctx)
-}
-
-/// kube-vip's static pod for the control-plane nodes of a provider that needs one (see
-/// [`providers::InfraProvider::endpoint_vip`]), null for the others: the manifest reading
-/// `kubeconfig`, and for a KubeadmControlPlane the command that points `kubeadm init`'s node at
-/// `super-admin.conf` instead. Since Kubernetes 1.29 `kubeadm init` gives admin.conf its rights
-/// only through the API server, which kube-vip must first make reachable at the endpoint
-/// (kube-vip#684; CAPV's template does the same); joining nodes keep admin.conf.
-pub fn kube_vip(
-    c: &CheckedCluster,
-    templates: &Templates,
-    ctx: &Value,
-    kubeconfig: &str,
-) -> Result<Value, RenderError> {
-    let Some(vip) = providers::get(c.provider()).endpoint_vip(&c.spec.infrastructure) else {
-        return Ok(Value::Null);
-    };
-    let host = ctx["endpoint"]["host"].as_str().unwrap_or_default();
-    let cidr = if host.contains(':') { "128" } else { "32" };
-    let mut ctx = ctx.clone();
-    ctx["kube_vip"] = json!({
-        "image": vip.image,
-        "interface": vip.interface,
-        "cidr": cidr,
-        "kubeconfig": kubeconfig,
-        "hosts_path": paths::KUBE_VIP_HOSTS,
-    });
-    let manifest = templates.render_one("node/kube-vip.yaml.j2", &ctx)?;
-    let init_command = (c.kubernetes_version.minor >= 29).then(|| {
-        format!(
-            "if [ -f {init} ]; then sed -i 's# path: \"{admin}\"$# path: \"{sup}\"#' {manifest}; fi",
-            init = paths::CABPK_INIT_CONFIG,
-            admin = paths::ADMIN_KUBECONFIG,
-            sup = paths::SUPER_ADMIN_KUBECONFIG,
-            manifest = paths::KUBE_VIP_MANIFEST,
-        )
-    });
-    Ok(json!({
-        "manifest_path": paths::KUBE_VIP_MANIFEST,
-        "manifest": crate::render::yaml::to_string(&manifest),
-        "hosts_path": paths::KUBE_VIP_HOSTS,
-        // kube-vip talks to the local API server as `kubernetes` (its kubeconfig names the
-        // endpoint it serves itself).
-        "hosts": "127.0.0.1 localhost kubernetes\n",
-        "init_command": init_command,
-    }))
-}
-
 /// Renders the management-plane objects in apply order.
 pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, RenderError> {
-    let ctx = context(c, templates)?;
+    let mut ctx = Context::new(c, templates)?;
     let mut docs = Vec::new();
     docs.extend(templates.render_docs("management/namespace.yaml.j2", &ctx)?);
     docs.push(serde_json::to_value(c.to_object()).unwrap_or(Value::Null));
     docs.extend(templates.render_docs("management/cluster.yaml.j2", &ctx)?);
-    let mut ctx = ctx;
+    let machine_template_kind = providers::get(c.provider())
+        .api(c.capi)
+        .machine_template_kind;
     for mut doc in templates.render_docs(&providers::template_name(c.provider()), &ctx)? {
-        if doc["kind"]
-            == providers::get(c.provider())
-                .api(c.capi)
-                .machine_template_kind
-        {
+        if doc["kind"] == machine_template_kind {
             let base = Names::new(c.name.as_str()).control_plane_template;
-            let name = name_by_content(&base, c, &mut doc);
-            ctx["names"]["control_plane_template"] = json!(name);
+            ctx.names.derived.control_plane_template = name_by_content(&base, c, &mut doc);
         }
         docs.push(doc);
     }
@@ -353,29 +187,4 @@ fn canonical(v: &Value) -> String {
         ),
         other => other.to_string(),
     }
-}
-
-/// Adds an explicit `null` for every property of `schema` missing from `v`, so that templates
-/// in strict-undefined mode can test optional fields with a plain `if`.
-pub(crate) fn with_nulls(mut v: Value, schema: &Value) -> Value {
-    if let (Some(obj), Some(props)) = (
-        v.as_object_mut(),
-        schema.get("properties").and_then(Value::as_object),
-    ) {
-        for key in props.keys() {
-            obj.entry(key.clone()).or_insert(Value::Null);
-        }
-    }
-    v
-}
-
-/// Quotes `s` for a POSIX shell: a single-quoted word.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-=:,+@".contains(&b))
-    {
-        return s.to_string();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
 }

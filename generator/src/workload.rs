@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::management;
 use crate::providers;
+use crate::render::context::{self, Check, Context, Pool, StringMap};
 use crate::render::{RenderError, Templates};
 use crate::spec::{CheckedCluster, HealthCheck};
 
@@ -28,58 +29,61 @@ pub fn pool_name(cluster: &str, pool: &str) -> String {
 /// Renders the post-pivot objects in apply order: each pool's templates before the
 /// MachineDeployment that references them, the KubeadmControlPlane last.
 pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, RenderError> {
-    let mut ctx = management::context(c, templates)?;
+    let mut ctx = Context::new(c, templates)?;
     let provider = providers::get(c.provider());
-    let api = provider.api(c.capi);
+    let kind = provider.api(c.capi).machine_template_kind;
     let infra_template = providers::template_name(c.provider());
-    let schema = crate::spec::spec_schema();
     let mut docs = Vec::new();
     for pool in &c.spec.workers {
         let name = pool_name(c.name.as_str(), &pool.name);
         let mut pctx = ctx.clone();
-        pctx["names"]["control_plane_template"] = json!(name);
-        pctx["machine"] = management::with_nulls(
-            serde_json::to_value(&pool.machine).unwrap_or(Value::Null),
-            &schema["properties"]["controlPlane"]["properties"]["machine"],
-        );
-        pctx["aws_iam_role"] = json!("nodes");
-        let mut selector = ctx["labels"].clone();
-        selector["cluster.x-k8s.io/deployment-name"] = json!(name);
-        selector
-            .as_object_mut()
-            .map(|m| m.remove("app.kubernetes.io/managed-by"));
+        pctx.names.derived.control_plane_template = name.clone();
+        pctx.machine = context::machine(&pool.machine);
+        pctx.aws_iam_role = provider.default_instance_profile(false);
         // An autoscaled pool: `replicas` is its initial size; the agent leaves it to the
         // autoscaler once the MachineDeployment exists (see the agent's day-2 plan).
         let annotations = pool.autoscaling.map(|a| {
-            json!({AUTOSCALER_MIN_SIZE: a.min.to_string(), AUTOSCALER_MAX_SIZE: a.max.to_string()})
+            StringMap::default()
+                .with(AUTOSCALER_MIN_SIZE, a.min.to_string())
+                .with(AUTOSCALER_MAX_SIZE, a.max.to_string())
         });
-        pctx["pool"] = json!({"name": name, "replicas": pool.replicas, "selector": selector,
-            "annotations": annotations});
-        let mut infra =
-            machine_template(templates, &infra_template, api.machine_template_kind, &pctx)?;
-        pctx["pool"]["infrastructure_template"] =
-            json!(management::name_by_content(&name, c, &mut infra));
+        let selector = ctx
+            .labels
+            .clone()
+            .with("cluster.x-k8s.io/deployment-name", name.as_str())
+            .without("app.kubernetes.io/managed-by");
+        let mut values = Pool {
+            name: name.clone(),
+            replicas: pool.replicas,
+            selector,
+            annotations,
+            infrastructure_template: None,
+            bootstrap_template: None,
+        };
+        pctx.pool = Some(values.clone());
+        let mut infra = machine_template(templates, &infra_template, kind, &pctx)?;
+        values.infrastructure_template = Some(management::name_by_content(&name, c, &mut infra));
         docs.push(infra);
+        pctx.pool = Some(values.clone());
         for mut bootstrap in
             templates.render_docs("workload/kubeadmconfigtemplate.yaml.j2", &pctx)?
         {
-            pctx["pool"]["bootstrap_template"] =
-                json!(management::name_by_content(&name, c, &mut bootstrap));
+            values.bootstrap_template = Some(management::name_by_content(&name, c, &mut bootstrap));
             docs.push(bootstrap);
         }
+        pctx.pool = Some(values);
         docs.extend(templates.render_docs("workload/machinedeployment.yaml.j2", &pctx)?);
     }
-    let mut cp = machine_template(templates, &infra_template, api.machine_template_kind, &ctx)?;
+    let mut cp = machine_template(templates, &infra_template, kind, &ctx)?;
     let base = management::Names::new(c.name.as_str()).control_plane_template;
-    ctx["names"]["control_plane_template"] = json!(management::name_by_content(&base, c, &mut cp));
+    ctx.names.derived.control_plane_template = management::name_by_content(&base, c, &mut cp);
     docs.push(cp);
-    ctx["replicas"] = json!(c.spec.control_plane.replicas);
+    ctx.replicas = c.spec.control_plane.replicas;
     docs.extend(templates.render_docs("management/kubeadmcontrolplane.yaml.j2", &ctx)?);
     // Last, the health checks of what exists by now.
     for check in health_checks(c) {
-        let mut hctx = ctx.clone();
-        hctx["check"] = check;
-        docs.extend(templates.render_docs("workload/machinehealthcheck.yaml.j2", &hctx)?);
+        ctx.check = Some(check);
+        docs.extend(templates.render_docs("workload/machinehealthcheck.yaml.j2", &ctx)?);
     }
     Ok(docs)
 }
@@ -90,8 +94,9 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
 /// check. They are rendered for the workload cluster only, where the agent applies them after
 /// the pivot: on the management plane the KubeadmControlPlane has one machine, which Cluster
 /// API never remediates once the control plane is initialized (docs/request.md, "Health checks").
-fn health_checks(c: &CheckedCluster) -> Vec<Value> {
+fn health_checks(c: &CheckedCluster) -> Vec<Check> {
     let cluster = c.name.as_str();
+    let selector = StringMap::default().with("cluster.x-k8s.io/cluster-name", cluster);
     let mut out = Vec::new();
     let cp = c
         .spec
@@ -100,17 +105,13 @@ fn health_checks(c: &CheckedCluster) -> Vec<Value> {
         .clone()
         .unwrap_or_default();
     if cp.enabled() {
-        let selector = json!({
-            "cluster.x-k8s.io/cluster-name": cluster,
-            "cluster.x-k8s.io/control-plane": "",
-        });
         let max = cp
             .max_unhealthy
             .as_ref()
             .map_or(json!("100%"), |m| m.to_json());
-        out.push(check_values(
+        out.push(check(
             management::Names::new(cluster).control_plane,
-            selector,
+            selector.clone().with("cluster.x-k8s.io/control-plane", ""),
             &cp,
             max,
         ));
@@ -121,16 +122,15 @@ fn health_checks(c: &CheckedCluster) -> Vec<Value> {
             continue;
         }
         let name = pool_name(cluster, &pool.name);
-        let selector = json!({
-            "cluster.x-k8s.io/cluster-name": cluster,
-            "cluster.x-k8s.io/deployment-name": name,
-        });
         let size = pool.autoscaling.map_or(pool.replicas, |a| a.max);
         let max = hc
             .max_unhealthy
             .as_ref()
             .map_or(json!(default_max_unhealthy(size)), |m| m.to_json());
-        out.push(check_values(name, selector, &hc, max));
+        let selector = selector
+            .clone()
+            .with("cluster.x-k8s.io/deployment-name", name.as_str());
+        out.push(check(name, selector, &hc, max));
     }
     out
 }
@@ -141,15 +141,15 @@ pub fn default_max_unhealthy(size: i64) -> i64 {
     (size * 40 / 100).max(1)
 }
 
-fn check_values(name: String, selector: Value, hc: &HealthCheck, max_unhealthy: Value) -> Value {
-    json!({
-        "name": name,
-        "selector": selector,
-        "ready_false_seconds": hc.ready_false_seconds(),
-        "ready_unknown_seconds": hc.ready_unknown_seconds(),
-        "node_startup_seconds": hc.node_startup_seconds(),
-        "max_unhealthy": max_unhealthy,
-    })
+fn check(name: String, selector: StringMap, hc: &HealthCheck, max_unhealthy: Value) -> Check {
+    Check {
+        name,
+        selector,
+        ready_false_seconds: hc.ready_false_seconds(),
+        ready_unknown_seconds: hc.ready_unknown_seconds(),
+        node_startup_seconds: hc.node_startup_seconds(),
+        max_unhealthy,
+    }
 }
 
 /// The provider's machine template rendered with `ctx` (the provider's template file renders
@@ -158,7 +158,7 @@ fn machine_template(
     templates: &Templates,
     file: &str,
     kind: &str,
-    ctx: &Value,
+    ctx: &Context,
 ) -> Result<Value, RenderError> {
     templates
         .render_docs(file, ctx)?

@@ -3,12 +3,14 @@
 //! user string can change a document's structure. Every rendered document is parsed back.
 //! [`pipeline`] renders a whole request into the files `fledge render` writes.
 
+pub mod context;
 pub mod pipeline;
 pub mod yaml;
 
 use std::path::{Path, PathBuf};
 
 use minijinja::{Environment, UndefinedBehavior};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Errors from rendering a template.
@@ -110,7 +112,11 @@ impl Templates {
 
     /// Renders `name` with `ctx` and parses the result back into its YAML documents
     /// (empty documents dropped; a repeated key is an error, as in a request).
-    pub fn render_docs(&self, name: &str, ctx: &Value) -> Result<Vec<Value>, RenderError> {
+    pub fn render_docs<C: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        ctx: &C,
+    ) -> Result<Vec<Value>, RenderError> {
         let text = self.render_text(name, ctx)?;
         crate::yaml::parse_documents(&text).map_err(|e| RenderError::ParseBack {
             name: name.to_string(),
@@ -120,7 +126,11 @@ impl Templates {
     }
 
     /// Renders `name` and expects exactly one document.
-    pub fn render_one(&self, name: &str, ctx: &Value) -> Result<Value, RenderError> {
+    pub fn render_one<C: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        ctx: &C,
+    ) -> Result<Value, RenderError> {
         let mut docs = self.render_docs(name, ctx)?;
         if docs.len() != 1 {
             return Err(RenderError::Template {
@@ -131,7 +141,11 @@ impl Templates {
         Ok(docs.remove(0))
     }
 
-    fn render_text(&self, name: &str, ctx: &Value) -> Result<String, RenderError> {
+    fn render_text<C: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        ctx: &C,
+    ) -> Result<String, RenderError> {
         let err = |e: minijinja::Error| RenderError::Template {
             name: name.to_string(),
             message: format!("{e:#}"),
