@@ -407,8 +407,11 @@ pub async fn pivoted(
             return Ok(Some(format!("its agent reports phase {phase}")));
         }
     }
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(target.client.clone(), ns, &cluster_resource(checked));
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        target.client.clone(),
+        ns,
+        &crate::capi::resource(checked.capi, "Cluster", "clusters"),
+    );
     if let Some(c) = soft(api.get_opt(name).await)? {
         let marked = c
             .metadata
@@ -436,7 +439,7 @@ pub async fn other_clusters(
     let mut found = std::collections::BTreeSet::new();
     for ar in [
         ApiResource::erase::<FledgeCluster>(&()),
-        cluster_resource(checked),
+        crate::capi::resource(checked.capi, "Cluster", "clusters"),
     ] {
         let api: Api<DynamicObject> = Api::namespaced_with(target.client.clone(), ns, &ar);
         let list = api.list_metadata(&Default::default()).await;
@@ -450,14 +453,6 @@ pub async fn other_clusters(
         }
     }
     Ok(found.into_iter().collect())
-}
-
-/// The request's `Cluster` type at its CAPI contract.
-fn cluster_resource(checked: &CheckedCluster) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("cluster.x-k8s.io", checked.capi.as_str(), "Cluster"),
-        "clusters",
-    )
 }
 
 /// A read that found nothing, or may not look (404: not there or not served; 403: not

@@ -16,6 +16,7 @@
 //!   subcommand's body), [`diagnostics`] (error chain, warnings, logging; the agent uses it too).
 
 pub mod apply;
+pub mod capi;
 pub mod cli;
 pub mod cloudinit;
 pub mod commands;

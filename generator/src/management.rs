@@ -4,10 +4,10 @@
 
 use serde_json::{Value, json};
 
-use crate::providers;
 use crate::render::context::Context;
 use crate::render::{RenderError, Templates};
 use crate::spec::CheckedCluster;
+use crate::{capi, providers};
 
 /// Where the agent's files live on the node.
 pub mod paths {
@@ -29,18 +29,8 @@ pub mod paths {
     pub const CABPK_INIT_CONFIG: &str = "/run/kubeadm/kubeadm.yaml";
 }
 
-/// The API groups whose objects the pivot moves, and that the agent's Role grants in its
-/// namespace. The one list feeds both the rendered Role and the agent's discovery when it may
-/// not list CRDs, so the two never disagree. Other `*.cluster.x-k8s.io` groups (clusterctl's
-/// inventory, CAPV's supervisor-mode `vmware.infrastructure`, ...) are neither granted nor moved.
-pub const MOVED_API_GROUPS: [&str; 6] = [
-    "cluster.x-k8s.io",
-    "controlplane.cluster.x-k8s.io",
-    "bootstrap.cluster.x-k8s.io",
-    "infrastructure.cluster.x-k8s.io",
-    "addons.cluster.x-k8s.io",
-    "ipam.cluster.x-k8s.io",
-];
+// Where the agent reads them from.
+pub use crate::capi::{KUBERNETES_VERSION_ANNOTATION, MOVED_API_GROUPS};
 
 /// Object names derived from the cluster name.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -102,7 +92,7 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
     for mut doc in templates.render_docs(&providers::template_name(c.provider()), &ctx)? {
         if doc["kind"] == machine_template_kind {
             let base = Names::new(c.name.as_str()).control_plane_template;
-            ctx.names.derived.control_plane_template = name_by_content(&base, c, &mut doc);
+            ctx.names.derived.control_plane_template = capi::name_by_content(&base, c, &mut doc);
         }
         docs.push(doc);
     }
@@ -145,46 +135,4 @@ pub fn own_access(objects: &mut [Value], c: &CheckedCluster, uid: &str) -> usize
         }
     }
     marked
-}
-
-/// The annotation on machine and bootstrap templates that records the Kubernetes version they
-/// were rendered for.
-pub const KUBERNETES_VERSION_ANNOTATION: &str = "fledge.dev/kubernetes-version";
-
-/// Names an immutable template by its content. Machine templates cannot be changed in place
-/// (CAPI replaces machines by pointing their owner at a new template), so each template is
-/// named `<base>-<hash>`, the hash taken over its `spec` and the Kubernetes version it is for
-/// (recorded in the `fledge.dev/kubernetes-version` annotation). The same content always gets
-/// the same name: a replayed day-2 step creates nothing new, and a changed spec a new template.
-/// Sets the name in `doc` and returns it.
-pub fn name_by_content(base: &str, c: &CheckedCluster, doc: &mut Value) -> String {
-    use sha2::{Digest, Sha256};
-    let version = c.kubernetes_version.to_string();
-    doc["metadata"]["annotations"][KUBERNETES_VERSION_ANNOTATION] = json!(version);
-    let content = canonical(&json!({"kubernetesVersion": version, "spec": doc["spec"]}));
-    let digest = Sha256::digest(content.as_bytes());
-    let hash: String = digest.iter().take(5).map(|b| format!("{b:02x}")).collect();
-    let name = format!("{base}-{hash}");
-    doc["metadata"]["name"] = json!(name);
-    name
-}
-
-/// JSON with object keys sorted at every level (serde_json keeps insertion order here).
-fn canonical(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let body: Vec<String> = keys
-                .into_iter()
-                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&m[k])))
-                .collect();
-            format!("{{{}}}", body.join(","))
-        }
-        Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(canonical).collect::<Vec<_>>().join(",")
-        ),
-        other => other.to_string(),
-    }
 }

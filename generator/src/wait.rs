@@ -130,13 +130,7 @@ pub async fn observe(client: &kube::Client, c: &CheckedCluster) -> Result<Observ
     let machines = Api::<DynamicObject>::namespaced_with(
         client.clone(),
         ns,
-        &ApiResource {
-            group: "cluster.x-k8s.io".into(),
-            version: c.capi.as_str().into(),
-            api_version: format!("cluster.x-k8s.io/{}", c.capi.as_str()),
-            kind: "Machine".into(),
-            plural: "machines".into(),
-        },
+        &crate::capi::resource(c.capi, "Machine", "machines"),
     )
     .list(&ListParams::default().labels(&format!(
         "cluster.x-k8s.io/cluster-name={name},cluster.x-k8s.io/control-plane"

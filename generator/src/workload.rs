@@ -3,18 +3,18 @@
 //! MachineDeployment (with Cluster API's autoscaler size annotations for an autoscaled pool),
 //! then the control plane's machine template and the KubeadmControlPlane at the spec's replica
 //! count, and last the MachineHealthChecks of the control plane and of each pool. Templates are named by their content
-//! ([`management::name_by_content`]), so a changed spec yields new templates and the objects
+//! ([`capi::name_by_content`]), so a changed spec yields new templates and the objects
 //! that point at them roll out; the same spec yields the same names. `fledge render` writes
 //! them to `workload.yaml`; the agent applies the same list with server-side apply, so what a
 //! user reads is what the agent creates.
 
 use serde_json::{Value, json};
 
-use crate::management;
 use crate::providers;
 use crate::render::context::{self, Check, Context, Pool, StringMap};
 use crate::render::{RenderError, Templates};
 use crate::spec::{CheckedCluster, HealthCheck};
+use crate::{capi, management};
 
 /// Cluster API's annotation for the cluster-autoscaler's smallest size of a node group.
 pub const AUTOSCALER_MIN_SIZE: &str = "cluster.x-k8s.io/cluster-api-autoscaler-node-group-min-size";
@@ -62,13 +62,13 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
         };
         pctx.pool = Some(values.clone());
         let mut infra = machine_template(templates, &infra_template, kind, &pctx)?;
-        values.infrastructure_template = Some(management::name_by_content(&name, c, &mut infra));
+        values.infrastructure_template = Some(capi::name_by_content(&name, c, &mut infra));
         docs.push(infra);
         pctx.pool = Some(values.clone());
         for mut bootstrap in
             templates.render_docs("workload/kubeadmconfigtemplate.yaml.j2", &pctx)?
         {
-            values.bootstrap_template = Some(management::name_by_content(&name, c, &mut bootstrap));
+            values.bootstrap_template = Some(capi::name_by_content(&name, c, &mut bootstrap));
             docs.push(bootstrap);
         }
         pctx.pool = Some(values);
@@ -76,7 +76,7 @@ pub fn objects(c: &CheckedCluster, templates: &Templates) -> Result<Vec<Value>, 
     }
     let mut cp = machine_template(templates, &infra_template, kind, &ctx)?;
     let base = management::Names::new(c.name.as_str()).control_plane_template;
-    ctx.names.derived.control_plane_template = management::name_by_content(&base, c, &mut cp);
+    ctx.names.derived.control_plane_template = capi::name_by_content(&base, c, &mut cp);
     docs.push(cp);
     ctx.replicas = c.spec.control_plane.replicas;
     docs.extend(templates.render_docs("management/kubeadmcontrolplane.yaml.j2", &ctx)?);

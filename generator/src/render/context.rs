@@ -7,7 +7,8 @@
 use serde::{Serialize, Serializer};
 use serde_json::{Value, json};
 
-use crate::management::{MOVE_RIGHTS_LABEL, MOVED_API_GROUPS, Names, agent_cluster_role, paths};
+use crate::capi::MOVED_API_GROUPS;
+use crate::management::{MOVE_RIGHTS_LABEL, Names, agent_cluster_role, paths};
 use crate::providers::{self, InfraProvider, TemplateSecretFile};
 use crate::render::{RenderError, Templates, yaml};
 use crate::spec::{CheckedCluster, Machine};
