@@ -12,7 +12,7 @@ use crate::diagnostics::print_warnings;
 use crate::output;
 use crate::render::Templates;
 use crate::render::pipeline::{RenderOptions, render_files};
-use crate::{cloudinit, management, seed, spec};
+use crate::{apply, cloudinit, delete, management, seed, spec, ssa, target, wait};
 
 /// `fledge render`: reads the credential files, renders the request and writes the output
 /// directory.
@@ -87,11 +87,11 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
             let group = api_version.split_once('/').map_or("", |(g, _)| g);
             let kind = o["kind"].as_str().unwrap_or_default();
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
-            println!("{} (dry run)", crate::apply::label(kind, group, name));
+            println!("{} (dry run)", ssa::label(kind, group, name));
         }
         return Ok(());
     }
-    let opts = crate::apply::ApplyOptions {
+    let opts = ssa::ApplyOptions {
         dry_run: args.dry_run == DryRun::Server,
         force_conflicts: args.force_conflicts,
         field_manager: None,
@@ -106,34 +106,27 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
-        crate::apply::check_reachable(&target).await?;
+        let target = target::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
+        ssa::check_reachable(&target).await?;
         if !args.allow_shared_namespace {
-            let others = crate::apply::other_clusters(&target, &checked).await?;
-            if !others.is_empty() {
-                return Err(crate::apply::ApplyError::SharedNamespace {
-                    namespace: checked.namespace.to_string(),
-                    others: others.join(", "),
-                }
-                .into());
-            }
+            apply::check_namespace_unshared(&target, &checked).await?;
         }
         if !args.force_management_objects
-            && let Some(why) = crate::apply::pivoted(&target, &checked).await?
+            && let Some(why) = apply::pivoted(&target, &checked).await?
         {
             eprintln!(
                 "cluster {}/{} was pivoted into its workload cluster ({why}): applying only its FledgeCluster, whose new generation the agent picks up; --force-management-objects applies the Cluster API objects too",
                 checked.namespace, checked.name
             );
-            objects = crate::apply::after_pivot(objects);
+            objects = apply::after_pivot(objects);
         }
-        let results = crate::apply::apply_request(&target, &checked, objects, &opts, |a| {
+        let results = apply::apply_request(&target, &checked, objects, &opts, |a| {
             println!("{a}{suffix}")
         })
         .await?;
         let changed = results
             .iter()
-            .filter(|a| a.outcome != crate::apply::Outcome::Unchanged)
+            .filter(|a| a.outcome != ssa::Outcome::Unchanged)
             .count();
         eprintln!(
             "{} objects applied to {}, {changed} changed{suffix}",
@@ -141,7 +134,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
             target.server
         );
         if let Some(timeout) = args.wait {
-            let outcome = crate::wait::wait_for_agent(
+            let outcome = wait::wait_for_agent(
                 &target.client,
                 &checked,
                 args.agent_grace,
@@ -162,7 +155,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
 /// `fledge delete`: requests the FledgeCluster's deletion and binds the agent's move rights;
 /// with `--wait`, waits until it is gone.
 pub fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
-    use crate::delete::Deleted;
+    use delete::Deleted;
     let checked = spec::load_request(&args.request)?;
     let templates = Templates::load(args.templates.as_deref())?;
     let objects = management::objects(&checked, &templates)?;
@@ -171,9 +164,9 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let target = crate::apply::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
-        crate::apply::check_reachable(&target).await?;
-        match crate::delete::delete(&target, &checked, &objects, |line| println!("{line}"))
+        let target = target::client_from_kubeconfig(args.kubeconfig.as_deref()).await?;
+        ssa::check_reachable(&target).await?;
+        match delete::delete(&target, &checked, &objects, |line| println!("{line}"))
             .await?
         {
             Deleted::NotFound if args.ignore_not_found => return Ok(()),
@@ -190,7 +183,7 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
             ),
         }
         if let Some(timeout) = args.wait {
-            let gone = crate::delete::wait_gone(
+            let gone = delete::wait_gone(
                 &target,
                 &checked,
                 timeout,

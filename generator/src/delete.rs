@@ -14,9 +14,10 @@ use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Preconditions, PropagationPolicy};
 use serde_json::Value;
 
-use crate::apply::{Applied, ApplyError, ApplyOptions, Target};
 use crate::management::Names;
 use crate::spec::{CheckedCluster, FledgeCluster};
+use crate::ssa::{Applied, ApplyError, ApplyOptions, apply};
+use crate::target::Target;
 
 /// What [`delete`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,7 @@ pub async fn delete(
     if let Some(uid) = &fc.metadata.uid {
         crate::management::own_access(&mut rights, c, uid);
     }
-    crate::apply::apply(target, &rights, &ApplyOptions::default(), |a: &Applied| {
+    apply(target, &rights, &ApplyOptions::default(), |a: &Applied| {
         progress(&a.to_string())
     })
     .await?;

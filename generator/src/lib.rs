@@ -29,6 +29,8 @@ pub mod render;
 pub mod schema;
 pub mod seed;
 pub mod spec;
+pub mod ssa;
+pub mod target;
 pub mod token;
 pub mod wait;
 pub mod workload;
