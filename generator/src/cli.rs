@@ -171,8 +171,10 @@ pub struct DeleteArgs {
     pub templates: Option<PathBuf>,
 }
 
-fn token_duration(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+fn token_duration(
+    s: &str,
+) -> Result<std::time::Duration, Box<dyn std::error::Error + Send + Sync>> {
+    let d = humantime::parse_duration(s)?;
     if d < crate::token::MIN_DURATION {
         return Err("must be at least 10m (the API server's shortest token lifetime)".into());
     }

@@ -50,9 +50,12 @@ pub enum ApplyError {
     },
     /// A dry run cannot check objects in a namespace that does not exist yet.
     #[error(
-        "namespace {0} does not exist, so the server cannot check the objects in it under --dry-run=server; create it first (kubectl create namespace {0})"
+        "namespace {namespace} does not exist, so the server cannot check the objects in it under --dry-run=server; create it first (kubectl create namespace {namespace})"
     )]
-    NamespaceMissing(String),
+    NamespaceMissing {
+        /// The namespace.
+        namespace: String,
+    },
     /// The server rejected an object.
     #[error("{object} was rejected: {message}")]
     Rejected {
@@ -241,7 +244,9 @@ pub async fn apply_guarded(
             kube::Error::Api(s)
                 if s.code == 404 && opts.dry_run && s.message.contains("namespaces") =>
             {
-                ApplyError::NamespaceMissing(namespace.clone().unwrap_or_default())
+                ApplyError::NamespaceMissing {
+                    namespace: namespace.clone().unwrap_or_default(),
+                }
             }
             kube::Error::Api(s) if s.code == 401 || s.code == 403 => ApplyError::Unauthorized {
                 server: target.server.clone(),

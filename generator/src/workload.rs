@@ -164,9 +164,9 @@ fn machine_template(
         .render_docs(file, ctx)?
         .into_iter()
         .find(|d| d["kind"] == kind)
-        .ok_or_else(|| RenderError::Template {
+        .ok_or_else(|| RenderError::MissingKind {
             name: file.to_string(),
-            message: format!("renders no {kind}"),
+            kind: kind.to_string(),
         })
 }
 

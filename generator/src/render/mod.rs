@@ -33,23 +33,50 @@ pub enum RenderError {
         /// The template names, comma-separated.
         known: String,
     },
-    /// The template failed to render.
-    #[error("template {name}: {message}")]
-    Template {
+    /// An override file is not a valid template.
+    #[error("cannot compile template {name}")]
+    Compile {
         /// Template name.
         name: String,
-        /// minijinja's message, with line.
-        message: String,
+        /// minijinja's error, with line.
+        #[source]
+        source: minijinja::Error,
+    },
+    /// The template failed to render.
+    #[error("cannot render template {name}")]
+    Render {
+        /// Template name.
+        name: String,
+        /// minijinja's error, with line.
+        #[source]
+        source: minijinja::Error,
     },
     /// The rendered text is not valid YAML: a template bug, never a value.
-    #[error("template {name} rendered invalid YAML: {message}\n--- rendered text ---\n{text}")]
+    #[error("template {name} rendered invalid YAML\n--- rendered text ---\n{}", text.trim_end())]
     ParseBack {
         /// Template name.
         name: String,
-        /// Parser message.
-        message: String,
         /// The rendered text.
         text: String,
+        /// Where and why it is invalid.
+        #[source]
+        source: crate::yaml::YamlError,
+    },
+    /// The template rendered other than one document where one is expected.
+    #[error("template {name}: rendered {count} documents; expected one")]
+    DocumentCount {
+        /// Template name.
+        name: String,
+        /// How many it rendered.
+        count: usize,
+    },
+    /// The template rendered no object of a kind its caller needs.
+    #[error("template {name}: renders no {kind}")]
+    MissingKind {
+        /// Template name.
+        name: String,
+        /// The kind.
+        kind: String,
     },
 }
 
@@ -97,10 +124,7 @@ impl Templates {
             templates
                 .env
                 .add_template_owned(name.clone(), text)
-                .map_err(|e| RenderError::Template {
-                    name,
-                    message: format!("{e:#}"),
-                })?;
+                .map_err(|source| RenderError::Compile { name, source })?;
         }
         Ok(templates)
     }
@@ -118,10 +142,10 @@ impl Templates {
         ctx: &C,
     ) -> Result<Vec<Value>, RenderError> {
         let text = self.render_text(name, ctx)?;
-        crate::yaml::parse_documents(&text).map_err(|e| RenderError::ParseBack {
+        crate::yaml::parse_documents(&text).map_err(|source| RenderError::ParseBack {
             name: name.to_string(),
-            message: e.to_string(),
-            text: text.clone(),
+            text,
+            source,
         })
     }
 
@@ -133,9 +157,9 @@ impl Templates {
     ) -> Result<Value, RenderError> {
         let mut docs = self.render_docs(name, ctx)?;
         if docs.len() != 1 {
-            return Err(RenderError::Template {
+            return Err(RenderError::DocumentCount {
                 name: name.to_string(),
-                message: format!("rendered {} documents; expected one", docs.len()),
+                count: docs.len(),
             });
         }
         Ok(docs.remove(0))
@@ -146,9 +170,9 @@ impl Templates {
         name: &str,
         ctx: &C,
     ) -> Result<String, RenderError> {
-        let err = |e: minijinja::Error| RenderError::Template {
+        let err = |source| RenderError::Render {
             name: name.to_string(),
-            message: format!("{e:#}"),
+            source,
         };
         let tmpl = self.env.get_template(name).map_err(err)?;
         tmpl.render(minijinja::Value::from(minijinja::value::Serde(ctx)))
@@ -216,6 +240,11 @@ fn files_under(dir: &Path) -> Result<Vec<(String, PathBuf)>, RenderError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The error as `fledge` prints it, causes included.
+    fn chain(err: RenderError) -> String {
+        crate::diagnostics::error_chain(&anyhow::Error::new(err))
+    }
 
     #[test]
     fn every_j2_file_under_templates_is_embedded_under_its_relative_name() {
@@ -289,10 +318,10 @@ mod tests {
         )
         .unwrap();
         let t = Templates::with_overrides(dir.path()).unwrap();
-        let err = t
-            .render_one("management/namespace.yaml.j2", &json!({"v": "b"}))
-            .unwrap_err()
-            .to_string();
+        let err = chain(
+            t.render_one("management/namespace.yaml.j2", &json!({"v": "b"}))
+                .unwrap_err(),
+        );
         assert!(
             err.contains("line 4, column 3: duplicate key \"name\" (first at line 3)"),
             "{err}"
@@ -309,9 +338,10 @@ mod tests {
         )
         .unwrap();
         let t = Templates::with_overrides(dir.path()).unwrap();
-        let err = t
-            .render_one("management/namespace.yaml.j2", &json!({}))
-            .unwrap_err();
-        assert!(err.to_string().contains("undefined"), "{err}");
+        let err = chain(
+            t.render_one("management/namespace.yaml.j2", &json!({}))
+                .unwrap_err(),
+        );
+        assert!(err.contains("undefined"), "{err}");
     }
 }

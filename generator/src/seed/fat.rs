@@ -221,9 +221,9 @@ pub(super) fn build(
             break c;
         }
         if spc == 128 {
-            return Err(SeedError::TooLarge(
-                "seed content is too large for a FAT12 seed image".into(),
-            ));
+            return Err(SeedError::TooLarge {
+                image: "a FAT12 seed image",
+            });
         }
         spc *= 2;
     };

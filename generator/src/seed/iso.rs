@@ -295,9 +295,7 @@ pub(super) fn build(root: &Dir, volume_id: &str, t: Timestamp) -> Result<Vec<u8>
     }
     let total = next;
     if total > u32::MAX as usize / SECTOR {
-        return Err(SeedError::TooLarge(
-            "seed content is too large for ISO9660".into(),
-        ));
+        return Err(SeedError::TooLarge { image: "ISO9660" });
     }
 
     let mut img = vec![0u8; total * SECTOR];

@@ -41,8 +41,11 @@ impl SeedFormat {
 #[derive(Debug, thiserror::Error)]
 pub enum SeedError {
     /// The content does not fit the format's limits.
-    #[error("{0}")]
-    TooLarge(String),
+    #[error("seed content is too large for {image}")]
+    TooLarge {
+        /// The image format's name, such as `ISO9660`.
+        image: &'static str,
+    },
     /// A file name cannot be represented.
     #[error("file name {0:?} cannot be stored in the image")]
     BadName(String),

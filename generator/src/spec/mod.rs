@@ -7,7 +7,9 @@ mod scalars;
 mod sshkey;
 mod types;
 
-pub use parse::{MAX_REQUEST_BYTES, RequestError, load_request, parse_request, spec_schema};
+pub use parse::{
+    LoadRequestError, MAX_REQUEST_BYTES, RequestError, load_request, parse_request, spec_schema,
+};
 pub use phase::Phase;
 pub use scalars::{
     Cidr, DnsLabel, KubeVersion, UserName, check_dns_label, check_dns_subdomain, check_host,

@@ -46,6 +46,23 @@ impl fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
+/// Why a request file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadRequestError {
+    /// The file could not be read.
+    #[error("{file}: cannot read")]
+    Read {
+        /// The file as the user named it.
+        file: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid request.
+    #[error(transparent)]
+    Invalid(#[from] RequestError),
+}
+
 impl RequestError {
     fn one(file: &str, problem: impl Into<String>) -> Self {
         RequestError {
@@ -62,22 +79,25 @@ impl RequestError {
 }
 
 /// Reads and validates the request at `path`.
-pub fn load_request(path: &Path) -> Result<CheckedCluster, RequestError> {
+pub fn load_request(path: &Path) -> Result<CheckedCluster, LoadRequestError> {
     let label = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| RequestError::one(&label, format!("cannot read: {e}")))?;
+    let read = |source| LoadRequestError::Read {
+        file: label.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
     if meta.is_dir() {
         return Err(RequestError::one(
             &label,
             "is a directory; expected a FledgeCluster YAML file",
-        ));
+        )
+        .into());
     }
     if meta.len() > MAX_REQUEST_BYTES as u64 {
-        return Err(too_big(&label, meta.len()));
+        return Err(too_big(&label, meta.len()).into());
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| RequestError::one(&label, format!("cannot read: {e}")))?;
-    parse_request(&label, &bytes)
+    let bytes = std::fs::read(path).map_err(read)?;
+    Ok(parse_request(&label, &bytes)?)
 }
 
 fn too_big(label: &str, len: u64) -> RequestError {
