@@ -7,11 +7,13 @@
 //! Where things live:
 //! - the request: [`spec`] (types, parsing, validation; [`schema`] checks against CRD schemas,
 //!   [`yaml`] reads outside YAML safely), [`providers`] (one module per infrastructure provider);
-//! - rendering: [`render`] (the templates of `templates/`, embedded by `build.rs`, and
-//!   [`render::pipeline`], a request to every output file), [`management`], [`workload`] and
-//!   [`cloudinit`] (the objects and CP-A's seed content), [`seed`] (seed images), [`output`]
-//!   (the atomic output directory);
-//! - the management cluster: [`apply`], [`delete`], [`wait`], [`token`];
+//! - rendering: [`render`] (the templates of `templates/`, embedded by `build.rs`,
+//!   [`render::context`], the values they read, and [`render::pipeline`], a request to every
+//!   output file), [`management`], [`workload`] and [`cloudinit`] (the objects and CP-A's seed
+//!   content), [`capi`] (Cluster API's groups and types, template naming), [`seed`] (seed
+//!   images), [`output`] (the atomic output directory);
+//! - the management cluster: [`target`] (a client from a kubeconfig), [`ssa`] (server-side
+//!   apply, shared with the agent), [`apply`], [`delete`], [`wait`], [`token`];
 //! - the `fledge` binary: [`cli`] (clap definition and dispatch), [`commands`] (each
 //!   subcommand's body), [`diagnostics`] (error chain, warnings, logging; the agent uses it too).
 

@@ -1,7 +1,8 @@
 //! Templates: structure comes from minijinja templates in `templates/`, values from the checked
 //! spec. Every value a template prints is emitted as an escaped YAML scalar (see [`yaml`]), so no
 //! user string can change a document's structure. Every rendered document is parsed back.
-//! [`pipeline`] renders a whole request into the files `fledge render` writes.
+//! [`context`] holds what the templates read; [`pipeline`] renders a whole request into the
+//! files `fledge render` writes.
 
 pub mod context;
 pub mod pipeline;
