@@ -445,62 +445,49 @@ pub async fn run<F: Future<Output = ()>>(
     let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
     let spec_changed = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());
-    // The phases run beside the spec sync, on a thread of their own with its own runtime and
-    // clients: a long phase never holds a new spec back, and the pivot engine's futures (which
-    // borrow across awaits in ways `tokio::spawn`'s bounds cannot express) need not be `Send`.
+    // The phases run beside the spec sync as a task of their own: a long phase never holds a
+    // new spec back.
     let runner_task = {
         let (cfg, root, state_dir) = (cfg.clone(), opts.root.clone(), state_dir.clone());
         let (spec_changed, journal_changed) = (spec_changed.clone(), journal_changed.clone());
         let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
         let opts = opts.clone();
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let _guard = runner_guard;
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+            // Only the leader runs the phases.
+            let mut leading = leading_rx;
+            let mut stopped = stop.clone();
+            loop {
+                if *leading.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    r = leading.changed() => if r.is_err() { return },
+                    _ = stopped.changed() => return,
+                }
+            }
+            let management = match management_client_counted(&cfg, &opts, management_counts) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the phase runner");
                     return;
                 }
             };
-            rt.block_on(async move {
-                // Only the leader runs the phases.
-                let mut leading = leading_rx;
-                let mut stopped = stop.clone();
-                loop {
-                    if *leading.borrow() {
-                        break;
-                    }
-                    tokio::select! {
-                        r = leading.changed() => if r.is_err() { return },
-                        _ = stopped.changed() => return,
-                    }
-                }
-                let management = match management_client_counted(&cfg, &opts, management_counts) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the phase runner");
-                        return;
-                    }
-                };
-                let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-                crate::phases::Runner {
-                    cfg,
-                    root,
-                    state_dir,
-                    management,
-                    local_counts,
-                    spec_changed,
-                    journal_changed,
-                    report,
-                    backoff_cap,
-                    layer_clock: Default::default(),
-                }
-                .run(stop)
-                .await
-            })
+            let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
+            crate::phases::Runner {
+                cfg,
+                root,
+                state_dir,
+                management,
+                local_counts,
+                spec_changed,
+                journal_changed,
+                report,
+                backoff_cap,
+                layer_clock: Default::default(),
+            }
+            .run(stop)
+            .await
         })
     };
     // The status written before a restart keeps its conditions' transition times.

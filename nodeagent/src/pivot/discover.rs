@@ -362,14 +362,15 @@ pub async fn discover(
     // One list per type, several in flight (a fresh server answers the first list of a type
     // slowly).
     use futures::{StreamExt, TryStreamExt};
-    let lists: Vec<(&ApiResource, Option<Vec<DynamicObject>>)> = futures::stream::iter(
-        types
-            .iter()
-            .map(|ar| async move { list_type(client, namespace, ar).await.map(|l| (ar, l)) }),
-    )
-    .buffered(LIST_PARALLELISM)
-    .try_collect()
-    .await?;
+    // Collected before streaming, so the future stays `Send` (see `Pivot::settle`).
+    let work: Vec<_> = types
+        .iter()
+        .map(|ar| async move { list_type(client, namespace, ar).await.map(|l| (ar, l)) })
+        .collect();
+    let lists: Vec<(&ApiResource, Option<Vec<DynamicObject>>)> = futures::stream::iter(work)
+        .buffered(LIST_PARALLELISM)
+        .try_collect()
+        .await?;
     for (ar, items) in lists {
         let Some(items) = items else {
             g.unlisted.push((
@@ -537,8 +538,9 @@ async fn read_bodies(
         .map(|n| (n.obj.uid.clone(), n.obj.clone()))
         .collect();
     let graph = &*g;
-    let bodies: Vec<(String, Option<DynamicObject>)> =
-        futures::stream::iter(wanted.into_iter().map(|(uid, o)| async move {
+    let work: Vec<_> = wanted
+        .into_iter()
+        .map(|(uid, o)| async move {
             let ar = graph.resource(&o).expect("listed types");
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, ar);
             api.get_opt(&o.name)
@@ -548,7 +550,9 @@ async fn read_bodies(
                     what: format!("reading {o} in {namespace}"),
                     source,
                 })
-        }))
+        })
+        .collect();
+    let bodies: Vec<(String, Option<DynamicObject>)> = futures::stream::iter(work)
         .buffered(LIST_PARALLELISM)
         .try_collect()
         .await?;

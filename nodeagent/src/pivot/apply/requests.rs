@@ -47,8 +47,11 @@ impl<'a> Pivot<'a> {
     {
         let failed = AtomicBool::new(false);
         let failed = &failed;
-        let results: Vec<Option<Result<T, PivotError>>> =
-            futures::stream::iter(work.map(|fut| async move {
+        // Collected first: a stream over a closure (`Iterator::map`) held across an await makes
+        // the future's `Send` depend on the closure being general over lifetimes, which the
+        // compiler cannot prove (rust-lang/rust#102211).
+        let work: Vec<_> = work
+            .map(|fut| async move {
                 if failed.load(Ordering::SeqCst) {
                     return None;
                 }
@@ -57,7 +60,9 @@ impl<'a> Pivot<'a> {
                     failed.store(true, Ordering::SeqCst);
                 }
                 Some(r)
-            }))
+            })
+            .collect();
+        let results: Vec<Option<Result<T, PivotError>>> = futures::stream::iter(work)
             .buffer_unordered(self.opts.parallelism)
             .collect()
             .await;

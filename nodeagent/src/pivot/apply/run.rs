@@ -240,23 +240,24 @@ impl<'a> Pivot<'a> {
     ) -> Result<Existing, PivotError> {
         let mut by_source = HashMap::new();
         let mut by_name = HashMap::new();
-        let lists: Vec<(&ApiResource, Vec<DynamicObject>)> = futures::stream::iter(
-            Self::plan_types(graph, plan)
-                .into_iter()
-                .map(|ar| async move {
-                    let api = self.api(self.target, ar);
-                    let list = self
-                        .retry(
-                            || format!("listing {} in the target", ar.plural),
-                            || async { api.list(&ListParams::default()).await },
-                        )
-                        .await?;
-                    Ok::<_, PivotError>((ar, list.items))
-                }),
-        )
-        .buffered(crate::pivot::discover::LIST_PARALLELISM)
-        .try_collect()
-        .await?;
+        // Collected before streaming, so the future stays `Send` (see `settle`).
+        let work: Vec<_> = Self::plan_types(graph, plan)
+            .into_iter()
+            .map(|ar| async move {
+                let api = self.api(self.target, ar);
+                let list = self
+                    .retry(
+                        || format!("listing {} in the target", ar.plural),
+                        || async { api.list(&ListParams::default()).await },
+                    )
+                    .await?;
+                Ok::<_, PivotError>((ar, list.items))
+            })
+            .collect();
+        let lists: Vec<(&ApiResource, Vec<DynamicObject>)> = futures::stream::iter(work)
+            .buffered(crate::pivot::discover::LIST_PARALLELISM)
+            .try_collect()
+            .await?;
         for (ar, items) in lists {
             for obj in items {
                 let name = obj.metadata.name.clone().unwrap_or_default();
