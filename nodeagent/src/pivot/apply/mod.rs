@@ -69,7 +69,6 @@ pub use options::{DEFAULT_PARALLELISM, Direction, Options, Retry};
 pub use report::{Event, Summary};
 
 use error::{describe, is_status};
-use requests::jitter;
 use run::Attempt;
 
 /// Annotation on every object created in the target: the object's UID in the source.

@@ -13,6 +13,22 @@ pub struct Retry {
     pub cap: Duration,
 }
 
+impl Retry {
+    /// The delays between attempts: from `first`, doubling up to `cap`, each with up to as
+    /// much again of jitter (so that movers retrying together spread out). Endless: the
+    /// callers count the attempts.
+    pub fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.first)
+            .with_max_delay(self.cap)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
 impl Default for Retry {
     fn default() -> Self {
         Self {

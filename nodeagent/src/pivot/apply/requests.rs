@@ -13,7 +13,7 @@ impl<'a> Pivot<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        let mut delay = self.opts.retry.first;
+        let mut backoff = self.opts.retry.backoff();
         let mut attempt = 1;
         loop {
             self.check_lock()?;
@@ -21,8 +21,7 @@ impl<'a> Pivot<'a> {
                 Ok(v) => return Ok(v),
                 Err(e) if transient(&e) && attempt < self.opts.retry.attempts => {
                     tracing::warn!(what = %what(), error = %describe(&e), attempt, "retrying");
-                    tokio::time::sleep(delay + jitter(delay)).await;
-                    delay = (delay * 2).min(self.opts.retry.cap);
+                    tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                     attempt += 1;
                 }
                 Err(source) => {
@@ -116,14 +115,4 @@ impl<'a> Pivot<'a> {
             None => self.api(client, ar),
         }
     }
-}
-
-/// Up to a quarter of `d`, from the clock's low bits (no randomness source needed).
-pub(super) fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let quarter = (d.as_millis() / 4).max(1) as u64;
-    Duration::from_millis(u64::from(nanos) % quarter)
 }

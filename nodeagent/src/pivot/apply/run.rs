@@ -156,7 +156,15 @@ impl<'a> Pivot<'a> {
         self.pause_source(graph).await?;
         self.pause_class(graph).await?;
         let start = Instant::now();
-        let mut delay = Duration::from_millis(500);
+        // Polls from 0.5 s, doubling up to 5 s.
+        let mut poll = {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .build()
+        };
         let graph = loop {
             let g = discover(self.source, self.namespace, self.cluster).await?;
             let mut blocked: Vec<&Node> = g
@@ -182,8 +190,7 @@ impl<'a> Pivot<'a> {
                     objects: names,
                     waited,
                 });
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(poll.next().unwrap_or(Duration::from_secs(5))).await;
                 let mut still = Vec::new();
                 for n in blocked {
                     let api = self.member_api(self.source, &g, &n.obj);
