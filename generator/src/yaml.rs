@@ -106,7 +106,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
 pub fn parse_numbered(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
     let state = State::new(expansion_limit(text.len()), None);
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         match ValueSeed(&state).deserialize(doc) {
             Ok(Value::Null) => {}
             Ok(v) => docs.push((i + 1, v)),
@@ -168,7 +168,7 @@ impl State {
     }
 
     /// The error for serde_yaml's `e` in document `document` of `text`.
-    fn error(&self, text: &str, document: usize, e: &serde_yaml::Error) -> YamlError {
+    fn error(&self, text: &str, document: usize, e: &serde_norway::Error) -> YamlError {
         let location = e.location().map(|l| Location {
             line: l.line(),
             column: l.column(),
@@ -224,7 +224,7 @@ impl State {
 /// there (serde_yaml gives positions only with errors). Only runs for a text already refused.
 fn first_line(text: &str, limit: usize, mapping: usize, key: &str) -> Option<usize> {
     let state = State::new(limit, Some((mapping, key.to_string())));
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in serde_norway::Deserializer::from_str(text) {
         if let Err(e) = ValueSeed(&state).deserialize(doc) {
             return match *state.failure.borrow() {
                 Some(Failure::Found) => e.location().map(|l| l.line()),
@@ -378,7 +378,7 @@ mod tests {
 
     /// What serde_json's own `Value` reads from the same text (the behaviour to keep).
     fn plain(text: &str) -> Vec<Value> {
-        serde_yaml::Deserializer::from_str(text)
+        serde_norway::Deserializer::from_str(text)
             .map(|d| Value::deserialize(d).unwrap())
             .filter(|v| !v.is_null())
             .collect()
@@ -488,7 +488,7 @@ h: |
         ];
         for text in dense {
             let state = State::new(usize::MAX, None);
-            for doc in serde_yaml::Deserializer::from_str(&text) {
+            for doc in serde_norway::Deserializer::from_str(&text) {
                 ValueSeed(&state).deserialize(doc).unwrap();
             }
             let per_byte = state.spent.get() as f64 / text.len() as f64;
