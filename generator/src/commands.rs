@@ -76,7 +76,7 @@ pub fn apply(args: &ApplyArgs) -> anyhow::Result<()> {
     let templates = Templates::load(args.templates.as_deref())?;
     let mut objects = management::objects(&checked, &templates)?;
     if args.install_crds {
-        let crds = serde_yaml::Deserializer::from_str(&spec::crd_yaml())
+        let crds = serde_norway::Deserializer::from_str(&spec::crd_yaml())
             .map(serde_json::Value::deserialize)
             .collect::<Result<Vec<_>, _>>()?;
         objects.splice(0..0, crds);

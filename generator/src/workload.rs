@@ -202,7 +202,7 @@ mod tests {
     use serde_json::json;
 
     fn checked(version: &str, image: Option<&str>) -> CheckedCluster {
-        let mut req: Value = serde_yaml::from_str(
+        let mut req: Value = serde_norway::from_str(
             &std::fs::read_to_string(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                     .join("../tests/cases/docker-v1beta2/input.yaml"),
@@ -216,7 +216,7 @@ mod tests {
         }
         crate::spec::parse_request(
             "input.yaml",
-            serde_yaml::to_string(&req).unwrap().as_bytes(),
+            serde_norway::to_string(&req).unwrap().as_bytes(),
         )
         .unwrap()
     }

@@ -1,10 +1,11 @@
 //! Reading YAML that comes from outside (requests, add-on manifests, fetched files) into
-//! `serde_json::Value`s, with two rules serde_yaml 0.9 does not enforce on its own:
+//! `serde_json::Value`s, with two rules serde_norway 0.9 (the maintained fork of the archived
+//! serde_yaml, with the same parser and the same errors) does not enforce on its own:
 //!
 //! - **No duplicate keys.** serde_json's `Value` keeps the last of two equal keys and drops the
 //!   first without a word; here a repeated key is an error naming both lines.
 //! - **Bounded alias expansion.** An alias (`*name`) is a copy of what its anchor names.
-//!   serde_yaml bounds how many aliases it follows (100 per YAML event), not how much they
+//!   serde_norway bounds how many aliases it follows (100 per YAML event), not how much they
 //!   copy: a 1 MB text whose aliases all name one large scalar expands to tens of gigabytes.
 //!   Here the expanded documents of a text may be at most [`expansion_limit`] bytes, counting
 //!   every value as [`NODE_COST`] bytes plus its text (keys included), so what a text can make
@@ -12,7 +13,7 @@
 //!   the limit: every value takes text of its own, at least a character and a separator, so
 //!   such a text costs at most about 17 bytes per byte (8 for the densest real forms, `[1,1]`).
 //!
-//! Everything else is exactly what `serde_json::Value::deserialize` over serde_yaml gives.
+//! Everything else is exactly what `serde_json::Value::deserialize` over serde_norway gives.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -106,7 +107,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
 pub fn parse_numbered(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
     let state = State::new(expansion_limit(text.len()), None);
     let mut docs = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
         match ValueSeed(&state).deserialize(doc) {
             Ok(Value::Null) => {}
             Ok(v) => docs.push((i + 1, v)),
@@ -116,7 +117,7 @@ pub fn parse_numbered(text: &str) -> Result<Vec<(usize, Value)>, YamlError> {
     Ok(docs)
 }
 
-/// Why the visitor stopped serde_yaml (its own error says less).
+/// Why the visitor stopped serde_norway (its own error says less).
 enum Failure {
     /// The expansion limit was reached.
     TooLarge,
@@ -167,8 +168,8 @@ impl State {
         Ok(())
     }
 
-    /// The error for serde_yaml's `e` in document `document` of `text`.
-    fn error(&self, text: &str, document: usize, e: &serde_yaml::Error) -> YamlError {
+    /// The error for serde_norway's `e` in document `document` of `text`.
+    fn error(&self, text: &str, document: usize, e: &serde_norway::Error) -> YamlError {
         let location = e.location().map(|l| Location {
             line: l.line(),
             column: l.column(),
@@ -195,7 +196,7 @@ impl State {
             }
             Some(Failure::Found) | None => {
                 let msg = e.to_string();
-                // serde_yaml's own bound on aliases (a count, not a size).
+                // serde_norway's own bound on aliases (a count, not a size).
                 if msg == "repetition limit exceeded" {
                     (
                         YamlErrorKind::AliasExpansion,
@@ -221,10 +222,10 @@ impl State {
 }
 
 /// The line of the first `key` of the `mapping`-th mapping of `text`: a second pass that stops
-/// there (serde_yaml gives positions only with errors). Only runs for a text already refused.
+/// there (serde_norway gives positions only with errors). Only runs for a text already refused.
 fn first_line(text: &str, limit: usize, mapping: usize, key: &str) -> Option<usize> {
     let state = State::new(limit, Some((mapping, key.to_string())));
-    for doc in serde_yaml::Deserializer::from_str(text) {
+    for doc in serde_norway::Deserializer::from_str(text) {
         if let Err(e) = ValueSeed(&state).deserialize(doc) {
             return match *state.failure.borrow() {
                 Some(Failure::Found) => e.location().map(|l| l.line()),
@@ -378,7 +379,7 @@ mod tests {
 
     /// What serde_json's own `Value` reads from the same text (the behaviour to keep).
     fn plain(text: &str) -> Vec<Value> {
-        serde_yaml::Deserializer::from_str(text)
+        serde_norway::Deserializer::from_str(text)
             .map(|d| Value::deserialize(d).unwrap())
             .filter(|v| !v.is_null())
             .collect()
@@ -456,7 +457,7 @@ h: |
     }
 
     #[test]
-    fn nested_aliases_are_refused_by_serde_yamls_count_with_a_clear_message() {
+    fn nested_aliases_are_refused_by_serde_norways_count_with_a_clear_message() {
         let mut text = "l0: &l0 \"lol\"\n".to_string();
         for i in 1..10 {
             text.push_str(&format!(
@@ -488,7 +489,7 @@ h: |
         ];
         for text in dense {
             let state = State::new(usize::MAX, None);
-            for doc in serde_yaml::Deserializer::from_str(&text) {
+            for doc in serde_norway::Deserializer::from_str(&text) {
                 ValueSeed(&state).deserialize(doc).unwrap();
             }
             let per_byte = state.spent.get() as f64 / text.len() as f64;
@@ -501,7 +502,7 @@ h: |
     }
 
     #[test]
-    fn syntax_errors_keep_serde_yamls_message_and_position() {
+    fn syntax_errors_keep_serde_norways_message_and_position() {
         let err = parse_documents("a: 1\n---\nb: [1, 2\n").unwrap_err();
         assert_eq!(err.kind, YamlErrorKind::Syntax);
         assert_eq!(err.document, 2);

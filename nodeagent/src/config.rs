@@ -114,7 +114,7 @@ impl AgentConfig {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let cfg: AgentConfig = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let cfg: AgentConfig = serde_norway::from_str(&text).map_err(|e| err(e.to_string()))?;
         if cfg.api_version != "fledge.dev/v1alpha1" || cfg.kind != "AgentConfig" {
             return Err(err(format!(
                 "must be apiVersion fledge.dev/v1alpha1, kind AgentConfig (got {}, {})",

@@ -358,7 +358,7 @@ fn secret_files(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
         Err(e) => return Err(problem(format!("cannot read it: {e}"))),
     };
-    let s: Secrets = serde_yaml::from_str(&text).map_err(|e| problem(e.to_string()))?;
+    let s: Secrets = serde_norway::from_str(&text).map_err(|e| problem(e.to_string()))?;
     Ok(vec![s.management.token_file, s.management.ca_file])
 }
 

@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?;
     let text =
         std::fs::read_to_string(fledge_tests::workspace_root().join("examples/vsphere.yaml"))?;
-    let obj: serde_json::Value = serde_yaml::from_str(&text)?;
+    let obj: serde_json::Value = serde_norway::from_str(&text)?;
     let ns = obj["metadata"]["namespace"]
         .as_str()
         .unwrap_or("default")

@@ -57,7 +57,7 @@ pub fn read_dir(dir: &Path) -> Result<Vec<CrdFile>, String> {
         .map(|path| {
             let text =
                 std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let crd = Value::deserialize(serde_yaml::Deserializer::from_str(&text))
+            let crd = Value::deserialize(serde_norway::Deserializer::from_str(&text))
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(CrdFile { path, crd })
         })
@@ -163,7 +163,7 @@ impl SchemaSet {
 /// fledge's own CRDs as JSON.
 pub fn own_crds() -> Vec<Value> {
     let text = fledge_generator::spec::crd_yaml();
-    serde_yaml::Deserializer::from_str(&text)
+    serde_norway::Deserializer::from_str(&text)
         .filter_map(|d| Value::deserialize(d).ok())
         .collect()
 }
@@ -194,7 +194,7 @@ pub fn capa_identity_crds() -> Option<Vec<Value>> {
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let mut crd: Value =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         crd["metadata"]["labels"]["clusterctl.cluster.x-k8s.io/move-hierarchy"] = json!("");
         crate::install::clusterctl_labels(crd, "infrastructure-aws")
     })

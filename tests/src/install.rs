@@ -145,7 +145,7 @@ pub fn module_crds(which: &str, subdirs: &[&str], provider: &str) -> Result<Vec<
         for f in files {
             let text = std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
             let crd: Value =
-                serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
+                serde_norway::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
             out.push(clusterctl_labels(crd, provider));
         }
     }

@@ -139,7 +139,7 @@ fn read_yaml_docs(path: &Path) -> Result<Vec<Value>, HarnessError> {
     use serde::Deserialize;
     let text = std::fs::read_to_string(path).map_err(|e| io_err(path, e))?;
     let mut docs = Vec::new();
-    for d in serde_yaml::Deserializer::from_str(&text) {
+    for d in serde_norway::Deserializer::from_str(&text) {
         let v = Value::deserialize(d).map_err(|e| io_err(path, e))?;
         if !v.is_null() {
             docs.push(v);

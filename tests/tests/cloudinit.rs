@@ -158,7 +158,7 @@ impl Gen {
 /// Builds a vSphere request whose free-text values are adversarial.
 fn adversarial_request(g: &mut Gen) -> (Value, Value) {
     let base = std::fs::read_to_string(workspace_root().join("examples/vsphere.yaml")).unwrap();
-    let mut req: Value = serde_yaml::from_str(&base).unwrap();
+    let mut req: Value = serde_norway::from_str(&base).unwrap();
     let key_blob = "AAAAC3NzaC1lZDI1NTE5AAAAIABoS5VYUG4MnEJlKkU7f5yFnx/jg9rz//xqycxHVSob";
     let comment = g.text();
     let vs = &mut req["spec"]["infrastructure"]["vsphere"];
@@ -312,7 +312,7 @@ fn with_ca(ca: String) -> Credentials {
 
 fn aws_with_addons(manifests: Vec<String>) -> spec::CheckedCluster {
     let base = std::fs::read_to_string(workspace_root().join("examples/aws.yaml")).unwrap();
-    let mut req: Value = serde_yaml::from_str(&base).unwrap();
+    let mut req: Value = serde_norway::from_str(&base).unwrap();
     let list: Vec<Value> = manifests
         .into_iter()
         .enumerate()
@@ -464,7 +464,7 @@ fn embedded_token_is_mode_0600_and_static_network_config_is_written() {
     let text = std::fs::read_to_string(&ud).unwrap();
     assert!(text.contains("tok.abc-123"));
     let net: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(out.join("cp-a/network-config")).unwrap())
+        serde_norway::from_str(&std::fs::read_to_string(out.join("cp-a/network-config")).unwrap())
             .unwrap();
     assert_eq!(
         net,

@@ -157,7 +157,7 @@ fn by_clusterctl(bin: &Path, text: &str, vars: &BTreeMap<String, String>) -> Res
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&stdout)
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&stdout)
         .map(|d| Value::deserialize(d).expect("clusterctl prints YAML"))
         .filter(|v| !v.is_null())
         .collect();
@@ -263,7 +263,7 @@ fn docs_by_clusterctl(bin: &Path, text: &str, vars: &BTreeMap<String, String>) -
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&stdout)
+    serde_norway::Deserializer::from_str(&stdout)
         .map(|d| Value::deserialize(d).unwrap())
         .filter(|v| !v.is_null())
         .collect()

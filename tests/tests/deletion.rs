@@ -211,7 +211,7 @@ async fn fixture(mgmt_providers: &str) -> Option<Fixture> {
         "localKubeconfig": p("etc/kubernetes/admin.conf"),
     });
     let config = r.join("etc/fledge/agent.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
     let fledge_cluster = objects
         .iter()
         .find(|o| o["kind"] == "FledgeCluster")

@@ -684,76 +684,34 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     assert!(
         matches!(crds.list(&Default::default()).await, Err(kube::Error::Api(e)) if e.code == 403)
     );
-    // As the agent runs it: the Pivoted phase of its journal.
-    use fledge_agent::pivot::phase::{self, Clients};
-    use fledge_agent::state::journal::{Journal, Outcome, Phase};
-    let state = tempfile::tempdir().unwrap();
-    let mut journal = Journal::load(state.path()).unwrap();
+    // As the agent runs it: the pivot engine with the scoped identity as the source.
     let quiet = |_: &Event| {};
-    let clients = || Clients {
-        source: &scoped,
-        target: &tc,
+    let pivot = |cluster: &'static str| {
+        Pivot::new(&scoped, &tc, ns, cluster, PivotOptions::default(), &quiet)
     };
-    // A cluster that does not exist: the phase is journaled as failed, with the reason.
-    let err = phase::run(
-        state.path(),
-        &mut journal,
-        clients(),
-        ns,
-        "nope",
-        PivotOptions::default(),
-        &quiet,
-    )
-    .await
-    .unwrap_err();
+    // A cluster that does not exist: a clear error naming it.
+    let err = pivot("nope").run().await.unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
-    let j = Journal::load(state.path()).unwrap();
-    let e = j.phases.iter().find(|e| e.phase == Phase::Pivoted).unwrap();
-    assert_eq!(e.outcome, Outcome::Failed);
-    assert!(
-        e.message.as_deref().unwrap_or_default().contains("nope"),
-        "{e:?}"
-    );
-
-    let summary = phase::run(
-        state.path(),
-        &mut journal,
-        clients(),
-        ns,
-        "c1",
-        PivotOptions::default(),
-        &quiet,
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(err.to_string().contains("nope"), "{err}");
+    // The dry run plans every object, and changes nothing.
+    let planned = pivot("c1").plan().await.unwrap();
+    assert_eq!(planned.total, keys.len());
+    let summary = pivot("c1").run().await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(summary.moved, keys.len());
     let problems = capi::check_moved(&sc, &tc, ns, &before).await;
     assert!(problems.is_empty(), "{problems:#?}");
-    let j = Journal::load(state.path()).unwrap();
-    assert!(j.done(Phase::Pivoted), "{j:?}");
-    // After a restart the journal says it is done: no request at all.
+    // Run again (an agent restarted after the pivot): already complete, nothing written.
     let counted = Fault::never();
     let (a, b) = (
         client_with(&s.user_kubeconfig, &counted).await,
         client_with(&t.kubeconfig, &counted).await,
     );
-    let mut journal = Journal::load(state.path()).unwrap();
-    let again = phase::run(
-        state.path(),
-        &mut journal,
-        Clients {
-            source: &a,
-            target: &b,
-        },
-        ns,
-        "c1",
-        PivotOptions::default(),
-        &quiet,
-    )
-    .await
-    .unwrap();
+    let again = Pivot::new(&a, &b, ns, "c1", PivotOptions::default(), &quiet)
+        .run()
+        .await
+        .unwrap();
     assert!(again.already_complete);
-    assert_eq!(counted.reads() + counted.writes(), 0);
+    assert_eq!(counted.writes(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

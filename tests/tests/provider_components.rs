@@ -199,7 +199,7 @@ fn by_clusterctl(
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
     let stdout = String::from_utf8(out.stdout).unwrap();
-    Ok(serde_yaml::Deserializer::from_str(&stdout)
+    Ok(serde_norway::Deserializer::from_str(&stdout)
         .map(|d| Value::deserialize(d).expect("clusterctl prints YAML"))
         .filter(|v| !v.is_null())
         .collect())

@@ -154,7 +154,7 @@ fn flannel_manifest() -> String {
 
 /// Writes the request (see [`request`]) to `path`.
 fn write_request(path: &Path, server: &str, control_planes: u32, workers: u32) {
-    let text = serde_yaml::to_string(&request(server, control_planes, workers)).unwrap();
+    let text = serde_norway::to_string(&request(server, control_planes, workers)).unwrap();
     std::fs::write(path, text).unwrap();
 }
 
@@ -1008,7 +1008,7 @@ async fn the_same_cluster_the_centralized_way() {
         for v in fledge_generator::yaml::parse_documents(&text).unwrap() {
             let kind = v["kind"].as_str().unwrap_or_default();
             if kinds.is_empty() || kinds.contains(&kind) {
-                docs.push(serde_yaml::to_string(&v).unwrap());
+                docs.push(serde_norway::to_string(&v).unwrap());
             }
         }
     }

@@ -21,7 +21,7 @@ fn case_dirs() -> Vec<PathBuf> {
 }
 
 fn docs(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_norway::Deserializer::from_str(text)
         .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
         .filter(|v| !v.is_null())
         .collect()
@@ -397,7 +397,7 @@ fn no_credentials(label: &str, text: &str) -> Vec<String> {
             _ => {}
         }
     }
-    if let Ok(values) = serde_yaml::Deserializer::from_str(text)
+    if let Ok(values) = serde_norway::Deserializer::from_str(text)
         .map(Value::deserialize)
         .collect::<Result<Vec<_>, _>>()
     {

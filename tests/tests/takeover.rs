@@ -98,7 +98,7 @@ async fn bake_providers(local: &kube::Client, dir: &Path) {
         .unwrap()
         .1
         .to_string();
-    let manager: Value = serde_yaml::from_str(
+    let manager: Value = serde_norway::from_str(
         &std::fs::read_to_string(root.join("config/manager/manager.yaml")).unwrap(),
     )
     .unwrap();
@@ -135,9 +135,9 @@ async fn bake_providers(local: &kube::Client, dir: &Path) {
             docs.extend(list_labelled(local, "admissionregistration.k8s.io/v1", kind, label).await);
         }
         // The provider's own manager Deployment (CABPK's and KCP's have the same shape).
-        let own: Value = serde_yaml::from_str(
+        let own: Value = serde_norway::from_str(
             &std::fs::read_to_string(root.join(config).join("manager/manager.yaml"))
-                .unwrap_or_else(|_| serde_yaml::to_string(&manager).unwrap()),
+                .unwrap_or_else(|_| serde_norway::to_string(&manager).unwrap()),
         )
         .unwrap();
         let mut d = own;
@@ -177,7 +177,7 @@ async fn bake_providers(local: &kube::Client, dir: &Path) {
     for f in files {
         // With the contract labels CAPD's release gives them (CAPI reads the served version
         // for a contract from them).
-        let crd = serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let crd = serde_norway::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
         docs.push(fledge_tests::install::clusterctl_labels(
             crd,
             "infrastructure-docker",
@@ -529,7 +529,7 @@ async fn fixture() -> Option<Fixture> {
             "sha256": {"components.yaml": pin("components.yaml"), "metadata.yaml": pin("metadata.yaml")}}]},
     });
     let config = r.join("etc/fledge/agent.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
     Some(Fixture {
         mgmt,
         local,
@@ -573,14 +573,14 @@ impl Fixture {
     fn second_agent(&self, node: &str) -> (PathBuf, PathBuf, String, PathBuf) {
         let r = self.root.path();
         let mut cfg: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
+            serde_norway::from_str(&std::fs::read_to_string(&self.config).unwrap()).unwrap();
         let state = r.join(format!("var/lib/fledge-{node}"));
         let metrics = format!("127.0.0.1:{}", fledge_tests::cluster::free_port().unwrap());
         cfg["nodeName"] = json!(node);
         cfg["stateDir"] = json!(state.display().to_string());
         cfg["metricsAddress"] = json!(metrics);
         let config = r.join(format!("etc/fledge/agent-{node}.yaml"));
-        std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
         (config, state, metrics, r.join(format!("agent-{node}.log")))
     }
 
@@ -987,7 +987,7 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
         let spec = held
             .as_ref()
             .and_then(|h| h.files.get(clusterstate::SPEC))
-            .map(|b| serde_yaml::from_slice::<cache::CachedSpec>(b).unwrap());
+            .map(|b| serde_norway::from_slice::<cache::CachedSpec>(b).unwrap());
         if let (Some(h), Some(s)) = (&held, spec)
             && s.generation > fetched_by_b
             && serde_json::from_slice::<Journal>(&h.files[clusterstate::JOURNAL])
@@ -1012,10 +1012,11 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
     // disk holds the older spec, the cluster the newer one.
     leader.kill();
     let killed = Instant::now();
-    let mut cfg: Value = serde_yaml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    let mut cfg: Value =
+        serde_norway::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     let reachable = cfg["management"]["server"].clone();
     cfg["management"]["server"] = json!("https://127.0.0.1:1");
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
     let mut follower = Agent::start(&config, &log);
     let start = Instant::now();
     loop {
@@ -1078,7 +1079,7 @@ async fn a_second_nodes_agent_follows_and_takes_over_when_the_leader_dies() {
     // a later spec change is applied.
     follower.kill();
     cfg["management"]["server"] = reachable;
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
     let follower = Agent::start(&config, &log);
     set_workers(&mc, 4).await;
     wait_workers(&lc, 4, &log).await;

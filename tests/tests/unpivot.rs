@@ -426,7 +426,7 @@ async fn unpivot_cli_rehomes_the_cluster_into_another_management_plane_and_journ
         "stateDir": d(&state), "metricsAddress": "127.0.0.1:9440",
         "localKubeconfig": d(&l.kubeconfig)});
     let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
     let unpivot = |extra: &[&str]| {
         let out = std::process::Command::new(fledge_tests::binary("fledge-agent"))
             .args(["unpivot", "--config"])

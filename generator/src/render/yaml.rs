@@ -241,7 +241,7 @@ mod tests {
 
     fn round_trip(v: &Value) -> Value {
         let text = to_string(v);
-        serde_yaml::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        serde_norway::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
     #[test]

@@ -192,7 +192,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "{\"uuid\":\"i-1\",\"hostname\":\"cp-a\",\"name\":\"cp-a\"}\n"
         );
-        // A repeated key is refused by the bounded reader (plain serde_yaml let the last win),
+        // A repeated key is refused by the bounded reader (plain serde_norway lets the last win),
         // so the meta-data is unusable and the defaults apply.
         let out = config_drive_meta(b"instance-id: i-1\ninstance-id: i-2\n");
         let out = String::from_utf8(out).unwrap();

@@ -660,11 +660,11 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../tests/cases/docker-v1beta2/input.yaml");
         let mut req: serde_json::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+            serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         edit(&mut req["spec"]);
         parse_request(
             "input.yaml",
-            serde_yaml::to_string(&req).unwrap().as_bytes(),
+            serde_norway::to_string(&req).unwrap().as_bytes(),
         )
         .map_err(|e| e.problems)
     }

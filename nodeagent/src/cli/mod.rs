@@ -190,7 +190,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => status::status(&config, &state_dir, json),
         Cmd::Run { config } => {
             let cfg = crate::config::AgentConfig::load(&config)?;
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            // One runtime for every task of the agent. Two workers: a phase busy on the CPU
+            // (parsing a provider's components) never delays the Lease renewal or `/metrics`.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()?;
             let result = runtime.block_on(crate::daemon::run::run(
@@ -199,8 +202,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::daemon::metrics::Shared::default(),
                 shutdown_signal(),
             ));
-            // A task wedged past the shutdown grace period (the phase runner's thread) must not
-            // keep the process alive: systemd restarts it on the non-zero exit.
+            // A task wedged past the shutdown grace period must not keep the process alive:
+            // systemd restarts it on the non-zero exit.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             result?;
             Ok(())

@@ -153,7 +153,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
     let noun = a.opts.direction.noun();
     // Only the side the objects leave from needs to be read for a dry run.
     use crate::clients;
-    use crate::pivot::{apply, discover, plan};
+    use crate::pivot::{apply, plan};
     use std::sync::Arc;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -162,7 +162,8 @@ fn run_move(a: Move) -> anyhow::Result<()> {
     runtime.block_on(async {
         let counts = Arc::new(clients::Counts::default());
         let (source, source_url) = clients::counted_client(Some(&a.from), counts.clone()).await?;
-        let from_side = if a.opts.direction == Direction::Pivot { "source cluster" } else { "local cluster" };
+        let direction = a.opts.direction;
+        let from_side = direction.source_side();
         let check = async |client: &kube::Client, server: String| {
             fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
                 client: client.clone(),
@@ -175,13 +176,11 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::Error::new(e).context(format!("{from_side} (--from {})", a.from.display())))?;
         if a.dry_run {
-            let graph = discover::discover(&source, &a.namespace, &a.cluster).await?;
-            let plan = plan::plan(&graph, &a.namespace, &a.cluster);
+            // The plan reads only the source: no target is needed.
+            let quiet = |_: &apply::Event| {};
+            let plan = apply::Pivot::new(&source, &source, &a.namespace, &a.cluster, a.opts, &quiet).plan().await?;
             match a.output {
-                OutputFormat::Table => {
-                    let title = if a.opts.direction == Direction::Pivot { "Pivot" } else { "Unpivot" };
-                    print!("{}", plan::Titled(&plan, title))
-                }
+                OutputFormat::Table => print!("{}", plan::Titled(&plan, direction.title())),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
             }
             return Ok(());
@@ -204,7 +203,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         // the outcome is journaled, keeps the agent's attempts and this move apart.
         let mut _run = None;
         let mut journal = match &a.journal {
-            Some(dir) if a.opts.direction == Direction::Unpivot => {
+            Some(dir) if direction == Direction::Unpivot => {
                 _run = Some(
                     crate::state::runlock::acquire(dir, |p| {
                         eprintln!("waiting for the agent's current attempt to finish (it holds {})", p.display())
@@ -245,7 +244,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         } else {
             println!(
                 "{} cluster {}/{}: {} objects moved ({} created, {} statuses copied, {} deleted from the source), {requests} requests ({:.1} per object), {:.1}s",
-                if a.opts.direction == Direction::Pivot { "Pivoted" } else { "Unpivoted" },
+                direction.done(),
                 a.namespace,
                 a.cluster,
                 summary.moved,

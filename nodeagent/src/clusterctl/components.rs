@@ -506,7 +506,7 @@ fn plain_scalar(text: &str) -> Option<Value> {
     {
         return None;
     }
-    let parsed: Value = serde_yaml::from_str(&format!("k: {text}")).ok()?;
+    let parsed: Value = serde_norway::from_str(&format!("k: {text}")).ok()?;
     let obj = parsed.as_object().filter(|o| o.len() == 1)?;
     match obj.get("k")? {
         v @ (Value::Null | Value::Bool(_) | Value::Number(_)) => Some(v.clone()),
@@ -597,7 +597,7 @@ pub fn contract_of(base: &Path, provider: &Provider) -> Result<String, Component
         path: path.clone(),
         source,
     })?;
-    let meta: Value = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+    let meta: Value = serde_norway::from_str(&text).map_err(|e| err(e.to_string()))?;
     let (major, minor) = parse_version(&provider.version).ok_or_else(|| {
         err(format!(
             "version {:?} is not vMAJOR.MINOR.PATCH",
@@ -803,7 +803,7 @@ pub fn baked(base: &Path, variables: &BTreeMap<String, String>) -> Vec<Baked> {
             };
             let mut missing = BTreeSet::new();
             let mut images = BTreeSet::new();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
+            for doc in serde_norway::Deserializer::from_str(&text) {
                 let Ok(v) = Value::deserialize(doc) else {
                     continue;
                 };

@@ -118,28 +118,43 @@ impl Drop for TaskGuard {
     }
 }
 
-/// Waits for `shutdown`, or for the first of `tasks` to end before it. `Ok` on shutdown;
-/// [`RunError::TaskEnded`] naming the task, and whether it returned or panicked, otherwise.
-pub async fn supervise<F: Future<Output = ()>>(
-    tasks: &mut [(&'static str, tokio::task::JoinHandle<()>)],
-    shutdown: F,
-) -> Result<(), RunError> {
-    let first = futures::future::select_all(
-        tasks
-            .iter_mut()
-            .enumerate()
-            .map(|(i, (_, handle))| Box::pin(async move { (i, handle.await) })),
-    );
-    tokio::select! {
-        () = shutdown => Ok(()),
-        ((i, result), _, _) = first => Err(RunError::TaskEnded {
-            task: tasks[i].0,
-            why: match result {
-                Ok(()) => "it returned".to_string(),
-                Err(e) if e.is_panic() => format!("it panicked: {}", panic_message(e.into_panic())),
-                Err(e) => e.to_string(),
-            },
-        }),
+/// The agent's tasks, spawned on its one runtime and named: one supervises them, and one
+/// shutdown path waits for them. Dropped, it aborts what still runs.
+#[derive(Default)]
+pub struct Running {
+    set: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Running {
+    /// Spawns `task` as `name`.
+    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for `shutdown`, or for the first task to end before it. `Ok` on shutdown;
+    /// [`RunError::TaskEnded`] naming the task, and whether it returned or panicked, otherwise.
+    pub async fn supervise(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        tokio::select! {
+            () = shutdown => Ok(()),
+            Some(ended) = self.set.join_next_with_id() => {
+                let (id, why) = match ended {
+                    Ok((id, ())) => (id, "it returned".to_string()),
+                    Err(e) if e.is_panic() => (e.id(), format!("it panicked: {}", panic_message(e.into_panic()))),
+                    Err(e) => (e.id(), e.to_string()),
+                };
+                Err(RunError::TaskEnded {
+                    task: self.names.get(&id).copied().unwrap_or("unnamed"),
+                    why,
+                })
+            }
+        }
+    }
+
+    /// Waits until every task has ended.
+    pub async fn finish(&mut self) {
+        while self.set.join_next().await.is_some() {}
     }
 }
 
@@ -360,21 +375,22 @@ pub async fn run<F: Future<Output = ()>>(
     // Every long-running task holds a guard: when one ends or panics, the watchdog stops being
     // fed, `/healthz` fails, and (below) the agent exits non-zero for systemd to restart it.
     let tasks = Tasks::default();
-    let metrics_task = {
+    let mut running = Running::default();
+    {
         let guard = tasks.start("metrics", &shared);
         let serve = serve_metrics(listener, shared.clone(), stop_rx.clone());
-        tokio::spawn(async move {
+        running.spawn("metrics", async move {
             let _guard = guard;
             serve.await;
-        })
-    };
+        });
+    }
     shared.update(|s| s.sync_beat = Some(std::time::Instant::now()));
     let sync_guard = tasks.start("spec sync", &shared);
     let runner_guard = tasks.start("phase runner", &shared);
-    let watchdog_task = opts.watchdog.map(|every| {
+    if let Some(every) = opts.watchdog {
         let (shared, notifier, mut stop) = (shared.clone(), notifier.clone(), stop_rx.clone());
         let tasks = tasks.clone();
-        tokio::spawn(async move {
+        running.spawn("watchdog", async move {
             let mut tick = tokio::time::interval(every);
             let mut silent = false;
             loop {
@@ -392,8 +408,8 @@ pub async fn run<F: Future<Output = ()>>(
                     _ = stop.changed() => break,
                 }
             }
-        })
-    });
+        });
+    }
     let (management_counts, local_counts) = (Arc::<Counts>::default(), Arc::<Counts>::default());
     shared.update(|s| {
         s.requests = Some((management_counts.clone(), local_counts.clone()));
@@ -426,10 +442,10 @@ pub async fn run<F: Future<Output = ()>>(
         token_looked: None,
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), election.round()).await;
-    let election_task = {
+    {
         let guard = tasks.start("leader election", &shared);
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        running.spawn("leader election", async move {
             let _guard = guard;
             loop {
                 tokio::select! {
@@ -440,69 +456,56 @@ pub async fn run<F: Future<Output = ()>>(
                     return;
                 }
             }
-        })
-    };
+        });
+    }
     let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
     let spec_changed = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());
-    // The phases run beside the spec sync, on a thread of their own with its own runtime and
-    // clients: a long phase never holds a new spec back, and the pivot engine's futures (which
-    // borrow across awaits in ways `tokio::spawn`'s bounds cannot express) need not be `Send`.
-    let runner_task = {
+    // The phases run beside the spec sync as a task of their own: a long phase never holds a
+    // new spec back.
+    {
         let (cfg, root, state_dir) = (cfg.clone(), opts.root.clone(), state_dir.clone());
         let (spec_changed, journal_changed) = (spec_changed.clone(), journal_changed.clone());
         let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
         let opts = opts.clone();
-        tokio::task::spawn_blocking(move || {
+        running.spawn("phase runner", async move {
             let _guard = runner_guard;
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
+            // Only the leader runs the phases.
+            let mut leading = leading_rx;
+            let mut stopped = stop.clone();
+            loop {
+                if *leading.borrow() {
+                    break;
+                }
+                tokio::select! {
+                    r = leading.changed() => if r.is_err() { return },
+                    _ = stopped.changed() => return,
+                }
+            }
+            let management = match management_client_counted(&cfg, &opts, management_counts) {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the phase runner");
                     return;
                 }
             };
-            rt.block_on(async move {
-                // Only the leader runs the phases.
-                let mut leading = leading_rx;
-                let mut stopped = stop.clone();
-                loop {
-                    if *leading.borrow() {
-                        break;
-                    }
-                    tokio::select! {
-                        r = leading.changed() => if r.is_err() { return },
-                        _ = stopped.changed() => return,
-                    }
-                }
-                let management = match management_client_counted(&cfg, &opts, management_counts) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot start the phase runner");
-                        return;
-                    }
-                };
-                let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-                crate::phases::Runner {
-                    cfg,
-                    root,
-                    state_dir,
-                    management,
-                    local_counts,
-                    spec_changed,
-                    journal_changed,
-                    report,
-                    backoff_cap,
-                    layer_clock: Default::default(),
-                }
-                .run(stop)
-                .await
-            })
-        })
-    };
+            let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
+            crate::phases::Runner {
+                cfg,
+                root,
+                state_dir,
+                management,
+                local_counts,
+                spec_changed,
+                journal_changed,
+                report,
+                backoff_cap,
+                layer_clock: Default::default(),
+            }
+            .run(stop)
+            .await
+        });
+    }
     // The status written before a restart keeps its conditions' transition times.
     let last_status = std::fs::read(state_dir.join(crate::state::layout::STATUS))
         .ok()
@@ -520,17 +523,11 @@ pub async fn run<F: Future<Output = ()>>(
         spec_changed,
         journal_changed,
     };
-    let sync_task = tokio::spawn(async move {
+    running.spawn("spec sync", async move {
         let _guard = sync_guard;
         sync.run(stop_rx).await;
     });
-    let mut running = [
-        ("spec sync", sync_task),
-        ("phase runner", runner_task),
-        ("metrics", metrics_task),
-        ("leader election", election_task),
-    ];
-    let outcome = supervise(&mut running, shutdown).await;
+    let outcome = running.supervise(shutdown).await;
     match &outcome {
         Ok(()) => tracing::info!("stopping: finishing in-flight work"),
         Err(e) => {
@@ -543,21 +540,11 @@ pub async fn run<F: Future<Output = ()>>(
     // longer than systemd waits: after the grace period the agent stops anyway. State files are
     // written atomically, so nothing is left half-written.
     let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
-    let all = async {
-        for (_, t) in &mut running {
-            if !t.is_finished() {
-                let _ = t.await;
-            }
-        }
-    };
-    if tokio::time::timeout(grace, all).await.is_err() {
+    if tokio::time::timeout(grace, running.finish()).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),
             "in-flight work did not finish within the shutdown grace period; stopping anyway"
         );
-    }
-    if let Some(t) = watchdog_task {
-        let _ = t.await;
     }
     outcome
 }
@@ -588,26 +575,17 @@ mod tests {
             tasks.start("phase runner", &shared),
         );
         assert!(tasks.all_alive());
-        let mut running = [
-            (
-                "spec sync",
-                tokio::spawn(async move {
-                    let _g = g1;
-                    std::future::pending::<()>().await
-                }),
-            ),
-            (
-                "phase runner",
-                tokio::spawn(async move {
-                    let _g = g2;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    panic!("index out of range");
-                }),
-            ),
-        ];
-        let e = supervise(&mut running, std::future::pending())
-            .await
-            .unwrap_err();
+        let mut running = Running::default();
+        running.spawn("spec sync", async move {
+            let _g = g1;
+            std::future::pending::<()>().await
+        });
+        running.spawn("phase runner", async move {
+            let _g = g2;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            panic!("index out of range");
+        });
+        let e = running.supervise(std::future::pending()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "the agent's phase runner task ended unexpectedly: it panicked: index out of range"
@@ -615,20 +593,20 @@ mod tests {
         // The watchdog stops being fed, and /healthz says which task ended.
         assert!(!tasks.all_alive());
         assert_eq!(shared.snapshot().tasks_ended, vec!["phase runner"]);
-        running[0].1.abort();
+        drop(running);
     }
 
     #[tokio::test]
     async fn a_task_that_returns_early_ends_supervision_and_shutdown_does_not() {
-        let mut running = [("metrics", tokio::spawn(async {}))];
-        let e = supervise(&mut running, std::future::pending())
-            .await
-            .unwrap_err();
+        let mut running = Running::default();
+        running.spawn("metrics", async {});
+        let e = running.supervise(std::future::pending()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "the agent's metrics task ended unexpectedly: it returned"
         );
-        let mut running = [("metrics", tokio::spawn(std::future::pending::<()>()))];
-        supervise(&mut running, async {}).await.unwrap();
+        let mut running = Running::default();
+        running.spawn("metrics", std::future::pending::<()>());
+        running.supervise(async {}).await.unwrap();
     }
 }

@@ -10,10 +10,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use fledge_generator::spec::{Condition, FledgeCluster, FledgeClusterStatus};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use kube::Api;
-use kube::api::{Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher;
 use tokio::sync::watch;
 
 use crate::config::AgentConfig;
@@ -37,6 +39,19 @@ pub fn error_kind(e: &kube::Error) -> &'static str {
         kube::Error::Api(_) => "api",
         kube::Error::SerdeError(_) => "decode",
         _ => "unreachable",
+    }
+}
+
+/// [`error_kind`] of a watcher's failure.
+fn watch_error_kind(e: &watcher::Error) -> &'static str {
+    match e {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => error_kind(e),
+        watcher::Error::WatchError(s) if s.code == 401 || s.code == 403 => "unauthorized",
+        watcher::Error::WatchError(s) if s.code == 404 => "not_found",
+        watcher::Error::WatchError(_) => "api",
+        watcher::Error::NoResourceVersion => "decode",
     }
 }
 
@@ -71,89 +86,118 @@ pub(crate) struct Sync {
 }
 
 impl Sync {
+    /// Follows the FledgeCluster with `kube::runtime`'s watcher (a list, then a watch from its
+    /// version, listed again whenever the watch cannot resume) until `stop`. Every `resyncSeconds`
+    /// (at most 290, also the watch's timeout) it looks at the latest copy again (a deletion
+    /// waiting on its namespace is decided then) and sends the status, the agent's heartbeat.
+    /// A failed request backs off (capped, jittered) while the agent runs from its cache.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let cap = Duration::from_secs(self.cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-        let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290) as u32;
-        let mut delay = Duration::from_millis(500);
+        let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290);
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.cfg.cluster.name))
+            .timeout(resync as u32);
+        let mut events = watcher::watcher(self.api.clone(), config).boxed();
+        let retry = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(cap)
+            .with_jitter()
+            .without_max_times();
+        let mut backoff = retry.build();
         let mut beat = tokio::time::interval(SYNC_BEAT);
-        while !*stop.borrow() {
-            self.beat();
-            // The resync: read the object, accept it, and send status (also the heartbeat).
-            let resume_from = match self.api.get_opt(&self.cfg.cluster.name).await {
-                Ok(Some(obj)) => {
-                    self.reachable(true);
-                    self.observe(&obj).await;
-                    self.push_status().await;
-                    obj.metadata.resource_version.clone()
-                }
-                Ok(None) => {
-                    self.reachable(true);
-                    tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
-                    self.shared.error("not_found");
-                    if self.deletion(None).await {
-                        self.push_status().await;
+        let mut resync = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(resync),
+            Duration::from_secs(resync),
+        );
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The FledgeCluster as last seen (`None`: the last list did not find it), once the first
+        // list has answered; and whether the list under way has found it.
+        let mut latest: Option<Option<FledgeCluster>> = None;
+        let mut found = false;
+        self.beat();
+        loop {
+            tokio::select! {
+                ev = events.next() => match ev {
+                    Some(Ok(ev)) => {
+                        backoff = retry.build();
+                        self.reachable(true);
+                        self.event(ev, &mut latest, &mut found).await;
                     }
-                    None
-                }
-                Err(e) => {
-                    self.unreachable(&e);
-                    None
-                }
-            };
-            if let Some(rv) = resume_from {
-                delay = Duration::from_millis(500);
-                let wp = WatchParams::default()
-                    .fields(&format!("metadata.name={}", self.cfg.cluster.name))
-                    .timeout(resync);
-                // From the version just read: no replay of what was already handled.
-                match self.api.watch(&wp, &rv).await {
-                    Ok(stream) => {
-                        let mut stream = stream.boxed();
+                    Some(Err(e)) => {
+                        self.failed(watch_error_kind(&e), &e);
+                        let delay = backoff.next().unwrap_or(cap);
+                        self.notifier.send(&format!(
+                            "STATUS=management unreachable; running from the cached spec; retry in {}s",
+                            delay.as_secs()
+                        ));
+                        let until = tokio::time::Instant::now() + delay;
                         loop {
                             tokio::select! {
-                                ev = stream.try_next() => match ev {
-                                    Ok(Some(WatchEvent::Added(obj) | WatchEvent::Modified(obj))) => {
-                                        // Status updates (ours included) change nothing here;
-                                        // only a new or refused spec, or a step of a deletion,
-                                        // is worth reporting.
-                                        if self.observe(&obj).await {
-                                            self.push_status().await;
-                                        }
-                                    }
-                                    Ok(Some(WatchEvent::Deleted(_))) => {
-                                        if self.deletion(None).await {
-                                            self.push_status().await;
-                                        }
-                                    }
-                                    Ok(Some(_)) => {}
-                                    Ok(None) => break, // resync
-                                    Err(e) => { self.unreachable(&e); break; }
-                                },
+                                _ = tokio::time::sleep_until(until) => break,
                                 _ = beat.tick() => self.beat(),
-                                _ = self.journal_changed.notified() => self.push_status().await,
                                 _ = stop.changed() => return,
                             }
                         }
                     }
-                    Err(e) => self.unreachable(&e),
-                }
-                continue;
+                    None => return,
+                },
+                _ = resync.tick() => match &latest {
+                    Some(Some(obj)) => {
+                        let obj = obj.clone();
+                        self.observe(&obj).await;
+                        self.push_status().await;
+                    }
+                    Some(None) if self.deletion(None).await => self.push_status().await,
+                    _ => {}
+                },
+                _ = beat.tick() => self.beat(),
+                _ = self.journal_changed.notified() => self.push_status().await,
+                _ = stop.changed() => return,
             }
-            // Back off with jitter, up to the cap.
-            let jitter = Duration::from_millis(u64::from(std::process::id() ^ now() as u32) % 250);
-            self.notifier.send(&format!(
-                "STATUS=management unreachable; running from the cached spec; retry in {}s",
-                delay.as_secs()
-            ));
-            let until = tokio::time::Instant::now() + delay + jitter;
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => break,
-                    _ = beat.tick() => self.beat(),
-                    _ = stop.changed() => return,
+        }
+    }
+
+    /// One event of the watcher: a (re)list's objects, a change, a deletion.
+    async fn event(
+        &mut self,
+        ev: watcher::Event<FledgeCluster>,
+        latest: &mut Option<Option<FledgeCluster>>,
+        found: &mut bool,
+    ) {
+        match ev {
+            watcher::Event::Init => *found = false,
+            watcher::Event::InitApply(obj) => {
+                *found = true;
+                self.observe(&obj).await;
+                *latest = Some(Some(obj));
+            }
+            watcher::Event::InitDone => {
+                if !*found {
+                    tracing::warn!(name = %self.cfg.cluster.name, "FledgeCluster not found on the management plane; running from the cache");
+                    self.shared.error("not_found");
+                    *latest = Some(None);
+                    if self.deletion(None).await {
+                        self.push_status().await;
+                    }
+                } else {
+                    self.push_status().await;
                 }
             }
-            delay = (delay * 2).min(cap);
+            // Status updates (ours included) change nothing here; only a new or refused spec,
+            // or a step of a deletion, is worth reporting.
+            watcher::Event::Apply(obj) => {
+                let report = self.observe(&obj).await;
+                *latest = Some(Some(obj));
+                if report {
+                    self.push_status().await;
+                }
+            }
+            watcher::Event::Delete(_) => {
+                *latest = Some(None);
+                if self.deletion(None).await {
+                    self.push_status().await;
+                }
+            }
         }
     }
 
@@ -193,8 +237,12 @@ impl Sync {
     /// A failed request: counted by kind; only a transport failure means "unreachable" (the
     /// plane that answered 401, 404 or with something undecodable is reachable).
     fn unreachable(&self, e: &kube::Error) {
-        let kind = error_kind(e);
-        tracing::warn!(error = %e, kind, "management plane request failed; running from the cached spec");
+        self.failed(error_kind(e), e);
+    }
+
+    /// [`Self::unreachable`], for a failure of `kind`.
+    fn failed(&self, kind: &'static str, e: &dyn std::error::Error) {
+        tracing::warn!(error = %crate::state::journal::chain(e), kind, "management plane request failed; running from the cached spec");
         self.shared.error(kind);
         let transport = kind == "unreachable";
         self.shared.update(|s| {

@@ -10,7 +10,6 @@ use kube::api::{ApiResource, DynamicObject};
 
 use super::{Context, PhaseError, Step};
 use crate::pivot::apply::{Options, Pivot};
-use crate::pivot::{discover, plan as pivot_plan};
 
 fn kcp_resource(ctx: &Context) -> ApiResource {
     super::capi_resource(
@@ -54,10 +53,17 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
         return Ok((vec![], Some(why)));
     }
     let (ns, cluster) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
-    let graph = discover::discover(&ctx.management, ns, cluster)
-        .await
-        .map_err(crate::pivot::apply::PivotError::from)?;
-    let plan = pivot_plan::plan(&graph, ns, cluster);
+    let quiet = |_: &crate::pivot::apply::Event| {};
+    let plan = Pivot::new(
+        &ctx.management,
+        &ctx.local,
+        ns,
+        cluster,
+        Options::default(),
+        &quiet,
+    )
+    .plan()
+    .await?;
     let mut steps = vec![format!(
         "move {ns}/{cluster} from the management plane into the local cluster:"
     )];

@@ -22,9 +22,8 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
 
 use super::ObjRef;
-use super::discover::{
-    CLUSTER_NAME_LABEL, DiscoverError, Graph, MOVE_HIERARCHY_LABEL, MOVE_LABEL, Node,
-};
+use super::discover::DiscoverError;
+use super::graph::{CLUSTER_NAME_LABEL, Graph, MOVE_HIERARCHY_LABEL, MOVE_LABEL, Node};
 
 /// A reference to the identity or the Secret an object authenticates with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +276,7 @@ pub async fn global(
 /// Adds a global object to the graph as a member; returns its uid.
 fn add_global(g: &mut Graph, (obj, ar): (DynamicObject, ApiResource)) -> String {
     let location = obj.metadata.namespace.clone();
-    let mut node = super::discover::node(obj, &ar.api_version, &ar.kind);
+    let mut node = super::graph::node(obj, &ar.api_version, &ar.kind);
     let uid = node.obj.uid.clone();
     if let Some(old) = g.nodes.get(&uid) {
         node = old.clone();

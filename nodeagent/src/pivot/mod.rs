@@ -1,24 +1,25 @@
 //! The pivot: moving one cluster's Cluster API objects from the management cluster into the
-//! workload cluster. Discovery (scoped to one cluster) gives a graph, the plan is pure data that
-//! `--dry-run` prints, and [`apply::Pivot`] carries it out, crash-safe.
+//! workload cluster, and back. One API: [`Pivot::plan`] (the dry run: what would move, pure data
+//! to print) and [`Pivot::run`] (the move, crash-safe).
 //!
-//! - [`discover`] (with [`crds`] and [`identities`]): the graph of one cluster's objects;
-//! - [`plan`]: the groups in creation order;
-//! - [`apply`]: the move, and the unpivot (the same engine in reverse), whose providers check
-//!   is [`providers`];
-//! - [`phase`]: the pivot journaled as the `Pivoted` phase on its own. The agent's runner does
-//!   not use it (it runs [`crate::phases::pivoted`] and journals that itself); the pivot
-//!   integration test does.
+//! - [`discover`] (with [`crds`] and [`identities`]): the requests that list one cluster's
+//!   objects;
+//! - [`graph`]: what was listed as a graph, and which of it belongs to the cluster (pure);
+//! - [`plan`]: the groups in creation order (pure);
+//! - [`apply`]: the engine behind [`Pivot`], both ways ([`Direction`]), whose providers check
+//!   is [`providers`].
 
 pub mod apply;
 pub mod crds;
 pub mod discover;
+pub mod graph;
 pub mod identities;
-pub mod phase;
 pub mod plan;
 pub mod providers;
 
 use serde::Serialize;
+
+pub use apply::{Direction, Pivot};
 
 /// An object in the move graph.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::ObjRef;
-use super::discover::Graph;
+use super::graph::Graph;
 
 /// One creation group: every object whose owners are all in earlier groups.
 #[derive(Debug, Clone, Serialize)]

@@ -125,7 +125,7 @@ pub fn load(state_dir: &Path) -> Result<Option<CachedSpec>, CacheError> {
             });
         }
     };
-    let cached: CachedSpec = serde_yaml::from_str(&text).map_err(|e| CacheError::Corrupt {
+    let cached: CachedSpec = serde_norway::from_str(&text).map_err(|e| CacheError::Corrupt {
         path: p.clone(),
         problem: e.to_string(),
     })?;
@@ -176,7 +176,7 @@ pub fn decide(
 /// Stores a spec durably (0600: the spec names the cluster's secrets).
 pub fn store(state_dir: &Path, spec: &CachedSpec) -> Result<(), CacheError> {
     let p = path(state_dir);
-    let text = serde_yaml::to_string(spec).unwrap_or_default();
+    let text = serde_norway::to_string(spec).unwrap_or_default();
     crate::state::fsutil::write_atomic(&p, text.as_bytes(), 0o600).map_err(|source| {
         CacheError::Io {
             path: p,

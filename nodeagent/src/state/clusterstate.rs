@@ -161,7 +161,7 @@ impl Held {
 }
 
 fn parse_spec(bytes: &[u8]) -> Option<CachedSpec> {
-    let c: CachedSpec = serde_yaml::from_slice(bytes).ok()?;
+    let c: CachedSpec = serde_norway::from_slice(bytes).ok()?;
     (cache::digest(&c.spec) == c.sha256).then_some(c)
 }
 
@@ -363,7 +363,7 @@ mod tests {
             .unwrap()
             .spec;
         s.workers[0].replicas = workers;
-        serde_yaml::to_string(&CachedSpec::new(generation, uid, s))
+        serde_norway::to_string(&CachedSpec::new(generation, uid, s))
             .unwrap()
             .into_bytes()
     }

@@ -417,48 +417,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Runs `work` as `phase` of the journal: `Started` before, `Succeeded` (with the summary) or
-/// `Failed` (with the error chain) after. A phase already succeeded is not run again.
-pub async fn journaled<T, E, F>(
-    state_dir: &std::path::Path,
-    journal: &mut Journal,
-    phase: Phase,
-    generation: Option<i64>,
-    work: F,
-    summary: impl FnOnce(&T) -> String,
-) -> Result<Option<T>, E>
-where
-    F: Future<Output = Result<T, E>>,
-    E: std::error::Error + From<JournalError>,
-{
-    if journal.done(phase) {
-        return Ok(None);
-    }
-    journal.record(state_dir, phase, Outcome::Started, generation, None)?;
-    match work.await {
-        Ok(v) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Succeeded,
-                generation,
-                Some(summary(&v)),
-            )?;
-            Ok(Some(v))
-        }
-        Err(e) => {
-            journal.record(
-                state_dir,
-                phase,
-                Outcome::Failed,
-                generation,
-                Some(chain(&e)),
-            )?;
-            Err(e)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,7 +176,7 @@ async fn issues_and_injects_against_a_real_apiserver() {
             .join(format!("cert-manager/{CERT_MANAGER}/components.yaml")),
     )
     .unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .filter(|v: &Value| !v.is_null())
         .collect();

@@ -192,7 +192,7 @@ fn audit_count_between(log: &Path, from: u64, to: u64) -> anyhow::Result<(u64, u
 fn request(i: usize, k: usize) -> anyhow::Result<spec::CheckedCluster> {
     let path = workspace_root().join("tests/cases/docker-v1beta2/input.yaml");
     let text = std::fs::read_to_string(&path)?;
-    let mut doc: Value = serde_yaml::from_str(&text)?;
+    let mut doc: Value = serde_norway::from_str(&text)?;
     doc["metadata"]["name"] = json!(format!("c{i}"));
     doc["metadata"]["namespace"] = json!(format!("fleet-{i}"));
     doc["spec"]["workers"][0]["replicas"] = json!(k);
@@ -202,7 +202,7 @@ fn request(i: usize, k: usize) -> anyhow::Result<spec::CheckedCluster> {
     }
     let dir = tempfile::tempdir()?;
     let p = dir.path().join("request.yaml");
-    std::fs::write(&p, serde_yaml::to_string(&doc)?)?;
+    std::fs::write(&p, serde_norway::to_string(&doc)?)?;
     spec::load_request(&p).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
@@ -338,7 +338,7 @@ fn start_agent(
         cfg["resyncSeconds"] = json!(r);
     }
     let config = r.join("agent.yaml");
-    std::fs::write(&config, serde_yaml::to_string(&cfg)?)?;
+    std::fs::write(&config, serde_norway::to_string(&cfg)?)?;
     let log = std::fs::File::create(r.join("agent.log"))?;
     let child = Command::new(fledge_tests::binary("fledge-agent"))
         .args(["run", "--config"])

@@ -254,7 +254,7 @@ impl<'a> Pivot<'a> {
         let api = self.api(self.source, &ar);
         let mut conflicts = 0;
         let mut failures = 1;
-        let mut delay = self.opts.retry.first;
+        let mut backoff = self.opts.retry.backoff();
         loop {
             let Some(current) = self
                 .retry(
@@ -314,8 +314,7 @@ impl<'a> Pivot<'a> {
                 Err(e) if is_status(&e, 409) && conflicts < CONFLICTS => conflicts += 1,
                 Err(e) if transient(&e) && failures < self.opts.retry.attempts => {
                     failures += 1;
-                    tokio::time::sleep(delay + jitter(delay)).await;
-                    delay = (delay * 2).min(self.opts.retry.cap);
+                    tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                 }
                 Err(source) => {
                     return Err(PivotError::Request {
@@ -438,15 +437,14 @@ impl<'a> Pivot<'a> {
         };
         let api = self.api(self.source, &ar);
         let mut failures = 1;
-        let mut delay = self.opts.retry.first;
+        let mut backoff = self.opts.retry.backoff();
         for _ in 0..CONFLICTS + self.opts.retry.attempts {
             let current = match api.get_opt(self.cluster).await {
                 Ok(Some(c)) => c,
                 Ok(None) => return,
                 Err(e) if transient(&e) && failures < self.opts.retry.attempts => {
                     failures += 1;
-                    tokio::time::sleep(delay + jitter(delay)).await;
-                    delay = (delay * 2).min(self.opts.retry.cap);
+                    tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                     continue;
                 }
                 Err(e) => return warn_release(self.cluster, &e),
@@ -469,8 +467,7 @@ impl<'a> Pivot<'a> {
                 Err(e) if is_status(&e, 409) => {}
                 Err(e) if transient(&e) && failures < self.opts.retry.attempts => {
                     failures += 1;
-                    tokio::time::sleep(delay + jitter(delay)).await;
-                    delay = (delay * 2).min(self.opts.retry.cap);
+                    tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                 }
                 Err(e) => return warn_release(self.cluster, &e),
             }

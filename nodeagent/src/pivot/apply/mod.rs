@@ -44,11 +44,13 @@ use kube::api::{
 };
 use serde::Serialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use fledge_generator::spec::pivot_state;
 
 use super::ObjRef;
-use super::discover::{DiscoverError, Graph, Node, discover};
+use super::discover::{DiscoverError, discover};
+use super::graph::{Graph, Node};
 use super::plan::{Plan, plan};
 
 mod error;
@@ -67,7 +69,6 @@ pub use options::{DEFAULT_PARALLELISM, Direction, Options, Retry};
 pub use report::{Event, Summary};
 
 use error::{describe, is_status};
-use requests::jitter;
 use run::Attempt;
 
 /// Annotation on every object created in the target: the object's UID in the source.
@@ -150,7 +151,16 @@ impl<'a> Pivot<'a> {
         self
     }
 
-    /// Runs the pivot to completion (or to a clear failure), holding the move lock from its
+    /// The dry run: discovers the cluster in the source and plans its move. Reads only the
+    /// source, and changes nothing.
+    pub async fn plan(&self) -> Result<Plan, PivotError> {
+        let graph = discover(self.source, self.namespace, self.cluster)
+            .instrument(self.span())
+            .await?;
+        Ok(plan(&graph, self.namespace, self.cluster))
+    }
+
+    /// Runs the move to completion (or to a clear failure), holding the move lock from its
     /// first write to its end.
     pub async fn run(&self) -> Result<Summary, PivotError> {
         let started = Instant::now();
@@ -161,11 +171,26 @@ impl<'a> Pivot<'a> {
             stop.notify_one();
             r
         };
-        let (r, ()) = tokio::join!(work, self.keep_lock(&stop));
-        self.release().await;
+        let r = async {
+            let (r, ()) = tokio::join!(work, self.keep_lock(&stop));
+            self.release().await;
+            r
+        }
+        .instrument(self.span())
+        .await;
         let mut summary = r?;
         summary.wall = started.elapsed();
         Ok(summary)
+    }
+
+    /// The span of this move; each stage and group has its own inside it.
+    fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "pivot",
+            direction = self.opts.direction.noun(),
+            namespace = self.namespace,
+            cluster = self.cluster,
+        )
     }
 }
 

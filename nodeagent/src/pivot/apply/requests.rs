@@ -13,7 +13,7 @@ impl<'a> Pivot<'a> {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        let mut delay = self.opts.retry.first;
+        let mut backoff = self.opts.retry.backoff();
         let mut attempt = 1;
         loop {
             self.check_lock()?;
@@ -21,8 +21,7 @@ impl<'a> Pivot<'a> {
                 Ok(v) => return Ok(v),
                 Err(e) if transient(&e) && attempt < self.opts.retry.attempts => {
                     tracing::warn!(what = %what(), error = %describe(&e), attempt, "retrying");
-                    tokio::time::sleep(delay + jitter(delay)).await;
-                    delay = (delay * 2).min(self.opts.retry.cap);
+                    tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                     attempt += 1;
                 }
                 Err(source) => {
@@ -47,8 +46,11 @@ impl<'a> Pivot<'a> {
     {
         let failed = AtomicBool::new(false);
         let failed = &failed;
-        let results: Vec<Option<Result<T, PivotError>>> =
-            futures::stream::iter(work.map(|fut| async move {
+        // Collected first: a stream over a closure (`Iterator::map`) held across an await makes
+        // the future's `Send` depend on the closure being general over lifetimes, which the
+        // compiler cannot prove (rust-lang/rust#102211).
+        let work: Vec<_> = work
+            .map(|fut| async move {
                 if failed.load(Ordering::SeqCst) {
                     return None;
                 }
@@ -57,7 +59,9 @@ impl<'a> Pivot<'a> {
                     failed.store(true, Ordering::SeqCst);
                 }
                 Some(r)
-            }))
+            })
+            .collect();
+        let results: Vec<Option<Result<T, PivotError>>> = futures::stream::iter(work)
             .buffer_unordered(self.opts.parallelism)
             .collect()
             .await;
@@ -111,14 +115,4 @@ impl<'a> Pivot<'a> {
             None => self.api(client, ar),
         }
     }
-}
-
-/// Up to a quarter of `d`, from the clock's low bits (no randomness source needed).
-pub(super) fn jitter(d: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or(0);
-    let quarter = (d.as_millis() / 4).max(1) as u64;
-    Duration::from_millis(u64::from(nanos) % quarter)
 }

@@ -102,7 +102,7 @@ impl<'a> Pivot<'a> {
             };
             resumed.map_err(|e| PivotError::Incomplete(Box::new(e)))?;
         } else {
-            if self.opts.direction == Direction::Unpivot {
+            if self.opts.direction.checks_providers() {
                 self.check_providers().await?;
             }
             if !self.take_lock().await? {
@@ -111,7 +111,11 @@ impl<'a> Pivot<'a> {
             }
             // Pause first, wait for the providers' block-move to clear, then discover again:
             // what is moved is what exists once nothing reconciles it any more.
-            let (graph, plan, served, existing) = match self.settled(&graph).await {
+            let settled = self
+                .settled(&graph)
+                .instrument(tracing::info_span!("settle"))
+                .await;
+            let (graph, plan, served, existing) = match settled {
                 Ok(fresh) => fresh,
                 Err(e) => return self.roll_back(&graph, &plan, e).await,
             };
@@ -152,7 +156,15 @@ impl<'a> Pivot<'a> {
         self.pause_source(graph).await?;
         self.pause_class(graph).await?;
         let start = Instant::now();
-        let mut delay = Duration::from_millis(500);
+        // Polls from 0.5 s, doubling up to 5 s.
+        let mut poll = {
+            use backon::BackoffBuilder;
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(500))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .build()
+        };
         let graph = loop {
             let g = discover(self.source, self.namespace, self.cluster).await?;
             let mut blocked: Vec<&Node> = g
@@ -178,8 +190,7 @@ impl<'a> Pivot<'a> {
                     objects: names,
                     waited,
                 });
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(poll.next().unwrap_or(Duration::from_secs(5))).await;
                 let mut still = Vec::new();
                 for n in blocked {
                     let api = self.member_api(self.source, &g, &n.obj);
@@ -240,23 +251,24 @@ impl<'a> Pivot<'a> {
     ) -> Result<Existing, PivotError> {
         let mut by_source = HashMap::new();
         let mut by_name = HashMap::new();
-        let lists: Vec<(&ApiResource, Vec<DynamicObject>)> = futures::stream::iter(
-            Self::plan_types(graph, plan)
-                .into_iter()
-                .map(|ar| async move {
-                    let api = self.api(self.target, ar);
-                    let list = self
-                        .retry(
-                            || format!("listing {} in the target", ar.plural),
-                            || async { api.list(&ListParams::default()).await },
-                        )
-                        .await?;
-                    Ok::<_, PivotError>((ar, list.items))
-                }),
-        )
-        .buffered(crate::pivot::discover::LIST_PARALLELISM)
-        .try_collect()
-        .await?;
+        // Collected before streaming, so the future stays `Send` (see `settle`).
+        let work: Vec<_> = Self::plan_types(graph, plan)
+            .into_iter()
+            .map(|ar| async move {
+                let api = self.api(self.target, ar);
+                let list = self
+                    .retry(
+                        || format!("listing {} in the target", ar.plural),
+                        || async { api.list(&ListParams::default()).await },
+                    )
+                    .await?;
+                Ok::<_, PivotError>((ar, list.items))
+            })
+            .collect();
+        let lists: Vec<(&ApiResource, Vec<DynamicObject>)> = futures::stream::iter(work)
+            .buffered(crate::pivot::discover::LIST_PARALLELISM)
+            .try_collect()
+            .await?;
         for (ar, items) in lists {
             for obj in items {
                 let name = obj.metadata.name.clone().unwrap_or_default();
@@ -388,6 +400,7 @@ impl<'a> Pivot<'a> {
                         Ok::<_, PivotError>((o.uid.clone(), obj, created, copied, dropped))
                     }
                 }))
+                .instrument(tracing::info_span!("create", group = group.index))
                 .await?;
             let (mut created, mut statuses) = (0, 0);
             for (src, obj, c, s, d) in results {
@@ -409,7 +422,10 @@ impl<'a> Pivot<'a> {
                 statuses,
             });
         }
-        let existing = self.verify(graph, plan).await?;
+        let existing = self
+            .verify(graph, plan)
+            .instrument(tracing::info_span!("verify"))
+            .await?;
         // Cutover: from here on, only forward.
         let cluster_ar = graph.resource(&root.obj).expect("listed");
         let target_root = &existing[&root.obj.uid];
@@ -480,6 +496,7 @@ impl<'a> Pivot<'a> {
                         .iter()
                         .map(|o| self.delete(self.source, graph, &graph.nodes[&o.uid])),
                 )
+                .instrument(tracing::info_span!("delete", group = group.index))
                 .await?;
             let mut n = deleted.iter().filter(|d| **d).count();
             if group.index == 0 {
@@ -492,7 +509,7 @@ impl<'a> Pivot<'a> {
                 objects: n,
             });
         }
-        if self.opts.direction == Direction::Unpivot {
+        if !self.opts.direction.leaves_marks() {
             // The source is empty: the source UIDs have served their purpose. The target's
             // objects are discovered again, since a resumed run's graph lacks what an earlier
             // run already deleted from the source.
@@ -500,6 +517,7 @@ impl<'a> Pivot<'a> {
         }
         let target_root = &existing[&root.obj.uid];
         self.complete(graph.resource(&root.obj).expect("listed"), target_root)
+            .instrument(tracing::info_span!("complete"))
             .await
     }
 
@@ -516,15 +534,17 @@ impl<'a> Pivot<'a> {
             .and_then(|a| a.get(PAUSED_BY));
         // A pivot marks its end on the target Cluster; an unpivot leaves the Cluster as it was
         // before it was ever pivoted (its end is marked on the FledgeCluster).
-        let state = match self.opts.direction {
-            Direction::Pivot => json!("complete"),
-            Direction::Unpivot => Value::Null,
+        let leaves_marks = self.opts.direction.leaves_marks();
+        let state = if leaves_marks {
+            json!("complete")
+        } else {
+            Value::Null
         };
         let mut patch = json!({"metadata": {"annotations": {STATE: state, PAUSED_BY: null}}});
         if let Some(origin) = ours {
             patch["spec"] = json!({"paused": unpaused(origin)});
         }
-        if self.opts.direction == Direction::Unpivot {
+        if !leaves_marks {
             patch["metadata"]["annotations"][SOURCE_UID] = Value::Null;
         }
         let name = target_root.metadata.name.clone().unwrap_or_default();
@@ -532,16 +552,17 @@ impl<'a> Pivot<'a> {
         if self.opts.delete_target_cluster {
             self.delete_target_cluster(&api, target_root).await?;
         }
-        // An unpivot marks the FledgeCluster before it unmarks the Cluster: once the Cluster is
-        // unmarked, a second run finds nothing left to do, and must find the mark in place.
-        if self.opts.direction == Direction::Unpivot {
+        // A move that removes its marks (an unpivot) marks the FledgeCluster before it unmarks
+        // the Cluster: once the Cluster is unmarked, a second run finds nothing left to do, and
+        // must find the mark in place.
+        if !leaves_marks {
             self.mark(Mark::Complete).await?;
         }
         self.merge(&api, &name, &patch, || {
             format!("unpausing the target Cluster {name}")
         })
         .await?;
-        if self.opts.direction == Direction::Pivot {
+        if leaves_marks {
             self.mark(Mark::Complete).await?;
         }
         (self.progress)(&Event::Completed);
@@ -580,27 +601,27 @@ impl<'a> Pivot<'a> {
             .as_ref()
             .and_then(|a| a.get(STATE))
             .cloned();
-        match (self.opts.direction, state.as_deref()) {
-            (Direction::Pivot, Some("complete")) => {
+        match (self.opts.direction.leaves_marks(), state.as_deref()) {
+            (true, Some("complete")) => {
                 summary.already_complete = true;
                 Ok(())
             }
-            (Direction::Pivot, Some(_)) => self
+            (true, Some(_)) => self
                 .complete(ar, &c)
                 .await
                 .map_err(|e| PivotError::Incomplete(Box::new(e))),
-            (Direction::Pivot, None) => Err(no_cluster()),
+            (true, None) => Err(no_cluster()),
             // The cluster is in the target and was never pivoted from here, or an unpivot
             // finished (and removed its marks): nothing to move. An unpivot for deletion still
             // deletes it.
-            (Direction::Unpivot, None) => {
+            (false, None) => {
                 summary.already_complete = true;
                 if self.opts.delete_target_cluster {
                     self.delete_target_cluster(&api, &c).await?;
                 }
                 Ok(())
             }
-            (Direction::Unpivot, Some(_)) => {
+            (false, Some(_)) => {
                 let finish = async {
                     self.unmark_discovered().await?;
                     self.complete(ar, &c).await

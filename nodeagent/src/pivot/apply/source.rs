@@ -178,15 +178,13 @@ impl<'a> Pivot<'a> {
     /// Cluster API cluster) or the right to write its status, there is nothing to mark.
     pub(super) async fn mark(&self, mark: Mark) -> Result<(), PivotError> {
         use fledge_generator::spec::FledgeCluster;
-        let (client, state) = match (self.opts.direction, mark) {
-            (Direction::Pivot, Mark::InProgress) => (self.source, pivot_state::IN_PROGRESS),
-            (Direction::Pivot, Mark::Complete) => (self.source, pivot_state::COMPLETE),
-            (Direction::Pivot, Mark::RolledBack) => (self.source, pivot_state::ROLLED_BACK),
-            (Direction::Unpivot, Mark::InProgress) => (self.target, pivot_state::UNPIVOTING),
-            (Direction::Unpivot, Mark::Complete) => (self.target, pivot_state::UNPIVOTED),
-            // Rolled back: the cluster still lives where the pivot put it.
-            (Direction::Unpivot, Mark::RolledBack) => (self.target, pivot_state::COMPLETE),
+        let direction = self.opts.direction;
+        let client = if direction.marks_source() {
+            self.source
+        } else {
+            self.target
         };
+        let state = direction.mark_state(mark);
         let api: Api<DynamicObject> = Api::namespaced_with(
             client.clone(),
             self.namespace,
