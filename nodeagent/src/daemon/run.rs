@@ -474,7 +474,7 @@ pub async fn run<F: Future<Output = ()>>(
                 }
             };
             let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-            crate::phases::Runner {
+            crate::phases::runner::Runner {
                 cfg,
                 root,
                 state_dir,
