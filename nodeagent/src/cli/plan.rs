@@ -77,7 +77,8 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     runtime.block_on(async {
         let spec = phases::checked(&cfg, &cached)?;
         let management = crate::daemon::run::management_client(&cfg, &opts)?;
-        let local = phases::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
+        let local =
+            crate::clients::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
         let ctx = phases::Context {
             cfg: cfg.clone(),
             root: opts.root.clone(),

@@ -20,12 +20,10 @@ pub mod unpivoted;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use fledge_generator::spec::CheckedCluster;
 use serde::Serialize;
 
-use crate::clients::Counts;
 use crate::config::AgentConfig;
 use crate::state::cache;
 use crate::state::journal::{Journal, JournalError, Phase, chain};
@@ -101,13 +99,8 @@ pub enum PhaseError {
         source: kube::Error,
     },
     /// The local cluster's kubeconfig is unusable.
-    #[error("local cluster kubeconfig {path}: {message}")]
-    LocalKubeconfig {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    #[error(transparent)]
+    LocalKubeconfig(#[from] crate::clients::LocalKubeconfigError),
     /// The cached spec does not check (it did when it was cached; the rules changed).
     #[error("the cached spec (generation {generation}) is invalid: {problems}")]
     Spec {
@@ -263,20 +256,6 @@ pub(crate) fn opaque_secret(
     secret.type_ = Some("Opaque".into());
     secret.data = Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect());
     serde_json::to_value(&secret).unwrap_or_default()
-}
-
-/// A client for the local cluster from its kubeconfig, counting its requests.
-pub async fn local_client(
-    path: &std::path::Path,
-    counts: Arc<Counts>,
-) -> Result<kube::Client, PhaseError> {
-    crate::clients::counted_client(Some(path), counts)
-        .await
-        .map(|(client, _)| client)
-        .map_err(|e| PhaseError::LocalKubeconfig {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })
 }
 
 /// Server-side applies `objects` to the local cluster as the agent (field manager

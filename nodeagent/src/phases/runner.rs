@@ -5,7 +5,7 @@
 //!
 //! Each attempt holds the run lock ([`crate::state::runlock`]), takes the cluster's copy of the
 //! state once ([`crate::state::clusterstate`]), renews the management token when it is due
-//! ([`crate::daemon::renew`]), makes sure the agent's finalizer is on its FledgeCluster and its
+//! ([`crate::clients::token`]), makes sure the agent's finalizer is on its FledgeCluster and its
 //! move rights are given up once per process, and publishes the cluster's copy afterwards.
 
 use std::path::PathBuf;
@@ -15,10 +15,8 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use tokio::sync::{Notify, watch};
 
-use super::{
-    Context, PhaseError, Step, addons, apply, checked, local_client, next, pivoted, unpivoted,
-};
-use crate::clients::Counts;
+use super::{Context, PhaseError, Step, addons, apply, checked, next, pivoted, unpivoted};
+use crate::clients::{Counts, local_client};
 use crate::config::AgentConfig;
 use crate::state::cache;
 use crate::state::journal::{Journal, Outcome, Phase, chain};
@@ -77,6 +75,9 @@ struct ClusterCopy {
 pub struct Runner {
     /// The configuration.
     pub cfg: AgentConfig,
+    /// This agent's name in the leader election (`nodeName`, else the host name): the holder
+    /// of the cluster's copy of the state it publishes.
+    pub identity: String,
     /// Root prefix.
     pub root: PathBuf,
     /// State directory (rooted).
@@ -203,13 +204,13 @@ impl Runner {
         let Ok(Some(client)) = self.local(local).await else {
             return;
         };
-        let holder = self
-            .cfg
-            .node_name
-            .clone()
-            .unwrap_or_else(crate::daemon::leader::node_identity);
-        match crate::state::clusterstate::publish(&client, &self.state_dir, &holder, &mut copy.last)
-            .await
+        match crate::state::clusterstate::publish(
+            &client,
+            &self.state_dir,
+            &self.identity,
+            &mut copy.last,
+        )
+        .await
         {
             Ok(Some(n)) => tracing::debug!(
                 sequence = n,
@@ -222,12 +223,12 @@ impl Runner {
         }
     }
 
-    /// Renews the management token when it is due ([`crate::daemon::renew`]); a failure is logged and
+    /// Renews the management token when it is due ([`crate::clients::token`]); a failure is logged and
     /// tried again at the next attempt (the token stays valid for a fifth of its lifetime).
     async fn renew_token(&self) {
         let names = fledge_generator::management::Names::new(&self.cfg.cluster.name);
         let file = crate::config::rooted(&self.root, &self.cfg.management.token_file);
-        match crate::daemon::renew::renew_if_due(
+        match crate::clients::token::renew_if_due(
             &self.management,
             &self.cfg.cluster.namespace,
             &names.agent,
@@ -460,6 +461,7 @@ mod tests {
         std::fs::write(&path, cfg).unwrap();
         let runner = Runner {
             cfg: AgentConfig::load(&path).unwrap(),
+            identity: "cp-a".into(),
             root: PathBuf::from("/"),
             state_dir: state.clone(),
             management: kube::Client::try_from(kube::Config::new(
