@@ -190,7 +190,7 @@ pub async fn plan(ctx: &Context, phase: Phase) -> Result<Plan, PhaseError> {
         Phase::ScaledOut => scaledout::plan(ctx).await?,
         Phase::AddonsReady => addons::plan(ctx).await?,
         Phase::Steady => steady::plan(ctx).await?,
-        Phase::Unpivoted if unpivoted::deletion_requested(&ctx.state_dir) => {
+        Phase::Unpivoted if crate::state::deletion::deletion_requested(&ctx.state_dir) => {
             unpivoted::plan(ctx).await?
         }
         Phase::Released => unpivoted::plan_release(ctx).await?,
@@ -223,7 +223,7 @@ pub async fn apply(
         Phase::ScaledOut => scaledout::apply(ctx, progress).await,
         Phase::AddonsReady => addons::apply(ctx, progress).await,
         Phase::Steady => steady::apply(ctx, progress).await,
-        Phase::Unpivoted if unpivoted::deletion_requested(&ctx.state_dir) => {
+        Phase::Unpivoted if crate::state::deletion::deletion_requested(&ctx.state_dir) => {
             unpivoted::apply(ctx, progress).await
         }
         Phase::Released => unpivoted::apply_release(ctx, progress).await,
@@ -399,16 +399,5 @@ mod tests {
         assert_eq!(next(&journal(&midway), true), Phase::Pivoted);
         let early = [(Phase::ProvidersInstalled, Started)];
         assert_eq!(next(&journal(&early), true), Phase::Unpivoted);
-    }
-
-    #[test]
-    fn a_deletion_request_is_recorded_once() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!unpivoted::deletion_requested(dir.path()));
-        assert!(unpivoted::request_deletion(dir.path(), "u", "2026-12-03T00:00:00Z").unwrap());
-        assert!(!unpivoted::request_deletion(dir.path(), "u", "later").unwrap());
-        assert!(unpivoted::deletion_requested(dir.path()));
-        let text = std::fs::read_to_string(unpivoted::request_path(dir.path())).unwrap();
-        assert!(text.contains("2026-12-03T00:00:00Z"), "{text}");
     }
 }

@@ -290,7 +290,7 @@ impl Runner {
                 return Attempt::Failed;
             }
         };
-        let deleting = unpivoted::deletion_requested(&self.state_dir);
+        let deleting = crate::state::deletion::deletion_requested(&self.state_dir);
         let phase = next(&journal, deleting);
         if phase == Phase::Unpivoted && !deleting {
             // `fledge-agent unpivot` moved the cluster (or is moving it): hands off.

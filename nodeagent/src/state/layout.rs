@@ -1,7 +1,6 @@
 //! The state directory's layout (`stateDir` in the agent configuration, `/var/lib/fledge` on a
 //! node): the name of each file and directory the agent keeps there. The module that owns a file
-//! builds its path from the name here. The deletion request (`deletion-requested` and its lock)
-//! is still named where it is kept, [`crate::phases::unpivoted::request_path`].
+//! builds its path from the name here.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +12,11 @@ pub const JOURNAL_LOCK: &str = "journal.lock";
 pub const SPEC: &str = "spec.yaml";
 /// Who may act on the cluster right now ([`super::runlock::path`]).
 pub const RUN_LOCK: &str = "run.lock";
+/// The order to delete the cluster, its progress and its cancellation
+/// ([`super::deletion::request_path`]).
+pub const DELETION_REQUEST: &str = "deletion-requested";
+/// The lock that serializes changes of [`DELETION_REQUEST`].
+pub const DELETION_REQUEST_LOCK: &str = "deletion-requested.lock";
 /// The sequence number of the cluster-held copy this node last wrote or took
 /// ([`super::clusterstate::sequence_path`]).
 pub const CLUSTER_STATE_SEQUENCE: &str = "cluster-state.sequence";
