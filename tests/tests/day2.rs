@@ -717,7 +717,7 @@ spec:
     );
     assert_eq!(
         parent.labels()["applyset.kubernetes.io/id"],
-        addons::applyset_id("network")
+        addons::applyset::applyset_id("network")
     );
 
     // Drop policy-b from the security layer and the whole monitoring layer: one reconcile
@@ -752,7 +752,7 @@ spec:
     let labels = sc.metadata.labels.unwrap_or_default();
     assert_eq!(
         labels.get("applyset.kubernetes.io/part-of"),
-        Some(&addons::applyset_id("storage")),
+        Some(&addons::applyset::applyset_id("storage")),
         "the membership label, edited away, is back"
     );
 }

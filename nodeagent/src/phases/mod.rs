@@ -137,7 +137,7 @@ pub struct Context {
     /// Its generation.
     pub generation: i64,
     /// How long each add-on layer has been unhealthy (monotonic; kept across attempts).
-    pub layer_clock: addons::LayerClock,
+    pub layer_clock: addons::health::LayerClock,
 }
 
 /// What a phase would do next, and why: printable data.

@@ -95,7 +95,7 @@ pub struct Runner {
     /// Upper bound of the retry backoff.
     pub backoff_cap: Duration,
     /// The add-on layers' health timers, kept across attempts.
-    pub layer_clock: addons::LayerClock,
+    pub layer_clock: addons::health::LayerClock,
 }
 
 impl Runner {

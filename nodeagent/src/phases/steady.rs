@@ -176,7 +176,8 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     };
     let mut steps = vec![format!("change class: {}", plan.class())];
     steps.extend(plan.diff());
-    use super::addons::{Stage, plan_stage, profile_layers};
+    use super::addons::sources::profile_layers;
+    use super::addons::{Stage, plan_stage};
     let profile = profile_layers(ctx).await?;
     if !profile.core.is_empty() {
         steps.extend(plan_stage(ctx, &profile, Stage::Core).await?.0);
