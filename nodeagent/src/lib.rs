@@ -8,7 +8,8 @@
 //!   the spec sync with the management plane, `/healthz` and `/metrics`, systemd's notifications,
 //!   the leader election, keeping the management token alive.
 //! - [`phases`]: what the service does to the cluster, phase by phase, under a runner that
-//!   journals each outcome; [`day2`]: the `Steady` phase's plan of changes, pure data.
+//!   journals each outcome (`Steady`'s plan of day-2 changes, pure data, is
+//!   [`phases::steady::day2`]).
 //! - [`pivot`]: the pivot engine, moving one cluster's Cluster API objects from one cluster into
 //!   another (and back).
 //! - [`clusterctl`]: clusterctl's provider repository (components, fetched versions) and
@@ -23,7 +24,6 @@ pub mod clients;
 pub mod clusterctl;
 pub mod config;
 pub mod daemon;
-pub mod day2;
 pub mod install;
 pub mod json;
 pub mod phases;

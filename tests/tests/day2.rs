@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fledge_agent::day2::Class;
+use fledge_agent::phases::steady::day2::Class;
 use fledge_agent::phases::{self, Context, Step, addons, steady};
 use fledge_agent::state::cache::CachedSpec;
 use fledge_agent::state::journal::{Journal, Outcome, Phase, chain};

@@ -79,7 +79,7 @@ pub enum PhaseError {
     Addons(Box<addons::AddonsError>),
     /// A day-2 change was refused.
     #[error(transparent)]
-    Refused(#[from] crate::day2::Refused),
+    Refused(#[from] steady::day2::Refused),
     /// Applying the scale-out objects failed.
     #[error(transparent)]
     ScaleOut(#[from] scaledout::ScaleOutError),
