@@ -20,22 +20,21 @@ pub const DELETION_REQUEST_LOCK: &str = "deletion-requested.lock";
 /// The sequence number of the cluster-held copy this node last wrote or took
 /// ([`super::clusterstate::sequence_path`]).
 pub const CLUSTER_STATE_SEQUENCE: &str = "cluster-state.sequence";
-/// The FledgeCluster status the spec sync last built ([`crate::daemon::spec_sync`]); read back
-/// at start for the conditions' transition times.
+/// The FledgeCluster status the daemon's spec sync last built; read back at start for the
+/// conditions' transition times.
 pub const STATUS: &str = "status.json";
 /// Written by CP-A's bootstrap script when one of its steps fails (the generator's
 /// `templates/cloudinit/bootstrap.sh` spells the same name); the spec sync reports it.
 pub const BOOTSTRAP_FAILURE: &str = "bootstrap-failure.json";
-/// Provider versions fetched by `providers.fetch`, in clusterctl's repository layout
-/// ([`crate::clusterctl::fetch::dir`]).
+/// Provider versions fetched by `providers.fetch`, in clusterctl's repository layout.
 pub const PROVIDERS: &str = "providers";
-/// The add-on layers' directory ([`crate::phases::addons::dir`]).
+/// The add-on layers' directory (their manifests and ClusterProfiles cached, their states).
 pub const ADDONS: &str = "addons";
 /// In [`ADDONS`]: each layer's state ([`addons_status`]).
 pub const ADDONS_STATUS: &str = "status.json";
 
-/// The add-on layers' states, `<stateDir>/addons/status.json` (written by
-/// [`crate::phases::addons`], held in the cluster by [`super::clusterstate`]).
+/// The add-on layers' states, `<stateDir>/addons/status.json` (written by the add-ons phase,
+/// held in the cluster by [`super::clusterstate`]).
 pub fn addons_status(state_dir: &Path) -> PathBuf {
     state_dir.join(ADDONS).join(ADDONS_STATUS)
 }
