@@ -477,10 +477,9 @@ pub async fn apply_release(
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::state::deletion::deletion_requested;
+    use crate::state::deletion::tests::{STEADY, journal};
     use crate::state::journal::{Outcome, Phase};
     use Cancel::*;
     use NamespaceState::*;
@@ -568,23 +567,6 @@ mod tests {
         assert_eq!(done(Seen::Gone, Unknown), Verdict::Nothing);
         assert_eq!(done(deleting(UID), Terminating), Verdict::Nothing);
     }
-
-    fn journal(dir: &Path, entries: &[(Phase, Outcome)]) -> Journal {
-        let mut j = Journal::load(dir).unwrap();
-        for (p, o) in entries {
-            j.record(dir, *p, *o, Some(1), None).unwrap();
-        }
-        j
-    }
-
-    const STEADY: [(Phase, Outcome); 6] = [
-        (Phase::SpecFetched, Outcome::Succeeded),
-        (Phase::ProvidersInstalled, Outcome::Succeeded),
-        (Phase::Pivoted, Outcome::Succeeded),
-        (Phase::ScaledOut, Outcome::Succeeded),
-        (Phase::AddonsReady, Outcome::Succeeded),
-        (Phase::Steady, Outcome::Succeeded),
-    ];
 
     #[test]
     fn a_cancelled_order_is_settled_and_the_runner_is_back_in_steady() {

@@ -292,14 +292,15 @@ pub fn set_progress(state_dir: &Path, to: Progress) -> std::io::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::state::journal::Outcome;
     use Cancel::*;
 
     const UID: &str = "uid-1";
 
-    fn journal(dir: &Path, entries: &[(Phase, Outcome)]) -> Journal {
+    /// Records `entries` (for generation 1) in the journal of `dir`.
+    pub(crate) fn journal(dir: &Path, entries: &[(Phase, Outcome)]) -> Journal {
         let mut j = Journal::load(dir).unwrap();
         for (p, o) in entries {
             j.record(dir, *p, *o, Some(1), None).unwrap();
@@ -307,7 +308,8 @@ mod tests {
         j
     }
 
-    const STEADY: [(Phase, Outcome); 6] = [
+    /// A journal's entries once the cluster runs itself.
+    pub(crate) const STEADY: [(Phase, Outcome); 6] = [
         (Phase::SpecFetched, Outcome::Succeeded),
         (Phase::ProvidersInstalled, Outcome::Succeeded),
         (Phase::Pivoted, Outcome::Succeeded),
