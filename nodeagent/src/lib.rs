@@ -6,24 +6,29 @@
 //!   as a systemd service (on a node, or baked into an image).
 //! - [`daemon`]: the long-running service (`fledge-agent run`): its tasks and their supervision,
 //!   the spec sync with the management plane, `/healthz` and `/metrics`, systemd's notifications,
-//!   the leader election, keeping the management token alive.
-//! - [`phases`]: what the service does to the cluster, phase by phase, under a runner that
-//!   journals each outcome; [`day2`]: the `Steady` phase's plan of changes, pure data.
+//!   the leader election.
+//! - [`phases`]: what the service does to the cluster, phase by phase, under a runner
+//!   ([`phases::runner`]) that journals each outcome (`Steady`'s plan of day-2 changes, pure
+//!   data, is [`phases::steady::day2`]).
 //! - [`pivot`]: the pivot engine, moving one cluster's Cluster API objects from one cluster into
 //!   another (and back).
 //! - [`clusterctl`]: clusterctl's provider repository (components, fetched versions) and
 //!   inventory.
-//! - [`state`]: the state directory (spec cache, journal, run lock, its file names) and the copy
-//!   of it the cluster holds.
+//! - [`state`]: the state directory (spec cache, journal, run lock, deletion request, its file
+//!   names) and the copy of it the cluster holds.
 //! - [`config`]: the agent configuration (`/etc/fledge/agent.yaml`); [`clients`]: Kubernetes
-//!   clients whose requests are counted; [`json`], [`time`]: small helpers.
+//!   clients whose requests are counted, the local cluster's, and the management token kept
+//!   alive; [`json`], [`time`]: small helpers.
+//!
+//! Modules use only those below them: `cli` → `install`, `daemon` → `phases` → `pivot` →
+//! `clients`, `config` → `clusterctl` (which knows clusterctl's repository, and needs nothing of
+//! the agent's but its state directory) → `state` → `json`, `time`.
 
 pub mod cli;
 pub mod clients;
 pub mod clusterctl;
 pub mod config;
 pub mod daemon;
-pub mod day2;
 pub mod install;
 pub mod json;
 pub mod phases;

@@ -14,7 +14,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// `t` as RFC 3339 in UTC, its fraction of a second cut off.
-pub fn rfc3339(t: Timestamp) -> String {
+fn rfc3339(t: Timestamp) -> String {
     format!("{t:.0}")
 }
 

@@ -217,7 +217,7 @@ async fn published_style_manifests_are_applied_and_kept() {
         .flatten()
         .filter_map(|m| m.manager.clone())
         .collect();
-    assert_eq!(managers, [addons::FIELD_MANAGER]);
+    assert_eq!(managers, [addons::applyset::FIELD_MANAGER]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

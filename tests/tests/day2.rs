@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fledge_agent::day2::Class;
+use fledge_agent::phases::steady::day2::Class;
 use fledge_agent::phases::{self, Context, Step, addons, steady};
 use fledge_agent::state::cache::CachedSpec;
 use fledge_agent::state::journal::{Journal, Outcome, Phase, chain};
@@ -717,7 +717,7 @@ spec:
     );
     assert_eq!(
         parent.labels()["applyset.kubernetes.io/id"],
-        addons::applyset_id("network")
+        addons::applyset::applyset_id("network")
     );
 
     // Drop policy-b from the security layer and the whole monitoring layer: one reconcile
@@ -752,7 +752,7 @@ spec:
     let labels = sc.metadata.labels.unwrap_or_default();
     assert_eq!(
         labels.get("applyset.kubernetes.io/part-of"),
-        Some(&addons::applyset_id("storage")),
+        Some(&addons::applyset::applyset_id("storage")),
         "the membership label, edited away, is back"
     );
 }

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fledge_agent::phases::unpivoted::{self, Cancel, FINALIZER};
+use fledge_agent::phases::unpivoted::FINALIZER;
+use fledge_agent::state::deletion::{self, Cancel};
 use fledge_agent::state::journal::{Journal, Outcome, Phase};
 use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
@@ -239,8 +240,8 @@ impl Fixture {
         Journal::load(&self.state()).unwrap_or_default()
     }
 
-    fn request(&self) -> Option<unpivoted::Request> {
-        unpivoted::load_request(&self.state()).ok().flatten()
+    fn request(&self) -> Option<deletion::Request> {
+        deletion::load_request(&self.state()).ok().flatten()
     }
 
     /// Waits for `what`, failing with the journal, the deletion request and the agent's log.
@@ -305,9 +306,9 @@ impl Fixture {
     fn back_in_steady(&self) {
         let j = self.journal();
         assert!(!j.started(Phase::Unpivoted), "{j:#?}");
-        assert!(!unpivoted::deletion_requested(&self.state()));
+        assert!(!deletion::deletion_requested(&self.state()));
         assert_eq!(
-            fledge_agent::phases::next(&j, unpivoted::deletion_requested(&self.state())),
+            fledge_agent::phases::next(&j, deletion::deletion_requested(&self.state())),
             Phase::Steady
         );
     }
@@ -441,7 +442,7 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
     f.wait(
         "the order to be cancelled",
         Duration::from_secs(60),
-        async || !unpivoted::deletion_requested(&f.state()),
+        async || !deletion::deletion_requested(&f.state()),
     )
     .await;
     let c = f.request().and_then(|r| r.cancelled).unwrap();

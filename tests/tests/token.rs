@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use fledge_agent::daemon::renew;
+use fledge_agent::clients::token::{renew_if_due, take_from_cluster};
 use fledge_generator::management;
 use fledge_generator::spec::{self, CapiVersion, CheckedCluster, ProviderKind};
 use fledge_generator::token;
@@ -150,7 +150,7 @@ async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_ne
     let file = dir.path().join("token");
     std::fs::write(&file, format!("{token_a}\n")).unwrap();
     let a = token::claims(&token_a).unwrap();
-    let not_due = renew::renew_if_due(&agent, ns, &names.agent, &file, a.issued_at + 60)
+    let not_due = renew_if_due(&agent, ns, &names.agent, &file, a.issued_at + 60)
         .await
         .unwrap();
     assert_eq!(not_due, None);
@@ -158,7 +158,7 @@ async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_ne
     // Past 80% of its lifetime (the claims' clock; a later issued-at makes the new one expire
     // later).
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let renewed = renew::renew_if_due(
+    let renewed = renew_if_due(
         &agent,
         ns,
         &names.agent,
@@ -197,7 +197,7 @@ async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_ne
         .unwrap();
     let follower = dir.path().join("follower-token");
     std::fs::write(&follower, &token_a).unwrap();
-    let took = renew::take_from_cluster(&admin, ns, copy, &follower)
+    let took = take_from_cluster(&admin, ns, copy, &follower)
         .await
         .unwrap();
     assert_eq!(took, Some(renewed));
@@ -210,7 +210,7 @@ async fn the_agents_token_is_bound_and_expiring_renewed_before_it_expires_and_ne
         .create(&PostParams::default(), &put(token_a.clone()))
         .await
         .unwrap();
-    let took = renew::take_from_cluster(&admin, ns, copy, &follower)
+    let took = take_from_cluster(&admin, ns, copy, &follower)
         .await
         .unwrap();
     assert_eq!(took, None, "an older token was taken");

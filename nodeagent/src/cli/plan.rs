@@ -63,7 +63,10 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let opts = crate::daemon::run::RunOptions::default();
     let state_dir = cfg.state_dir.clone();
     let journal = Journal::load(&state_dir)?;
-    let phase = phases::next(&journal, phases::unpivoted::deletion_requested(&state_dir));
+    let phase = phases::next(
+        &journal,
+        crate::state::deletion::deletion_requested(&state_dir),
+    );
     let Some(cached) = crate::state::cache::load(&state_dir)? else {
         println!(
             "next phase: {phase}\nwaiting: no spec cached yet (the agent fetches it from {})",
@@ -77,7 +80,8 @@ pub(super) fn plan(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     runtime.block_on(async {
         let spec = phases::checked(&cfg, &cached)?;
         let management = crate::daemon::run::management_client(&cfg, &opts)?;
-        let local = phases::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
+        let local =
+            crate::clients::local_client(&cfg.local_kubeconfig(), Default::default()).await?;
         let ctx = phases::Context {
             cfg: cfg.clone(),
             root: opts.root.clone(),

@@ -11,7 +11,7 @@
 //!   first control-plane node is the only node when they are installed;
 //! - the inventory object (`providers.clusterctl.cluster.x-k8s.io`) that clusterctl reads later.
 //!
-//! Pure data in, data out; [`crate::phases::providers`] applies the result.
+//! Pure data in, data out; the `ProvidersInstalled` phase applies the result.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

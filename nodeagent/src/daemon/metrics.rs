@@ -63,7 +63,7 @@ pub struct Snapshot {
     pub following: Option<Option<String>>,
 }
 
-impl crate::phases::Report for Shared {
+impl crate::phases::runner::Report for Shared {
     fn failed(&self, phase: Phase) {
         self.update(|s| *s.phase_failures.entry(phase).or_default() += 1);
     }

@@ -244,7 +244,7 @@ impl Election {
     /// a follower), since its phases may be mid-way.
     async fn round(&mut self) -> bool {
         if self.elector.is_none() {
-            match crate::phases::local_client(&self.kubeconfig, self.counts.clone()).await {
+            match crate::clients::local_client(&self.kubeconfig, self.counts.clone()).await {
                 Ok(local) => {
                     self.local = Some(local.clone());
                     self.elector = Some(crate::daemon::leader::Elector::new(
@@ -302,7 +302,7 @@ impl Election {
 
 impl Election {
     /// A follower takes the leader's renewed management token from the local cluster
-    /// ([`crate::daemon::renew::take_from_cluster`]), at most every 30 s.
+    /// ([`crate::clients::token::take_from_cluster`]), at most every 30 s.
     async fn take_token(&mut self) {
         if self
             .token_looked
@@ -315,7 +315,7 @@ impl Election {
             return;
         };
         let (ns, secret, file) = &self.token;
-        match crate::daemon::renew::take_from_cluster(local, ns, secret, file).await {
+        match crate::clients::token::take_from_cluster(local, ns, secret, file).await {
             Ok(Some(c)) => tracing::info!(
                 expires = c.expires,
                 "took the leader's renewed management token from the local cluster"
@@ -426,7 +426,7 @@ pub async fn run<F: Future<Output = ()>>(
     let lease_kubeconfig = crate::config::rooted(&opts.root, &cfg.local_kubeconfig());
     let (leading_tx, leading_rx) = watch::channel(false);
     let mut election = Election {
-        identity,
+        identity: identity.clone(),
         kubeconfig: lease_kubeconfig,
         counts: local_counts.clone(),
         elector: None,
@@ -490,8 +490,9 @@ pub async fn run<F: Future<Output = ()>>(
                 }
             };
             let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-            crate::phases::Runner {
+            crate::phases::runner::Runner {
                 cfg,
+                identity,
                 root,
                 state_dir,
                 management,

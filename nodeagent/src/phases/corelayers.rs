@@ -126,7 +126,7 @@ pub async fn ensure_cloud_secret(ctx: &Context) -> Result<Option<String>, PhaseE
 
 /// The plan: the core layers, and whether the nodes are Ready.
 pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseError> {
-    let profile = addons::profile_layers(ctx).await?;
+    let profile = addons::sources::profile_layers(ctx).await?;
     let (mut steps, waiting) = addons::plan_stage(ctx, &profile, Stage::Core).await?;
     if !profile.core.is_empty() {
         steps.push("then every node Ready".into());
@@ -142,7 +142,7 @@ pub async fn apply(
     if let Some(did) = ensure_cloud_secret(ctx).await? {
         progress(&did);
     }
-    let profile = addons::profile_layers(ctx).await?;
+    let profile = addons::sources::profile_layers(ctx).await?;
     if profile.core.is_empty() {
         return Ok(Step::Done(
             "the profile has no core layers; the nodes' network is provided otherwise".into(),

@@ -130,7 +130,7 @@ pub enum Revoked {
 /// them (`fledge delete` binds them again).
 pub async fn revoke_move_rights(ctx: &Context) -> Result<Revoked, PhaseError> {
     let (ns, name) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
-    if super::unpivoted::deletion_requested(&ctx.state_dir) {
+    if crate::state::deletion::deletion_requested(&ctx.state_dir) {
         return Ok(Revoked::KeptForUnpivot);
     }
     let fcs = super::unpivoted::fledge_cluster_api(ctx.management.clone(), ns);

@@ -21,8 +21,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 
-use super::layout;
-use crate::phases::unpivoted;
+use super::{deletion, layout};
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::journal::{Journal, JournalError};
 
@@ -87,7 +86,7 @@ fn paths(state_dir: &Path) -> [(&'static str, PathBuf); 4] {
         (JOURNAL, crate::state::journal::path(state_dir)),
         (SPEC, cache::path(state_dir)),
         (LAYERS, layout::addons_status(state_dir)),
-        (DELETION, unpivoted::request_path(state_dir)),
+        (DELETION, deletion::request_path(state_dir)),
     ]
 }
 
@@ -255,8 +254,8 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
                     cache::store(state_dir, &spec)?;
                 }
             }
-            DELETION => unpivoted::adopt_request(state_dir, bytes)
-                .map_err(io(&unpivoted::request_path(state_dir), "write"))?,
+            DELETION => deletion::adopt_request(state_dir, bytes)
+                .map_err(io(&deletion::request_path(state_dir), "write"))?,
             _ => {
                 let path = layout::addons_status(state_dir);
                 if let Some(dir) = path.parent() {

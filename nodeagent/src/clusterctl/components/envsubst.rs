@@ -443,18 +443,18 @@ pub fn evaluate(
     }
 }
 
-/// `text` with values and defaults put in as text, as clusterctl's substitution does on its
-/// own.
-pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, SyntaxError> {
-    let nodes = parse(&convert_legacy(text))?;
-    let mut out = String::with_capacity(text.len());
-    evaluate(&nodes, vars, &mut out, &mut |v, out| out.push_str(v));
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `text` with values and defaults put in as text, as clusterctl's substitution does on
+    /// its own: the parser and evaluator the components' substitution uses, seen as text.
+    fn expand(text: &str, vars: &BTreeMap<String, String>) -> Result<String, SyntaxError> {
+        let nodes = parse(&convert_legacy(text))?;
+        let mut out = String::with_capacity(text.len());
+        evaluate(&nodes, vars, &mut out, &mut |v, out| out.push_str(v));
+        Ok(out)
+    }
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

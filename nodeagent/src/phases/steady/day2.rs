@@ -1,6 +1,6 @@
 //! Day-2 planning, pure data: what the local cluster's Cluster API objects must change to match
 //! the spec, how disruptive each change is, and which changes are refused or must wait. The
-//! `Steady` phase ([`crate::phases::steady`]) observes the objects, plans with [`plan`] and then
+//! `Steady` phase ([`super`]) observes the objects, plans with [`plan`] and then
 //! writes; `fledge-agent plan` prints the same plan as a diff.
 //!
 //! The desired objects are the generator's ([`fledge_generator::workload::objects`]): templates

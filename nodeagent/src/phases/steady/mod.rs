@@ -2,7 +2,7 @@
 //! resync, with or without the management plane.
 //!
 //! Each reconcile observes the local cluster's KubeadmControlPlane, fledge's MachineDeployments
-//! and templates, plans with [`crate::day2::plan`] (classified; refusals stop it before any
+//! and templates, plans with [`day2::plan`] (classified; refusals stop it before any
 //! write) and writes in order: new templates (named by content, so a replay creates nothing),
 //! the KubeadmControlPlane (version and template in one write), the MachineDeployments (an
 //! upgrade waits until the control plane runs the new version), the MachineHealthChecks,
@@ -11,6 +11,8 @@
 //! ([`super::addons::reconcile`]). A change found when the spec's generation was already
 //! reconciled is drift: it is restored, logged, recorded as a Warning event `DriftCorrected` on
 //! the object and in the journal (and so in the status condition).
+
+pub mod day2;
 
 use std::collections::BTreeSet;
 
@@ -23,8 +25,8 @@ use serde_json::{Value, json};
 
 use super::scaledout::ScaleOutError;
 use super::{Context, PhaseError, Step};
-use crate::day2::{self, Observed};
 use crate::state::journal::{Journal, Outcome, Phase};
+use day2::Observed;
 
 fn resources(ctx: &Context) -> Resources {
     let provider = fledge_generator::providers::get(ctx.spec.provider());
@@ -176,7 +178,8 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
     };
     let mut steps = vec![format!("change class: {}", plan.class())];
     steps.extend(plan.diff());
-    use super::addons::{Stage, plan_stage, profile_layers};
+    use super::addons::sources::profile_layers;
+    use super::addons::{Stage, plan_stage};
     let profile = profile_layers(ctx).await?;
     if !profile.core.is_empty() {
         steps.extend(plan_stage(ctx, &profile, Stage::Core).await?.0);

@@ -1,9 +1,10 @@
-//! Kubernetes clients whose requests are counted: a client layer that counts the requests a
-//! client sends, by kind (reads and writes), so that the pivot can report "requests made" in its
-//! summary and `/metrics` the agent's requests per cluster; and a counted client built from a
-//! kubeconfig. The agent's own clients are built on them: the management plane's from its token
-//! and CA files ([`crate::daemon::run::management_client_counted`]) and the local cluster's from
-//! its kubeconfig ([`crate::phases::local_client`]).
+//! The agent's Kubernetes clients. Their requests are counted: a client layer counts the
+//! requests a client sends, by kind (reads and writes), so that the pivot can report "requests
+//! made" in its summary and `/metrics` the agent's requests per cluster. A counted client is
+//! built from a kubeconfig ([`counted_client`]; the local cluster's: [`local_client`]) or, for
+//! the management plane, from the agent's token and CA files; [`token`] keeps that token alive.
+
+pub mod token;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -105,4 +106,28 @@ pub async fn counted_client(
         .with_layer(&CountLayer::new(counts))
         .build();
     Ok((client, server))
+}
+
+/// The local cluster's kubeconfig is unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("local cluster kubeconfig {path}: {message}")]
+pub struct LocalKubeconfigError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// Why.
+    pub message: String,
+}
+
+/// A client for the local cluster from its kubeconfig, counting its requests.
+pub async fn local_client(
+    path: &std::path::Path,
+    counts: Arc<Counts>,
+) -> Result<kube::Client, LocalKubeconfigError> {
+    counted_client(Some(path), counts)
+        .await
+        .map(|(client, _)| client)
+        .map_err(|e| LocalKubeconfigError {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })
 }
