@@ -6,14 +6,9 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use serde_json::Value;
 
 use crate::spec::{CheckedCluster, FledgeCluster, PIVOT_ANNOTATION_PREFIX, pivot_state};
+use crate::ssa::{Applied, ApplyError, ApplyOptions, apply};
+use crate::target::Target;
 use crate::token::{DEFAULT_DURATION, MintError, mint_agent_token};
-
-// The server-side apply and the kubeconfig loading live in `ssa` and `target`; the agent and the
-// tests import them from here.
-pub use crate::ssa::{
-    Applied, ApplyError, ApplyOptions, Guard, Outcome, apply, apply_guarded, check_reachable,
-};
-pub use crate::target::{Target, client_from_kubeconfig, config_from_kubeconfig};
 
 /// Why `fledge apply` stopped.
 #[derive(Debug, thiserror::Error)]

@@ -29,9 +29,6 @@ pub mod paths {
     pub const CABPK_INIT_CONFIG: &str = "/run/kubeadm/kubeadm.yaml";
 }
 
-// Where the agent reads them from.
-pub use crate::capi::{KUBERNETES_VERSION_ANNOTATION, MOVED_API_GROUPS};
-
 /// Object names derived from the cluster name.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Names {

@@ -208,7 +208,7 @@ async fn audited(
 /// A client that names itself in the User-Agent header, so that the audit log tells its
 /// requests apart.
 async fn agent_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    let mut config = fledge_generator::apply::config_from_kubeconfig(Some(kubeconfig)).await?;
+    let mut config = fledge_generator::target::config_from_kubeconfig(Some(kubeconfig)).await?;
     config.headers.push((
         http::header::USER_AGENT,
         http::HeaderValue::from_static("fledge-bench/1"),

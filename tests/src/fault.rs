@@ -278,7 +278,7 @@ where
 
 /// A client for `kubeconfig` with `fault` in its stack.
 pub async fn client_with(kubeconfig: &std::path::Path, fault: &Arc<Fault>) -> kube::Client {
-    let config = fledge_generator::apply::config_from_kubeconfig(Some(kubeconfig))
+    let config = fledge_generator::target::config_from_kubeconfig(Some(kubeconfig))
         .await
         .expect("test kubeconfig loads");
     kube::client::ClientBuilder::try_from(config)

@@ -3,13 +3,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fledge_generator::apply::{
-    ApplyError, ApplyOptions, Outcome, Target, apply, client_from_kubeconfig,
-};
 use fledge_generator::management;
 use fledge_generator::providers;
 use fledge_generator::render::Templates;
 use fledge_generator::spec::{self, CapiVersion, CheckedCluster, FledgeCluster, ProviderKind};
+use fledge_generator::ssa::{ApplyError, ApplyOptions, Outcome, apply};
+use fledge_generator::target::{Target, client_from_kubeconfig};
 use fledge_generator::workload;
 use fledge_tests::capi;
 use fledge_tests::cluster::{Options, TestCluster, kubeconfig_yaml, start_or_skip};

@@ -13,10 +13,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
 use fledge_generator::spec;
+use fledge_generator::ssa::{ApplyOptions, apply};
+use fledge_generator::target::client_from_kubeconfig;
 use fledge_tests::capi;
 use fledge_tests::cluster::TestCluster;
 use fledge_tests::install::install_crds;

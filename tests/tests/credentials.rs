@@ -18,10 +18,11 @@ use std::collections::BTreeMap;
 
 use fledge_agent::phases::{self, Context, providers};
 use fledge_agent::state::cache::CachedSpec;
-use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
 use fledge_generator::spec::{self, CheckedCluster};
+use fledge_generator::ssa::{ApplyOptions, apply};
+use fledge_generator::target::client_from_kubeconfig;
 use fledge_tests::cluster::{Options, TestCluster, USER, start_or_skip};
 use fledge_tests::workspace_root;
 use k8s_openapi::api::core::v1::Secret;

@@ -670,7 +670,7 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     assert!(!types.is_empty());
     for t in &types {
         assert!(
-            fledge_generator::management::MOVED_API_GROUPS.contains(&t.group.as_str()),
+            fledge_generator::capi::MOVED_API_GROUPS.contains(&t.group.as_str()),
             "{t:?}"
         );
         let key = format!("{}/{}", t.group, t.kind);

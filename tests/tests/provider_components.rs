@@ -384,12 +384,12 @@ async fn whole_providers_match_clusterctl_pass_the_contract_check_and_install() 
         return;
     };
     let client = cluster.client().await;
-    let target = fledge_generator::apply::Target {
+    let target = fledge_generator::target::Target {
         client: client.clone(),
         server: "the test apiserver".into(),
         ca_certs: None,
     };
-    let opts = fledge_generator::apply::ApplyOptions {
+    let opts = fledge_generator::ssa::ApplyOptions {
         dry_run: false,
         force_conflicts: true,
         field_manager: Some("fledge-agent".into()),
@@ -399,7 +399,7 @@ async fn whole_providers_match_clusterctl_pass_the_contract_check_and_install() 
         let label = c.provider.label();
         // The CRDs as the components carry them: a conversion webhook's Service does not run,
         // which the apiserver needs only to convert objects, not to establish the CRD.
-        fledge_generator::apply::apply(&target, &c.foundation, &opts, |_| {})
+        fledge_generator::ssa::apply(&target, &c.foundation, &opts, |_| {})
             .await
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         let crds: Vec<Value> = c
@@ -417,7 +417,7 @@ async fn whole_providers_match_clusterctl_pass_the_contract_check_and_install() 
             .filter(|d| !cert_manager(d))
             .cloned()
             .collect();
-        fledge_generator::apply::apply(&target, &rest, &opts, |_| {})
+        fledge_generator::ssa::apply(&target, &rest, &opts, |_| {})
             .await
             .unwrap_or_else(|e| panic!("{label}: {e}"));
         eprintln!(

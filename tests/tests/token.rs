@@ -48,7 +48,7 @@ async fn client_with(url: &str, ca: &str, token: &str) -> kube::Client {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
     std::fs::write(&path, kubeconfig_yaml(url, ca, token)).unwrap();
-    fledge_generator::apply::client_from_kubeconfig(Some(&path))
+    fledge_generator::target::client_from_kubeconfig(Some(&path))
         .await
         .unwrap()
         .client

@@ -165,7 +165,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
         let direction = a.opts.direction;
         let from_side = direction.source_side();
         let check = async |client: &kube::Client, server: String| {
-            fledge_generator::apply::check_reachable(&fledge_generator::apply::Target {
+            fledge_generator::ssa::check_reachable(&fledge_generator::target::Target {
                 client: client.clone(),
                 server,
                 ca_certs: None,

@@ -100,7 +100,7 @@ pub async fn counted_client(
     path: Option<&std::path::Path>,
     counts: Arc<Counts>,
 ) -> anyhow::Result<(kube::Client, String)> {
-    let config = fledge_generator::apply::config_from_kubeconfig(path).await?;
+    let config = fledge_generator::target::config_from_kubeconfig(path).await?;
     let server = config.cluster_url.to_string();
     let client = kube::client::ClientBuilder::try_from(config)?
         .with_layer(&CountLayer::new(counts))

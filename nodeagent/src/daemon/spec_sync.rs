@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use crate::config::AgentConfig;
 use crate::daemon::metrics::Shared;
 use crate::daemon::notify::Notifier;
-use crate::phases::unpivoted::{self, Cancel, NamespaceState, Seen, Verdict};
+use crate::phases::unpivoted::{self, NamespaceState, Seen, Verdict};
 use crate::state::cache::{self, CachedSpec, Decision};
+use crate::state::deletion::{self, Cancel};
 use crate::state::journal::{Journal, Outcome, Phase};
 use crate::state::layout;
 use crate::time::unix_now as now;
@@ -210,7 +211,7 @@ impl Sync {
     /// Settles a cancelled deletion request once no runner attempt is in flight (tried on every
     /// beat): the runner is woken and back in `Steady`, and the status is sent.
     fn settle_deletion(&self) -> bool {
-        match unpivoted::settle(&self.state_dir) {
+        match deletion::settle(&self.state_dir) {
             Ok(Some(why)) => {
                 tracing::warn!(reason = ?why, "deletion request cancelled; the agent is back in Steady: {}", why.explain(&self.cfg.cluster.namespace));
                 self.spec_changed.notify_one();
@@ -292,10 +293,10 @@ impl Sync {
                 deleting: o.metadata.deletion_timestamp.is_some(),
             },
         };
-        let request = match unpivoted::load_request(&self.state_dir) {
+        let request = match deletion::load_request(&self.state_dir) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, path = %unpivoted::request_path(&self.state_dir).display(), "cannot read the deletion request");
+                tracing::error!(error = %e, path = %deletion::request_path(&self.state_dir).display(), "cannot read the deletion request");
                 return false;
             }
         };
@@ -312,7 +313,7 @@ impl Sync {
         let journal = Journal::load(&self.state_dir).unwrap_or_default();
         let progress = request
             .as_ref()
-            .and_then(|r| unpivoted::progress(r, &journal));
+            .and_then(|r| deletion::progress(r, &journal));
         let cached_uid = self.cached.as_ref().map(|c| c.uid.as_str());
         let when = obj
             .and_then(|o| o.metadata.deletion_timestamp.as_ref())
@@ -323,7 +324,7 @@ impl Sync {
                 let (Seen::Present { uid, .. }, Some(when)) = (seen, when) else {
                     return false;
                 };
-                match unpivoted::request_deletion(&self.state_dir, uid, &when) {
+                match deletion::request_deletion(&self.state_dir, uid, &when) {
                     Ok(true) => {
                         tracing::warn!(%when, "the FledgeCluster is being deleted: moving the cluster's objects back to the management plane, which then deletes the cluster");
                         self.spec_changed.notify_one();
@@ -350,7 +351,7 @@ impl Sync {
                     (Seen::Gone, Some(r)) => (r.uid.clone(), r.deletion_timestamp.clone()),
                     (Seen::Gone, None) => return false,
                 };
-                let changed = match unpivoted::cancel(&self.state_dir, &uid, &when, why) {
+                let changed = match deletion::cancel(&self.state_dir, &uid, &when, why) {
                     Ok(changed) => changed,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot record that the deletion is not an order");
@@ -569,7 +570,7 @@ impl Sync {
         &self,
         cond: &dyn Fn(&str, bool, &str, String) -> Condition,
     ) -> Option<Condition> {
-        let r = unpivoted::load_request(&self.state_dir).ok().flatten()?;
+        let r = deletion::load_request(&self.state_dir).ok().flatten()?;
         let ns = self.cfg.cluster.namespace.as_str();
         Some(match &r.cancelled {
             None => cond(

@@ -263,8 +263,8 @@ pub(crate) fn opaque_secret(
 pub async fn apply_local(
     ctx: &Context,
     objects: &[serde_json::Value],
-    progress: impl FnMut(&fledge_generator::apply::Applied),
-) -> Result<Vec<fledge_generator::apply::Applied>, fledge_generator::apply::ApplyError> {
+    progress: impl FnMut(&fledge_generator::ssa::Applied),
+) -> Result<Vec<fledge_generator::ssa::Applied>, fledge_generator::ssa::ApplyError> {
     apply_local_as(
         ctx,
         providers::FIELD_MANAGER,
@@ -279,22 +279,22 @@ pub async fn apply_local(
 pub async fn apply_local_as(
     ctx: &Context,
     field_manager: &str,
-    guard: &fledge_generator::apply::Guard<'_>,
+    guard: &fledge_generator::ssa::Guard<'_>,
     objects: &[serde_json::Value],
-    progress: impl FnMut(&fledge_generator::apply::Applied),
-) -> Result<Vec<fledge_generator::apply::Applied>, fledge_generator::apply::ApplyError> {
-    let target = fledge_generator::apply::Target {
+    progress: impl FnMut(&fledge_generator::ssa::Applied),
+) -> Result<Vec<fledge_generator::ssa::Applied>, fledge_generator::ssa::ApplyError> {
+    let target = fledge_generator::target::Target {
         client: ctx.local.clone(),
         server: "the local cluster".into(),
         ca_certs: None,
     };
-    let opts = fledge_generator::apply::ApplyOptions {
+    let opts = fledge_generator::ssa::ApplyOptions {
         dry_run: false,
         force_conflicts: true,
         field_manager: Some(field_manager.into()),
         ..Default::default()
     };
-    fledge_generator::apply::apply_guarded(&target, objects, &opts, guard, progress).await
+    fledge_generator::ssa::apply_guarded(&target, objects, &opts, guard, progress).await
 }
 
 /// A Cluster API type at the cluster's contract version.

@@ -38,7 +38,7 @@ pub enum ProvidersError {
         provider: String,
         /// Why.
         #[source]
-        source: fledge_generator::apply::ApplyError,
+        source: fledge_generator::ssa::ApplyError,
     },
     /// A provider could not be fetched.
     #[error(transparent)]

@@ -5,8 +5,8 @@
 //! templates. CAPI, running in the local cluster, provisions the machines; the phase reports
 //! desired against ready machines and completes once everything is requested.
 
-use fledge_generator::apply::Outcome;
 use fledge_generator::render::Templates;
+use fledge_generator::ssa::Outcome;
 use kube::Api;
 use kube::api::DynamicObject;
 
@@ -20,7 +20,7 @@ pub enum ScaleOutError {
     Render(#[from] fledge_generator::render::RenderError),
     /// Applying them failed.
     #[error("cannot apply the scale-out objects to the local cluster")]
-    Apply(#[from] fledge_generator::apply::ApplyError),
+    Apply(#[from] fledge_generator::ssa::ApplyError),
 }
 
 fn objects(ctx: &Context) -> Result<Vec<serde_json::Value>, ScaleOutError> {

@@ -34,13 +34,9 @@ use serde_json::json;
 
 use super::{Context, PhaseError, Step};
 use crate::pivot::apply::{Direction, Options, Pivot};
+use crate::state::deletion::{Cancel, cancel, load_request, progress};
 use crate::state::deletion::{Progress, Request, request_error, set_progress};
 use crate::state::journal::Journal;
-// The spec sync (daemon/spec_sync.rs) still reaches the deletion request through here; these go
-// once it imports `crate::state::deletion` itself.
-pub use crate::state::deletion::{
-    Cancel, cancel, load_request, progress, request_deletion, request_path, settle,
-};
 
 /// The agent's finalizer on its FledgeCluster.
 pub const FINALIZER: &str = "fledge.dev/agent";
@@ -478,8 +474,8 @@ pub async fn apply_release(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::deletion::deletion_requested;
     use crate::state::deletion::tests::{STEADY, journal};
+    use crate::state::deletion::{deletion_requested, request_deletion, settle};
     use crate::state::journal::{Outcome, Phase};
     use Cancel::*;
     use NamespaceState::*;

@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use serde_json::Value;
 
-use fledge_generator::management::MOVED_API_GROUPS;
+use fledge_generator::capi::MOVED_API_GROUPS;
 
 use super::ObjRef;
 use super::graph::{

@@ -23,10 +23,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fledge_agent::state::journal::{Journal, Outcome, Phase};
-use fledge_generator::apply::{ApplyOptions, apply, client_from_kubeconfig};
 use fledge_generator::management;
 use fledge_generator::render::Templates;
 use fledge_generator::spec;
+use fledge_generator::ssa::{ApplyOptions, apply};
+use fledge_generator::target::client_from_kubeconfig;
 use fledge_tests::cluster::{Options, TestCluster, USER, kubeconfig_yaml};
 use fledge_tests::{capi, install, workspace_root};
 use kube::Api;

@@ -166,7 +166,7 @@ pub(super) async fn apply_layer(
         .map_err(parent_err)?;
     let changed = results
         .iter()
-        .filter(|a| a.outcome != fledge_generator::apply::Outcome::Unchanged)
+        .filter(|a| a.outcome != fledge_generator::ssa::Outcome::Unchanged)
         .count();
     let members: Vec<Value> = layer
         .objects

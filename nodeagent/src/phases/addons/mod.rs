@@ -117,7 +117,7 @@ pub enum AddonsError {
         layer: String,
         /// Why.
         #[source]
-        source: fledge_generator::apply::ApplyError,
+        source: fledge_generator::ssa::ApplyError,
     },
     /// A state file could not be written.
     #[error("cannot write {path}")]

@@ -16,7 +16,8 @@ pub mod day2;
 
 use std::collections::BTreeSet;
 
-use fledge_generator::management::{KUBERNETES_VERSION_ANNOTATION, Names};
+use fledge_generator::capi::KUBERNETES_VERSION_ANNOTATION;
+use fledge_generator::management::Names;
 use fledge_generator::render::Templates;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
