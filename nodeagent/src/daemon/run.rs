@@ -120,16 +120,28 @@ impl Drop for TaskGuard {
 
 /// The agent's tasks, spawned on its one runtime and named: one supervises them, and one
 /// shutdown path waits for them. Dropped, it aborts what still runs.
-#[derive(Default)]
 pub struct Running {
     set: tokio::task::JoinSet<()>,
     names: std::collections::HashMap<tokio::task::Id, &'static str>,
+    /// The agent's span (its cluster): each task's span is a child of it.
+    span: tracing::Span,
 }
 
 impl Running {
-    /// Spawns `task` as `name`.
+    /// Tasks whose spans are children of `span`.
+    pub fn new(span: tracing::Span) -> Self {
+        Running {
+            set: tokio::task::JoinSet::new(),
+            names: Default::default(),
+            span,
+        }
+    }
+
+    /// Spawns `task` as `name`, in a span of its own (`task = name`).
     pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
-        let handle = self.set.spawn(task);
+        use tracing::Instrument;
+        let span = tracing::info_span!(parent: &self.span, "task", task = name);
+        let handle = self.set.spawn(task.instrument(span));
         self.names.insert(handle.id(), name);
     }
 
@@ -375,7 +387,11 @@ pub async fn run<F: Future<Output = ()>>(
     // Every long-running task holds a guard: when one ends or panics, the watchdog stops being
     // fed, `/healthz` fails, and (below) the agent exits non-zero for systemd to restart it.
     let tasks = Tasks::default();
-    let mut running = Running::default();
+    let mut running = Running::new(tracing::info_span!(
+        "agent",
+        cluster = %cfg.cluster.name,
+        namespace = %cfg.cluster.namespace
+    ));
     {
         let guard = tasks.start("metrics", &shared);
         let serve = serve_metrics(listener, shared.clone(), stop_rx.clone());
@@ -576,7 +592,7 @@ mod tests {
             tasks.start("phase runner", &shared),
         );
         assert!(tasks.all_alive());
-        let mut running = Running::default();
+        let mut running = Running::new(tracing::Span::none());
         running.spawn("spec sync", async move {
             let _g = g1;
             std::future::pending::<()>().await
@@ -599,14 +615,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_task_that_returns_early_ends_supervision_and_shutdown_does_not() {
-        let mut running = Running::default();
+        let mut running = Running::new(tracing::Span::none());
         running.spawn("metrics", async {});
         let e = running.supervise(std::future::pending()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             "the agent's metrics task ended unexpectedly: it returned"
         );
-        let mut running = Running::default();
+        let mut running = Running::new(tracing::Span::none());
         running.spawn("metrics", std::future::pending::<()>());
         running.supervise(async {}).await.unwrap();
     }

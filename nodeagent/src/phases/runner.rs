@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use super::{Context, PhaseError, Step, addons, apply, checked, next, pivoted, unpivoted};
 use crate::clients::{Counts, local_client};
@@ -308,47 +309,50 @@ impl Runner {
             Ok(None) | Err(_) => return Attempt::Wait(Duration::from_secs(3600)),
         };
         let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation = cached.generation);
-        let _enter = span.enter();
-        let result = self.step(local, held, &mut journal, phase, &cached).await;
-        // Every failure is journaled (also one before the phase could start, such as an
-        // unreadable local kubeconfig); the status is told only when something changed.
-        let changed = match &result {
-            Ok(step) => step.1,
-            Err(e) => journal
-                .record_if_changed(
-                    &self.state_dir,
-                    phase,
-                    Outcome::Failed,
-                    Some(cached.generation),
-                    Some(chain(e)),
-                )
-                .unwrap_or(true),
-        };
-        if changed {
-            self.journal_changed.notify_one();
-        }
-        match result.map(|s| s.0) {
-            Ok(Step::Done(msg)) if phase == Phase::Steady => {
-                if changed {
-                    tracing::info!(%msg, "reconciled");
+        async {
+            let result = self.step(local, held, &mut journal, phase, &cached).await;
+            // Every failure is journaled (also one before the phase could start, such as an
+            // unreadable local kubeconfig); the status is told only when something changed.
+            let changed = match &result {
+                Ok(step) => step.1,
+                Err(e) => journal
+                    .record_if_changed(
+                        &self.state_dir,
+                        phase,
+                        Outcome::Failed,
+                        Some(cached.generation),
+                        Some(chain(e)),
+                    )
+                    .unwrap_or(true),
+            };
+            if changed {
+                self.journal_changed.notify_one();
+            }
+            match result.map(|s| s.0) {
+                Ok(Step::Done(msg)) if phase == Phase::Steady => {
+                    if changed {
+                        tracing::info!(%msg, "reconciled");
+                    }
+                    Attempt::Wait(self.resync())
                 }
-                Attempt::Wait(self.resync())
-            }
-            Ok(Step::Done(msg)) => {
-                tracing::info!(%msg, "phase complete");
-                Attempt::Progressed
-            }
-            Ok(Step::Waiting(why)) => {
-                tracing::info!(%why, "phase waiting");
-                Attempt::Waiting(why)
-            }
-            Err(e) => {
-                let msg = chain(&e);
-                tracing::warn!(error = %msg, "phase failed; retrying with backoff");
-                self.report.failed(phase);
-                Attempt::Failed
+                Ok(Step::Done(msg)) => {
+                    tracing::info!(%msg, "phase complete");
+                    Attempt::Progressed
+                }
+                Ok(Step::Waiting(why)) => {
+                    tracing::info!(%why, "phase waiting");
+                    Attempt::Waiting(why)
+                }
+                Err(e) => {
+                    let msg = chain(&e);
+                    tracing::warn!(error = %msg, "phase failed; retrying with backoff");
+                    self.report.failed(phase);
+                    Attempt::Failed
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn step(
