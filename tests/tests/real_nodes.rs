@@ -901,11 +901,18 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
                 .as_i64()
                 .unwrap_or(0);
             let n = nodes(&workload).await?;
-            if seen > generation && n.len() == want && n.iter().all(|(_, r)| *r) {
+            // Steady has reconciled the new generation: the node left, and the add-ons'
+            // DaemonSets no longer count it (they lag the Node's deletion by a few seconds).
+            let j = journal(&leader)?;
+            let steady = j.entry(Phase::Steady);
+            let reconciled =
+                j.done(Phase::Steady) && steady.and_then(|e| e.generation).unwrap_or(0) >= seen;
+            if seen > generation && n.len() == want && n.iter().all(|(_, r)| *r) && reconciled {
                 Ok(())
             } else {
                 Err(format!(
-                    "observedGeneration {seen} (was {generation}); nodes {n:?}"
+                    "observedGeneration {seen} (was {generation}); nodes {n:?}; Steady: {:?}",
+                    steady.map(|e| (&e.outcome, &e.message, e.generation))
                 ))
             }
         },
