@@ -51,3 +51,34 @@ pub fn print_warnings(request: &Path, checked: &CheckedCluster) {
         eprintln!("warning: {}: {w}", request.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read Cluster c1")]
+    struct Reading(#[source] kube::Error);
+
+    #[test]
+    fn a_kubernetes_api_error_is_shown_once_as_people_read_it() {
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "clusters is forbidden"
+        }))
+        .unwrap();
+        let e = Reading(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            causes(&e),
+            [
+                "cannot read Cluster c1",
+                "HTTP 403 Forbidden: clusters is forbidden"
+            ]
+        );
+        let chain = error_chain(&anyhow::Error::new(e).context("pivot"));
+        assert_eq!(
+            chain,
+            "error: pivot\n  caused by: cannot read Cluster c1\n  caused by: HTTP 403 Forbidden: clusters is forbidden"
+        );
+    }
+}

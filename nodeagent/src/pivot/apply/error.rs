@@ -143,3 +143,25 @@ pub fn transient(e: &kube::Error) -> bool {
 pub(super) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_request_names_what_failed_and_says_why_once() {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": 409, "reason": "AlreadyExists",
+            "message": "clusters \"c1\" already exists"
+        }))
+        .unwrap();
+        let e = PivotError::Incomplete(Box::new(PivotError::Request {
+            what: "creating Cluster/c1 in the target".into(),
+            source: kube::Error::Api(Box::new(status)),
+        }));
+        assert_eq!(
+            crate::state::journal::chain(&e),
+            "the pivot failed after cutover; run it again to complete it (from cutover on it only moves forward): creating Cluster/c1 in the target: HTTP 409 AlreadyExists: clusters \"c1\" already exists"
+        );
+    }
+}
