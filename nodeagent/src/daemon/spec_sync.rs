@@ -242,7 +242,7 @@ impl Sync {
     }
 
     /// [`Self::unreachable`], for a failure of `kind`.
-    fn failed(&self, kind: &'static str, e: &dyn std::error::Error) {
+    fn failed(&self, kind: &'static str, e: &(dyn std::error::Error + 'static)) {
         tracing::warn!(error = %crate::state::journal::chain(e), kind, "management plane request failed; running from the cached spec");
         self.shared.error(kind);
         let transport = kind == "unreachable";

@@ -117,7 +117,11 @@ pub async fn ensure_cloud_secret(ctx: &Context) -> Result<Option<String>, PhaseE
     let secret = super::opaque_secret(want.namespace, want.name, &[], out);
     super::apply_local(ctx, &[secret], |_| {})
         .await
-        .map_err(|e| PhaseError::CloudSecret(format!("{}/{}: {e}", want.namespace, want.name)))?;
+        .map_err(|source| PhaseError::ApplyCloudSecret {
+            namespace: want.namespace.to_string(),
+            name: want.name.to_string(),
+            source: Box::new(source),
+        })?;
     Ok(Some(format!(
         "{}/{} made from Secret {ns}/{} in {from}",
         want.namespace, want.name, want.source

@@ -83,12 +83,38 @@ pub enum PhaseError {
     /// Applying the scale-out objects failed.
     #[error(transparent)]
     ScaleOut(#[from] scaledout::ScaleOutError),
-    /// The agent's credentials Secret for the control-plane machines cannot be kept.
-    #[error("the agent's Secret for new control-plane machines: {0}")]
-    AgentSecret(String),
-    /// The cloud provider's credentials Secret cannot be made.
+    /// A file of the agent's management credentials (its token, the CA) cannot be read.
+    #[error("the agent's Secret for new control-plane machines: cannot read {}", path.display())]
+    ReadCredentials {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The agent's credentials Secret for the control-plane machines cannot be applied.
+    #[error("the agent's Secret for new control-plane machines: cannot apply {name}")]
+    ApplyAgentSecret {
+        /// The Secret's name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<fledge_generator::ssa::ApplyError>,
+    },
+    /// The cloud provider's credentials Secret cannot be made from what the request names.
     #[error("cloud provider credentials: {0}")]
     CloudSecret(String),
+    /// The cloud provider's credentials Secret cannot be applied.
+    #[error("cloud provider credentials: cannot apply {namespace}/{name}")]
+    ApplyCloudSecret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: Box<fledge_generator::ssa::ApplyError>,
+    },
     /// A request failed.
     #[error("cannot {what}")]
     Request {

@@ -213,8 +213,10 @@ pub async fn redact_copied_token(ctx: &Context) -> Result<usize, PhaseError> {
     use k8s_openapi::api::core::v1::Secret;
     use kube::api::{ListParams, Patch, PatchParams};
     let path = crate::config::rooted(&ctx.root, &ctx.cfg.management.token_file);
-    let token = std::fs::read_to_string(&path)
-        .map_err(|e| PhaseError::AgentSecret(format!("cannot read {}: {e}", path.display())))?;
+    let token = std::fs::read_to_string(&path).map_err(|source| PhaseError::ReadCredentials {
+        path: path.clone(),
+        source,
+    })?;
     let token = token.trim();
     // Nothing that short is a service-account token; never cut common bytes out of data.
     if token.len() < 32 {

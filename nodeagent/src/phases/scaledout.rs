@@ -60,8 +60,10 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
 pub async fn ensure_agent_secret(ctx: &Context) -> Result<(), PhaseError> {
     let read = |path: &std::path::Path| {
         let rooted = crate::config::rooted(&ctx.root, path);
-        std::fs::read(&rooted)
-            .map_err(|e| PhaseError::AgentSecret(format!("cannot read {}: {e}", rooted.display())))
+        std::fs::read(&rooted).map_err(|source| PhaseError::ReadCredentials {
+            path: rooted.clone(),
+            source,
+        })
     };
     let token = read(&ctx.cfg.management.token_file)?;
     let ca = read(&ctx.cfg.management.ca_file)?;
@@ -76,7 +78,10 @@ pub async fn ensure_agent_secret(ctx: &Context) -> Result<(), PhaseError> {
     );
     super::apply_local(ctx, &[secret], |_| {})
         .await
-        .map_err(|e| PhaseError::AgentSecret(format!("{}: {e}", names.agent_token)))?;
+        .map_err(|source| PhaseError::ApplyAgentSecret {
+            name: names.agent_token.clone(),
+            source: Box::new(source),
+        })?;
     Ok(())
 }
 

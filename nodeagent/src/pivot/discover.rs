@@ -34,7 +34,7 @@ const CORE_GROUPS: [&str; 3] = [
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoverError {
     /// A request failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Request {
         /// What was listed.
         what: String,

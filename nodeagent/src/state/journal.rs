@@ -406,15 +406,8 @@ pub fn merged(ours: &Journal, held: &Journal) -> Journal {
 
 /// The error and its causes on one line: how the journal records a failure (and how the agent
 /// logs one).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    fledge_generator::diagnostics::causes(e).join(": ")
 }
 
 #[cfg(test)]

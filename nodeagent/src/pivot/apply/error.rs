@@ -23,7 +23,7 @@ pub enum PivotError {
         why: String,
     },
     /// A request failed with an error retrying cannot fix, or kept failing.
-    #[error("{what}: {}", describe(source))]
+    #[error("{what}")]
     Request {
         /// What was being done.
         what: String,
@@ -42,10 +42,7 @@ pub enum PivotError {
     )]
     Providers(Vec<String>),
     /// A provider inventory could not be read (checked before any write).
-    #[error(
-        "cannot read clusterctl's provider inventory in the {side}; nothing was changed: {}",
-        describe(source)
-    )]
+    #[error("cannot read clusterctl's provider inventory in the {side}; nothing was changed")]
     Inventory {
         /// `source` or `target`.
         side: &'static str,
@@ -126,20 +123,9 @@ impl PivotError {
     }
 }
 
+/// A request's failure as a log line reads it (see [`fledge_generator::diagnostics::causes`]).
 pub(super) fn describe(e: &kube::Error) -> String {
-    match e {
-        kube::Error::Api(s) => format!("HTTP {} {}: {}", s.code, s.reason, s.message),
-        other => {
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(s) = src {
-                msg.push_str(": ");
-                msg.push_str(&s.to_string());
-                src = s.source();
-            }
-            msg
-        }
-    }
+    fledge_generator::diagnostics::causes(e).join(": ")
 }
 
 /// Whether retrying can fix an error.
@@ -156,4 +142,26 @@ pub fn transient(e: &kube::Error) -> bool {
 
 pub(super) fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_request_names_what_failed_and_says_why_once() {
+        let status: kube::core::Status = serde_json::from_value(json!({
+            "status": "Failure", "code": 409, "reason": "AlreadyExists",
+            "message": "clusters \"c1\" already exists"
+        }))
+        .unwrap();
+        let e = PivotError::Incomplete(Box::new(PivotError::Request {
+            what: "creating Cluster/c1 in the target".into(),
+            source: kube::Error::Api(Box::new(status)),
+        }));
+        assert_eq!(
+            crate::state::journal::chain(&e),
+            "the pivot failed after cutover; run it again to complete it (from cutover on it only moves forward): creating Cluster/c1 in the target: HTTP 409 AlreadyExists: clusters \"c1\" already exists"
+        );
+    }
 }
