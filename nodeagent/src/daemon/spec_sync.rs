@@ -115,11 +115,20 @@ impl Sync {
         // list has answered; and whether the list under way has found it.
         let mut latest: Option<Option<FledgeCluster>> = None;
         let mut found = false;
+        // A stop lets a list in flight finish (it answers, fails, or the shutdown grace ends
+        // it); an established watch is simply dropped.
+        let (mut listing, mut stopping) = (true, false);
         self.beat();
         loop {
             tokio::select! {
                 ev = events.next() => match ev {
+                    _ if stopping => return,
                     Some(Ok(ev)) => {
+                        listing = match ev {
+                            watcher::Event::Init => true,
+                            watcher::Event::InitDone => false,
+                            _ => listing,
+                        };
                         backoff = retry.build();
                         self.reachable(true);
                         self.event(ev, &mut latest, &mut found).await;
@@ -153,7 +162,12 @@ impl Sync {
                 },
                 _ = beat.tick() => self.beat(),
                 _ = self.journal_changed.notified() => self.push_status().await,
-                _ = stop.changed() => return,
+                _ = stop.changed(), if !stopping => {
+                    if !listing {
+                        return;
+                    }
+                    stopping = true;
+                }
             }
         }
     }
