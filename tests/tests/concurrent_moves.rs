@@ -408,7 +408,9 @@ async fn the_lock_is_renewed_through_a_long_phase_expires_after_a_crash_and_its_
         return;
     };
     let (mc, lc) = (m.client().await, l.client().await);
-    let hold = Duration::from_millis(1500);
+    // Holds short enough to wait out, long enough that a loaded machine (this file's four
+    // tests run at once on two cores) still renews and refuses within them.
+    let hold = Duration::from_secs(3);
     let short = PivotOptions {
         lock_hold: hold,
         ..opts(Direction::Pivot, 1)
@@ -485,12 +487,16 @@ async fn the_lock_is_renewed_through_a_long_phase_expires_after_a_crash_and_its_
             client_with(&m.kubeconfig, &fault).await,
             client_with(&l.kubeconfig, &fault).await,
         );
+        // Run A's hold is what run B is refused under: long enough that run B's first attempt
+        // comes before it ends however slow the machine is (CI once took over 1.5 s here).
+        let crash_hold = Duration::from_secs(10);
         let crash = PivotOptions {
             retry: Retry {
                 attempts: 1,
                 first: Duration::from_millis(1),
                 cap: Duration::from_millis(1),
             },
+            lock_hold: crash_hold,
             ..short
         };
         run(&a_from, &a_to, ns, crash, "run-a")
@@ -512,7 +518,7 @@ async fn the_lock_is_renewed_through_a_long_phase_expires_after_a_crash_and_its_
                 msg.contains(&format!("until {}", lock["expires"].as_str().unwrap())),
                 "{msg}"
             );
-            tokio::time::sleep(hold).await;
+            tokio::time::sleep(crash_hold.saturating_sub(started.elapsed())).await;
         }
         let summary = run(&mc, &lc, ns, short, next)
             .await
