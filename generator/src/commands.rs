@@ -187,7 +187,6 @@ pub fn delete(args: &DeleteArgs) -> anyhow::Result<()> {
                 &target,
                 &checked,
                 timeout,
-                std::time::Duration::from_secs(5),
                 |line| eprintln!("{line}"),
             )
             .await?;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Preconditions, PropagationPolicy};
+use kube::runtime::watcher;
 use serde_json::Value;
 
 use crate::management::Names;
@@ -114,17 +115,9 @@ pub async fn delete(
     Ok(Deleted::Unpivoting)
 }
 
-/// What `--wait` sees of a FledgeCluster being deleted: the agent's phase and pivot state, or
-/// None once it is gone.
-pub async fn observe(target: &Target, c: &CheckedCluster) -> Result<Option<String>, ApplyError> {
-    let label = format!("fledgecluster.fledge.dev/{}", c.name);
-    let Some(fc) = fledge_clusters(target, c)
-        .get_opt(c.name.as_str())
-        .await
-        .map_err(request(target, label))?
-    else {
-        return Ok(None);
-    };
+/// What `--wait` shows of a FledgeCluster being deleted: the agent's phase and pivot state, and
+/// the first condition that is not True (what the agent waits for).
+fn status_line(fc: &DynamicObject) -> String {
     let status = &fc.data["status"];
     let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
     let mut line = format!(
@@ -132,7 +125,6 @@ pub async fn observe(target: &Target, c: &CheckedCluster) -> Result<Option<Strin
         text(&status["phase"]),
         text(&status["pivot"]["state"])
     );
-    // The first condition that is not True says what the agent waits for.
     let waiting = status["conditions"]
         .as_array()
         .into_iter()
@@ -146,32 +138,45 @@ pub async fn observe(target: &Target, c: &CheckedCluster) -> Result<Option<Strin
             text(&c["message"])
         ));
     }
-    Ok(Some(line))
+    line
 }
 
-/// Waits until the FledgeCluster is gone, looking every `every`, at most `timeout`; `progress`
-/// gets each new status line. Ok(true) when gone, Ok(false) at the timeout.
+/// Waits until the FledgeCluster is gone, at most `timeout`, following it with `kube::runtime`'s
+/// watcher (as `kubectl delete --wait` watches); `progress` gets each new status line. Ok(true)
+/// when gone, Ok(false) at the timeout; a failed list or watch is an error.
 pub async fn wait_gone(
     target: &Target,
     c: &CheckedCluster,
     timeout: Duration,
-    every: Duration,
     mut progress: impl FnMut(&str),
 ) -> Result<bool, ApplyError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match observe(target, c).await? {
-            None => return Ok(true),
-            Some(line) if line != last => {
+    use futures::TryStreamExt;
+    let object = format!("fledgecluster.fledge.dev/{}", c.name);
+    let changes = kube::runtime::watcher::watch_object(fledge_clusters(target, c), c.name.as_str());
+    let gone = async {
+        let mut changes = std::pin::pin!(changes);
+        let mut last = String::new();
+        while let Some(seen) = changes.try_next().await.map_err(|e| {
+            request(target, object.clone())(match e {
+                watcher::Error::InitialListFailed(e)
+                | watcher::Error::WatchStartFailed(e)
+                | watcher::Error::WatchFailed(e) => e,
+                watcher::Error::WatchError(s) => kube::Error::Api(s),
+                e @ watcher::Error::NoResourceVersion => kube::Error::Service(Box::new(e)),
+            })
+        })? {
+            let Some(fc) = seen else {
+                return Ok(true);
+            };
+            let line = status_line(&fc);
+            if line != last {
                 progress(&line);
                 last = line;
             }
-            Some(_) => {}
         }
-        if tokio::time::Instant::now() + every > deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(every).await;
-    }
+        Ok(false)
+    };
+    tokio::time::timeout(timeout, gone)
+        .await
+        .unwrap_or(Ok(false))
 }

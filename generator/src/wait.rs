@@ -6,6 +6,10 @@
 //! management plane says so. Once CP-A's Machine has a node (kubeadm ran, so cloud-init's
 //! commands, the agent's install among them, ran too), the agent has `--agent-grace` to report;
 //! after that the wait fails and says what to check.
+//!
+//! It looks (a get and a list) every few seconds rather than watching, unlike `fledge delete
+//! --wait`: its verdict turns on time as much as on the objects (how long CP-A's node has been
+//! up), and it reads two kinds.
 
 use std::time::Duration;
 

@@ -2,6 +2,7 @@
 //! where its token and CA are. It names secret files; it holds no secret itself.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -185,6 +186,22 @@ impl AgentConfig {
             }
         }
         Ok(cfg)
+    }
+
+    /// Time between full resyncs of the spec (`resyncSeconds`, default 300, at least 1 s).
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds.unwrap_or(300).max(1))
+    }
+
+    /// Upper bound of the retry and reconnect backoff (`backoffCapSeconds`, default 60, at
+    /// least 1 s).
+    pub fn backoff_cap(&self) -> Duration {
+        Duration::from_secs(self.backoff_cap_seconds.unwrap_or(60).max(1))
+    }
+
+    /// How long in-flight work may take after SIGTERM (`shutdownGraceSeconds`, default 20).
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(20))
     }
 
     /// The local cluster's kubeconfig.

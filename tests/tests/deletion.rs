@@ -431,15 +431,39 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
     let r = f.request().expect("the order is recorded");
     assert!(r.cancelled.is_none() && r.uid == old_uid, "{r:?}");
     assert!(f.held().await, "the FledgeCluster waits for the agent");
+    // `fledge delete --wait` follows it and shows what the agent waits for, and gives up at
+    // its timeout.
+    let mut lines = Vec::new();
+    let gone =
+        fledge_generator::delete::wait_gone(&target, &request(), Duration::from_secs(3), |l| {
+            lines.push(l.to_string())
+        })
+        .await
+        .unwrap();
+    assert!(!gone, "the FledgeCluster is held");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("agent phase ") && l.contains("; Unpivoted Failed: ")),
+        "{lines:?}"
+    );
 
-    // The user gives up on the deletion: removes the finalizer by hand.
-    fcs.patch(
-        NAME,
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-    )
-    .await
-    .unwrap();
+    // The user gives up on the deletion: removes the finalizer by hand, and the wait sees the
+    // FledgeCluster go.
+    let req = request();
+    let waiting =
+        fledge_generator::delete::wait_gone(&target, &req, Duration::from_secs(60), |_| {});
+    let removed = async {
+        fcs.patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    };
+    let (gone, ()) = tokio::join!(waiting, removed);
+    assert!(gone.unwrap(), "the wait saw the FledgeCluster go");
     f.wait(
         "the order to be cancelled",
         Duration::from_secs(60),

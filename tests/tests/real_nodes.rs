@@ -925,23 +925,34 @@ async fn a_cluster_builds_itself_on_real_nodes_and_goes_away() {
         changed.elapsed()
     );
 
-    // 7. Deletion, as `fledge delete` does it (the agent gave up its move rights after the
-    // pivot; this binds them again): unpivot, and the management plane's CAPD removes every
-    // container.
+    // 7. Deletion, with `fledge delete --wait` (the agent gave up its move rights after the
+    // pivot; this binds them again): unpivot, the management plane's CAPD removes every
+    // container, the agent releases the FledgeCluster, and the wait sees it go.
+    let deleting = std::time::Instant::now();
     let out = Command::new(fledge_tests::binary("fledge"))
         .arg("delete")
         .arg(&request_path)
         .arg("--kubeconfig")
         .arg(&mgmt.kubeconfig)
+        .arg("--wait=20m")
         .output()
         .expect("run fledge");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "fledge delete failed:\n{}{}",
+        "fledge delete --wait failed:\n{}{stderr}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
-    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        stderr.contains("agent phase ")
+            && stderr.contains(&format!("FledgeCluster {NS}/{NAME} deleted")),
+        "fledge delete --wait shows the agent's progress and the end: {stderr}"
+    );
+    eprintln!(
+        "[real-nodes] fledge delete --wait returned after {:.0?}",
+        deleting.elapsed()
+    );
     wait_for(
         &mgmt,
         "every container removed",

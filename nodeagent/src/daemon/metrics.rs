@@ -302,7 +302,7 @@ pub(crate) async fn serve_metrics(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::debug!(error = %e, "metrics: accept failed");
+                tracing::debug!(error = %crate::state::journal::chain(&e), "metrics: accept failed");
                 continue;
             }
         };
@@ -314,7 +314,7 @@ pub(crate) async fn serve_metrics(
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "metrics: connection failed");
+                tracing::debug!(error = %crate::state::journal::chain(&e), "metrics: connection failed");
             }
         });
     }

@@ -33,7 +33,7 @@ impl Notifier {
             }
         });
         if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot notify systemd");
+            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot notify systemd");
         }
     }
 

@@ -266,7 +266,7 @@ impl Election {
                     ))
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "no local cluster yet for the leader election");
+                    tracing::debug!(error = %crate::state::journal::chain(&e), "no local cluster yet for the leader election");
                     return true;
                 }
             }
@@ -302,10 +302,10 @@ impl Election {
                 if let Some(at) = self.renewed
                     && at.elapsed() >= crate::daemon::leader::RENEW_DEADLINE
                 {
-                    tracing::error!(error = %e, "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
+                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
                     return false;
                 }
-                tracing::warn!(error = %e, "leader election: cannot read or write the Lease in the local cluster");
+                tracing::warn!(error = %crate::state::journal::chain(&e), "leader election: cannot read or write the Lease in the local cluster");
                 true
             }
         }
@@ -333,7 +333,9 @@ impl Election {
                 "took the leader's renewed management token from the local cluster"
             ),
             Ok(None) => {}
-            Err(e) => tracing::debug!(error = %e, "cannot read the agents' token copy yet"),
+            Err(e) => {
+                tracing::debug!(error = %crate::state::journal::chain(&e), "cannot read the agents' token copy yet")
+            }
         }
     }
 }
@@ -360,7 +362,7 @@ pub async fn run<F: Future<Output = ()>>(
         Ok(c) => c,
         Err(e) => {
             // Keep the file for inspection, take no action from it, and fetch a fresh copy.
-            tracing::error!(error = %e, "cached spec unusable; re-fetching, no action taken from it");
+            tracing::error!(error = %crate::state::journal::chain(&e), "cached spec unusable; re-fetching, no action taken from it");
             shared.error("cache_corrupt");
             None
         }
@@ -475,13 +477,16 @@ pub async fn run<F: Future<Output = ()>>(
         });
     }
     let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
-    let spec_changed = Arc::new(tokio::sync::Notify::new());
+    // The accepted spec goes from the spec sync to the runner over a channel, checked once.
+    let specs =
+        tokio::sync::watch::Sender::new(cached.map(|c| crate::phases::Accepted::new(&cfg, c)));
+    let wake = Arc::new(tokio::sync::Notify::new());
     let journal_changed = Arc::new(tokio::sync::Notify::new());
     // The phases run beside the spec sync as a task of their own: a long phase never holds a
     // new spec back.
     {
         let (cfg, root, state_dir) = (cfg.clone(), opts.root.clone(), state_dir.clone());
-        let (spec_changed, journal_changed) = (spec_changed.clone(), journal_changed.clone());
+        let (specs, wake, journal_changed) = (specs.clone(), wake.clone(), journal_changed.clone());
         let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
         let opts = opts.clone();
         running.spawn("phase runner", async move {
@@ -501,11 +506,10 @@ pub async fn run<F: Future<Output = ()>>(
             let management = match management_client_counted(&cfg, &opts, management_counts) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start the phase runner");
+                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot start the phase runner");
                     return;
                 }
             };
-            let backoff_cap = Duration::from_secs(cfg.backoff_cap_seconds.unwrap_or(60).max(1));
             crate::phases::runner::Runner {
                 cfg,
                 identity,
@@ -513,10 +517,10 @@ pub async fn run<F: Future<Output = ()>>(
                 state_dir,
                 management,
                 local_counts,
-                spec_changed,
+                specs,
+                wake,
                 journal_changed,
                 report,
-                backoff_cap,
                 layer_clock: Default::default(),
             }
             .run(stop)
@@ -534,10 +538,10 @@ pub async fn run<F: Future<Output = ()>>(
         shared: shared.clone(),
         notifier: notifier.clone(),
         journal,
-        cached,
+        specs,
         refused: None,
         last_status,
-        spec_changed,
+        wake,
         journal_changed,
     };
     running.spawn("spec sync", async move {
@@ -548,7 +552,7 @@ pub async fn run<F: Future<Output = ()>>(
     match &outcome {
         Ok(()) => tracing::info!("stopping: finishing in-flight work"),
         Err(e) => {
-            tracing::error!(error = %e, "stopping: a task ended; exiting non-zero so that systemd restarts the agent")
+            tracing::error!(error = %crate::state::journal::chain(e), "stopping: a task ended; exiting non-zero so that systemd restarts the agent")
         }
     }
     notifier.send("STOPPING=1");
@@ -556,7 +560,7 @@ pub async fn run<F: Future<Output = ()>>(
     // A request in flight (a watch, a read with a long timeout) must not hold the stop for
     // longer than systemd waits: after the grace period the agent stops anyway. State files are
     // written atomically, so nothing is left half-written.
-    let grace = Duration::from_secs(cfg.shutdown_grace_seconds.unwrap_or(20));
+    let grace = cfg.shutdown_grace();
     if tokio::time::timeout(grace, running.finish()).await.is_err() {
         tracing::warn!(
             seconds = grace.as_secs(),

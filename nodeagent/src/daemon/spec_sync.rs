@@ -22,6 +22,7 @@ use crate::config::AgentConfig;
 use crate::daemon::metrics::Shared;
 use crate::daemon::notify::Notifier;
 use crate::phases::unpivoted::{self, NamespaceState, Seen, Verdict};
+use crate::phases::{Accepted, Specs};
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::deletion::{self, Cancel};
 use crate::state::journal::{Journal, Outcome, Phase};
@@ -56,18 +57,6 @@ fn watch_error_kind(e: &watcher::Error) -> &'static str {
     }
 }
 
-/// Validates a fetched spec with the generator's own rules (what `fledge validate` says).
-fn check_spec(obj: &FledgeCluster) -> Result<(), Vec<String>> {
-    let meta = fledge_generator::spec::RequestMeta {
-        name: obj.metadata.name.clone().unwrap_or_default(),
-        namespace: obj.metadata.namespace.clone(),
-        labels: obj.metadata.labels.clone().unwrap_or_default(),
-    };
-    fledge_generator::spec::validate(&meta, &obj.spec)
-        .map(|_| ())
-        .map_err(|p| p.0.iter().map(ToString::to_string).collect())
-}
-
 pub(crate) struct Sync {
     pub(crate) cfg: AgentConfig,
     pub(crate) state_dir: PathBuf,
@@ -75,13 +64,14 @@ pub(crate) struct Sync {
     pub(crate) shared: Shared,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) journal: Journal,
-    pub(crate) cached: Option<CachedSpec>,
+    /// The accepted spec (what is cached), sent to the runner.
+    pub(crate) specs: Specs,
     /// Why the latest offered spec was refused (condition reason, message).
     pub(crate) refused: Option<(&'static str, String)>,
     /// The status last built, for condition transition times.
     pub(crate) last_status: Option<FledgeClusterStatus>,
-    /// Tells the phase runner a new spec is cached.
-    pub(crate) spec_changed: Arc<tokio::sync::Notify>,
+    /// Wakes the phase runner when a deletion is ordered or its cancellation settled.
+    pub(crate) wake: Arc<tokio::sync::Notify>,
     /// The phase runner wrote the journal: report it.
     pub(crate) journal_changed: Arc<tokio::sync::Notify>,
 }
@@ -93,8 +83,9 @@ impl Sync {
     /// waiting on its namespace is decided then) and sends the status, the agent's heartbeat.
     /// A failed request backs off (capped, jittered) while the agent runs from its cache.
     pub(crate) async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let cap = Duration::from_secs(self.cfg.backoff_cap_seconds.unwrap_or(60).max(1));
-        let resync = self.cfg.resync_seconds.unwrap_or(300).clamp(1, 290);
+        let cap = self.cfg.backoff_cap();
+        // Also the watch's timeout, which the apiserver caps below 300 s.
+        let resync = self.cfg.resync().as_secs().min(290);
         let config = watcher::Config::default()
             .fields(&format!("metadata.name={}", self.cfg.cluster.name))
             .timeout(resync as u32);
@@ -216,6 +207,12 @@ impl Sync {
         }
     }
 
+    /// The cached spec (the runner may have taken a newer one from the cluster's copy of the
+    /// state).
+    fn cached(&self) -> Option<CachedSpec> {
+        self.specs.borrow().as_ref().map(|a| a.cached.clone())
+    }
+
     fn beat(&self) {
         self.shared
             .update(|s| s.sync_beat = Some(std::time::Instant::now()));
@@ -228,13 +225,13 @@ impl Sync {
         match deletion::settle(&self.state_dir) {
             Ok(Some(why)) => {
                 tracing::warn!(reason = ?why, "deletion request cancelled; the agent is back in Steady: {}", why.explain(&self.cfg.cluster.namespace));
-                self.spec_changed.notify_one();
+                self.wake.notify_one();
                 self.journal_changed.notify_one();
                 true
             }
             Ok(None) => false,
             Err(e) => {
-                tracing::error!(error = %e, "cannot settle the cancelled deletion request");
+                tracing::error!(error = %crate::state::journal::chain(&e), "cannot settle the cancelled deletion request");
                 false
             }
         }
@@ -273,9 +270,9 @@ impl Sync {
     /// agent's finalizer on a re-created FledgeCluster whose spec it accepted, and its deletion.
     /// True when the status is worth sending.
     async fn observe(&mut self, obj: &FledgeCluster) -> bool {
-        let before = self.cached.as_ref().map(|c| c.uid.clone());
+        let before = self.cached().map(|c| c.uid);
         let decision = self.accept(obj);
-        let after = self.cached.as_ref().map(|c| c.uid.clone());
+        let after = self.cached().map(|c| c.uid);
         if before.is_some() && before != after && self.pivoted() {
             // The runner holds the finalizer once per process: a re-created FledgeCluster
             // accepted since is held here, so that deleting it is an order again.
@@ -310,7 +307,7 @@ impl Sync {
         let request = match deletion::load_request(&self.state_dir) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, path = %deletion::request_path(&self.state_dir).display(), "cannot read the deletion request");
+                tracing::error!(error = %crate::state::journal::chain(&e), path = %deletion::request_path(&self.state_dir).display(), "cannot read the deletion request");
                 return false;
             }
         };
@@ -328,7 +325,8 @@ impl Sync {
         let progress = request
             .as_ref()
             .and_then(|r| deletion::progress(r, &journal));
-        let cached_uid = self.cached.as_ref().map(|c| c.uid.as_str());
+        let cached = self.cached();
+        let cached_uid = cached.as_ref().map(|c| c.uid.as_str());
         let when = obj
             .and_then(|o| o.metadata.deletion_timestamp.as_ref())
             .map(|t| t.0.to_string());
@@ -341,12 +339,12 @@ impl Sync {
                 match deletion::request_deletion(&self.state_dir, uid, &when) {
                     Ok(true) => {
                         tracing::warn!(%when, "the FledgeCluster is being deleted: moving the cluster's objects back to the management plane, which then deletes the cluster");
-                        self.spec_changed.notify_one();
+                        self.wake.notify_one();
                         true
                     }
                     Ok(false) => false,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot record the deletion request");
+                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record the deletion request");
                         false
                     }
                 }
@@ -368,7 +366,7 @@ impl Sync {
                 let changed = match deletion::cancel(&self.state_dir, &uid, &when, why) {
                     Ok(changed) => changed,
                     Err(e) => {
-                        tracing::error!(error = %e, "cannot record that the deletion is not an order");
+                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record that the deletion is not an order");
                         false
                     }
                 };
@@ -412,9 +410,10 @@ impl Sync {
             .as_ref()
             .and_then(|a| a.get(cache::REPLACES_UID))
             .map(String::as_str);
-        let decision = match check_spec(obj) {
-            Err(problems) => Decision::Invalid(problems),
-            Ok(()) => cache::decide(self.cached.as_ref(), &offered, replaces),
+        let checked = crate::phases::check(&self.cfg, &obj.spec);
+        let decision = match &checked {
+            Err(problems) => Decision::Invalid(problems.clone()),
+            Ok(_) => cache::decide(self.cached().as_ref(), &offered, replaces),
         };
         self.refused = None;
         match decision.clone() {
@@ -452,8 +451,10 @@ impl Sync {
             Decision::Accept => match cache::store(&self.state_dir, &offered) {
                 Ok(()) => {
                     tracing::info!(generation, "accepted spec");
-                    self.cached = Some(offered);
-                    self.spec_changed.notify_one();
+                    self.specs.send_replace(Some(Accepted {
+                        cached: offered,
+                        spec: checked,
+                    }));
                     if let Err(e) = self.journal.record(
                         &self.state_dir,
                         Phase::SpecFetched,
@@ -461,7 +462,7 @@ impl Sync {
                         Some(generation),
                         None,
                     ) {
-                        tracing::error!(error = %e, "cannot record the journal");
+                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record the journal");
                     }
                     let phase = self.journal.current();
                     self.shared.update(|s| {
@@ -471,7 +472,7 @@ impl Sync {
                     });
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot store the spec");
+                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot store the spec");
                     self.shared.error("cache_write");
                 }
             },
@@ -503,7 +504,8 @@ impl Sync {
             message: Some(message),
             last_transition_time: Some(now_s.clone()),
         };
-        let mut conditions = vec![match &self.cached {
+        let cached = self.cached();
+        let mut conditions = vec![match &cached {
             Some(c) => cond(
                 "SpecFetched",
                 true,
@@ -518,7 +520,7 @@ impl Sync {
         }];
         if let Some((reason, message)) = &self.refused {
             conditions.push(cond("SpecAccepted", false, reason, message.clone()));
-        } else if self.cached.is_some() {
+        } else if cached.is_some() {
             conditions.push(cond(
                 "SpecAccepted",
                 true,
@@ -569,7 +571,7 @@ impl Sync {
         }
         FledgeClusterStatus {
             phase: self.journal.current().map(|p| p.to_string()),
-            observed_generation: self.cached.as_ref().map(|c| c.generation),
+            observed_generation: cached.as_ref().map(|c| c.generation),
             conditions,
             agent_version: Some(crate::VERSION.to_string()),
             last_seen: Some(now_s),
@@ -626,7 +628,7 @@ impl Sync {
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,
         ) {
-            tracing::warn!(error = %e, "cannot write status.json");
+            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot write status.json");
         }
         // A follower's journal is not the cluster's state: only the leader (or an agent with
         // no local cluster to elect in yet) reports.
@@ -660,7 +662,7 @@ impl Sync {
                 .current()
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
-            self.cached.as_ref().map(|c| c.generation).unwrap_or(0)
+            self.cached().map(|c| c.generation).unwrap_or(0)
         ));
     }
 }

@@ -340,24 +340,78 @@ pub fn capi_resource(
     }
 }
 
-/// Checks the cached spec into the generator's checked type.
-pub fn checked(
+/// Checks a spec into the generator's checked type, for the cluster the configuration names.
+/// The FledgeCluster's labels are left out: what the agent renders never carried them (a
+/// MachineDeployment's selector is immutable), and the apiserver holds them to the same rules.
+pub fn check(
     cfg: &AgentConfig,
-    cached: &cache::CachedSpec,
-) -> Result<CheckedCluster, PhaseError> {
+    spec: &fledge_generator::spec::FledgeClusterSpec,
+) -> Result<CheckedCluster, Vec<String>> {
     let meta = fledge_generator::spec::RequestMeta {
         name: cfg.cluster.name.clone(),
         namespace: Some(cfg.cluster.namespace.clone()),
         labels: Default::default(),
     };
-    fledge_generator::spec::validate(&meta, &cached.spec).map_err(|p| PhaseError::Spec {
+    fledge_generator::spec::validate(&meta, spec)
+        .map_err(|p| p.0.iter().map(ToString::to_string).collect())
+}
+
+/// Checks the cached spec into the generator's checked type.
+pub fn checked(
+    cfg: &AgentConfig,
+    cached: &cache::CachedSpec,
+) -> Result<CheckedCluster, PhaseError> {
+    check(cfg, &cached.spec).map_err(|problems| PhaseError::Spec {
         generation: cached.generation,
-        problems: p
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
+        problems: problems.join("; "),
+    })
+}
+
+/// The spec the phases act on: the cached copy and its checked form, checked once, when it is
+/// accepted (or read from the disk), not at every attempt. The spec sync sends it to the
+/// runner over a [`Specs`] channel; the cluster's copy of the state can bring a newer one
+/// ([`runner`]).
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The cached copy (as `spec.yaml` holds it).
+    pub cached: cache::CachedSpec,
+    /// Its checked form, or why it does not check (a spec cached by an older agent whose rules
+    /// were looser: each attempt then fails, saying so).
+    pub spec: Result<CheckedCluster, Vec<String>>,
+}
+
+impl Accepted {
+    /// Checks `cached`.
+    pub fn new(cfg: &AgentConfig, cached: cache::CachedSpec) -> Accepted {
+        let spec = check(cfg, &cached.spec);
+        Accepted { cached, spec }
+    }
+
+    /// The checked spec, or [`PhaseError::Spec`].
+    pub fn checked(&self) -> Result<CheckedCluster, PhaseError> {
+        self.spec.clone().map_err(|problems| PhaseError::Spec {
+            generation: self.cached.generation,
+            problems: problems.join("; "),
+        })
+    }
+}
+
+/// The channel of the accepted spec (`None` before the first): the spec sync sends, the runner
+/// watches it.
+pub type Specs = tokio::sync::watch::Sender<Option<Accepted>>;
+
+/// Offers `accepted` (not from the management plane: the cluster's copy of the state) to the
+/// channel; it replaces the current spec only where the cache's rules take it
+/// ([`cache::decide`]). True when it did.
+pub fn offer(specs: &Specs, accepted: Accepted) -> bool {
+    specs.send_if_modified(|current| {
+        let take = current.as_ref().is_none_or(|c| {
+            cache::decide(Some(&c.cached), &accepted.cached, None) == cache::Decision::Accept
+        });
+        if take {
+            *current = Some(accepted);
+        }
+        take
     })
 }
 
@@ -396,6 +450,41 @@ mod tests {
         assert_eq!(next(&journal(&upgraded), false), Phase::Steady);
         let midway = [(Phase::ProvidersInstalled, Succeeded)];
         assert_eq!(next(&journal(&midway), false), Phase::Pivoted);
+    }
+
+    #[test]
+    fn the_spec_channel_takes_a_spec_from_the_clusters_copy_only_where_it_is_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: dev\n  namespace: dev\nmanagement:\n  server: https://127.0.0.1:1\n  tokenFile: /t\n  caFile: /ca\nstateDir: /s\nmetricsAddress: \"127.0.0.1:9440\"\n",
+        )
+        .unwrap();
+        let cfg = AgentConfig::load(&path).unwrap();
+        let text = include_str!("../../../examples/docker.yaml");
+        let spec = fledge_generator::spec::parse_request("docker.yaml", text.as_bytes())
+            .unwrap()
+            .spec;
+        let at = |generation, uid: &str| {
+            Accepted::new(&cfg, cache::CachedSpec::new(generation, uid, spec.clone()))
+        };
+        let specs: Specs = tokio::sync::watch::Sender::new(None);
+        let mut rx = specs.subscribe();
+        let generation = |rx: &mut tokio::sync::watch::Receiver<Option<Accepted>>| {
+            rx.borrow_and_update().as_ref().map(|a| a.cached.generation)
+        };
+        assert!(offer(&specs, at(3, "u")));
+        assert_eq!(generation(&mut rx), Some(3));
+        assert!(at(3, "u").spec.is_ok(), "checked once, when accepted");
+        // Older, or a re-created object whose generation restarted: the channel keeps its spec
+        // and the runner is not woken.
+        assert!(!offer(&specs, at(2, "u")));
+        assert!(!offer(&specs, at(1, "other")));
+        assert!(!rx.has_changed().unwrap());
+        assert!(offer(&specs, at(4, "u")));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(generation(&mut rx), Some(4));
     }
 
     #[test]

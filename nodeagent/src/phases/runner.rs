@@ -16,7 +16,9 @@ use backon::BackoffBuilder;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
-use super::{Context, PhaseError, Step, addons, apply, checked, next, pivoted, unpivoted};
+use super::{
+    Accepted, Context, PhaseError, Specs, Step, addons, apply, next, offer, pivoted, unpivoted,
+};
 use crate::clients::{Counts, local_client};
 use crate::config::AgentConfig;
 use crate::state::cache;
@@ -87,14 +89,15 @@ pub struct Runner {
     pub management: kube::Client,
     /// Counts the local client's requests.
     pub local_counts: Arc<Counts>,
-    /// Woken when a new spec is cached.
-    pub spec_changed: Arc<Notify>,
+    /// The accepted spec: each attempt acts on the latest, and a new one wakes the runner.
+    /// The runner sends too, when the cluster's copy of the state brings a newer one.
+    pub specs: Specs,
+    /// Woken by the spec sync when a deletion is ordered or its cancellation settled.
+    pub wake: Arc<Notify>,
     /// Woken when an attempt changed the journal, for the status.
     pub journal_changed: Arc<Notify>,
     /// Progress sink.
     pub report: Arc<dyn Report>,
-    /// Upper bound of the retry backoff.
-    pub backoff_cap: Duration,
     /// The add-on layers' health timers, kept across attempts.
     pub layer_clock: addons::health::LayerClock,
 }
@@ -108,8 +111,12 @@ impl Runner {
         // Whether this process has made sure the agent's finalizer is on its FledgeCluster.
         let mut held = false;
         let mut copy = ClusterCopy::default();
+        let mut specs = self.specs.subscribe();
         while !*stop.borrow() {
-            let delay = match self.attempt(&mut local, &mut held, &mut copy).await {
+            let delay = match self
+                .attempt(&mut specs, &mut local, &mut held, &mut copy)
+                .await
+            {
                 Attempt::Progressed => {
                     backoff = self.backoff();
                     waits.reset();
@@ -120,14 +127,15 @@ impl Runner {
                     d
                 }
                 Attempt::Waiting(why) => waits.next(&why),
-                Attempt::Failed => backoff.next().unwrap_or(self.backoff_cap),
+                Attempt::Failed => backoff.next().unwrap_or(self.cfg.backoff_cap()),
             };
             if delay.is_zero() {
                 continue;
             }
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = self.spec_changed.notified() => {}
+                _ = specs.changed() => {}
+                _ = self.wake.notified() => {}
                 _ = stop.changed() => {}
             }
         }
@@ -135,13 +143,13 @@ impl Runner {
 
     /// How often `Steady` reconciles without a new spec.
     fn resync(&self) -> Duration {
-        Duration::from_secs(self.cfg.resync_seconds.unwrap_or(300).max(1))
+        self.cfg.resync()
     }
 
     fn backoff(&self) -> backon::ExponentialBackoff {
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(self.backoff_cap)
+            .with_max_delay(self.cfg.backoff_cap())
             .with_jitter()
             .without_max_times()
             .build()
@@ -189,6 +197,18 @@ impl Runner {
             Ok(r) => {
                 if !r.taken.is_empty() {
                     tracing::info!(sequence = r.sequence, written_by = %r.holder, taken = ?r.taken, "took the cluster's copy of the agent's state (newer than this node's)");
+                }
+                if r.taken.contains(&crate::state::clusterstate::SPEC) {
+                    match cache::load(&self.state_dir) {
+                        Ok(Some(c)) => {
+                            offer(&self.specs, Accepted::new(&self.cfg, c));
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %chain(&e), "cannot read the spec taken from the cluster's copy of the state; no phase runs until it can be");
+                            return false;
+                        }
+                    }
                 }
                 copy.taken = true;
                 true
@@ -252,6 +272,7 @@ impl Runner {
 
     async fn attempt(
         &self,
+        specs: &mut watch::Receiver<Option<Accepted>>,
         local: &mut Option<kube::Client>,
         held: &mut bool,
         copy: &mut ClusterCopy,
@@ -268,7 +289,7 @@ impl Runner {
                 return Attempt::Wait(POLL);
             }
             Err(e) => {
-                tracing::error!(error = %e, lock = %crate::state::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
+                tracing::error!(error = %chain(&e), lock = %crate::state::runlock::path(&self.state_dir).display(), "cannot take the run lock; no phase runs");
                 return Attempt::Failed;
             }
         };
@@ -276,18 +297,23 @@ impl Runner {
             return Attempt::Failed;
         }
         self.renew_token().await;
-        let attempt = self.attempt_locked(local, held).await;
+        let attempt = self.attempt_locked(specs, local, held).await;
         if copy.taken {
             self.publish_cluster_copy(local, copy).await;
         }
         attempt
     }
 
-    async fn attempt_locked(&self, local: &mut Option<kube::Client>, held: &mut bool) -> Attempt {
+    async fn attempt_locked(
+        &self,
+        specs: &mut watch::Receiver<Option<Accepted>>,
+        local: &mut Option<kube::Client>,
+        held: &mut bool,
+    ) -> Attempt {
         let mut journal = match Journal::load(&self.state_dir) {
             Ok(j) => j,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the journal; no phase runs");
+                tracing::error!(error = %chain(&e), "cannot read the journal; no phase runs");
                 return Attempt::Failed;
             }
         };
@@ -303,14 +329,14 @@ impl Runner {
         if phase == Phase::Released && journal.done(Phase::Released) {
             return Attempt::Wait(Duration::from_secs(3600));
         }
-        let cached = match cache::load(&self.state_dir) {
-            Ok(Some(c)) => c,
-            // Nothing to act on before the first spec arrives.
-            Ok(None) | Err(_) => return Attempt::Wait(Duration::from_secs(3600)),
+        // Nothing to act on before the first spec arrives (it wakes the runner).
+        let Some(accepted) = specs.borrow_and_update().clone() else {
+            return Attempt::Wait(Duration::from_secs(3600));
         };
-        let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation = cached.generation);
+        let generation = accepted.cached.generation;
+        let span = tracing::info_span!("phase", cluster = %self.cfg.cluster.name, phase = %phase, generation);
         async {
-            let result = self.step(local, held, &mut journal, phase, &cached).await;
+            let result = self.step(local, held, &mut journal, phase, &accepted).await;
             // Every failure is journaled (also one before the phase could start, such as an
             // unreadable local kubeconfig); the status is told only when something changed.
             let changed = match &result {
@@ -320,7 +346,7 @@ impl Runner {
                         &self.state_dir,
                         phase,
                         Outcome::Failed,
-                        Some(cached.generation),
+                        Some(generation),
                         Some(chain(e)),
                     )
                     .unwrap_or(true),
@@ -361,10 +387,10 @@ impl Runner {
         held: &mut bool,
         journal: &mut Journal,
         phase: Phase,
-        cached: &cache::CachedSpec,
+        accepted: &Accepted,
     ) -> Result<(Step, bool), PhaseError> {
-        let generation = Some(cached.generation);
-        let spec = checked(&self.cfg, cached)?;
+        let generation = Some(accepted.cached.generation);
+        let spec = accepted.checked()?;
         let client = match self.local(local).await? {
             Some(c) => c,
             // No kubeconfig: the client's own error says so, naming the file.
@@ -380,7 +406,7 @@ impl Runner {
             management: self.management.clone(),
             local: client,
             spec,
-            generation: cached.generation,
+            generation: accepted.cached.generation,
             layer_clock: self.layer_clock.clone(),
         };
         // `Started` marks the first attempt for a generation; a retry after a failure keeps the
@@ -473,10 +499,10 @@ mod tests {
             ))
             .unwrap(),
             local_counts: Arc::new(Counts::default()),
-            spec_changed: Arc::new(Notify::new()),
+            specs: watch::channel(None).0,
+            wake: Arc::new(Notify::new()),
             journal_changed: Arc::new(Notify::new()),
             report: Arc::new(NoReport),
-            backoff_cap: Duration::from_secs(1),
             layer_clock: Default::default(),
         };
         // With the lock free, this attempt finds no cached spec and waits an hour for one;
@@ -487,8 +513,14 @@ mod tests {
         let before = std::fs::read(crate::state::journal::path(&state)).unwrap();
         let held = crate::state::runlock::try_acquire(&state).unwrap().unwrap();
         let (mut local, mut finalizer) = (None, false);
+        let mut specs = runner.specs.subscribe();
         let a = runner
-            .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
+            .attempt(
+                &mut specs,
+                &mut local,
+                &mut finalizer,
+                &mut ClusterCopy::default(),
+            )
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == POLL));
         assert_eq!(
@@ -498,7 +530,12 @@ mod tests {
         // The attempt held the lock only while it ran; with the lock free it runs again.
         drop(held);
         let a = runner
-            .attempt(&mut local, &mut finalizer, &mut ClusterCopy::default())
+            .attempt(
+                &mut specs,
+                &mut local,
+                &mut finalizer,
+                &mut ClusterCopy::default(),
+            )
             .await;
         assert!(matches!(a, Attempt::Wait(d) if d == Duration::from_secs(3600)));
         assert!(

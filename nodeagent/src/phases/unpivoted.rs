@@ -144,7 +144,7 @@ pub async fn namespace_state(client: &kube::Client, ns: &str) -> NamespaceState 
         }
         Ok(Some(_)) => NamespaceState::Active,
         Err(e) => {
-            tracing::warn!(namespace = ns, error = %e, "cannot read the FledgeCluster's namespace on the management plane");
+            tracing::warn!(namespace = ns, error = %crate::state::journal::chain(&e), "cannot read the FledgeCluster's namespace on the management plane");
             NamespaceState::Unknown
         }
     }

@@ -328,6 +328,6 @@ async fn event(ctx: &Context, c: &day2::Change) {
     };
     let api: Api<Event> = Api::namespaced(ctx.local.clone(), ns);
     if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::warn!(error = %e, "cannot record the DriftCorrected event");
+        tracing::warn!(error = %crate::state::journal::chain(&e), "cannot record the DriftCorrected event");
     }
 }
