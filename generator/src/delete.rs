@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Preconditions, PropagationPolicy};
-use kube::runtime::watcher;
 use serde_json::Value;
 
 use crate::management::Names;
@@ -156,15 +155,14 @@ pub async fn wait_gone(
     let gone = async {
         let mut changes = std::pin::pin!(changes);
         let mut last = String::new();
-        while let Some(seen) = changes.try_next().await.map_err(|e| {
-            request(target, object.clone())(match e {
-                watcher::Error::InitialListFailed(e)
-                | watcher::Error::WatchStartFailed(e)
-                | watcher::Error::WatchFailed(e) => e,
-                watcher::Error::WatchError(s) => kube::Error::Api(s),
-                e @ watcher::Error::NoResourceVersion => kube::Error::Service(Box::new(e)),
-            })
-        })? {
+        while let Some(seen) = changes
+            .try_next()
+            .await
+            .map_err(|source| ApplyError::Watch {
+                object: object.clone(),
+                source,
+            })?
+        {
             let Some(fc) = seen else {
                 return Ok(true);
             };

@@ -81,6 +81,15 @@ pub enum ApplyError {
         #[source]
         source: kube::Error,
     },
+    /// Following an object failed (a list or a watch).
+    #[error("{object}: watch failed")]
+    Watch {
+        /// `kind/name`.
+        object: String,
+        /// The cause.
+        #[source]
+        source: kube::runtime::watcher::Error,
+    },
 }
 
 /// What happened to one object.

@@ -199,6 +199,18 @@ impl AgentConfig {
         Duration::from_secs(self.backoff_cap_seconds.unwrap_or(60).max(1))
     }
 
+    /// The agent's retry and reconnect backoff: from 0.5 s, doubling up to [`Self::backoff_cap`],
+    /// with jitter, without end.
+    pub fn backoff(&self) -> backon::ExponentialBackoff {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(self.backoff_cap())
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
     /// How long in-flight work may take after SIGTERM (`shutdownGraceSeconds`, default 20).
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_seconds.unwrap_or(20))
@@ -291,6 +303,22 @@ pub fn rooted(root: &Path, path: &Path) -> PathBuf {
         Ok(rel) => root.join(rel),
         Err(_) => root.join(path),
     }
+}
+
+/// A valid configuration for unit tests, as [`AgentConfig::load`] reads it: cluster `c` in
+/// `fleet`, its state in `state_dir`.
+#[cfg(test)]
+pub(crate) fn for_test(state_dir: &Path) -> AgentConfig {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    let text = format!(
+        "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster: {{name: c, namespace: fleet}}\n\
+         management: {{server: 'https://127.0.0.1:1', tokenFile: /t, caFile: /ca}}\n\
+         stateDir: {}\nmetricsAddress: '127.0.0.1:9440'\n",
+        state_dir.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    AgentConfig::load(&path).unwrap()
 }
 
 #[cfg(test)]

@@ -451,9 +451,15 @@ async fn a_deletion_order_that_is_withdrawn_returns_the_agent_to_steady() {
     // The user gives up on the deletion: removes the finalizer by hand, and the wait sees the
     // FledgeCluster go.
     let req = request();
+    let following = tokio::sync::Notify::new();
     let waiting =
-        fledge_generator::delete::wait_gone(&target, &req, Duration::from_secs(60), |_| {});
+        fledge_generator::delete::wait_gone(&target, &req, Duration::from_secs(60), |_| {
+            following.notify_one()
+        });
+    // Removed once the wait has seen the FledgeCluster (its first line), so that the wait sees
+    // it go rather than finding it gone.
     let removed = async {
+        following.notified().await;
         fcs.patch(
             NAME,
             &PatchParams::default(),

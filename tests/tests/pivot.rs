@@ -161,7 +161,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fledge_agent::pivot::apply::{Event, Options as PivotOptions, Pivot, PivotError, Retry};
+use fledge_agent::pivot::apply::{
+    Direction, Event, Options as PivotOptions, Pivot, PivotError, Retry,
+};
 use fledge_tests::capi::{self, Flavor, Key, Seen};
 use fledge_tests::cluster::TestCluster;
 use fledge_tests::fault::{Fault, Mode, client_with};
@@ -694,8 +696,17 @@ async fn the_agents_management_role_is_enough_to_pivot() {
     assert!(err.to_string().contains("not found"), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
     // The dry run plans every object, and changes nothing.
-    let planned = pivot("c1").plan().await.unwrap();
+    let counted = Fault::never();
+    let planned = Pivot::plan(
+        &client_with(&s.user_kubeconfig, &counted).await,
+        ns,
+        "c1",
+        Direction::Pivot,
+    )
+    .await
+    .unwrap();
     assert_eq!(planned.total, keys.len());
+    assert_eq!(counted.writes(), 0);
     let summary = pivot("c1").run().await.unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(summary.moved, keys.len());
     let problems = capi::check_moved(&sc, &tc, ns, &before).await;

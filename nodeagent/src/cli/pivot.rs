@@ -177,8 +177,7 @@ fn run_move(a: Move) -> anyhow::Result<()> {
             .map_err(|e| anyhow::Error::new(e).context(format!("{from_side} (--from {})", a.from.display())))?;
         if a.dry_run {
             // The plan reads only the source: no target is needed.
-            let quiet = |_: &apply::Event| {};
-            let plan = apply::Pivot::new(&source, &source, &a.namespace, &a.cluster, a.opts, &quiet).plan().await?;
+            let plan = apply::Pivot::plan(&source, &a.namespace, &a.cluster, direction).await?;
             match a.output {
                 OutputFormat::Table => print!("{}", plan::Titled(&plan, direction.title())),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&plan)?),

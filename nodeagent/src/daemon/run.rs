@@ -476,7 +476,8 @@ pub async fn run<F: Future<Output = ()>>(
             }
         });
     }
-    let client = management_client_counted(&cfg, &opts, management_counts.clone())?;
+    // One management client (its requests counted) for the spec sync and the runner.
+    let client = management_client_counted(&cfg, &opts, management_counts)?;
     // The accepted spec goes from the spec sync to the runner over a channel, checked once.
     let specs =
         tokio::sync::watch::Sender::new(cached.map(|c| crate::phases::Accepted::new(&cfg, c)));
@@ -488,7 +489,7 @@ pub async fn run<F: Future<Output = ()>>(
         let (cfg, root, state_dir) = (cfg.clone(), opts.root.clone(), state_dir.clone());
         let (specs, wake, journal_changed) = (specs.clone(), wake.clone(), journal_changed.clone());
         let (report, stop) = (Arc::new(shared.clone()), stop_rx.clone());
-        let opts = opts.clone();
+        let management = client.clone();
         running.spawn("phase runner", async move {
             let _guard = runner_guard;
             // Only the leader runs the phases.
@@ -503,13 +504,6 @@ pub async fn run<F: Future<Output = ()>>(
                     _ = stopped.changed() => return,
                 }
             }
-            let management = match management_client_counted(&cfg, &opts, management_counts) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot start the phase runner");
-                    return;
-                }
-            };
             crate::phases::runner::Runner {
                 cfg,
                 identity,

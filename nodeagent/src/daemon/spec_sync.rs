@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use fledge_generator::spec::{Condition, FledgeCluster, FledgeClusterStatus};
 use futures::StreamExt;
 use kube::Api;
@@ -90,12 +89,7 @@ impl Sync {
             .fields(&format!("metadata.name={}", self.cfg.cluster.name))
             .timeout(resync as u32);
         let mut events = watcher::watcher(self.api.clone(), config).boxed();
-        let retry = backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(cap)
-            .with_jitter()
-            .without_max_times();
-        let mut backoff = retry.build();
+        let mut backoff = self.cfg.backoff();
         let mut beat = tokio::time::interval(SYNC_BEAT);
         let mut resync = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(resync),
@@ -120,7 +114,7 @@ impl Sync {
                             watcher::Event::InitDone => false,
                             _ => listing,
                         };
-                        backoff = retry.build();
+                        backoff = self.cfg.backoff();
                         self.reachable(true);
                         self.event(ev, &mut latest, &mut found).await;
                     }
@@ -213,6 +207,11 @@ impl Sync {
         self.specs.borrow().as_ref().map(|a| a.cached.clone())
     }
 
+    /// The cached spec's FledgeCluster UID.
+    fn cached_uid(&self) -> Option<String> {
+        self.specs.borrow().as_ref().map(|a| a.cached.uid.clone())
+    }
+
     fn beat(&self) {
         self.shared
             .update(|s| s.sync_beat = Some(std::time::Instant::now()));
@@ -270,9 +269,9 @@ impl Sync {
     /// agent's finalizer on a re-created FledgeCluster whose spec it accepted, and its deletion.
     /// True when the status is worth sending.
     async fn observe(&mut self, obj: &FledgeCluster) -> bool {
-        let before = self.cached().map(|c| c.uid);
+        let before = self.cached_uid();
         let decision = self.accept(obj);
-        let after = self.cached().map(|c| c.uid);
+        let after = self.cached_uid();
         if before.is_some() && before != after && self.pivoted() {
             // The runner holds the finalizer once per process: a re-created FledgeCluster
             // accepted since is held here, so that deleting it is an order again.
@@ -311,7 +310,9 @@ impl Sync {
                 return false;
             }
         };
-        if seen == Seen::Gone && request.is_none() {
+        // No order recorded, and no deletion seen: nothing to decide (the common case, every
+        // event and resync).
+        if request.is_none() && !unpivoted::needs_namespace(seen) {
             return false;
         }
         let ns = self.cfg.cluster.namespace.clone();
@@ -325,8 +326,8 @@ impl Sync {
         let progress = request
             .as_ref()
             .and_then(|r| deletion::progress(r, &journal));
-        let cached = self.cached();
-        let cached_uid = cached.as_ref().map(|c| c.uid.as_str());
+        let cached_uid = self.cached_uid();
+        let cached_uid = cached_uid.as_deref();
         let when = obj
             .and_then(|o| o.metadata.deletion_timestamp.as_ref())
             .map(|t| t.0.to_string());
@@ -413,7 +414,10 @@ impl Sync {
         let checked = crate::phases::check(&self.cfg, &obj.spec);
         let decision = match &checked {
             Err(problems) => Decision::Invalid(problems.clone()),
-            Ok(_) => cache::decide(self.cached().as_ref(), &offered, replaces),
+            Ok(_) => {
+                let current = self.specs.borrow();
+                cache::decide(current.as_ref().map(|a| &a.cached), &offered, replaces)
+            }
         };
         self.refused = None;
         match decision.clone() {

@@ -247,7 +247,7 @@ pub async fn apply(
         Phase::ProvidersInstalled => providers::apply(ctx, progress).await,
         Phase::Pivoted => pivoted::apply(ctx, progress).await,
         Phase::ScaledOut => scaledout::apply(ctx, progress).await,
-        Phase::AddonsReady => addons::apply(ctx, progress).await,
+        Phase::AddonsReady => addons::reconcile(ctx, progress).await,
         Phase::Steady => steady::apply(ctx, progress).await,
         Phase::Unpivoted if crate::state::deletion::deletion_requested(&ctx.state_dir) => {
             unpivoted::apply(ctx, progress).await
@@ -361,10 +361,15 @@ pub fn checked(
     cfg: &AgentConfig,
     cached: &cache::CachedSpec,
 ) -> Result<CheckedCluster, PhaseError> {
-    check(cfg, &cached.spec).map_err(|problems| PhaseError::Spec {
-        generation: cached.generation,
+    check(cfg, &cached.spec).map_err(|problems| invalid(cached.generation, &problems))
+}
+
+/// [`PhaseError::Spec`]: the spec of `generation` does not check.
+fn invalid(generation: i64, problems: &[String]) -> PhaseError {
+    PhaseError::Spec {
+        generation,
         problems: problems.join("; "),
-    })
+    }
 }
 
 /// The spec the phases act on: the cached copy and its checked form, checked once, when it is
@@ -389,10 +394,9 @@ impl Accepted {
 
     /// The checked spec, or [`PhaseError::Spec`].
     pub fn checked(&self) -> Result<CheckedCluster, PhaseError> {
-        self.spec.clone().map_err(|problems| PhaseError::Spec {
-            generation: self.cached.generation,
-            problems: problems.join("; "),
-        })
+        self.spec
+            .clone()
+            .map_err(|problems| invalid(self.cached.generation, &problems))
     }
 }
 
@@ -453,15 +457,8 @@ mod tests {
     }
 
     #[test]
-    fn the_spec_channel_takes_a_spec_from_the_clusters_copy_only_where_it_is_newer() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("agent.yaml");
-        std::fs::write(
-            &path,
-            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: dev\n  namespace: dev\nmanagement:\n  server: https://127.0.0.1:1\n  tokenFile: /t\n  caFile: /ca\nstateDir: /s\nmetricsAddress: \"127.0.0.1:9440\"\n",
-        )
-        .unwrap();
-        let cfg = AgentConfig::load(&path).unwrap();
+    fn the_spec_channel_takes_an_offered_spec_only_where_it_is_newer_and_keeps_its_check() {
+        let cfg = crate::config::for_test(std::path::Path::new("/var/lib/fledge"));
         let text = include_str!("../../../examples/docker.yaml");
         let spec = fledge_generator::spec::parse_request("docker.yaml", text.as_bytes())
             .unwrap()
@@ -476,7 +473,6 @@ mod tests {
         };
         assert!(offer(&specs, at(3, "u")));
         assert_eq!(generation(&mut rx), Some(3));
-        assert!(at(3, "u").spec.is_ok(), "checked once, when accepted");
         // Older, or a re-created object whose generation restarted: the channel keeps its spec
         // and the runner is not woken.
         assert!(!offer(&specs, at(2, "u")));
@@ -485,6 +481,16 @@ mod tests {
         assert!(offer(&specs, at(4, "u")));
         assert!(rx.has_changed().unwrap());
         assert_eq!(generation(&mut rx), Some(4));
+        // What the spec checked into is kept with it: an attempt reads the result, it does not
+        // check again (a spec cached under looser rules fails each attempt, saying why).
+        let mut stale = at(5, "u");
+        assert!(stale.checked().is_ok());
+        stale.spec = Err(vec!["spec.x: a rule of a newer agent".into()]);
+        let e = stale.checked().unwrap_err().to_string();
+        assert!(
+            e.contains("generation 5") && e.contains("spec.x: a rule of a newer agent"),
+            "{e}"
+        );
     }
 
     #[test]

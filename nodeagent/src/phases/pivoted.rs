@@ -9,7 +9,7 @@ use kube::Api;
 use kube::api::{ApiResource, DynamicObject};
 
 use super::{Context, PhaseError, Step};
-use crate::pivot::apply::{Options, Pivot};
+use crate::pivot::apply::{Direction, Options, Pivot};
 
 fn kcp_resource(ctx: &Context) -> ApiResource {
     super::capi_resource(
@@ -53,17 +53,7 @@ pub async fn plan(ctx: &Context) -> Result<(Vec<String>, Option<String>), PhaseE
         return Ok((vec![], Some(why)));
     }
     let (ns, cluster) = (ctx.spec.namespace.as_str(), ctx.spec.name.as_str());
-    let quiet = |_: &crate::pivot::apply::Event| {};
-    let plan = Pivot::new(
-        &ctx.management,
-        &ctx.local,
-        ns,
-        cluster,
-        Options::default(),
-        &quiet,
-    )
-    .plan()
-    .await?;
+    let plan = Pivot::plan(&ctx.management, ns, cluster, Direction::Pivot).await?;
     let mut steps = vec![format!(
         "move {ns}/{cluster} from the management plane into the local cluster:"
     )];

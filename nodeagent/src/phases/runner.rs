@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
@@ -21,7 +20,6 @@ use super::{
 };
 use crate::clients::{Counts, local_client};
 use crate::config::AgentConfig;
-use crate::state::cache;
 use crate::state::journal::{Journal, Outcome, Phase, chain};
 
 /// How long to wait before looking again when a phase waits for something outside the agent
@@ -105,7 +103,7 @@ pub struct Runner {
 impl Runner {
     /// Runs phases until `stop` turns true.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = self.backoff();
+        let mut backoff = self.cfg.backoff();
         let mut waits = WaitBackoff::default();
         let mut local: Option<kube::Client> = None;
         // Whether this process has made sure the agent's finalizer is on its FledgeCluster.
@@ -118,7 +116,7 @@ impl Runner {
                 .await
             {
                 Attempt::Progressed => {
-                    backoff = self.backoff();
+                    backoff = self.cfg.backoff();
                     waits.reset();
                     Duration::ZERO
                 }
@@ -139,20 +137,6 @@ impl Runner {
                 _ = stop.changed() => {}
             }
         }
-    }
-
-    /// How often `Steady` reconciles without a new spec.
-    fn resync(&self) -> Duration {
-        self.cfg.resync()
-    }
-
-    fn backoff(&self) -> backon::ExponentialBackoff {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(500))
-            .with_max_delay(self.cfg.backoff_cap())
-            .with_jitter()
-            .without_max_times()
-            .build()
     }
 
     /// The local client, made on first use; `Ok(None)` while the local cluster has no
@@ -198,17 +182,8 @@ impl Runner {
                 if !r.taken.is_empty() {
                     tracing::info!(sequence = r.sequence, written_by = %r.holder, taken = ?r.taken, "took the cluster's copy of the agent's state (newer than this node's)");
                 }
-                if r.taken.contains(&crate::state::clusterstate::SPEC) {
-                    match cache::load(&self.state_dir) {
-                        Ok(Some(c)) => {
-                            offer(&self.specs, Accepted::new(&self.cfg, c));
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            tracing::warn!(error = %chain(&e), "cannot read the spec taken from the cluster's copy of the state; no phase runs until it can be");
-                            return false;
-                        }
-                    }
+                if let Some(spec) = r.spec {
+                    offer(&self.specs, Accepted::new(&self.cfg, spec));
                 }
                 copy.taken = true;
                 true
@@ -359,7 +334,7 @@ impl Runner {
                     if changed {
                         tracing::info!(%msg, "reconciled");
                     }
-                    Attempt::Wait(self.resync())
+                    Attempt::Wait(self.cfg.resync())
                 }
                 Ok(Step::Done(msg)) => {
                     tracing::info!(%msg, "phase complete");
@@ -483,14 +458,8 @@ mod tests {
     async fn no_attempt_starts_while_an_unpivot_by_hand_holds_the_run_lock() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let cfg = format!(
-            "apiVersion: fledge.dev/v1alpha1\nkind: AgentConfig\ncluster:\n  name: c\n  namespace: fleet\nmanagement:\n  server: https://127.0.0.1:1\n  tokenFile: /t\n  caFile: /ca\nstateDir: {}\nmetricsAddress: \"127.0.0.1:9440\"\n",
-            state.display()
-        );
-        let path = dir.path().join("agent.yaml");
-        std::fs::write(&path, cfg).unwrap();
         let runner = Runner {
-            cfg: AgentConfig::load(&path).unwrap(),
+            cfg: crate::config::for_test(&state),
             identity: "cp-a".into(),
             root: PathBuf::from("/"),
             state_dir: state.clone(),

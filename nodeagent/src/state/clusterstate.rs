@@ -231,6 +231,8 @@ pub struct Restored {
     pub holder: String,
     /// The files taken from it.
     pub taken: Vec<&'static str>,
+    /// The spec taken from it (now in the cache), if it was.
+    pub spec: Option<CachedSpec>,
 }
 
 /// Takes the cluster's copy into the state directory where it is newer ([`merge`]). Run by a
@@ -241,7 +243,7 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
     };
     let ours = disk_sequence(state_dir);
     let take = merge(&read_files(state_dir)?, ours, &held);
-    let mut taken = Vec::new();
+    let (mut taken, mut taken_spec) = (Vec::new(), None);
     for (key, bytes) in &take {
         match *key {
             JOURNAL => {
@@ -252,6 +254,7 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
             SPEC => {
                 if let Some(spec) = parse_spec(bytes) {
                     cache::store(state_dir, &spec)?;
+                    taken_spec = Some(spec);
                 }
             }
             DELETION => deletion::adopt_request(state_dir, bytes)
@@ -274,6 +277,7 @@ pub async fn restore(local: &kube::Client, state_dir: &Path) -> Result<Restored,
         sequence: held.sequence,
         holder: held.holder,
         taken,
+        spec: taken_spec,
     })
 }
 

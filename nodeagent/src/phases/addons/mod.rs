@@ -248,15 +248,8 @@ pub async fn plan_stage(
     Ok((steps, None))
 }
 
-/// Applies the layers in order, each once the previous is healthy, and prunes.
-pub async fn apply(
-    ctx: &Context,
-    progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<Step, PhaseError> {
-    reconcile(ctx, progress).await
-}
-
-/// One reconcile of the add-on layers (AddonsReady).
+/// One reconcile of the add-on layers (AddonsReady): applies them in order, each once the
+/// previous is healthy, and prunes.
 pub async fn reconcile(
     ctx: &Context,
     progress: &(dyn Fn(&str) + Send + Sync),

@@ -123,11 +123,6 @@ impl PivotError {
     }
 }
 
-/// A request's failure as a log line reads it (see [`fledge_generator::diagnostics::causes`]).
-pub(super) fn describe(e: &kube::Error) -> String {
-    fledge_generator::diagnostics::causes(e).join(": ")
-}
-
 /// Whether retrying can fix an error.
 pub fn transient(e: &kube::Error) -> bool {
     match e {

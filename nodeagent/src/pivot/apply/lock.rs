@@ -376,7 +376,7 @@ impl<'a> Pivot<'a> {
                 }
                 Err(e) => tracing::warn!(
                     cluster = self.cluster,
-                    error = %describe(&e),
+                    error = %chain(&e),
                     "renewing the move lock failed; trying again"
                 ),
             }
@@ -478,7 +478,7 @@ impl<'a> Pivot<'a> {
 fn warn_release(cluster: &str, e: &kube::Error) {
     tracing::warn!(
         cluster,
-        error = %describe(e),
+        error = %chain(e),
         "releasing the move lock failed; it expires by itself"
     );
 }

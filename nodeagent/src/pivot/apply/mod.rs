@@ -68,7 +68,8 @@ pub use lock::{DEFAULT_LOCK_HOLD, LOCK};
 pub use options::{DEFAULT_PARALLELISM, Direction, Options, Retry};
 pub use report::{Event, Summary};
 
-use error::{describe, is_status};
+use crate::state::journal::chain;
+use error::is_status;
 use run::Attempt;
 
 /// Annotation on every object created in the target: the object's UID in the source.
@@ -151,13 +152,18 @@ impl<'a> Pivot<'a> {
         self
     }
 
-    /// The dry run: discovers the cluster in the source and plans its move. Reads only the
-    /// source, and changes nothing.
-    pub async fn plan(&self) -> Result<Plan, PivotError> {
-        let graph = discover(self.source, self.namespace, self.cluster)
-            .instrument(self.span())
+    /// The dry run: discovers the cluster in `source` and plans its move `direction`. Reads
+    /// only the source and changes nothing: it needs no target, takes no lock, reports nothing.
+    pub async fn plan(
+        source: &kube::Client,
+        namespace: &str,
+        cluster: &str,
+        direction: Direction,
+    ) -> Result<Plan, PivotError> {
+        let graph = discover(source, namespace, cluster)
+            .instrument(span(direction, namespace, cluster))
             .await?;
-        Ok(plan(&graph, self.namespace, self.cluster))
+        Ok(plan(&graph, namespace, cluster))
     }
 
     /// Runs the move to completion (or to a clear failure), holding the move lock from its
@@ -185,13 +191,13 @@ impl<'a> Pivot<'a> {
 
     /// The span of this move; each stage and group has its own inside it.
     fn span(&self) -> tracing::Span {
-        tracing::info_span!(
-            "pivot",
-            direction = self.opts.direction.noun(),
-            namespace = self.namespace,
-            cluster = self.cluster,
-        )
+        span(self.opts.direction, self.namespace, self.cluster)
     }
+}
+
+/// The span of a move (or its plan).
+fn span(direction: Direction, namespace: &str, cluster: &str) -> tracing::Span {
+    tracing::info_span!("pivot", direction = direction.noun(), namespace, cluster,)
 }
 
 /// The `spec.paused` value that undoes fledge's pause (`null` removes the field).

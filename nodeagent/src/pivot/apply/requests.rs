@@ -20,7 +20,7 @@ impl<'a> Pivot<'a> {
             match f().await {
                 Ok(v) => return Ok(v),
                 Err(e) if transient(&e) && attempt < self.opts.retry.attempts => {
-                    tracing::warn!(what = %what(), error = %describe(&e), attempt, "retrying");
+                    tracing::warn!(what = %what(), error = %chain(&e), attempt, "retrying");
                     tokio::time::sleep(backoff.next().unwrap_or(self.opts.retry.cap)).await;
                     attempt += 1;
                 }
