@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clients::Counts;
-use crate::state::journal::Phase;
+use crate::state::journal::{Phase, chain};
 
 /// What the agent knows, shared with the metrics endpoint and tests.
 #[derive(Debug, Default, Clone)]
@@ -302,7 +302,7 @@ pub(crate) async fn serve_metrics(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                tracing::debug!(error = %crate::state::journal::chain(&e), "metrics: accept failed");
+                tracing::debug!(error = %chain(&e), "metrics: accept failed");
                 continue;
             }
         };
@@ -314,7 +314,7 @@ pub(crate) async fn serve_metrics(
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %crate::state::journal::chain(&e), "metrics: connection failed");
+                tracing::debug!(error = %chain(&e), "metrics: connection failed");
             }
         });
     }

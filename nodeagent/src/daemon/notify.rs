@@ -2,6 +2,7 @@
 //! datagram socket named by `$NOTIFY_SOCKET` (path or abstract `@name`). Without the variable
 //! (not under systemd) every call is a no-op.
 
+use crate::state::journal::chain;
 use std::os::unix::net::UnixDatagram;
 
 /// A handle on the notification socket.
@@ -33,7 +34,7 @@ impl Notifier {
             }
         });
         if let Err(e) = result {
-            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot notify systemd");
+            tracing::warn!(error = %chain(&e), "cannot notify systemd");
         }
     }
 

@@ -18,7 +18,7 @@ use crate::daemon::metrics::{Shared, serve_metrics};
 use crate::daemon::notify::Notifier;
 use crate::daemon::spec_sync::Sync;
 use crate::state::cache;
-use crate::state::journal::{Journal, JournalError, Outcome, Phase};
+use crate::state::journal::{Journal, JournalError, Outcome, Phase, chain};
 
 /// Errors that stop the agent (everything else is retried).
 #[derive(Debug, thiserror::Error)]
@@ -266,7 +266,7 @@ impl Election {
                     ))
                 }
                 Err(e) => {
-                    tracing::debug!(error = %crate::state::journal::chain(&e), "no local cluster yet for the leader election");
+                    tracing::debug!(error = %chain(&e), "no local cluster yet for the leader election");
                     return true;
                 }
             }
@@ -302,10 +302,10 @@ impl Election {
                 if let Some(at) = self.renewed
                     && at.elapsed() >= crate::daemon::leader::RENEW_DEADLINE
                 {
-                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
+                    tracing::error!(error = %chain(&e), "cannot renew the leader Lease; stopping so that this agent restarts as a follower");
                     return false;
                 }
-                tracing::warn!(error = %crate::state::journal::chain(&e), "leader election: cannot read or write the Lease in the local cluster");
+                tracing::warn!(error = %chain(&e), "leader election: cannot read or write the Lease in the local cluster");
                 true
             }
         }
@@ -334,7 +334,7 @@ impl Election {
             ),
             Ok(None) => {}
             Err(e) => {
-                tracing::debug!(error = %crate::state::journal::chain(&e), "cannot read the agents' token copy yet")
+                tracing::debug!(error = %chain(&e), "cannot read the agents' token copy yet")
             }
         }
     }
@@ -362,7 +362,7 @@ pub async fn run<F: Future<Output = ()>>(
         Ok(c) => c,
         Err(e) => {
             // Keep the file for inspection, take no action from it, and fetch a fresh copy.
-            tracing::error!(error = %crate::state::journal::chain(&e), "cached spec unusable; re-fetching, no action taken from it");
+            tracing::error!(error = %chain(&e), "cached spec unusable; re-fetching, no action taken from it");
             shared.error("cache_corrupt");
             None
         }
@@ -546,7 +546,7 @@ pub async fn run<F: Future<Output = ()>>(
     match &outcome {
         Ok(()) => tracing::info!("stopping: finishing in-flight work"),
         Err(e) => {
-            tracing::error!(error = %crate::state::journal::chain(e), "stopping: a task ended; exiting non-zero so that systemd restarts the agent")
+            tracing::error!(error = %chain(e), "stopping: a task ended; exiting non-zero so that systemd restarts the agent")
         }
     }
     notifier.send("STOPPING=1");

@@ -24,7 +24,7 @@ use crate::phases::unpivoted::{self, NamespaceState, Seen, Verdict};
 use crate::phases::{Accepted, Specs};
 use crate::state::cache::{self, CachedSpec, Decision};
 use crate::state::deletion::{self, Cancel};
-use crate::state::journal::{Journal, Outcome, Phase};
+use crate::state::journal::{Journal, Outcome, Phase, chain};
 use crate::state::layout;
 use crate::time::unix_now as now;
 
@@ -201,15 +201,10 @@ impl Sync {
         }
     }
 
-    /// The cached spec (the runner may have taken a newer one from the cluster's copy of the
-    /// state).
-    fn cached(&self) -> Option<CachedSpec> {
-        self.specs.borrow().as_ref().map(|a| a.cached.clone())
-    }
-
-    /// The cached spec's FledgeCluster UID.
-    fn cached_uid(&self) -> Option<String> {
-        self.specs.borrow().as_ref().map(|a| a.cached.uid.clone())
+    /// `f` of the cached spec (the runner may have taken a newer one from the cluster's copy
+    /// of the state), read without copying the spec.
+    fn cached<T>(&self, f: impl FnOnce(&CachedSpec) -> T) -> Option<T> {
+        self.specs.borrow().as_ref().map(|a| f(&a.cached))
     }
 
     fn beat(&self) {
@@ -230,7 +225,7 @@ impl Sync {
             }
             Ok(None) => false,
             Err(e) => {
-                tracing::error!(error = %crate::state::journal::chain(&e), "cannot settle the cancelled deletion request");
+                tracing::error!(error = %chain(&e), "cannot settle the cancelled deletion request");
                 false
             }
         }
@@ -253,7 +248,7 @@ impl Sync {
 
     /// [`Self::unreachable`], for a failure of `kind`.
     fn failed(&self, kind: &'static str, e: &(dyn std::error::Error + 'static)) {
-        tracing::warn!(error = %crate::state::journal::chain(e), kind, "management plane request failed; running from the cached spec");
+        tracing::warn!(error = %chain(e), kind, "management plane request failed; running from the cached spec");
         self.shared.error(kind);
         let transport = kind == "unreachable";
         self.shared.update(|s| {
@@ -269,9 +264,9 @@ impl Sync {
     /// agent's finalizer on a re-created FledgeCluster whose spec it accepted, and its deletion.
     /// True when the status is worth sending.
     async fn observe(&mut self, obj: &FledgeCluster) -> bool {
-        let before = self.cached_uid();
+        let before = self.cached(|c| c.uid.clone());
         let decision = self.accept(obj);
-        let after = self.cached_uid();
+        let after = self.cached(|c| c.uid.clone());
         if before.is_some() && before != after && self.pivoted() {
             // The runner holds the finalizer once per process: a re-created FledgeCluster
             // accepted since is held here, so that deleting it is an order again.
@@ -280,7 +275,7 @@ impl Sync {
                 &self.cfg.cluster.namespace,
             );
             if let Err(e) = unpivoted::hold_on(&api, &self.cfg.cluster.name).await {
-                tracing::warn!(error = %crate::state::journal::chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
+                tracing::warn!(error = %chain(&e), "cannot put the agent's finalizer on the re-created FledgeCluster; the runner takes it at its next start");
             }
         }
         let acted = self.deletion(Some(obj)).await;
@@ -306,7 +301,7 @@ impl Sync {
         let request = match deletion::load_request(&self.state_dir) {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %crate::state::journal::chain(&e), path = %deletion::request_path(&self.state_dir).display(), "cannot read the deletion request");
+                tracing::error!(error = %chain(&e), path = %deletion::request_path(&self.state_dir).display(), "cannot read the deletion request");
                 return false;
             }
         };
@@ -326,7 +321,7 @@ impl Sync {
         let progress = request
             .as_ref()
             .and_then(|r| deletion::progress(r, &journal));
-        let cached_uid = self.cached_uid();
+        let cached_uid = self.cached(|c| c.uid.clone());
         let cached_uid = cached_uid.as_deref();
         let when = obj
             .and_then(|o| o.metadata.deletion_timestamp.as_ref())
@@ -345,7 +340,7 @@ impl Sync {
                     }
                     Ok(false) => false,
                     Err(e) => {
-                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record the deletion request");
+                        tracing::error!(error = %chain(&e), "cannot record the deletion request");
                         false
                     }
                 }
@@ -367,7 +362,7 @@ impl Sync {
                 let changed = match deletion::cancel(&self.state_dir, &uid, &when, why) {
                     Ok(changed) => changed,
                     Err(e) => {
-                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record that the deletion is not an order");
+                        tracing::error!(error = %chain(&e), "cannot record that the deletion is not an order");
                         false
                     }
                 };
@@ -391,7 +386,7 @@ impl Sync {
                         ),
                         Ok(false) => {}
                         Err(e) => {
-                            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
+                            tracing::warn!(error = %chain(&e), "cannot release the agent's finalizer; the namespace stays Terminating until it is removed (kubectl patch ... finalizers)")
                         }
                     }
                 }
@@ -411,12 +406,23 @@ impl Sync {
             .as_ref()
             .and_then(|a| a.get(cache::REPLACES_UID))
             .map(String::as_str);
-        let checked = crate::phases::check(&self.cfg, &obj.spec);
-        let decision = match &checked {
-            Err(problems) => Decision::Invalid(problems.clone()),
-            Ok(_) => {
-                let current = self.specs.borrow();
-                cache::decide(current.as_ref().map(|a| &a.cached), &offered, replaces)
+        // Every event (the echo of each status the agent sends among them) offers the spec
+        // again: the cached spec's own is not checked again, its check is kept with it.
+        let mut checked = None;
+        let decision = {
+            let current = self.specs.borrow();
+            match cache::decide(current.as_ref().map(|a| &a.cached), &offered, replaces) {
+                Decision::Unchanged => match current.as_ref().map(|a| &a.spec) {
+                    Some(Err(problems)) => Decision::Invalid(problems.clone()),
+                    _ => Decision::Unchanged,
+                },
+                decided => match crate::phases::check(&self.cfg, &obj.spec) {
+                    Err(problems) => Decision::Invalid(problems),
+                    Ok(spec) => {
+                        checked = Some(spec);
+                        decided
+                    }
+                },
             }
         };
         self.refused = None;
@@ -457,7 +463,8 @@ impl Sync {
                     tracing::info!(generation, "accepted spec");
                     self.specs.send_replace(Some(Accepted {
                         cached: offered,
-                        spec: checked,
+                        // Always Some: only a spec that checked is decided Accept.
+                        spec: checked.ok_or_else(Vec::new),
                     }));
                     if let Err(e) = self.journal.record(
                         &self.state_dir,
@@ -466,7 +473,7 @@ impl Sync {
                         Some(generation),
                         None,
                     ) {
-                        tracing::error!(error = %crate::state::journal::chain(&e), "cannot record the journal");
+                        tracing::error!(error = %chain(&e), "cannot record the journal");
                     }
                     let phase = self.journal.current();
                     self.shared.update(|s| {
@@ -476,7 +483,7 @@ impl Sync {
                     });
                 }
                 Err(e) => {
-                    tracing::error!(error = %crate::state::journal::chain(&e), "cannot store the spec");
+                    tracing::error!(error = %chain(&e), "cannot store the spec");
                     self.shared.error("cache_write");
                 }
             },
@@ -508,7 +515,7 @@ impl Sync {
             message: Some(message),
             last_transition_time: Some(now_s.clone()),
         };
-        let cached = self.cached();
+        let cached = self.cached(CachedSpec::clone);
         let mut conditions = vec![match &cached {
             Some(c) => cond(
                 "SpecFetched",
@@ -632,7 +639,7 @@ impl Sync {
             &serde_json::to_vec_pretty(&status).unwrap_or_default(),
             0o600,
         ) {
-            tracing::warn!(error = %crate::state::journal::chain(&e), "cannot write status.json");
+            tracing::warn!(error = %chain(&e), "cannot write status.json");
         }
         // A follower's journal is not the cluster's state: only the leader (or an agent with
         // no local cluster to elect in yet) reports.
@@ -666,7 +673,7 @@ impl Sync {
                 .current()
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
-            self.cached().map(|c| c.generation).unwrap_or(0)
+            self.cached(|c| c.generation).unwrap_or(0)
         ));
     }
 }

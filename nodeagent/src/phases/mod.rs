@@ -409,9 +409,8 @@ pub type Specs = tokio::sync::watch::Sender<Option<Accepted>>;
 /// ([`cache::decide`]). True when it did.
 pub fn offer(specs: &Specs, accepted: Accepted) -> bool {
     specs.send_if_modified(|current| {
-        let take = current.as_ref().is_none_or(|c| {
-            cache::decide(Some(&c.cached), &accepted.cached, None) == cache::Decision::Accept
-        });
+        let take = cache::decide(current.as_ref().map(|c| &c.cached), &accepted.cached, None)
+            == cache::Decision::Accept;
         if take {
             *current = Some(accepted);
         }

@@ -36,7 +36,7 @@ use super::{Context, PhaseError, Step};
 use crate::pivot::apply::{Direction, Options, Pivot};
 use crate::state::deletion::{Cancel, cancel, load_request, progress};
 use crate::state::deletion::{Progress, Request, request_error, set_progress};
-use crate::state::journal::Journal;
+use crate::state::journal::{Journal, chain};
 
 /// The agent's finalizer on its FledgeCluster.
 pub const FINALIZER: &str = "fledge.dev/agent";
@@ -144,7 +144,7 @@ pub async fn namespace_state(client: &kube::Client, ns: &str) -> NamespaceState 
         }
         Ok(Some(_)) => NamespaceState::Active,
         Err(e) => {
-            tracing::warn!(namespace = ns, error = %crate::state::journal::chain(&e), "cannot read the FledgeCluster's namespace on the management plane");
+            tracing::warn!(namespace = ns, error = %chain(&e), "cannot read the FledgeCluster's namespace on the management plane");
             NamespaceState::Unknown
         }
     }

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use super::scaledout::ScaleOutError;
 use super::{Context, PhaseError, Step};
-use crate::state::journal::{Journal, Outcome, Phase};
+use crate::state::journal::{Journal, Outcome, Phase, chain};
 use day2::Observed;
 
 fn resources(ctx: &Context) -> Resources {
@@ -328,6 +328,6 @@ async fn event(ctx: &Context, c: &day2::Change) {
     };
     let api: Api<Event> = Api::namespaced(ctx.local.clone(), ns);
     if let Err(e) = api.create(&PostParams::default(), &ev).await {
-        tracing::warn!(error = %crate::state::journal::chain(&e), "cannot record the DriftCorrected event");
+        tracing::warn!(error = %chain(&e), "cannot record the DriftCorrected event");
     }
 }

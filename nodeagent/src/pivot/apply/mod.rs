@@ -197,7 +197,7 @@ impl<'a> Pivot<'a> {
 
 /// The span of a move (or its plan).
 fn span(direction: Direction, namespace: &str, cluster: &str) -> tracing::Span {
-    tracing::info_span!("pivot", direction = direction.noun(), namespace, cluster,)
+    tracing::info_span!("pivot", direction = direction.noun(), namespace, cluster)
 }
 
 /// The `spec.paused` value that undoes fledge's pause (`null` removes the field).
